@@ -1,0 +1,35 @@
+# HiveMind. `make demo` and `make test` are all a newcomer needs (both run `make setup`).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup demo test lint protos unit e2e bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup lint
+	$(PYTEST) -ra
+
+lint: setup
+	$(PY) scripts/protos.py --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+protos: setup
+	$(PY) scripts/protos.py
+
+unit: setup
+	$(PYTEST) -ra tests/unit
+
+e2e: setup
+	$(PYTEST) -ra tests/e2e
+
+bench: setup
+	$(PY) bench/join.py
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache artifacts

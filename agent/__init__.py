@@ -1,0 +1,1 @@
+"""The worker daemon and the ``hivemind-agent`` CLI: join, overlay, service, status, leave."""

@@ -1,0 +1,136 @@
+"""``hivemind-agent``: join the overlay, run the agent service, show status, leave."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from hivemind_cluster import __version__
+from hivemind_cluster.agent import join as membership
+from hivemind_cluster.agent.service import run_service
+from hivemind_cluster.agent.state import DEFAULT_STATE_DIR, AgentSettings, load_settings
+from hivemind_cluster.mesh.console import age, print_json, run_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hivemind-agent", description="Join this machine to a HiveMind overlay."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"agent state directory (default {DEFAULT_STATE_DIR})",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("join", parents=[common], help="enroll with a join token and come up")
+    p.add_argument("token", help="the token printed by `hivemind-hub token create` ('-': stdin)")
+    p.add_argument("--interface", help="WireGuard interface name (default hm0)")
+    p.add_argument("--backend", choices=["auto", "kernel", "userspace"])
+    p.add_argument("--name", help="node name shown on the hub (default: hostname)")
+    p.add_argument("--timeout", type=int, help="seconds to wait for the hub (default 20)")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run the service in this process after joining (for systemd)",
+    )
+    p = sub.add_parser("run", parents=[common], help="run the agent service (foreground)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub.add_parser("status", parents=[common], help="identity and overlay state")
+    sub.add_parser("leave", parents=[common], help="deregister and remove the interface")
+    return parser
+
+
+def cmd_join(args: argparse.Namespace, settings: AgentSettings) -> int:
+    token = sys.stdin.read() if args.token == "-" else args.token
+    started = time.monotonic()
+    if not args.json and sys.stderr.isatty():
+        print("joining…", file=sys.stderr)
+    enrollment, new = membership.join(settings, token, args.name, start_service=not args.foreground)
+    elapsed = time.monotonic() - started
+    if args.json:
+        print_json(
+            {
+                "node_id": enrollment.node_id,
+                "overlay_ip": enrollment.overlay_ip,
+                "hub_ip": enrollment.hub_ip,
+                "role": enrollment.role,
+                "interface": enrollment.interface,
+                "backend": enrollment.backend,
+                "already_enrolled": not new,
+                "seconds": round(elapsed, 3),
+            }
+        )
+    elif new:
+        print(
+            f"joined as {enrollment.node_id} ({enrollment.role}) at {enrollment.overlay_ip} "
+            f"on {enrollment.interface} ({enrollment.backend} WireGuard); "
+            f"hub {enrollment.hub_ip} reachable in {elapsed:.2f}s"
+        )
+    else:
+        print(f"already enrolled as {enrollment.node_id} at {enrollment.overlay_ip}; nothing to do")
+    if args.foreground:
+        setup_logging()
+        run_service(settings)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: AgentSettings) -> int:
+    info = membership.status(settings)
+    if args.json:
+        print_json(info)
+        return 0
+    handshake = info["last_handshake"]
+    print(
+        f"node       {info['node_id']} ({info['name']}, {info['role']})\n"
+        f"overlay    {info['overlay_ip']} on {info['interface']} ({info['backend']}), "
+        f"{'up' if info['interface_up'] else 'DOWN'}\n"
+        f"hub        {info['hub_ip']} via {info['hub_endpoint']}, "
+        f"{'reachable' if info['hub_reachable'] else 'NOT reachable'}\n"
+        f"handshake  {age(time.time() - handshake) if handshake else 'never'} ago, "
+        f"rx {info['rx_bytes']} B, tx {info['tx_bytes']} B\n"
+        f"service    {'pid ' + str(info['service_pid']) if info['service_pid'] else 'stopped'}"
+    )
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace, settings: AgentSettings) -> int:
+    result = membership.leave(settings)
+    if args.json:
+        print_json(result)
+    else:
+        if result["warning"]:
+            print(
+                f"warning: could not deregister with the hub: {result['warning']}; "
+                f"ask the operator to run `hivemind-hub node revoke {result['node_id']}`",
+                file=sys.stderr,
+            )
+        print(f"left: node {result['node_id']} removed from this machine")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: getattr(args, k, None) for k in ("interface", "backend")}
+    overrides["join_timeout"] = getattr(args, "timeout", None)
+    settings = load_settings(args.state_dir, **overrides)
+    if args.command == "join":
+        return cmd_join(args, settings)
+    if args.command == "run":
+        setup_logging(args.verbose)
+        run_service(settings)
+        return 0
+    if args.command == "status":
+        return cmd_status(args, settings)
+    return cmd_leave(args, settings)
+
+
+def entry() -> int:
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry())

@@ -1,0 +1,1 @@
+"""The hub control plane: CA, join tokens, enrollment, overlay IPAM, WireGuard, revocation."""

@@ -1,0 +1,186 @@
+"""``hivemind-hub``: create and run a hub, make join tokens, list and revoke nodes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from hivemind_cluster import __version__
+from hivemind_cluster.mesh import inventory, nodes, store, tokens
+from hivemind_cluster.mesh.ca import CertificateAuthority
+from hivemind_cluster.mesh.console import age, print_json, print_table, run_main, setup_logging
+from hivemind_cluster.mesh.enrollment import retire_node
+from hivemind_cluster.mesh.hub import init_hub, load_settings, serve
+from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.mesh.wireguard import WireGuardInterface
+
+DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hivemind-hub", description="Run a HiveMind hub: the overlay's control plane."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"hub state directory (default {DEFAULT_STATE_DIR})",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[state, as_json], help="create a hub (CA, keys, config)")
+    p.add_argument(
+        "--endpoint",
+        required=True,
+        help="HOST[:PORT] agents dial for enrollment (port default 7443)",
+    )
+    p.add_argument("--overlay", default="100.64.0.0/16", help="overlay network (IPv4 CIDR)")
+    p.add_argument("--wg-port", type=int, default=51820, help="WireGuard UDP port")
+    p.add_argument("--interface", default="hm0", help="WireGuard interface name")
+    p.add_argument("--force", action="store_true", help="replace an existing hub")
+
+    p = sub.add_parser("up", parents=[state], help="run the hub in the foreground")
+    p.add_argument("--backend", default="auto", choices=["auto", "kernel", "userspace"])
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    token = sub.add_parser("token", help="join tokens").add_subparsers(dest="action", required=True)
+    p = token.add_parser("create", parents=[state, as_json], help="print a new join token")
+    p.add_argument("--role", default="worker", choices=tokens.ROLES)
+    p.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 7d (default 1h)")
+    p.add_argument("--uses", type=int, default=1, help="how many machines may join (default 1)")
+    token.add_parser("list", parents=[state, as_json], help="list tokens")
+    p = token.add_parser("revoke", parents=[state, as_json], help="revoke a token")
+    p.add_argument("id")
+
+    p = sub.add_parser("nodes", parents=[state, as_json], help="list the overlay's members")
+    p.add_argument("--all", action="store_true", help="include revoked and departed nodes")
+    node = sub.add_parser("node", help="one node").add_subparsers(dest="action", required=True)
+    p = node.add_parser(
+        "revoke",
+        parents=[state, as_json],
+        help="cut a node off WireGuard and refuse its certificate",
+    )
+    p.add_argument("id", help="node id (or unambiguous name)")
+    return parser
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    settings = init_hub(
+        args.state_dir, args.endpoint, args.overlay, args.wg_port, args.interface, args.force
+    )
+    pin = CertificateAuthority.load(settings.path).pin
+    if args.json:
+        print_json(
+            {
+                "state_dir": settings.state_dir,
+                "endpoint": settings.endpoint,
+                "overlay": settings.overlay,
+                "hub_ip": settings.hub_ip,
+                "ca_pin": pin,
+            }
+        )
+    else:
+        print(
+            f"hub created in {settings.state_dir}\n  endpoint {settings.endpoint}\n"
+            f"  overlay  {settings.overlay} (hub {settings.hub_ip})\n  CA pin   {pin}\n"
+            f"next: hivemind-hub up --state-dir {settings.state_dir}"
+        )
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    asyncio.run(serve(load_settings(args.state_dir), args.backend))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: HubSettings) -> int:
+    client = store.connect_hub(settings)
+    if args.action == "create":
+        token = tokens.create_token(
+            client,
+            [settings.endpoint],
+            CertificateAuthority.load(settings.path).pin,
+            role=args.role,
+            ttl_seconds=tokens.parse_duration(args.ttl),
+            uses=args.uses,
+        )
+        if args.json:
+            print_json({"token": token.encode(), "id": token.token_id, "role": args.role})
+        else:
+            print(token.encode())
+    elif args.action == "list":
+        records = [r.as_json() for r in tokens.list_tokens(client)]
+        if args.json:
+            print_json(records)
+        else:
+            now = time.time()
+            for r in records:
+                left = float(r["expires_at"]) - now  # type: ignore[arg-type]
+                r["expires"] = f"in {age(left)}" if left > 0 else f"{age(-left)} ago"
+            print_table(records, ["id", "role", "uses_left", "expires", "state"])
+    else:
+        tokens.revoke_token(client, args.id)
+        print_json({"id": args.id, "state": "revoked"}) if args.json else print(
+            f"token {args.id} revoked"
+        )
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace, settings: HubSettings) -> int:
+    rows = inventory.describe(settings, store.connect_hub(settings), include_retired=args.all)
+    if args.json:
+        print_json(rows)
+        return 0
+    now = time.time()
+    for row in rows:
+        row["handshake"] = (
+            "-"
+            if row["role"] == "hub"
+            else age(now - row["last_handshake"] if row["last_handshake"] else None)
+        )
+        row["status"] = (
+            ("online" if row["online"] else "offline") if row["state"] == "active" else row["state"]
+        )
+    print_table(
+        rows, ["id", "name", "role", "overlay_ip", "status", "handshake", "rx_bytes", "tx_bytes"]
+    )
+    return 0
+
+
+def cmd_node_revoke(args: argparse.Namespace, settings: HubSettings) -> int:
+    client = store.connect_hub(settings)
+    node = nodes.get_node(client, args.id)
+    if node.state != nodes.ACTIVE:
+        message = f"node {node.id} is already {node.state}"
+    else:
+        retire_node(client, WireGuardInterface(settings.interface), node, nodes.REVOKED)
+        message = f"node {node.id} ({node.name}, {node.overlay_ip}) revoked"
+    if args.json:
+        print_json({"id": node.id, "state": nodes.get_node(client, node.id).state})
+    else:
+        print(message)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "init":
+        return cmd_init(args)
+    if args.command == "up":
+        return cmd_up(args)
+    settings = load_settings(args.state_dir)
+    if args.command == "token":
+        return cmd_token(args, settings)
+    if args.command == "nodes":
+        return cmd_nodes(args, settings)
+    return cmd_node_revoke(args, settings)
+
+
+def entry() -> int:
+    return run_main(main)

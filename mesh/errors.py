@@ -1,0 +1,106 @@
+"""Every error a user can see, and the one place that maps them to gRPC status codes.
+
+Each error carries a stable ``code`` (for ``--json`` output and scripts) and a one-line
+message. Nothing here ever shows a traceback to a user: the CLIs print ``error: <message>``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class HiveMindError(Exception):
+    """Base class: a problem we can explain to the user in one line."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(HiveMindError):
+    code = "invalid_input"
+
+
+class TokenMalformed(InvalidInput):
+    code = "token_malformed"
+
+
+class TokenRejected(HiveMindError):
+    """The hub refused a well-formed token (unknown, expired, revoked, used up, bad secret)."""
+
+    code = "token_rejected"
+
+
+class CsrRejected(InvalidInput):
+    code = "csr_rejected"
+
+
+class AddressRangeExhausted(HiveMindError):
+    code = "overlay_exhausted"
+
+
+class PinMismatch(HiveMindError):
+    code = "ca_pin_mismatch"
+
+
+class NotFound(HiveMindError):
+    code = "not_found"
+
+
+class AlreadyExists(HiveMindError):
+    code = "already_exists"
+
+
+class PermissionDenied(HiveMindError):
+    code = "permission_denied"
+
+
+class Unavailable(HiveMindError):
+    """A service we need is not reachable (hub not running, Redis down, no route)."""
+
+    code = "unavailable"
+
+
+class SystemFailure(HiveMindError):
+    """A privileged system operation failed (interface, WireGuard, process)."""
+
+    code = "system"
+
+
+_GRPC_STATUS: dict[type[HiveMindError], grpc.StatusCode] = {
+    TokenMalformed: grpc.StatusCode.INVALID_ARGUMENT,
+    CsrRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    TokenRejected: grpc.StatusCode.PERMISSION_DENIED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    AddressRangeExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+_KNOWN: tuple[type[HiveMindError], ...] = (*_GRPC_STATUS, PinMismatch, SystemFailure, HiveMindError)
+_ERROR_FOR_CODE: dict[str, type[HiveMindError]] = {cls.code: cls for cls in _KNOWN}
+
+
+def grpc_status(error: HiveMindError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        status = _GRPC_STATUS.get(cls)
+        if status is not None:
+            return status
+    return grpc.StatusCode.INTERNAL
+
+
+def grpc_details(error: HiveMindError) -> str:
+    """The status details sent on the wire: ``<code>: <message>``."""
+    return f"{error.code}: {error.message}"
+
+
+def from_grpc_details(details: str | None) -> HiveMindError | None:
+    """Rebuild the error a HiveMind server sent, or None if the details are not ours."""
+    code, sep, message = (details or "").partition(": ")
+    cls = _ERROR_FOR_CODE.get(code)
+    if not sep or cls is None:
+        return None
+    return cls(message)

@@ -1,0 +1,47 @@
+"""The underlay guard: nftables rules so overlay addresses answer only through WireGuard.
+
+Linux accepts a packet for any local address on any interface, so without this a host on
+the underlay could route 100.64.0.0/16 via the hub and reach Redis or the pool directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from hivemind_cluster.mesh.errors import SystemFailure
+from hivemind_cluster.mesh.system import run
+
+
+def table_name(interface: str) -> str:
+    return "hivemind_" + "".join(c if c.isalnum() else "_" for c in interface)
+
+
+def ruleset(interface: str, overlay: str) -> str:
+    table = table_name(interface)
+    return f"""table inet {table} {{
+  chain input {{
+    type filter hook input priority -10; policy accept;
+    ip daddr {overlay} iifname != {{ "{interface}", "lo" }} drop
+  }}
+  chain forward {{
+    type filter hook forward priority -10; policy accept;
+    oifname "{interface}" iifname != "{interface}" drop
+    iifname "{interface}" oifname != "{interface}" drop
+  }}
+}}
+"""
+
+
+def install(interface: str, overlay: str) -> None:
+    if shutil.which("nft") is None:
+        raise SystemFailure(
+            "nft is not installed, so overlay services would answer on the underlay; "
+            "install nftables (`make setup`) or set guard_underlay = false"
+        )
+    remove(interface)
+    run(["nft", "-f", "-"], stdin=ruleset(interface, overlay))
+
+
+def remove(interface: str) -> None:
+    if shutil.which("nft") is not None:
+        run(["nft", "delete", "table", "inet", table_name(interface)], check=False)

@@ -1,0 +1,66 @@
+"""The hub's view of the mesh: every node joined with its live WireGuard statistics."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import redis
+
+from hivemind_cluster.mesh import nodes
+from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.mesh.wireguard import PeerStatus, WireGuardInterface
+
+# WireGuard rekeys every 2 minutes while traffic (or keepalives) flow and rejects a session
+# after 3 minutes: a peer with no handshake for that long is not connected.
+ONLINE_HANDSHAKE_AGE = 180
+
+
+def describe(
+    settings: HubSettings, client: redis.Redis, include_retired: bool = False
+) -> list[dict[str, Any]]:
+    interface = WireGuardInterface(settings.interface)
+    peers: dict[str, PeerStatus] = {}
+    if interface.exists():
+        peers = {p.public_key: p for p in interface.peers()}
+    now = time.time()
+    rows: list[dict[str, Any]] = [
+        {
+            "id": "hub",
+            "name": socket.gethostname(),
+            "role": "hub",
+            "overlay_ip": settings.hub_ip,
+            "online": interface.exists(),
+            "state": "active",
+            "last_handshake": None,
+            "rx_bytes": None,
+            "tx_bytes": None,
+        }
+    ]
+    for node in nodes.list_nodes(client):
+        if node.state != nodes.ACTIVE and not include_retired:
+            continue
+        peer = peers.get(node.wg_public_key)
+        handshake = peer.latest_handshake if peer and peer.latest_handshake else None
+        rows.append(
+            {
+                "id": node.id,
+                "name": node.name,
+                "role": node.role,
+                "overlay_ip": node.overlay_ip,
+                "state": node.state,
+                "online": bool(
+                    node.state == nodes.ACTIVE
+                    and handshake
+                    and now - handshake < ONLINE_HANDSHAKE_AGE
+                ),
+                "last_handshake": handshake,
+                "rx_bytes": peer.rx_bytes if peer else 0,
+                "tx_bytes": peer.tx_bytes if peer else 0,
+                "cpu_cores": node.facts.get("cpu_cores"),
+                "memory_bytes": node.facts.get("memory_bytes"),
+                "enrolled_at": node.enrolled_at,
+            }
+        )
+    return rows

@@ -1,0 +1,132 @@
+"""The node registry in Redis: enrollment (redeem), listing, revocation, leaving."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from hivemind_cluster.mesh import constants, ipam, store
+from hivemind_cluster.mesh.errors import NotFound
+from hivemind_cluster.mesh.tokens import secret_hash
+
+ACTIVE = "active"
+REVOKED = "revoked"
+LEFT = "left"
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    name: str
+    role: str
+    overlay_ip: str
+    wg_public_key: str
+    state: str
+    enrolled_at: float
+    facts: dict[str, Any] = field(default_factory=dict)
+    cert_serial: str = ""
+    cert_pem: str = ""
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Node:
+        return cls(
+            id=raw["id"],
+            name=raw["name"],
+            role=raw["role"],
+            overlay_ip=raw["overlay_ip"],
+            wg_public_key=raw["wg_public_key"],
+            state=raw["state"],
+            enrolled_at=float(raw["enrolled_at"]),
+            facts=json.loads(raw.get("facts") or "{}"),
+            cert_serial=raw.get("cert_serial", ""),
+            cert_pem=raw.get("cert_pem", ""),
+        )
+
+
+def new_node_id() -> str:
+    return "n" + secrets.token_hex(5)
+
+
+def redeem(
+    client: redis.Redis,
+    network: ipaddress.IPv4Network,
+    token_id: str,
+    secret: str,
+    hostname: str,
+    wg_public_key: str,
+    facts: dict[str, Any],
+) -> Node:
+    """Consume one use of a token and create the node (state ``enrolling``), atomically."""
+    node_id = new_node_id()
+    now = time.time()
+    ip, role = store.call(
+        client,
+        "hm_redeem",
+        [
+            constants.TOKEN.format(id=token_id),
+            constants.IPAM_NEXT,
+            constants.NODE.format(id=node_id),
+            constants.NODES,
+            constants.NODE_BY_WG_KEY,
+            constants.NODE_BY_IP,
+        ],
+        [
+            secret_hash(secret),
+            now,
+            *ipam.function_args(network),
+            node_id,
+            hostname,
+            wg_public_key,
+            store.dumps(facts),
+        ],
+    )
+    return Node(node_id, hostname, role, ip, wg_public_key, "enrolling", now, facts)
+
+
+def activate(client: redis.Redis, node_id: str, cert_serial: int, cert_pem: str) -> None:
+    client.hset(
+        constants.NODE.format(id=node_id),
+        mapping={"state": ACTIVE, "cert_serial": str(cert_serial), "cert_pem": cert_pem},
+    )
+
+
+def get_node(client: redis.Redis, ref: str) -> Node:
+    """A node by id, or by name when the name is unambiguous."""
+    raw: dict[str, str] = client.hgetall(constants.NODE.format(id=ref))  # type: ignore[assignment]
+    if raw:
+        return Node.from_hash(raw)
+    matches = [n for n in list_nodes(client) if n.name == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise NotFound(f"several nodes are named {ref!r}; use the node id")
+    raise NotFound(f"no node {ref!r}")
+
+
+def list_nodes(client: redis.Redis) -> list[Node]:
+    ids = client.zrange(constants.NODES, 0, -1)
+    pipe = client.pipeline(transaction=False)
+    for node_id in ids:
+        pipe.hgetall(constants.NODE.format(id=node_id))
+    return [Node.from_hash(raw) for raw in pipe.execute() if raw]
+
+
+def retire(client: redis.Redis, node: Node, state: str) -> None:
+    """Mark a node revoked or left and refuse its certificate from now on."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(
+        constants.NODE.format(id=node.id), mapping={"state": state, "retired_at": time.time()}
+    )
+    if node.cert_serial:
+        pipe.sadd(constants.REVOKED_SERIALS, node.cert_serial)
+    pipe.execute()
+
+
+def is_serial_revoked(client: redis.Redis, serial: int) -> bool:
+    return bool(client.sismember(constants.REVOKED_SERIALS, str(serial)))

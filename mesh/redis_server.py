@@ -1,0 +1,85 @@
+"""A real redis-server process owned by the hub (or by a test): bound to one address,
+password required, AOF persistence on."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from hivemind_cluster.mesh.errors import SystemFailure
+from hivemind_cluster.mesh.keys import write_private
+
+
+class RedisServer:
+    def __init__(self, data_dir: Path, bind: str, port: int, password: str) -> None:
+        self.data_dir = data_dir
+        self.bind = bind
+        self.port = port
+        self.password = password
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        # appendfsync everysec: at most one second of writes is lost if the machine (not
+        # the process) dies; a process crash loses nothing. See README "Redis".
+        return (
+            "\n".join(
+                [
+                    f"bind {self.bind}",
+                    f"port {self.port}",
+                    "protected-mode yes",
+                    f'requirepass "{self.password}"',
+                    f"dir {self.data_dir}",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "daemonize no",
+                    "logfile redis.log",
+                    "enable-debug-command no",
+                    "save 300 1",
+                ]
+            )
+            + "\n"
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "redis.conf"
+        write_private(conf, self.config())
+        try:
+            self.process = subprocess.Popen(
+                ["redis-server", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise SystemFailure("redis-server is not installed (run `make setup`)") from None
+        client = redis.Redis(
+            host=self.bind, port=self.port, password=self.password, socket_connect_timeout=0.5
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                log = self.data_dir / "redis.log"
+                tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+                raise SystemFailure(f"redis-server exited at start: {' '.join(tail)}")
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                if client.ping():
+                    client.close()
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemFailure(f"redis-server did not answer on {self.bind}:{self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,134 @@
+"""Typed settings: defaults, then the service's TOML file, then ``HIVEMIND_*`` environment.
+
+``load(HubSettings, path)`` returns a frozen dataclass. Every field can be overridden by
+the environment variable ``HIVEMIND_<FIELD>`` (``HIVEMIND_WG_PORT=51821``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hivemind_cluster.mesh.errors import InvalidInput
+
+S = TypeVar("S")
+
+HUB_CONFIG = "hub.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class HubSettings:
+    state_dir: str
+    # host[:port] agents dial for enrollment (written into every token).
+    endpoint: str = ""
+    # host:port the enrollment service binds on the underlay.
+    enroll_listen: str = "0.0.0.0:7443"
+    overlay: str = "100.64.0.0/16"
+    wg_port: int = 51820
+    interface: str = "hm0"
+    redis_port: int = 6379
+    pool_port: int = 50051
+    web_port: int = 5001
+    # Keepalive the agents send towards the hub (NAT traversal), seconds.
+    persistent_keepalive: int = 25
+    # Route traffic between spokes through the hub.
+    forward_between_peers: bool = True
+    # Drop packets for overlay addresses that arrive on any other interface.
+    guard_underlay: bool = True
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.overlay)
+
+    @property
+    def hub_ip(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def enroll_port(self) -> int:
+        return split_host_port(self.enroll_listen, 7443)[1]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.state_dir)
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``"192.0.2.1:7443"`` → ``("192.0.2.1", 7443)``; ``"[2001:db8::1]:7443"`` too."""
+    value = value.strip()
+    if not value:
+        raise InvalidInput("empty address")
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    if not host:
+        raise InvalidInput(f"address {value!r} has no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidInput(f"address {value!r} has an invalid port")
+    return host, int(port_text)
+
+
+def _coerce(field: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in {"1", "true", "yes", "on"}:
+                return True
+            if str(raw).lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        return str(raw)
+    except ValueError:
+        raise InvalidInput(f"{source}: {field.name} must be a {kind}, got {raw!r}") from None
+
+
+def load(cls: type[S], path: Path, **overrides: Any) -> S:
+    """Build ``cls`` from defaults, the TOML file at ``path`` (if any), env, then overrides."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{path}: not valid TOML ({exc})") from None
+        for key, raw in data.items():
+            if key not in fields:
+                raise InvalidInput(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(fields[key], raw, str(path))
+    for name, field in fields.items():
+        env = os.environ.get(f"HIVEMIND_{name.upper()}")
+        if env is not None and name != "state_dir":
+            values[name] = _coerce(field, env, f"HIVEMIND_{name.upper()}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def dump(settings: Any) -> str:
+    """Render a settings dataclass as TOML (flat: strings, integers, booleans)."""
+    lines = []
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{field.name} = {text}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,263 @@
+"""WireGuard control: one interface, two backends.
+
+* ``KernelBackend`` creates the interface with ``ip link add … type wireguard``.
+* ``UserspaceBackend`` starts ``wireguard-go``, which serves the standard WireGuard UAPI
+  socket in ``/var/run/wireguard/<name>.sock``.
+
+Everything after creation (keys, peers, statistics) goes through the ``wg`` tool, which
+speaks netlink to the kernel and the UAPI to ``wireguard-go``: one code path for both
+backends. The private key is passed on stdin, never on a command line. Because the UAPI
+socket directory is machine-wide, interface names must be unique per machine even across
+network namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from hivemind_cluster.mesh.errors import InvalidInput, SystemFailure
+from hivemind_cluster.mesh.system import run
+
+UAPI_DIR = Path("/var/run/wireguard")
+DEFAULT_MTU = 1420
+MAX_INTERFACE_NAME = 15
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    endpoint: str = ""
+    persistent_keepalive: int = 0
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    public_key: str
+    endpoint: str
+    allowed_ips: tuple[str, ...]
+    latest_handshake: int  # unix seconds, 0 = never
+    rx_bytes: int
+    tx_bytes: int
+
+
+class Backend(Protocol):
+    name: ClassVar[str]
+
+    @classmethod
+    def is_supported(cls) -> bool: ...
+
+    def create(self, interface: str) -> None: ...
+
+
+def link_exists(interface: str) -> bool:
+    return Path("/sys/class/net", interface).exists()
+
+
+def delete_link(interface: str) -> None:
+    if link_exists(interface):
+        run(["ip", "link", "delete", "dev", interface], check=False)
+
+
+class KernelBackend:
+    name: ClassVar[str] = "kernel"
+
+    @classmethod
+    def is_supported(cls) -> bool:
+        if shutil.which("ip") is None:
+            return False
+        probe = "hmprobe" + secrets.token_hex(3)
+        result = subprocess.run(
+            ["ip", "link", "add", probe, "type", "wireguard"], capture_output=True, check=False
+        )
+        if result.returncode == 0:
+            subprocess.run(["ip", "link", "delete", probe], capture_output=True, check=False)
+        return result.returncode == 0
+
+    def create(self, interface: str) -> None:
+        run(["ip", "link", "add", "dev", interface, "type", "wireguard"])
+
+
+class UserspaceBackend:
+    name: ClassVar[str] = "userspace"
+
+    @classmethod
+    def is_supported(cls) -> bool:
+        return shutil.which("wireguard-go") is not None and Path("/dev/net/tun").exists()
+
+    def create(self, interface: str) -> None:
+        socket = UAPI_DIR / f"{interface}.sock"
+        if socket.exists() and not link_exists(interface):
+            socket.unlink()  # left behind by a wireguard-go that was killed
+        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+        # wireguard-go daemonises: the parent returns once the device and socket exist.
+        result = subprocess.run(
+            ["wireguard-go", interface],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise SystemFailure(
+                f"wireguard-go could not create {interface}: {result.stderr.strip()[-200:]}"
+            )
+        deadline = time.monotonic() + 5
+        while not socket.exists():
+            if time.monotonic() > deadline:
+                raise SystemFailure(f"wireguard-go did not open its UAPI socket {socket}")
+            time.sleep(0.01)
+
+
+BACKENDS: dict[str, type[KernelBackend] | type[UserspaceBackend]] = {
+    "kernel": KernelBackend,
+    "userspace": UserspaceBackend,
+}
+
+
+def select_backend(preference: str = "auto") -> KernelBackend | UserspaceBackend:
+    """``auto`` probes the kernel first and falls back to wireguard-go."""
+    if preference not in ("auto", *BACKENDS):
+        raise InvalidInput(
+            f"WireGuard backend must be auto, kernel or userspace, not {preference!r}"
+        )
+    candidates = list(BACKENDS.values()) if preference == "auto" else [BACKENDS[preference]]
+    for backend in candidates:
+        if backend.is_supported():
+            return backend()
+    raise SystemFailure(
+        "no WireGuard backend available: the kernel has no wireguard module and "
+        "wireguard-go is not installed (run `make setup`)"
+    )
+
+
+def check_interface_name(name: str) -> str:
+    if (
+        not name
+        or len(name) > MAX_INTERFACE_NAME
+        or not all(c.isalnum() or c in "-_." for c in name)
+    ):
+        raise InvalidInput(f"interface name {name!r} must be 1-15 letters, digits, - _ .")
+    return name
+
+
+def backend_of(interface: str) -> str:
+    """Which backend runs an existing interface."""
+    return "userspace" if (UAPI_DIR / f"{interface}.sock").exists() else "kernel"
+
+
+class WireGuardInterface:
+    def __init__(self, name: str) -> None:
+        self.name = check_interface_name(name)
+
+    def exists(self) -> bool:
+        return link_exists(self.name)
+
+    def up(
+        self,
+        backend: Backend,
+        private_key: str,
+        address: str,
+        listen_port: int | None,
+        peers: list[PeerConfig],
+        mtu: int = DEFAULT_MTU,
+    ) -> None:
+        """Create and configure the interface; on any failure nothing is left behind."""
+        if self.exists():
+            raise SystemFailure(f"interface {self.name} already exists")
+        backend.create(self.name)
+        try:
+            command = ["wg", "set", self.name, "private-key", "/dev/stdin"]
+            if listen_port:
+                command += ["listen-port", str(listen_port)]
+            run(command, stdin=private_key + "\n")
+            for peer in peers:
+                self.add_peer(peer)
+            run(["ip", "address", "add", address, "dev", self.name])
+            run(["ip", "link", "set", "dev", self.name, "mtu", str(mtu), "up"])
+        except BaseException:
+            self.down()
+            raise
+
+    def add_peer(self, peer: PeerConfig) -> None:
+        command = [
+            "wg",
+            "set",
+            self.name,
+            "peer",
+            peer.public_key,
+            "allowed-ips",
+            ",".join(peer.allowed_ips),
+        ]
+        if peer.endpoint:
+            command += ["endpoint", peer.endpoint]
+        if peer.persistent_keepalive:
+            command += ["persistent-keepalive", str(peer.persistent_keepalive)]
+        run(command)
+
+    def remove_peer(self, public_key: str) -> None:
+        run(["wg", "set", self.name, "peer", public_key, "remove"])
+
+    def peers(self) -> list[PeerStatus]:
+        lines = run(["wg", "show", self.name, "dump"]).splitlines()[1:]
+        return [parse_dump_line(line) for line in lines if line.strip()]
+
+    def down(self) -> None:
+        delete_link(self.name)
+        socket = UAPI_DIR / f"{self.name}.sock"
+        deadline = time.monotonic() + 2
+        while socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # wireguard-go removes it when the device goes away
+        if socket.exists():
+            socket.unlink(missing_ok=True)
+
+
+def parse_dump_line(line: str) -> PeerStatus:
+    """One peer line of ``wg show IFACE dump``."""
+    fields = line.split("\t")
+    if len(fields) != 8:
+        raise SystemFailure(f"unexpected `wg show dump` line: {line!r}")
+    public_key, _psk, endpoint, allowed, handshake, rx, tx, _keepalive = fields
+    return PeerStatus(
+        public_key=public_key,
+        endpoint="" if endpoint == "(none)" else endpoint,
+        allowed_ips=tuple(a for a in allowed.split(",") if a and a != "(none)"),
+        latest_handshake=int(handshake),
+        rx_bytes=int(rx),
+        tx_bytes=int(tx),
+    )
+
+
+def render_quick_config(
+    private_key: str,
+    address: str,
+    peers: list[PeerConfig],
+    listen_port: int | None = None,
+    comment: str = "",
+) -> str:
+    """A ``wg-quick``-compatible configuration (for inspection; contains the private key)."""
+    lines = [f"# {comment}"] if comment else []
+    lines += ["[Interface]", f"PrivateKey = {private_key}", f"Address = {address}"]
+    if listen_port:
+        lines.append(f"ListenPort = {listen_port}")
+    lines.append(f"MTU = {DEFAULT_MTU}")
+    for peer in peers:
+        lines += [
+            "",
+            "[Peer]",
+            f"PublicKey = {peer.public_key}",
+            f"AllowedIPs = {', '.join(peer.allowed_ips)}",
+        ]
+        if peer.endpoint:
+            lines.append(f"Endpoint = {peer.endpoint}")
+        if peer.persistent_keepalive:
+            lines.append(f"PersistentKeepalive = {peer.persistent_keepalive}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The node pool: gRPC over the overlay, registry, scheduler, ledger (see DESIGN.md section 4)."""

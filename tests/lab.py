@@ -1,0 +1,140 @@
+"""A local lab of "hosts": network namespaces on one bridge, underlay 198.51.100.0/24.
+
+Used by the end-to-end tests, ``make demo`` and ``make bench``. Traffic stays between
+these namespaces: the bridge has no address in the root namespace. ``Lab.close()`` kills
+every process in every namespace and deletes namespaces, links and UAPI sockets, also
+after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# 192.0.2.0/24 is taken on some machines (this VM's eth0 is 192.0.2.2): use another
+# documentation range.
+UNDERLAY = "198.51.100"
+UAPI_DIR = Path("/var/run/wireguard")
+
+
+def sh(*command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=check)
+
+
+@dataclass
+class Host:
+    lab: Lab
+    name: str
+    netns: str
+    ip: str
+    index: int
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def wg_interface(self) -> str:
+        """A WireGuard interface name unique on the machine (UAPI sockets are global)."""
+        return f"{self.lab.prefix}w{self.index}"
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def run(
+        self,
+        *argv: str,
+        check: bool = True,
+        timeout: float = 120,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.command(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            env=env,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"[{self.name}] {' '.join(argv)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def popen(self, *argv: str, log: Path | None = None) -> subprocess.Popen[str]:
+        out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115
+        process = subprocess.Popen(
+            self.command(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def can_ping(self, address: str, timeout: float = 1.0) -> bool:
+        result = self.run("ping", "-c", "1", "-W", str(max(int(timeout), 1)), address, check=False)
+        return result.returncode == 0
+
+
+class Lab:
+    def __init__(self, workdir: Path, prefix: str | None = None) -> None:
+        self.prefix = prefix or "hm" + secrets.token_hex(2)
+        self.bridge = f"{self.prefix}br"
+        self.workdir = workdir
+        self.hosts: list[Host] = []
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        # Keep bridged frames out of iptables (Docker's FORWARD policy may be DROP).
+        sh("ip", "link", "set", self.bridge, "type", "bridge", "nf_call_iptables", "0", check=False)
+        sh("ip", "link", "set", self.bridge, "up")
+
+    def add_host(self, name: str) -> Host:
+        index = len(self.hosts) + 1
+        netns = f"{self.prefix}-{name}"
+        outer, inner = f"{self.prefix}v{index}", f"{self.prefix}i{index}"
+        sh("ip", "netns", "add", netns)
+        host = Host(self, name, netns, f"{UNDERLAY}.{index + 1}", index)
+        self.hosts.append(host)
+        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        sh("ip", "link", "set", outer, "master", self.bridge, "up")
+        sh("ip", "link", "set", inner, "netns", netns)
+        host.run("ip", "link", "set", "lo", "up")
+        host.run("ip", "address", "add", f"{host.ip}/24", "dev", inner)
+        host.run("ip", "link", "set", inner, "up")
+        return host
+
+    def close(self) -> None:
+        for host in self.hosts:
+            for process in host.processes:
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            for process in host.processes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            pids = sh("ip", "netns", "pids", host.netns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "delete", host.netns, check=False)
+        for socket in UAPI_DIR.glob(f"{self.prefix}*.sock"):
+            socket.unlink(missing_ok=True)
+        for index in range(1, len(self.hosts) + 1):
+            sh("ip", "link", "delete", f"{self.prefix}v{index}", check=False)
+        sh("ip", "link", "delete", self.bridge, check=False)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""The master web UI and JSON API (see DESIGN.md section 6)."""

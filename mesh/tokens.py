@@ -66,7 +66,7 @@ class JoinToken:
             raise TokenMalformed(f"join token must start with {PREFIX!r} (not a HiveMind token?)")
         body = text[len(PREFIX) :]
         try:
-            blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            blob = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise TokenMalformed("join token is not valid base64url (truncated?)") from None
         payload, checksum = blob[:-4], blob[-4:]

@@ -9,14 +9,17 @@ after a failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # 192.0.2.0/24 is taken on some machines (this VM's eth0 is 192.0.2.2): use another
 # documentation range.
@@ -138,3 +141,68 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment (``ip netns exec`` does not keep our PATH)."""
+    return str(BIN / name)
+
+
+class Mesh:
+    """A hub on one lab host and agents on others, driven through the real CLIs."""
+
+    def __init__(self, lab: Lab, hub: Host, overlay: str = "100.64.0.0/16") -> None:
+        self.lab = lab
+        self.hub = hub
+        self.overlay = overlay
+        self.hub_dir = lab.workdir / "hub"
+        self.hub_process: subprocess.Popen[str] | None = None
+
+    def hub_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.hub.run(tool("hivemind-hub"), *args, "--state-dir", str(self.hub_dir),
+                            check=check)
+
+    def start_hub(self) -> None:
+        if not (self.hub_dir / "hub.toml").exists():
+            self.hub_cli("init", "--endpoint", f"{self.hub.ip}:7443", "--overlay",
+                         self.overlay, "--interface", self.hub.wg_interface)
+        self.hub_process = self.hub.popen(tool("hivemind-hub"), "up", "--state-dir",
+                                          str(self.hub_dir), log=self.lab.workdir / "hub.log")
+        deadline = time.monotonic() + 20
+        while not (self.hub_dir / "run.json").exists():
+            if self.hub_process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("hub did not start:\n" + self.hub_log())
+            time.sleep(0.02)
+
+    def stop_hub(self) -> int:
+        assert self.hub_process is not None
+        self.hub_process.send_signal(signal.SIGTERM)
+        return self.hub_process.wait(timeout=30)
+
+    def hub_log(self) -> str:
+        log = self.lab.workdir / "hub.log"
+        return log.read_text() if log.exists() else ""
+
+    def token(self, role: str = "worker", ttl: str = "1h", uses: int = 1) -> str:
+        return self.hub_cli("token", "create", "--role", role, "--ttl", ttl,
+                            "--uses", str(uses)).stdout.strip()
+
+    def agent_dir(self, host: Host) -> Path:
+        return self.lab.workdir / f"agent-{host.name}"
+
+    def agent(self, host: Host, *args: str, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
+        return host.run(tool("hivemind-agent"), *args, "--state-dir",
+                        str(self.agent_dir(host)), check=check)
+
+    def join(self, host: Host, token: str, check: bool = True, *extra: str
+             ) -> subprocess.CompletedProcess[str]:
+        return self.agent(host, "join", token, "--interface", host.wg_interface,
+                          "--name", host.name, *extra, check=check)
+
+    def nodes(self, *extra: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.hub_cli("nodes", "--json", *extra).stdout)
+        return rows

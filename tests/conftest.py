@@ -52,8 +52,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("redis"), "127.0.0.1", free_port(),
-                         secrets.token_hex(16))
+    server = RedisServer(
+        tmp_path_factory.mktemp("redis"), "127.0.0.1", free_port(), secrets.token_hex(16)
+    )
     server.start()
     yield server
     server.stop()

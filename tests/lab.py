@@ -162,15 +162,28 @@ class Mesh:
         self.hub_process: subprocess.Popen[str] | None = None
 
     def hub_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.hub.run(tool("hivemind-hub"), *args, "--state-dir", str(self.hub_dir),
-                            check=check)
+        return self.hub.run(
+            tool("hivemind-hub"), *args, "--state-dir", str(self.hub_dir), check=check
+        )
 
     def start_hub(self) -> None:
         if not (self.hub_dir / "hub.toml").exists():
-            self.hub_cli("init", "--endpoint", f"{self.hub.ip}:7443", "--overlay",
-                         self.overlay, "--interface", self.hub.wg_interface)
-        self.hub_process = self.hub.popen(tool("hivemind-hub"), "up", "--state-dir",
-                                          str(self.hub_dir), log=self.lab.workdir / "hub.log")
+            self.hub_cli(
+                "init",
+                "--endpoint",
+                f"{self.hub.ip}:7443",
+                "--overlay",
+                self.overlay,
+                "--interface",
+                self.hub.wg_interface,
+            )
+        self.hub_process = self.hub.popen(
+            tool("hivemind-hub"),
+            "up",
+            "--state-dir",
+            str(self.hub_dir),
+            log=self.lab.workdir / "hub.log",
+        )
         deadline = time.monotonic() + 20
         while not (self.hub_dir / "run.json").exists():
             if self.hub_process.poll() is not None or time.monotonic() > deadline:
@@ -187,21 +200,32 @@ class Mesh:
         return log.read_text() if log.exists() else ""
 
     def token(self, role: str = "worker", ttl: str = "1h", uses: int = 1) -> str:
-        return self.hub_cli("token", "create", "--role", role, "--ttl", ttl,
-                            "--uses", str(uses)).stdout.strip()
+        return self.hub_cli(
+            "token", "create", "--role", role, "--ttl", ttl, "--uses", str(uses)
+        ).stdout.strip()
 
     def agent_dir(self, host: Host) -> Path:
         return self.lab.workdir / f"agent-{host.name}"
 
-    def agent(self, host: Host, *args: str, check: bool = True
-              ) -> subprocess.CompletedProcess[str]:
-        return host.run(tool("hivemind-agent"), *args, "--state-dir",
-                        str(self.agent_dir(host)), check=check)
+    def agent(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return host.run(
+            tool("hivemind-agent"), *args, "--state-dir", str(self.agent_dir(host)), check=check
+        )
 
-    def join(self, host: Host, token: str, check: bool = True, *extra: str
-             ) -> subprocess.CompletedProcess[str]:
-        return self.agent(host, "join", token, "--interface", host.wg_interface,
-                          "--name", host.name, *extra, check=check)
+    def join(
+        self, host: Host, token: str, check: bool = True, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        return self.agent(
+            host,
+            "join",
+            token,
+            "--interface",
+            host.wg_interface,
+            "--name",
+            host.name,
+            *extra,
+            check=check,
+        )
 
     def nodes(self, *extra: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(self.hub_cli("nodes", "--json", *extra).stdout)

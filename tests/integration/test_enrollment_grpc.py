@@ -48,7 +48,8 @@ class Server:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server, self.port = asyncio.run_coroutine_threadsafe(
-            create_server(enroller, "127.0.0.1:0", cert + ca.pem, key), self.loop).result()
+            create_server(enroller, "127.0.0.1:0", cert + ca.pem, key), self.loop
+        ).result()
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result()
@@ -70,24 +71,33 @@ def server(client: redis.Redis, ca: CertificateAuthority, tmp_path: Path) -> Ite
     running.close()
 
 
-def request_for(token: tokens.JoinToken, hostname: str = "worker-1", csr: bytes | None = None,
-                wg_key: str | None = None) -> pb.EnrollRequest:
+def request_for(
+    token: tokens.JoinToken,
+    hostname: str = "worker-1",
+    csr: bytes | None = None,
+    wg_key: str | None = None,
+) -> pb.EnrollRequest:
     return pb.EnrollRequest(
-        token_id=token.token_id, token_secret=token.secret,
+        token_id=token.token_id,
+        token_secret=token.secret,
         wireguard_public_key=wg_key or generate_wireguard_keypair()[1],
         csr_pem=build_csr(generate_tls_key(), hostname) if csr is None else csr,
-        hostname=hostname, facts=pb.HardwareFacts(cpu_cores=2, memory_bytes=1 << 30),
+        hostname=hostname,
+        facts=pb.HardwareFacts(cpu_cores=2, memory_bytes=1 << 30),
     )
 
 
 def state(client: redis.Redis) -> tuple[object, ...]:
-    return (client.get(constants.IPAM_NEXT), client.zcard(constants.NODES),
-            [client.hget(f"hm:token:{t}", "uses_left")
-             for t in client.zrange(constants.TOKENS, 0, -1)])
+    return (
+        client.get(constants.IPAM_NEXT),
+        client.zcard(constants.NODES),
+        [client.hget(f"hm:token:{t}", "uses_left") for t in client.zrange(constants.TOKENS, 0, -1)],
+    )
 
 
-def test_enroll_over_pinned_tls(server: Server, client: redis.Redis,
-                                ca: CertificateAuthority) -> None:
+def test_enroll_over_pinned_tls(
+    server: Server, client: redis.Redis, ca: CertificateAuthority
+) -> None:
     endpoint = f"127.0.0.1:{server.port}"
     token = tokens.create_token(client, [endpoint], ca.pin)
     ca_pem = client_side.fetch_pinned_ca(endpoint, token.ca_pin)
@@ -118,8 +128,11 @@ def test_unreachable_endpoint() -> None:
     ("mutate", "error", "message"),
     [
         (lambda r: setattr(r, "csr_pem", b"junk"), CsrRejected, "not a PEM CSR"),
-        (lambda r: setattr(r, "csr_pem", build_csr(generate_tls_key(), "other")), CsrRejected,
-         "common name"),
+        (
+            lambda r: setattr(r, "csr_pem", build_csr(generate_tls_key(), "other")),
+            CsrRejected,
+            "common name",
+        ),
         (lambda r: setattr(r, "wireguard_public_key", "short"), InvalidInput, "WireGuard"),
         (lambda r: setattr(r, "hostname", "bad host"), InvalidInput, "hostname"),
         (lambda r: setattr(r, "token_secret", "x" * 43), TokenRejected, "does not match"),
@@ -129,7 +142,12 @@ def test_unreachable_endpoint() -> None:
     ids=["csr-garbage", "csr-name", "wg-key", "hostname", "secret", "token-id", "unknown"],
 )
 def test_bad_requests_are_refused_and_change_nothing(
-    server: Server, client: redis.Redis, ca: CertificateAuthority, mutate, error, message,  # type: ignore[no-untyped-def]
+    server: Server,
+    client: redis.Redis,
+    ca: CertificateAuthority,
+    mutate,
+    error,
+    message,  # type: ignore[no-untyped-def]
 ) -> None:
     endpoint = f"127.0.0.1:{server.port}"
     token = tokens.create_token(client, [endpoint], ca.pin)
@@ -141,20 +159,22 @@ def test_bad_requests_are_refused_and_change_nothing(
     assert state(client) == before
 
 
-def test_oversized_message_is_refused(server: Server, client: redis.Redis,
-                                      ca: CertificateAuthority) -> None:
+def test_oversized_message_is_refused(
+    server: Server, client: redis.Redis, ca: CertificateAuthority
+) -> None:
     endpoint = f"127.0.0.1:{server.port}"
     token = tokens.create_token(client, [endpoint], ca.pin)
     request = request_for(token)
     request.facts.os = "x" * 100_000
     before = state(client)
-    with pytest.raises(Exception, match="resource_exhausted|larger than max"):
+    with pytest.raises(Exception, match=r"resource_exhausted|larger than max"):
         client_side.enroll(endpoint, ca.pem, request)
     assert state(client) == before
 
 
-def test_leave_needs_the_node_key(server: Server, client: redis.Redis,
-                                  ca: CertificateAuthority) -> None:
+def test_leave_needs_the_node_key(
+    server: Server, client: redis.Redis, ca: CertificateAuthority
+) -> None:
     endpoint = f"127.0.0.1:{server.port}"
     token = tokens.create_token(client, [endpoint], ca.pin)
     key = generate_tls_key()

@@ -46,7 +46,8 @@ def test_node_certificate_binds_id_and_overlay_ip(ca: CertificateAuthority) -> N
     cert.verify_directly_issued_by(ca.certificate)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
-        "hivemind://node/n0123456789"]
+        "hivemind://node/n0123456789"
+    ]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("100.64.0.7")]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -56,15 +57,21 @@ def test_node_certificate_binds_id_and_overlay_ip(ca: CertificateAuthority) -> N
 
 def test_server_certificate(ca: CertificateAuthority) -> None:
     pem, _ = ca.issue_server_certificate(["198.51.100.2", "hub.example"])
-    san = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+    san = (
+        x509.load_pem_x509_certificate(pem)
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert set(san.get_values_for_type(x509.DNSName)) == {HUB_SERVER_NAME, "hub.example"}
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("198.51.100.2")]
 
 
 def signed_csr(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, cn: str) -> bytes:
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
@@ -74,9 +81,11 @@ def tampered_csr() -> bytes:
     other = x509.load_pem_x509_csr(build_csr(generate_tls_key(), "worker-1"))
     der = good.public_bytes(serialization.Encoding.DER)
     good_spki = good.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     other_spki = other.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     forged = x509.load_der_x509_csr(der.replace(good_spki, other_spki))
     return forged.public_bytes(serialization.Encoding.PEM)
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 from hivemind_cluster.mesh.errors import InvalidInput, SystemFailure
-from hivemind_cluster.mesh.keys import check_wireguard_key, generate_wireguard_keypair
-from hivemind_cluster.mesh.keys import wireguard_public_key
+from hivemind_cluster.mesh.keys import (
+    check_wireguard_key,
+    generate_wireguard_keypair,
+    wireguard_public_key,
+)
 from hivemind_cluster.mesh.settings import HubSettings, dump, load, split_host_port
 from hivemind_cluster.mesh.wireguard import (
     PeerConfig,
@@ -26,7 +29,10 @@ def test_settings_defaults_file_then_env(tmp_path: Path, monkeypatch: pytest.Mon
     path.write_text('wg_port = 51900\noverlay = "100.65.0.0/24"\nguard_underlay = false\n')
     settings = load(HubSettings, path, state_dir="x")
     assert (settings.wg_port, settings.hub_ip, settings.guard_underlay) == (
-        51900, "100.65.0.1", False)
+        51900,
+        "100.65.0.1",
+        False,
+    )
     monkeypatch.setenv("HIVEMIND_WG_PORT", "51999")
     assert load(HubSettings, path, state_dir="x").wg_port == 51999
     assert load(HubSettings, path, state_dir="x", wg_port=1).wg_port == 1
@@ -38,10 +44,15 @@ def test_settings_round_trip_through_toml(tmp_path: Path) -> None:
     assert load(HubSettings, tmp_path / "hub.toml", state_dir=str(tmp_path)) == settings
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("wg_port = 'many'", "must be a int"), ("nonsense = 1", "unknown setting"),
-    ("wg_port = ", "not valid TOML"), ("guard_underlay = 'maybe'", "must be a bool"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("wg_port = 'many'", "must be a int"),
+        ("nonsense = 1", "unknown setting"),
+        ("wg_port = ", "not valid TOML"),
+        ("guard_underlay = 'maybe'", "must be a bool"),
+    ],
+)
 def test_bad_settings_files(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "hub.toml").write_text(text)
     with pytest.raises(InvalidInput, match=message):
@@ -54,10 +65,15 @@ def test_bad_env_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         load(HubSettings, tmp_path / "none.toml", state_dir="x")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("198.51.100.2:7443", ("198.51.100.2", 7443)), ("hub.example", ("hub.example", 7443)),
-    ("[2001:db8::1]:9", ("2001:db8::1", 9)), ("2001:db8::1", ("2001:db8::1", 7443)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("198.51.100.2:7443", ("198.51.100.2", 7443)),
+        ("hub.example", ("hub.example", 7443)),
+        ("[2001:db8::1]:9", ("2001:db8::1", 9)),
+        ("2001:db8::1", ("2001:db8::1", 7443)),
+    ],
+)
 def test_split_host_port(text: str, expected: tuple[str, int]) -> None:
     assert split_host_port(text, 7443) == expected
 
@@ -81,13 +97,20 @@ def test_quick_config_is_parsed_by_wg(tmp_path: Path) -> None:
     private, _ = generate_wireguard_keypair()
     _, hub = generate_wireguard_keypair()
     text = render_quick_config(
-        private, "100.64.0.2/16",
-        [PeerConfig(hub, ("100.64.0.0/16",), "198.51.100.2:51820", 25)], comment="node n1")
+        private,
+        "100.64.0.2/16",
+        [PeerConfig(hub, ("100.64.0.0/16",), "198.51.100.2:51820", 25)],
+        comment="node n1",
+    )
     assert "Address = 100.64.0.2/16" in text and "PersistentKeepalive = 25" in text
     (tmp_path / "hm0.conf").write_text(text)
     # `wg-quick strip` turns a wg-quick file into what `wg setconf` reads: it must accept it.
-    result = subprocess.run(["wg-quick", "strip", str(tmp_path / "hm0.conf")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["wg-quick", "strip", str(tmp_path / "hm0.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode == 127 or "not found" in result.stderr:
         pytest.skip("wg-quick is not installed")
     assert result.returncode == 0, result.stderr
@@ -97,8 +120,13 @@ def test_quick_config_is_parsed_by_wg(tmp_path: Path) -> None:
 def test_parse_dump_line() -> None:
     line = "PUB=\t(none)\t198.51.100.3:51820\t100.64.0.2/32\t1700000000\t532\t572\t25"
     status = parse_dump_line(line)
-    assert (status.endpoint, status.allowed_ips, status.latest_handshake, status.rx_bytes,
-            status.tx_bytes) == ("198.51.100.3:51820", ("100.64.0.2/32",), 1700000000, 532, 572)
+    assert (
+        status.endpoint,
+        status.allowed_ips,
+        status.latest_handshake,
+        status.rx_bytes,
+        status.tx_bytes,
+    ) == ("198.51.100.3:51820", ("100.64.0.2/32",), 1700000000, 532, 572)
     assert parse_dump_line("P\t(none)\t(none)\t(none)\t0\t0\t0\toff").endpoint == ""
     with pytest.raises(SystemFailure):
         parse_dump_line("garbage")
@@ -111,6 +139,10 @@ def test_interface_names(name: str) -> None:
 
 
 def test_generated_protobuf_code_is_current(repo_root: Path) -> None:
-    result = subprocess.run([sys.executable, str(repo_root / "scripts" / "protos.py"), "--check"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

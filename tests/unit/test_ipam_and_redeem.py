@@ -17,8 +17,9 @@ NET = ipaddress.IPv4Network("100.64.0.0/16")
 PIN = "A" * 43
 
 
-def test_fifty_concurrent_allocations_are_distinct(redis_server: RedisServer,
-                                                   client: redis.Redis) -> None:
+def test_fifty_concurrent_allocations_are_distinct(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
     def allocate(_: int) -> str:
         own = store.connect(redis_server.bind, redis_server.port, redis_server.password)
         try:
@@ -43,17 +44,34 @@ def test_exhaustion_is_a_clear_error_and_addresses_are_never_reused(client: redi
         ipam.allocate_ip(client, small)
 
 
-def redeem(client: redis.Redis, token: tokens.JoinToken, secret: str | None = None,
-           key: str | None = None, network: ipaddress.IPv4Network = NET) -> nodes.Node:
-    return nodes.redeem(client, network, token.token_id, secret or token.secret, "host-a",
-                        key or generate_wireguard_keypair()[1], {"cpu_cores": 2})
+def redeem(
+    client: redis.Redis,
+    token: tokens.JoinToken,
+    secret: str | None = None,
+    key: str | None = None,
+    network: ipaddress.IPv4Network = NET,
+) -> nodes.Node:
+    return nodes.redeem(
+        client,
+        network,
+        token.token_id,
+        secret or token.secret,
+        "host-a",
+        key or generate_wireguard_keypair()[1],
+        {"cpu_cores": 2},
+    )
 
 
 def snapshot(client: redis.Redis) -> tuple[object, ...]:
-    return (client.get(constants.IPAM_NEXT), client.zcard(constants.NODES),
-            client.hlen(constants.NODE_BY_IP),
-            sorted(client.hget(f"hm:token:{t}", "uses_left") or "" for t in
-                   client.zrange(constants.TOKENS, 0, -1)))
+    return (
+        client.get(constants.IPAM_NEXT),
+        client.zcard(constants.NODES),
+        client.hlen(constants.NODE_BY_IP),
+        sorted(
+            client.hget(f"hm:token:{t}", "uses_left") or ""
+            for t in client.zrange(constants.TOKENS, 0, -1)
+        ),
+    )
 
 
 def test_redeem_consumes_one_use_and_creates_the_node(client: redis.Redis) -> None:
@@ -84,8 +102,13 @@ def test_refused_tokens_change_nothing(client: redis.Redis, case: str) -> None:
         before = snapshot(client)
     elif case == "expired":
         client.hset(f"hm:token:{token.token_id}", "expires_at", 1)
-    messages = {"unknown": "not known", "secret": "does not match", "revoked": "revoked",
-                "expired": "expired", "used": "no uses left"}
+    messages = {
+        "unknown": "not known",
+        "secret": "does not match",
+        "revoked": "revoked",
+        "expired": "expired",
+        "used": "no uses left",
+    }
     with pytest.raises(TokenRejected, match=messages[case]):
         redeem(client, token, secret=secret)
     assert snapshot(client) == before

@@ -46,8 +46,17 @@ def test_round_trip() -> None:
         (lambda t: "hm1_", "checksum"),
         (lambda t: t * 30, "too long"),
     ],
-    ids=["empty", "blank", "prefix", "truncated-end", "truncated-half", "tampered", "garbage",
-         "bare-prefix", "huge"],
+    ids=[
+        "empty",
+        "blank",
+        "prefix",
+        "truncated-end",
+        "truncated-half",
+        "tampered",
+        "garbage",
+        "bare-prefix",
+        "huge",
+    ],
 )
 def test_malformed_tokens_have_specific_errors(mangle, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TokenMalformed, match=message):
@@ -70,8 +79,9 @@ def test_well_checksummed_but_invalid_payloads(payload: dict[str, object], messa
         JoinToken.parse(reencode(payload))
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h", 3600),
-                                               ("7d", 604800), ("45", 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h", 3600), ("7d", 604800), ("45", 45)]
+)
 def test_parse_duration(text: str, seconds: int) -> None:
     assert tokens.parse_duration(text) == seconds
 
@@ -101,11 +111,13 @@ def test_states_and_revocation(client: redis.Redis) -> None:
         tokens.revoke_token(client, "ffffffffffff")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"role": "admin"}, "role"),
-                                                 ({"uses": 0}, "uses"),
-                                                 ({"ttl_seconds": 0}, "ttl")])
-def test_create_rejects_bad_arguments(client: redis.Redis, kwargs: dict[str, object],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"role": "admin"}, "role"), ({"uses": 0}, "uses"), ({"ttl_seconds": 0}, "ttl")],
+)
+def test_create_rejects_bad_arguments(
+    client: redis.Redis, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
         tokens.create_token(client, ["h:1"], PIN, **kwargs)  # type: ignore[arg-type]
     assert tokens.list_tokens(client) == []

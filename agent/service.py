@@ -13,13 +13,16 @@ import signal
 import threading
 from types import FrameType
 
-from hivemind_cluster.agent.overlay import bring_up
+from hivemind_cluster.agent.overlay import bring_up, hub_answers
 from hivemind_cluster.agent.state import PID_FILE, AgentSettings, Enrollment
 from hivemind_cluster.mesh.errors import AlreadyExists
 from hivemind_cluster.mesh.keys import write_public
 
 log = logging.getLogger("hivemind.agent")
 CHECK_INTERVAL = 1.0
+# Probe the hub this often; after two silent probes, force a fresh WireGuard handshake
+# (a restarted hub has forgotten our session, and WireGuard alone waits up to ~2 minutes).
+PROBE_EVERY = 5
 
 
 def run_service(settings: AgentSettings, stop: threading.Event | None = None) -> None:
@@ -48,11 +51,23 @@ def run_service(settings: AgentSettings, stop: threading.Event | None = None) ->
         enrollment.overlay_ip,
         enrollment.interface,
     )
+    ticks = silent_probes = 0
     try:
         while not stop.wait(CHECK_INTERVAL):
+            ticks += 1
             if not interface.exists():
                 log.warning("interface %s disappeared; bringing it up again", interface.name)
                 interface = bring_up(settings, enrollment)
+            if ticks % PROBE_EVERY:
+                continue
+            if hub_answers(enrollment.hub_ip, enrollment.pool_port):
+                silent_probes = 0
+                continue
+            silent_probes += 1
+            if silent_probes >= 2:
+                log.warning("hub %s is not answering; forcing a new handshake", enrollment.hub_ip)
+                interface.reset_peer(enrollment.hub_peer)
+                silent_probes = 0
     finally:
         pid_file.unlink(missing_ok=True)
         interface.down()

@@ -206,6 +206,11 @@ class WireGuardInterface:
     def remove_peer(self, public_key: str) -> None:
         run(["wg", "set", self.name, "peer", public_key, "remove"])
 
+    def reset_peer(self, peer: PeerConfig) -> None:
+        """Drop the peer's session and re-add it: the next packet starts a new handshake."""
+        self.remove_peer(peer.public_key)
+        self.add_peer(peer)
+
     def peers(self) -> list[PeerStatus]:
         lines = run(["wg", "show", self.name, "dump"]).splitlines()[1:]
         return [parse_dump_line(line) for line in lines if line.strip()]

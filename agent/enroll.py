@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import load_der_x509_certificate
 
-from hivemind_cluster.mesh.ca import HUB_SERVER_NAME, pin_of
-from hivemind_cluster.mesh.enrollment import leave_message
+from hivemind_cluster.mesh.ca import HUB_SERVER_NAME, leave_message, pin_of
 from hivemind_cluster.mesh.errors import PinMismatch, Unavailable
 from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.mesh.keys import TlsKey

@@ -121,14 +121,16 @@ def join(
     )
     enrollment.save(root)
     bring_up(settings, enrollment)
-    if start_service:
-        ensure_service(settings)
+    # The service starts (a second or so of Python imports) while the handshake happens.
+    service = spawn_service(settings) if start_service else None
     if not wait_until_hub_answers(enrollment, settings.join_timeout):
         raise Unavailable(
             f"enrolled as {enrollment.node_id} at {enrollment.overlay_ip}, but the hub does not "
             f"answer over the overlay after {settings.join_timeout}s (is UDP "
             f"{enrollment.hub_endpoint} reachable?); `hivemind-agent status` shows the tunnel"
         )
+    if service is not None:
+        confirm_service(settings, service)
     return enrollment, True
 
 
@@ -158,12 +160,16 @@ def service_pid(settings: AgentSettings) -> int | None:
 
 def ensure_service(settings: AgentSettings) -> int:
     """Start ``hivemind-agent run`` in the background unless it runs already."""
+    return confirm_service(settings, spawn_service(settings))
+
+
+def spawn_service(settings: AgentSettings) -> subprocess.Popen[bytes] | int:
+    """Launch the service without waiting for it; returns the process (or a running pid)."""
     pid = service_pid(settings)
     if pid is not None:
         return pid
-    log = open(settings.path / LOG_FILE, "ab")  # noqa: SIM115 (handed to the child)
-    with log:
-        process = subprocess.Popen(
+    with open(settings.path / LOG_FILE, "ab") as log:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -177,6 +183,12 @@ def ensure_service(settings: AgentSettings) -> int:
             stderr=log,
             start_new_session=True,
         )
+
+
+def confirm_service(settings: AgentSettings, process: subprocess.Popen[bytes] | int) -> int:
+    """Wait until a spawned service has written its pid file."""
+    if isinstance(process, int):
+        return process
     deadline = time.monotonic() + 10
     while service_pid(settings) != process.pid:
         if process.poll() is not None:

@@ -213,6 +213,11 @@ def load_certificate(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def leave_message(node_id: str, unix_time: int) -> bytes:
+    """What a node signs to deregister itself (proof of its certificate key)."""
+    return f"hivemind-leave:{node_id}:{unix_time}".encode()
+
+
 def verify_signature(certificate_pem: bytes, signature: bytes, message: bytes) -> bool:
     key = load_certificate(certificate_pem).public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):

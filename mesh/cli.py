@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", default="100.64.0.0/16", help="overlay network (IPv4 CIDR)")
     p.add_argument("--wg-port", type=int, default=51820, help="WireGuard UDP port")
     p.add_argument("--interface", default="hm0", help="WireGuard interface name")
+    p.add_argument("--name", default="", help="the hub's name in node lists (default hostname)")
     p.add_argument("--force", action="store_true", help="replace an existing hub")
 
     p = sub.add_parser("up", parents=[state], help="run the hub in the foreground")
@@ -71,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_init(args: argparse.Namespace) -> int:
     settings = init_hub(
-        args.state_dir, args.endpoint, args.overlay, args.wg_port, args.interface, args.force
+        args.state_dir,
+        args.endpoint,
+        args.overlay,
+        args.wg_port,
+        args.interface,
+        args.force,
+        args.name,
     )
     pin = CertificateAuthority.load(settings.path).pin
     if args.json:

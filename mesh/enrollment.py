@@ -20,6 +20,7 @@ from hivemind_cluster.mesh.ca import (
     CertificateAuthority,
     check_csr,
     check_hostname,
+    leave_message,
     verify_signature,
 )
 from hivemind_cluster.mesh.errors import InvalidInput, NotFound, PermissionDenied
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 LEAVE_CLOCK_SKEW = 300
-
-
-def leave_message(node_id: str, unix_time: int) -> bytes:
-    return f"hivemind-leave:{node_id}:{unix_time}".encode()
 
 
 @dataclass

@@ -66,6 +66,7 @@ def init_hub(
     wg_port: int = 51820,
     interface: str = "hm0",
     force: bool = False,
+    name: str = "",
 ) -> HubSettings:
     """Create the CA, the hub's WireGuard key, the server certificate and hub.toml."""
     root = Path(state_dir)
@@ -85,6 +86,7 @@ def init_hub(
     check_interface_name(interface)
     settings = HubSettings(
         state_dir=str(root),
+        name=name,
         endpoint=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         enroll_listen=f"0.0.0.0:{port}",
         overlay=str(network),

@@ -28,7 +28,7 @@ def describe(
     rows: list[dict[str, Any]] = [
         {
             "id": "hub",
-            "name": socket.gethostname(),
+            "name": settings.name or socket.gethostname(),
             "role": "hub",
             "overlay_ip": settings.hub_ip,
             "online": interface.exists(),

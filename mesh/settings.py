@@ -23,6 +23,8 @@ HUB_CONFIG = "hub.toml"
 @dataclasses.dataclass(frozen=True)
 class HubSettings:
     state_dir: str
+    # The hub's name in node lists (default: the host name).
+    name: str = ""
     # host[:port] agents dial for enrollment (written into every token).
     endpoint: str = ""
     # host:port the enrollment service binds on the underlay.

@@ -17,11 +17,13 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-
-import redis
+from typing import TYPE_CHECKING
 
 from hivemind_cluster.mesh import constants
 from hivemind_cluster.mesh.errors import InvalidInput, NotFound, TokenMalformed
+
+if TYPE_CHECKING:  # the agent parses tokens and must not pay for importing redis
+    import redis
 
 PREFIX = "hm1_"
 ROLES = ("worker", "operator")

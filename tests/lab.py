@@ -176,6 +176,8 @@ class Mesh:
                 self.overlay,
                 "--interface",
                 self.hub.wg_interface,
+                "--name",
+                self.hub.name,
             )
         self.hub_process = self.hub.popen(
             tool("hivemind-hub"),

@@ -90,15 +90,20 @@ class Host:
 
 
 class Lab:
+    """Hosts are namespaces; the "switch" is a bridge in a namespace of its own.
+
+    Keeping the bridge out of the root namespace keeps it out of the root's iptables: a
+    running dockerd sets the FORWARD policy to DROP there and turns on br_netfilter.
+    """
+
     def __init__(self, workdir: Path, prefix: str | None = None) -> None:
         self.prefix = prefix or "hm" + secrets.token_hex(2)
-        self.bridge = f"{self.prefix}br"
+        self.switch = f"{self.prefix}-switch"
         self.workdir = workdir
         self.hosts: list[Host] = []
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        # Keep bridged frames out of iptables (Docker's FORWARD policy may be DROP).
-        sh("ip", "link", "set", self.bridge, "type", "bridge", "nf_call_iptables", "0", check=False)
-        sh("ip", "link", "set", self.bridge, "up")
+        sh("ip", "netns", "add", self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
 
     def add_host(self, name: str) -> Host:
         index = len(self.hosts) + 1
@@ -107,9 +112,22 @@ class Lab:
         sh("ip", "netns", "add", netns)
         host = Host(self, name, netns, f"{UNDERLAY}.{index + 1}", index)
         self.hosts.append(host)
-        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-        sh("ip", "link", "set", outer, "master", self.bridge, "up")
-        sh("ip", "link", "set", inner, "netns", netns)
+        sh(
+            "ip",
+            "link",
+            "add",
+            outer,
+            "netns",
+            self.switch,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            inner,
+            "netns",
+            netns,
+        )
+        sh("ip", "-n", self.switch, "link", "set", outer, "master", "br0", "up")
         host.run("ip", "link", "set", "lo", "up")
         host.run("ip", "address", "add", f"{host.ip}/24", "dev", inner)
         host.run("ip", "link", "set", inner, "up")
@@ -125,16 +143,13 @@ class Lab:
             for process in host.processes:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            pids = sh("ip", "netns", "pids", host.netns, check=False).stdout.split()
-            for pid in pids:
+            for pid in sh("ip", "netns", "pids", host.netns, check=False).stdout.split():
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "delete", host.netns, check=False)
         for socket in UAPI_DIR.glob(f"{self.prefix}*.sock"):
             socket.unlink(missing_ok=True)
-        for index in range(1, len(self.hosts) + 1):
-            sh("ip", "link", "delete", f"{self.prefix}v{index}", check=False)
-        sh("ip", "link", "delete", self.bridge, check=False)
+        sh("ip", "netns", "delete", self.switch, check=False)
 
     def __enter__(self) -> Lab:
         return self

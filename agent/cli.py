@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the service in this process after joining (for systemd)",
     )
+    p.add_argument(
+        "--no-service",
+        action="store_true",
+        help="do not start the service (a supervisor such as systemd will run it)",
+    )
     p = sub.add_parser("run", parents=[common], help="run the agent service (foreground)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub.add_parser("status", parents=[common], help="identity and overlay state")
@@ -49,7 +54,9 @@ def cmd_join(args: argparse.Namespace, settings: AgentSettings) -> int:
     started = time.monotonic()
     if not args.json and sys.stderr.isatty():
         print("joining…", file=sys.stderr)
-    enrollment, new = membership.join(settings, token, args.name, start_service=not args.foreground)
+    enrollment, new = membership.join(
+        settings, token, args.name, start_service=not (args.foreground or args.no_service)
+    )
     elapsed = time.monotonic() - started
     if args.json:
         print_json(

@@ -50,17 +50,27 @@ class Site:
 
     def start_sshd(self) -> None:
         self.ssh_dir.mkdir()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(self.ssh_dir / "host_key")], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(self.ssh_dir / "id")], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.ssh_dir / "host_key")],
+            check=True,
+        )
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.ssh_dir / "id")],
+            check=True,
+        )
         shutil.copy(self.ssh_dir / "id.pub", self.ssh_dir / "authorized_keys")
         Path("/run/sshd").mkdir(exist_ok=True)
         for host in [self.hub, *self.agents]:
             config = self.ssh_dir / f"sshd-{host.name}.conf"
             config.write_text(SSHD_CONFIG.format(ip=host.ip, dir=self.ssh_dir, name=host.name))
-            host.popen("/usr/sbin/sshd", "-D", "-e", "-f", str(config),
-                       log=self.work / f"sshd-{host.name}.log")
+            host.popen(
+                "/usr/sbin/sshd",
+                "-D",
+                "-e",
+                "-f",
+                str(config),
+                log=self.work / f"sshd-{host.name}.log",
+            )
 
     def write_inventory(self, wheelhouse: Path) -> None:
         hub, prefix = self.hub, self.lab.prefix
@@ -70,7 +80,8 @@ class Site:
             f"hivemind_hub_state_dir={self.work}/hub-state "
             f"hivemind_hub_interface={hub.wg_interface} hivemind_venv={self.work}/venv-hub "
             f"hivemind_hub_unit={prefix}-hivemind-hub",
-            "", "[hivemind_agents]",
+            "",
+            "[hivemind_agents]",
         ]
         for agent in self.agents:
             lines.append(
@@ -78,12 +89,14 @@ class Site:
                 f"hivemind_agent_state_dir={self.work}/{agent.name}-state "
                 f"hivemind_agent_interface={agent.wg_interface} "
                 f"hivemind_venv={self.work}/venv-{agent.name} "
-                f"hivemind_agent_unit={prefix}-hivemind-agent-{agent.name}")
+                f"hivemind_agent_unit={prefix}-hivemind-agent-{agent.name}"
+            )
         lines += [
-            "", "[all:vars]", "ansible_user=root",
+            "",
+            "[all:vars]",
+            "ansible_user=root",
             f"ansible_ssh_private_key_file={self.ssh_dir}/id",
-            "ansible_ssh_common_args='-o StrictHostKeyChecking=no "
-            "-o UserKnownHostsFile=/dev/null'",
+            "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
             "ansible_python_interpreter=/usr/bin/python3",
             "hivemind_service_manager=direct",
             f"hivemind_systemd_dir={self.work}/systemd",
@@ -93,15 +106,30 @@ class Site:
         self.inventory.write_text("\n".join(lines) + "\n")
 
     def playbook(self) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_FORCE_COLOR="0", ANSIBLE_RETRY_FILES_ENABLED="False")
-        return self.controller.run(tool("ansible-playbook"), "-i", str(self.inventory),
-                                   str(REPO / "ansible" / "site.yml"), check=False,
-                                   timeout=900, env=env)
+        env = dict(
+            os.environ,
+            ANSIBLE_HOST_KEY_CHECKING="False",
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_FORCE_COLOR="0",
+            ANSIBLE_RETRY_FILES_ENABLED="False",
+        )
+        return self.controller.run(
+            tool("ansible-playbook"),
+            "-i",
+            str(self.inventory),
+            str(REPO / "ansible" / "site.yml"),
+            check=False,
+            timeout=900,
+            env=env,
+        )
 
     def hub_cli(self, *args: str) -> str:
-        return self.hub.run(str(self.work / "venv-hub" / "bin" / "hivemind-hub"), *args,
-                            "--state-dir", str(self.work / "hub-state")).stdout
+        return self.hub.run(
+            str(self.work / "venv-hub" / "bin" / "hivemind-hub"),
+            *args,
+            "--state-dir",
+            str(self.work / "hub-state"),
+        ).stdout
 
 
 def running_commands() -> list[str]:
@@ -125,24 +153,30 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     for line in output.split("PLAY RECAP", 1)[-1].splitlines():
         match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
         if match:
-            hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)",
-                                                                       match.group(2))}
+            hosts[match.group(1)] = {
+                k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))
+            }
     return hosts
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     require_root_network()
-    require(shutil.which("ansible-playbook") is not None or Path(tool("ansible-playbook")).exists(),
-            "ansible-core is not installed (make setup)")
+    require(
+        shutil.which("ansible-playbook") is not None or Path(tool("ansible-playbook")).exists(),
+        "ansible-core is not installed (make setup)",
+    )
     require(Path("/usr/sbin/sshd").exists(), "openssh-server is not installed (make setup)")
     work = tmp_path_factory.mktemp("ansible")
     wheelhouse = work / "wheels"
     # Wheels for the targets' interpreter (dependency markers depend on its version).
     builder = work / "builder"
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(builder)], check=True)
-    subprocess.run([str(builder / "bin" / "pip"), "wheel", "-q", "--wheel-dir", str(wheelhouse),
-                    str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [str(builder / "bin" / "pip"), "wheel", "-q", "--wheel-dir", str(wheelhouse), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     lab = Lab(work)
     try:
         site = Site(lab, work)
@@ -154,9 +188,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def test_playbook_provisions_a_hub_and_two_agents(site: Site) -> None:
-    warnings.warn("systemd cannot run in network-namespace hosts: the unit files are "
-                  "verified and their commands started directly (hivemind_service_manager="
-                  "direct)", stacklevel=1)
+    warnings.warn(
+        "systemd cannot run in network-namespace hosts: the unit files are "
+        "verified and their commands started directly (hivemind_service_manager="
+        "direct)",
+        stacklevel=1,
+    )
     first = site.playbook()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap(first.stdout).values())
@@ -196,5 +233,3 @@ def test_agents_are_not_enrolled_twice(site: Site) -> None:
     assert len([n for n in nodes if n["role"] == "worker"]) == 2
     tokens = json.loads(site.hub_cli("token", "list", "--json"))
     assert len(tokens) == 2 and all(t["state"] == "used" for t in tokens)
-
-

@@ -11,8 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False,
-                          timeout=300)
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
 
 
 def test_ansible_lint_is_clean() -> None:
@@ -21,8 +20,13 @@ def test_ansible_lint_is_clean() -> None:
 
 
 def test_playbook_syntax() -> None:
-    result = run(tool("ansible-playbook"), "--syntax-check", "-i",
-                 "ansible/inventory.example.ini", "ansible/site.yml")
+    result = run(
+        tool("ansible-playbook"),
+        "--syntax-check",
+        "-i",
+        "ansible/inventory.example.ini",
+        "ansible/site.yml",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

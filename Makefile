@@ -3,10 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test lint protos unit e2e bench clean
+.PHONY: setup images demo test lint protos unit e2e bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+# Local task images (no registry): hivemind/busybox:latest and hivemind/python:3.11.
+images:
+	@bash scripts/images.sh
 
 demo: setup
 	$(PY) scripts/demo.py

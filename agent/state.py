@@ -38,6 +38,13 @@ class AgentSettings:
     backend: str = "auto"
     # Seconds `join` waits for the hub to answer over the overlay.
     join_timeout: int = 20
+    # Capacity offered to the pool: "" detects it; else like "2" / "500m" and "4G".
+    cpus: str = ""
+    memory: str = ""
+    # Labels reported to the pool: "zone=lab,disk=ssd".
+    labels: str = ""
+    # On SIGTERM, running tasks get this many seconds to finish before they are requeued.
+    drain_seconds: int = 30
 
     @property
     def path(self) -> Path:

@@ -168,11 +168,22 @@ class CertificateAuthority:
         )
         return issued.pem, private_key_pem(key)
 
+    def issue_client_certificate(self, node_id: str, overlay_ip: str) -> tuple[bytes, bytes]:
+        """A client certificate with a fresh key (the hub's own, for its CLI and web UI)."""
+        key = generate_tls_key()
+        return self._sign_node_key(key.public_key(), node_id, overlay_ip).pem, private_key_pem(key)
+
     def sign_node(
         self, csr: x509.CertificateSigningRequest, node_id: str, overlay_ip: str
     ) -> IssuedCertificate:
         public_key = csr.public_key()
         assert isinstance(public_key, ec.EllipticCurvePublicKey)  # checked by check_csr
+        return self._sign_node_key(public_key, node_id, overlay_ip)
+
+    def _sign_node_key(
+        self, public_key: ec.EllipticCurvePublicKey, node_id: str, overlay_ip: str
+    ) -> IssuedCertificate:
+        """Bind a key to a node id (URI SAN, CN) and its overlay IP (IP SAN)."""
         sans: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(NODE_URI_PREFIX + node_id),
             x509.IPAddress(ipaddress.ip_address(overlay_ip)),

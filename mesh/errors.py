@@ -63,6 +63,24 @@ class Unavailable(HiveMindError):
     code = "unavailable"
 
 
+class Conflict(HiveMindError):
+    """The request is valid but the object is not in a state that allows it."""
+
+    code = "conflict"
+
+
+class StaleAttempt(Conflict):
+    """A message from a task attempt the pool has superseded (fencing)."""
+
+    code = "stale_attempt"
+
+
+class Unschedulable(InvalidInput):
+    """No node of the pool could ever run this task."""
+
+    code = "unschedulable"
+
+
 class SystemFailure(HiveMindError):
     """A privileged system operation failed (interface, WireGuard, process)."""
 
@@ -79,6 +97,9 @@ _GRPC_STATUS: dict[type[HiveMindError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    StaleAttempt: grpc.StatusCode.FAILED_PRECONDITION,
+    Unschedulable: grpc.StatusCode.FAILED_PRECONDITION,
 }
 _KNOWN: tuple[type[HiveMindError], ...] = (*_GRPC_STATUS, PinMismatch, SystemFailure, HiveMindError)
 _ERROR_FOR_CODE: dict[str, type[HiveMindError]] = {cls.code: cls for cls in _KNOWN}

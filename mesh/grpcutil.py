@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,8 +20,18 @@ from hivemind_cluster.mesh.errors import (
 log = logging.getLogger(__name__)
 
 
+Authorize = Callable[[grpc.aio.ServicerContext[Any, Any], str], Awaitable[None]]
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turn HiveMindError into its gRPC status; never leak a traceback to the caller."""
+    """Turn HiveMindError into its gRPC status; never leak a traceback to the caller.
+
+    With ``authorize``, every call of every kind (unary or streaming) is first checked by
+    it: it raises a HiveMindError to refuse, so authentication also lives in one place.
+    """
+
+    def __init__(self, authorize: Authorize | None = None) -> None:
+        self.authorize = authorize
 
     async def intercept_service(
         self,
@@ -30,28 +41,63 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner: Any = handler.unary_unary  # an async callable on a grpc.aio server
         method = handler_call_details.method
+        authorize = self.authorize
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                return await inner(request, context)
-            except HiveMindError as exc:
+        async def refuse(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+            if isinstance(exc, HiveMindError):
                 log.info("%s refused: %s", method, exc.message)
                 await context.abort(grpc_status(exc), grpc_details(exc))
-            except Exception:
-                log.exception("%s failed", method)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, "internal: unexpected server error (see the hub log)"
-                )
+            log.error("%s failed", method, exc_info=exc)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal: unexpected server error (see the hub log)"
+            )
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        def unary(inner: Any) -> Any:
+            async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    if authorize is not None:
+                        await authorize(context, method)
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await refuse(context, exc)
+
+            return guarded
+
+        def streaming(inner: Any) -> Any:
+            if not inspect.isasyncgenfunction(inner):
+                return unary(inner)  # a coroutine that writes with context.write()
+
+            async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    if authorize is not None:
+                        await authorize(context, method)
+                    async for response in inner(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await refuse(context, exc)
+
+            return guarded
+
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **codec)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **codec)
+        return handler
 
 
 def error_from_rpc(exc: grpc.RpcError, what: str) -> HiveMindError:

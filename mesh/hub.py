@@ -32,6 +32,10 @@ from hivemind_cluster.mesh.wireguard import (
     check_interface_name,
     select_backend,
 )
+from hivemind_cluster.pool.auth import HUB_NODE_ID
+from hivemind_cluster.pool.client import HUB_CLIENT_CERT, HUB_CLIENT_KEY
+from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.pool.service import create_server as create_pool_server
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +171,18 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
             if node.state == nodes.ACTIVE:
                 interface.add_peer(PeerConfig(node.wg_public_key, (f"{node.overlay_ip}/32",)))
         enroller = Enroller(settings, ca, client, interface, (root / WG_PUB).read_text().strip())
+        server_cert = (root / SERVER_CERT).read_bytes() + ca.pem
+        server_key = (root / SERVER_KEY).read_bytes()
         server, port = await create_server(
-            enroller,
-            settings.enroll_listen,
-            (root / SERVER_CERT).read_bytes() + ca.pem,
-            (root / SERVER_KEY).read_bytes(),
+            enroller, settings.enroll_listen, server_cert, server_key
         )
+        pool_server = pool = None
         try:
+            ensure_hub_client_certificate(settings, ca)
+            pool = await Pool.open(settings, password)
+            pool_server, _ = await create_pool_server(
+                pool, f"{settings.hub_ip}:{settings.pool_port}", server_cert, server_key, ca.pem
+            )
             write_public(
                 root / RUN_FILE,
                 json.dumps(
@@ -183,11 +192,13 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
                         "interface": settings.interface,
                         "hub_ip": settings.hub_ip,
                         "enroll_port": port,
+                        "pool_address": f"{settings.hub_ip}:{settings.pool_port}",
                     }
                 ),
             )
             log.info(
-                "hub up: %s/%d on %s (%s WireGuard, port %d); enrollment on %s; Redis on %s:%d",
+                "hub up: %s/%d on %s (%s WireGuard, port %d); enrollment on %s; "
+                "Redis on %s:%d; pool on %s:%d",
                 settings.hub_ip,
                 settings.network.prefixlen,
                 settings.interface,
@@ -196,9 +207,25 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
                 settings.enroll_listen,
                 settings.hub_ip,
                 settings.redis_port,
+                settings.hub_ip,
+                settings.pool_port,
             )
             await stop.wait()
             log.info("hub stopping")
         finally:
             (root / RUN_FILE).unlink(missing_ok=True)
+            if pool_server is not None:
+                await pool_server.stop(grace=2)
+            if pool is not None:
+                await pool.close()
             await server.stop(grace=2)
+
+
+def ensure_hub_client_certificate(settings: HubSettings, ca: CertificateAuthority) -> None:
+    """The hub's own client identity for the pool (``hivemind --identity <state dir>``)."""
+    cert, key = settings.path / HUB_CLIENT_CERT, settings.path / HUB_CLIENT_KEY
+    if cert.exists() and key.exists():
+        return
+    cert_pem, key_pem = ca.issue_client_certificate(HUB_NODE_ID, settings.hub_ip)
+    write_private(key, key_pem)
+    write_public(cert, cert_pem)

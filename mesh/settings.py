@@ -41,6 +41,18 @@ class HubSettings:
     forward_between_peers: bool = True
     # Drop packets for overlay addresses that arrive on any other interface.
     guard_underlay: bool = True
+    # Pool: a worker silent this many seconds is lost and its tasks are requeued.
+    heartbeat_timeout: int = 10
+    # Task defaults and limits (a submission may ask for less or more, within the limits).
+    task_timeout: int = 3600
+    max_task_timeout: int = 86400
+    max_attempts: int = 3
+    task_cpu_millis: int = 1000
+    task_memory_bytes: int = 512 * 1024 * 1024
+    # May a task ask for network access (`network: true`)? Off: tasks run with no network.
+    allow_task_network: bool = False
+    # Output a task attempt may stream to the pool; the rest is dropped, marked truncated.
+    log_cap_bytes: int = 4 * 1024 * 1024
 
     @property
     def network(self) -> ipaddress.IPv4Network:

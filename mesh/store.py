@@ -36,7 +36,7 @@ def connect(host: str, port: int, password: str | None) -> redis.Redis:
         socket_timeout=10,
     )
     try:
-        client.function_load(library_code(), replace=True)
+        load_libraries(client)
     except redis.AuthenticationError:
         raise errors.PermissionDenied(f"Redis at {host}:{port} refused the password") from None
     except redis.ConnectionError as exc:
@@ -58,19 +58,36 @@ def connect_hub(settings: HubSettings) -> redis.Redis:
         ) from None
 
 
-def library_code() -> str:
-    return resources.files("hivemind_cluster.mesh").joinpath("redis_functions.lua").read_text()
+# The Lua libraries, one per package: the mesh's (tokens, IPAM) and the pool's (tasks).
+LIBRARIES = ("hivemind_cluster.mesh", "hivemind_cluster.pool")
+
+
+def library_code(package: str = "hivemind_cluster.mesh") -> str:
+    return resources.files(package).joinpath("redis_functions.lua").read_text()
+
+
+def load_libraries(client: redis.Redis) -> None:
+    for package in LIBRARIES:
+        client.function_load(library_code(package), replace=True)
 
 
 def call(client: redis.Redis, function: str, keys: list[str], args: list[Any]) -> Any:
     try:
         return client.fcall(function, len(keys), *keys, *args)
     except redis.ResponseError as exc:
-        code, _, _detail = str(exc).partition(" ")
-        if code not in _LUA_ERRORS:
-            raise
-        cls, message = _LUA_ERRORS[code]
-        raise cls(message) from None
+        raise lua_error(exc, _LUA_ERRORS) from None
+
+
+LuaErrors = dict[str, tuple[type[errors.HiveMindError], str]]
+
+
+def lua_error(exc: redis.ResponseError, table: LuaErrors) -> Exception:
+    """The HiveMindError for a Lua ``"<CODE> <detail>"`` reply (``{detail}`` fills in), or exc."""
+    code, _, detail = str(exc).partition(" ")
+    if code not in table:
+        return exc
+    cls, message = table[code]
+    return cls(message.format(detail=detail))
 
 
 def dumps(value: Any) -> str:

@@ -10,6 +10,7 @@ the generated imports are absolute (``from hivemind_cluster.protos import ...``)
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,10 @@ def generate(out_dir: Path) -> list[Path]:
         f"--mypy_grpc_out={out_dir}",
         *[f"{VIRTUAL}/{source.name}" for source in sources],
     ]
-    subprocess.run(command, check=True)
+    # The mypy plugins are console scripts next to this interpreter.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    subprocess.run(command, check=True, env=env)
     return sorted((out_dir / VIRTUAL).glob("*_pb2*"))
 
 

@@ -64,7 +64,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     connection = store.connect(redis_server.bind, redis_server.port, redis_server.password)
     connection.flushall()
-    connection.function_load(store.library_code(), replace=True)
+    store.load_libraries(connection)
     yield connection
     connection.close()
 

@@ -1,0 +1,310 @@
+"""The agent's side of the pool: one stream up to the hub, tasks run as they arrive.
+
+``Worker.run()`` keeps a ``Connect`` stream open (reconnecting with backoff): it
+registers the machine's capacity and the attempts still running, sends a heartbeat every
+second, runs each ``Assign`` in the executor on a thread, streams its output, and reports
+its result until the pool acknowledges it. A reconnect resumes: running attempts continue
+and unacknowledged results are sent again (the pool's fencing makes that safe).
+
+Shutdown, as in rq: ``drain()`` (first SIGTERM) takes no new work — the heartbeat says
+``draining`` — and lets running tasks finish for ``drain_seconds``; then, or at once on
+``halt()`` (second signal), it stops them and reports them ``interrupted`` so the pool
+requeues them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+import psutil
+
+from hivemind_cluster import __version__
+from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun
+from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.pool.client import Identity, aio_channel
+from hivemind_cluster.pool.constants import INTERRUPTED
+from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+
+log = logging.getLogger("hivemind.agent.worker")
+LOG_PIECE = 64 * 1024
+MAX_BACKLOG = 10_000  # messages kept while disconnected; older log chunks are dropped
+BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+Stream = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.PoolMessage]
+
+
+class Executor(Protocol):
+    def run(self, task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome: ...
+
+
+@dataclass
+class RunningAttempt:
+    task_id: str
+    attempt: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    interrupted: bool = False
+
+
+class Worker:
+    def __init__(
+        self, identity: Identity, executor: Executor, facts: Facts, drain_seconds: float = 30
+    ) -> None:
+        self.identity = identity
+        self.executor = executor
+        self.facts = facts
+        self.drain_seconds = drain_seconds
+        self.running: dict[str, RunningAttempt] = {}
+        self.unacknowledged: dict[tuple[str, int], pb.TaskResult] = {}
+        self.connected = False
+        self.completed = 0
+        self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
+        self._draining: asyncio.Event | None = None
+        self._halting: asyncio.Event | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    # ---- control from other threads (signal handlers) ------------------------------------
+
+    def drain(self) -> None:
+        self._from_any_thread(lambda: self._draining.set() if self._draining else None)
+
+    def halt(self) -> None:
+        self._from_any_thread(self._halt)
+
+    def _halt(self) -> None:
+        assert self._halting is not None and self._draining is not None
+        self._halting.set()
+        self._draining.set()
+
+    def _from_any_thread(self, action: Callable[[], object]) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(action)
+
+    # ---- main loop -----------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run in a thread of its own (the agent service's main thread owns the interface)."""
+        asyncio.run(self.run())
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
+        self._draining = asyncio.Event()
+        self._halting = asyncio.Event()
+        connection = asyncio.create_task(self._stay_connected())
+        try:
+            await self._draining.wait()
+            log.info("draining: %d running tasks get %ss", len(self.running), self.drain_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_done_or_halted(), self.drain_seconds)
+            self._interrupt_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._results_delivered(), 5)
+        finally:
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connection
+            self._interrupt_all()  # killed: nothing is reported, but no thread is left waiting
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped (%d tasks completed)", self.completed)
+
+    async def _all_done_or_halted(self) -> None:
+        assert self._halting is not None
+        while self.running and not self._halting.is_set():
+            await asyncio.sleep(0.1)
+
+    async def _results_delivered(self) -> None:
+        while self._jobs or (self.unacknowledged and self.connected):
+            await asyncio.sleep(0.05)
+
+    def _interrupt_all(self) -> None:
+        for running in self.running.values():
+            running.interrupted = True
+            running.cancel.set()
+
+    async def _stay_connected(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._session()
+                failures = 0
+            except grpc.aio.AioRpcError as exc:
+                log.warning("pool stream ended: %s %s", exc.code().name, exc.details())
+            except Exception:
+                log.exception("pool stream failed")
+            self.connected = False
+            await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
+            failures += 1
+
+    async def _session(self) -> None:
+        assert self._outbox is not None and self._draining is not None
+        async with aio_channel(self.identity) as channel:
+            call = pb_grpc.PoolStub(channel).Connect()
+            await call.write(pb.AgentMessage(register=self._registration()))
+            first = await call.read()
+            if not isinstance(first, pb.PoolMessage) or first.WhichOneof("kind") != "registered":
+                raise ConnectionError("the pool did not acknowledge the registration")
+            self.connected = True
+            interval = first.registered.heartbeat_interval or 1.0
+            for gone in first.registered.superseded:
+                self._abandon(gone.task_id, gone.attempt, "the pool superseded it")
+            log.info("connected to the pool at %s", self.identity.pool_address)
+            for result in list(self.unacknowledged.values()):
+                await call.write(pb.AgentMessage(result=result))
+            writer = asyncio.create_task(self._write(call, interval))
+            try:
+                while isinstance(message := await call.read(), pb.PoolMessage):
+                    self._dispatch(message)
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+    async def _write(self, call: Stream, interval: float) -> None:
+        assert self._outbox is not None
+        while True:
+            try:
+                message = await asyncio.wait_for(self._outbox.get(), interval)
+            except TimeoutError:
+                message = pb.AgentMessage(heartbeat=self._heartbeat())
+            await call.write(message)
+            if message.WhichOneof("kind") != "heartbeat" and self._outbox.empty():
+                await call.write(pb.AgentMessage(heartbeat=self._heartbeat()))
+
+    def _dispatch(self, message: pb.PoolMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "assign":
+            self._accept(message.assign)
+        elif kind == "cancel":
+            running = self.running.get(message.cancel.task_id)
+            if running is not None and running.attempt == message.cancel.attempt:
+                log.info("task %s: cancel requested", running.task_id)
+                running.cancel.set()
+        elif kind == "accepted":
+            self.unacknowledged.pop((message.accepted.task_id, message.accepted.attempt), None)
+        elif kind == "rejected":
+            rejected = message.rejected
+            self.unacknowledged.pop((rejected.task_id, rejected.attempt), None)
+            self._abandon(rejected.task_id, rejected.attempt, rejected.reason)
+
+    def _abandon(self, task_id: str, attempt: int, reason: str) -> None:
+        running = self.running.get(task_id)
+        if running is not None and running.attempt == attempt:
+            log.warning("task %s attempt %d: stopping it, %s", task_id, attempt, reason)
+            running.interrupted = True
+            running.cancel.set()
+
+    # ---- messages ------------------------------------------------------------------------
+
+    def _registration(self) -> pb.Register:
+        facts = self.facts
+        return pb.Register(
+            capacity=facts.capacity.to_proto(),
+            gpus=facts.gpus,
+            docker_available=facts.docker_available,
+            docker_version=facts.docker_version,
+            labels=facts.labels,
+            agent_version=__version__,
+            running=[
+                pb.RunningAttempt(task_id=r.task_id, attempt=r.attempt)
+                for r in self.running.values()
+            ],
+        )
+
+    def _heartbeat(self) -> pb.Heartbeat:
+        assert self._draining is not None
+        return pb.Heartbeat(
+            cpu_percent=psutil.cpu_percent(interval=None),
+            memory_used_bytes=psutil.virtual_memory().used,
+            running_tasks=len(self.running),
+            draining=self._draining.is_set(),
+        )
+
+    def _send(self, message: pb.AgentMessage) -> None:
+        assert self._outbox is not None
+        if self._outbox.qsize() >= MAX_BACKLOG and message.WhichOneof("kind") == "log":
+            return
+        self._outbox.put_nowait(message)
+
+    # ---- running tasks -------------------------------------------------------------------
+
+    def _accept(self, assign: pb.Assign) -> None:
+        assert self._draining is not None
+        if assign.task_id in self.running:
+            return
+        running = RunningAttempt(assign.task_id, assign.attempt)
+        self.running[assign.task_id] = running
+        if self._draining.is_set():  # raced with drain: hand it straight back
+            running.interrupted = True
+            running.cancel.set()
+        job = asyncio.create_task(self._execute(assign, running))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _execute(self, assign: pb.Assign, running: RunningAttempt) -> None:
+        loop = asyncio.get_running_loop()
+        task_id, attempt = assign.task_id, assign.attempt
+        self._send(pb.AgentMessage(started=pb.TaskStarted(task_id=task_id, attempt=attempt)))
+        log.info("task %s attempt %d: starting %s", task_id, attempt, assign.image)
+
+        def on_output(stream: str, data: bytes) -> None:
+            for start in range(0, len(data), LOG_PIECE):
+                chunk = pb.LogChunk(
+                    task_id=task_id,
+                    attempt=attempt,
+                    stream=stream,
+                    data=data[start : start + LOG_PIECE],
+                )
+                loop.call_soon_threadsafe(self._send, pb.AgentMessage(log=chunk))
+
+        task = TaskRun(
+            task_id=task_id,
+            attempt=attempt,
+            image=assign.image,
+            command=list(assign.command),
+            env=dict(assign.env),
+            cpu_millis=assign.resources.cpu_millis,
+            memory_bytes=assign.resources.memory_bytes,
+            gpus=assign.resources.gpus,
+            timeout_seconds=assign.timeout_seconds,
+            network=assign.network,
+            input_bundle=assign.input_bundle,
+        )
+        try:
+            outcome = await loop.run_in_executor(
+                self._threads, self.executor.run, task, on_output, running.cancel
+            )
+            status, error = outcome.status, outcome.error
+        except Exception as exc:  # the executor failed, not the task: let the pool retry
+            log.exception("task %s: executor failed", task_id)
+            outcome, status, error = None, INTERRUPTED, f"agent error: {exc}"
+        if running.interrupted:
+            status = INTERRUPTED
+        result = pb.TaskResult(task_id=task_id, attempt=attempt, status=status, error=error)
+        if outcome is not None:
+            result.exit_code = outcome.exit_code
+            result.usage.CopyFrom(
+                pb.Usage(
+                    cpu_seconds=outcome.usage.cpu_seconds,
+                    peak_memory_bytes=outcome.usage.peak_memory_bytes,
+                    wall_seconds=outcome.usage.wall_seconds,
+                    gpu_seconds=outcome.usage.gpu_seconds,
+                )
+            )
+            result.output_bundle = outcome.output_bundle
+        else:
+            result.exit_code = -1
+        del self.running[task_id]
+        self.completed += 1
+        self.unacknowledged[(task_id, attempt)] = result
+        self._send(pb.AgentMessage(result=result))
+        log.info("task %s attempt %d: %s %s", task_id, attempt, status, error)

@@ -1,0 +1,119 @@
+"""Who is calling the pool: the one place that turns a TLS peer into a ``Caller``.
+
+TLS itself (``require_client_auth``) already refused clients without a certificate
+chaining to the hub CA. On every call ``PoolAuthorizer`` then checks that the
+certificate is not revoked, that the overlay address bound in it is the address the call
+comes from, that the node is active, and that its role may use the method.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import ipaddress
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+from cryptography import x509
+
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh.ca import NODE_URI_PREFIX
+from hivemind_cluster.mesh.errors import PermissionDenied
+
+HUB_NODE_ID = "hub"
+# gRPC method prefix -> roles allowed to call it.
+ROLES_FOR_SERVICE = {
+    "/hivemind.pool.Pool/": frozenset({"worker"}),
+    "/hivemind.pool.Tasks/": frozenset({"operator", "hub"}),
+    "/grpc.health.v1.Health/": frozenset({"worker", "operator", "hub"}),
+}
+
+_current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("hivemind_caller")
+
+
+@dataclass(frozen=True)
+class Caller:
+    node_id: str
+    name: str
+    role: str
+    overlay_ip: str
+    serial: int
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the RPC being handled (set by the interceptor)."""
+    return _current_caller.get()
+
+
+@dataclass(frozen=True)
+class CertificateIdentity:
+    node_id: str
+    overlay_ip: str
+    serial: int
+
+
+@functools.lru_cache(maxsize=4096)
+def identity_of(pem: bytes) -> CertificateIdentity:
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        raise PermissionDenied("client certificate carries no HiveMind identity") from None
+    uris = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    ips = sans.get_values_for_type(x509.IPAddress)
+    node_ids = [u.removeprefix(NODE_URI_PREFIX) for u in uris if u.startswith(NODE_URI_PREFIX)]
+    if len(node_ids) != 1 or len(ips) != 1:
+        raise PermissionDenied("client certificate carries no HiveMind identity")
+    return CertificateIdentity(node_ids[0], str(ips[0]), certificate.serial_number)
+
+
+def peer_address(peer: str) -> str:
+    """``ipv4:100.64.0.2:41234`` → ``100.64.0.2`` (also ``ipv6:[::1]:5``)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return str(ipaddress.ip_address(rest.rpartition(":")[0].strip("[]")))
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    raise PermissionDenied(f"calls must come over TCP from an overlay address, not {kind}")
+
+
+class PoolAuthorizer:
+    def __init__(self, db: aioredis.Redis, hub_ip: str) -> None:
+        self.db = db
+        self.hub_ip = hub_ip
+
+    async def __call__(
+        self, context: grpc.aio.ServicerContext[object, object], method: str
+    ) -> None:
+        caller = await self.authenticate(context)
+        allowed = next(
+            (roles for prefix, roles in ROLES_FOR_SERVICE.items() if method.startswith(prefix)),
+            frozenset(),
+        )
+        if caller.role not in allowed:
+            raise PermissionDenied(f"a {caller.role} node may not call {method}")
+        _current_caller.set(caller)
+
+    async def authenticate(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:
+        certificates = list(context.auth_context().get("x509_pem_cert") or [])
+        if not certificates:
+            raise PermissionDenied("a client certificate from this hub is required")
+        identity = identity_of(bytes(certificates[0]))
+        source = peer_address(context.peer())
+        if source != identity.overlay_ip:
+            raise PermissionDenied(
+                f"the certificate of {identity.node_id} is bound to {identity.overlay_ip}, "
+                f"but the call comes from {source}"
+            )
+        pipe = self.db.pipeline(transaction=False)
+        pipe.sismember(mesh_keys.REVOKED_SERIALS, str(identity.serial))
+        pipe.hmget(mesh_keys.NODE.format(id=identity.node_id), ["role", "state", "name"])
+        revoked, (role, state, name) = await pipe.execute()
+        if revoked:
+            raise PermissionDenied(f"the certificate of {identity.node_id} has been revoked")
+        if identity.node_id == HUB_NODE_ID and identity.overlay_ip == self.hub_ip:
+            role, state, name = "hub", "active", "hub"
+        if state != "active":
+            raise PermissionDenied(f"node {identity.node_id} is not an active member")
+        return Caller(identity.node_id, name or "", role, identity.overlay_ip, identity.serial)

@@ -1,0 +1,224 @@
+"""Zip bundles: task inputs (``--bundle DIR|ZIP``, unpacked at ``/work``) and outputs (``/out``).
+
+Every bundle from outside is checked before anything is written: size, file count, paths that
+would escape the destination (zip-slip), symbolic links, and zip bombs (declared size and
+per-member compression ratio). Unpacking then counts the bytes it actually writes, so a zip
+whose headers lie cannot get past the limits either.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from hivemind_cluster.mesh.errors import InvalidInput, NotFound
+
+MIB = 1024 * 1024
+MAX_INPUT_BYTES = 16 * MIB
+MAX_UNPACKED_BYTES = 256 * MIB
+MAX_FILES = 10_000
+MAX_OUTPUT_BYTES = 16 * MIB
+# A member that inflates more than this, and to more than BOMB_MIN_BYTES, is a zip bomb.
+MAX_COMPRESSION_RATIO = 200
+BOMB_MIN_BYTES = 1 * MIB
+CHUNK = 256 * 1024
+
+DEFAULT_ENTRYPOINTS = ("main.py", "app.py", "run.py", "start.py")
+
+_SEPARATORS = re.compile(r"[/\\]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def describe_size(size: int) -> str:
+    return f"{size // MIB} MiB" if size % MIB == 0 else f"{size} bytes"
+
+
+def path_parts(name: str) -> list[str]:
+    """The components of a member name, refusing anything that could land outside the bundle."""
+    if not name:
+        raise InvalidInput("bundle has an entry with an empty name")
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise InvalidInput(f"bundle entry {name!r} is an absolute path")
+    parts = [part for part in _SEPARATORS.split(name) if part not in ("", ".")]
+    if ".." in parts:
+        raise InvalidInput(f"bundle entry {name!r} escapes the bundle")
+    return parts
+
+
+def check_member(info: zipfile.ZipInfo) -> None:
+    path_parts(info.filename)
+    file_type = stat.S_IFMT(info.external_attr >> 16)
+    if file_type == stat.S_IFLNK:
+        raise InvalidInput(f"bundle entry {info.filename!r} is a symbolic link")
+    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise InvalidInput(f"bundle entry {info.filename!r} is not a regular file")
+    if info.flag_bits & 0x1:
+        raise InvalidInput(f"bundle entry {info.filename!r} is encrypted")
+    if info.file_size > BOMB_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(
+        info.compress_size, 1
+    ):
+        raise InvalidInput(
+            f"bundle entry {info.filename!r} is compressed more than "
+            f"{MAX_COMPRESSION_RATIO}:1 (zip bomb?)"
+        )
+
+
+def open_zip(data: bytes) -> zipfile.ZipFile:
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInput(f"bundle is larger than {describe_size(MAX_INPUT_BYTES)}")
+    try:
+        return zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
+        raise InvalidInput("bundle is not a zip file") from None
+
+
+def checked_members(archive: zipfile.ZipFile, max_unpacked: int) -> list[zipfile.ZipInfo]:
+    members = archive.infolist()
+    if len(members) > MAX_FILES:
+        raise InvalidInput(f"bundle has more than {MAX_FILES} files")
+    for info in members:
+        check_member(info)
+    if sum(info.file_size for info in members) > max_unpacked:
+        raise InvalidInput(f"bundle unpacks to more than {describe_size(max_unpacked)} (zip bomb?)")
+    return members
+
+
+def check_bundle(data: bytes, max_unpacked: int = MAX_UNPACKED_BYTES) -> list[str]:
+    """Validate a zip bundle without unpacking it; return its member names."""
+    with open_zip(data) as archive:
+        return [info.filename for info in checked_members(archive, max_unpacked)]
+
+
+def unpack_bundle(data: bytes, dest: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> None:
+    """Check the bundle, then extract it under ``dest`` (regular files and directories only).
+
+    On an error, what was already written stays in ``dest``; callers unpack into a fresh
+    directory they remove anyway.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with open_zip(data) as archive:
+        budget = max_unpacked
+        for info in checked_members(archive, max_unpacked):
+            target = dest.joinpath(*path_parts(info.filename))
+            try:
+                if info.is_dir():
+                    make_directories(dest, target)
+                    continue
+                make_directories(dest, target.parent)
+                executable = bool((info.external_attr >> 16) & 0o111)
+                with archive.open(info) as source, open_new_file(target, executable) as sink:
+                    budget = copy_within(source, sink, budget, max_unpacked)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                raise InvalidInput(
+                    f"bundle entry {info.filename!r} clashes with another entry"
+                ) from None
+            except (zipfile.BadZipFile, NotImplementedError, EOFError) as error:
+                raise InvalidInput(f"bundle entry {info.filename!r} is corrupt ({error})") from None
+
+
+def make_directories(dest: Path, directory: Path) -> None:
+    """Create ``directory`` (under ``dest``) and its parents world-readable, whatever the umask."""
+    path = dest
+    for part in directory.relative_to(dest).parts:
+        path = path / part
+        if not path.is_dir():
+            path.mkdir()
+            path.chmod(0o755)
+
+
+def open_new_file(path: Path, executable: bool) -> IO[bytes]:
+    """A new file, world-readable (tasks run as another user), executable if it was packed so."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    descriptor = os.open(path, flags, 0o600)
+    os.fchmod(descriptor, 0o755 if executable else 0o644)
+    return os.fdopen(descriptor, "wb")
+
+
+def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, max_unpacked: int) -> int:
+    """Copy, counting real bytes against ``budget``; return what is left of it."""
+    while chunk := source.read(CHUNK):
+        budget -= len(chunk)
+        if budget < 0:
+            raise InvalidInput(
+                f"bundle unpacks to more than {describe_size(max_unpacked)} (zip bomb?)"
+            )
+        sink.write(chunk)
+    return budget
+
+
+def regular_files(directory: Path) -> Iterator[tuple[Path, str]]:
+    """(path, name relative to directory) for every regular file; symlinks are not followed."""
+    for root, dirs, files in os.walk(directory, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            if stat.S_ISREG(path.lstat().st_mode):
+                yield path, path.relative_to(directory).as_posix()
+
+
+def pack_directory(
+    directory: Path, limit: int = MAX_OUTPUT_BYTES, what: str = "task output"
+) -> bytes:
+    """Zip the regular files under ``directory`` (b"" when there are none).
+
+    Refuses (InvalidInput) a result over ``limit`` compressed bytes, or one that
+    ``check_bundle`` would refuse for its file count or unpacked size.
+    """
+    buffer = io.BytesIO()
+    count = unpacked = 0
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, name in regular_files(directory):
+            count += 1
+            if count > MAX_FILES:
+                raise InvalidInput(f"{what} has more than {MAX_FILES} files")
+            info = zipfile.ZipInfo.from_file(path, name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            flags = os.O_RDONLY | os.O_NOFOLLOW
+            with os.fdopen(os.open(path, flags), "rb") as source, archive.open(info, "w") as sink:
+                while chunk := source.read(CHUNK):
+                    unpacked += len(chunk)
+                    if unpacked > MAX_UNPACKED_BYTES:
+                        raise InvalidInput(
+                            f"{what} unpacks to more than {describe_size(MAX_UNPACKED_BYTES)}"
+                        )
+                    sink.write(chunk)
+                    if buffer.tell() > limit:
+                        raise InvalidInput(f"{what} is larger than {describe_size(limit)}")
+    if count == 0:
+        return b""
+    if buffer.tell() > limit:
+        raise InvalidInput(f"{what} is larger than {describe_size(limit)}")
+    return buffer.getvalue()
+
+
+def bundle_from_path(path: Path) -> bytes:
+    """The bundle for ``--bundle DIR|ZIP``: a directory is zipped, a .zip file is checked."""
+    if path.is_dir():
+        data = pack_directory(path, MAX_INPUT_BYTES, what=f"bundle directory {str(path)!r}")
+        if not data:
+            raise InvalidInput(f"bundle directory {str(path)!r} has no files")
+    elif path.is_file() and path.suffix.lower() == ".zip":
+        if path.stat().st_size > MAX_INPUT_BYTES:
+            raise InvalidInput(f"bundle is larger than {describe_size(MAX_INPUT_BYTES)}")
+        data = path.read_bytes()
+    elif not path.exists():
+        raise NotFound(f"bundle {str(path)!r} does not exist")
+    else:
+        raise InvalidInput(f"bundle {str(path)!r} is neither a directory nor a .zip file")
+    check_bundle(data)
+    return data
+
+
+def default_command(names: list[str]) -> list[str] | None:
+    """``python /work/<entrypoint>`` for the first DEFAULT_ENTRYPOINTS file at the top level."""
+    top_level = set(names)
+    for entrypoint in DEFAULT_ENTRYPOINTS:
+        if entrypoint in top_level:
+            return ["python", f"/work/{entrypoint}"]
+    return None

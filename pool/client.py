@@ -1,0 +1,104 @@
+"""Dialling the pool: an ``Identity`` (certificate, key, CA, address) and channels from it.
+
+An identity is read from an agent's state directory (``node.pem``, ``tls.key``,
+``ca.pem``, ``agent.json``) or from a hub's (its own client certificate ``hub-client.pem``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from hivemind_cluster.mesh.ca import HUB_SERVER_NAME
+from hivemind_cluster.mesh.errors import NotFound, PermissionDenied
+from hivemind_cluster.mesh.settings import HUB_CONFIG, HubSettings, load
+from hivemind_cluster.pool.service import MAX_MESSAGE_BYTES
+
+HUB_CLIENT_CERT = "hub-client.pem"
+HUB_CLIENT_KEY = "hub-client.key"
+DEFAULT_IDENTITIES = ("/var/lib/hivemind-agent", "/var/lib/hivemind-hub")
+
+
+@dataclass(frozen=True)
+class Identity:
+    node_id: str
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+    pool_address: str
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None) -> Identity:
+        """From ``directory``, ``$HIVEMIND_IDENTITY``, or the default agent/hub state dirs."""
+        candidates = (
+            [str(directory)]
+            if directory
+            else [os.environ["HIVEMIND_IDENTITY"]]
+            if os.environ.get("HIVEMIND_IDENTITY")
+            else list(DEFAULT_IDENTITIES)
+        )
+        for candidate in candidates:
+            root = Path(candidate)
+            try:
+                if (root / "agent.json").exists():
+                    return cls._from_agent(root)
+                if (root / HUB_CONFIG).exists():
+                    return cls._from_hub(root)
+            except PermissionError:
+                raise PermissionDenied(
+                    f"cannot read the identity in {root} (run as root?)"
+                ) from None
+        raise NotFound(
+            f"no HiveMind identity in {' or '.join(candidates)}: join the overlay "
+            "(hivemind-agent join) or pass --identity DIR"
+        )
+
+    @classmethod
+    def _from_agent(cls, root: Path) -> Identity:
+        state = json.loads((root / "agent.json").read_text())
+        return cls(
+            state["node_id"],
+            (root / "node.pem").read_bytes(),
+            (root / "tls.key").read_bytes(),
+            (root / "ca.pem").read_bytes(),
+            state["pool_address"],
+        )
+
+    @classmethod
+    def _from_hub(cls, root: Path) -> Identity:
+        settings = load(HubSettings, root / HUB_CONFIG, state_dir=str(root))
+        return cls(
+            "hub",
+            (root / HUB_CLIENT_CERT).read_bytes(),
+            (root / HUB_CLIENT_KEY).read_bytes(),
+            (root / "ca.pem").read_bytes(),
+            f"{settings.hub_ip}:{settings.pool_port}",
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
+
+def aio_channel(identity: Identity, address: str | None = None) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(
+        address or identity.pool_address, identity.credentials(), options=CHANNEL_OPTIONS
+    )
+
+
+def sync_channel(identity: Identity, address: str | None = None) -> grpc.Channel:
+    return grpc.secure_channel(
+        address or identity.pool_address, identity.credentials(), options=CHANNEL_OPTIONS
+    )

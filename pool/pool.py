@@ -1,0 +1,554 @@
+"""The node pool: connected agents, the queue, placement, liveness — one asyncio object.
+
+Durable truth is in Redis (``TaskStore``); the ``Scheduler`` is the in-memory mirror the
+pool alone writes. Three loops run beside the gRPC handlers:
+
+* schedule  — woken by a submission, a finished task or a (re)connected worker: places
+              queued tasks and sends each ``Assign`` down its worker's stream at once;
+* reap      — a worker silent for ``heartbeat_timeout`` seconds is lost: its attempts are
+              requeued with a new attempt number (or fail on their last attempt);
+* flush     — writes heartbeat state to Redis once a second, in one pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied, StaleAttempt, Unschedulable
+from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.bundles import MAX_OUTPUT_BYTES
+from hivemind_cluster.pool.records import TaskRecord
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.scheduler import Scheduler
+from hivemind_cluster.pool.spec import check_submission
+from hivemind_cluster.pool.taskstore import LogRecord, TaskStore
+from hivemind_cluster.protos import pool_pb2 as pb
+
+log = logging.getLogger("hivemind.pool")
+HEARTBEAT_INTERVAL = 1.0
+MAX_LOG_CHUNK = 256 * 1024
+
+
+@dataclass
+class AgentSession:
+    """One connected agent stream."""
+
+    caller: Caller
+    register: pb.Register
+    outbox: asyncio.Queue[pb.PoolMessage | None] = field(default_factory=asyncio.Queue)
+    heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
+    connected_at: float = field(default_factory=time.time)
+    last_heartbeat_wall: float = field(default_factory=time.time)
+
+    @property
+    def node_id(self) -> str:
+        return self.caller.node_id
+
+    def send(self, message: pb.PoolMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+class Pool:
+    def __init__(
+        self,
+        settings: HubSettings,
+        db: Any,
+        raw_db: Any,
+        data_dir: Path,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.raw_db = raw_db
+        self.tasks = TaskStore(db, data_dir, settings.log_cap_bytes)
+        self.scheduler = Scheduler()
+        self.sessions: dict[str, AgentSession] = {}
+        self.last_seen: dict[str, float] = {}  # node id -> monotonic time it was last heard
+        self.queued: dict[str, TaskRecord] = {}  # what an Assign needs, for queued tasks
+        self.wake = asyncio.Event()
+        self._dirty: set[str] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, settings: HubSettings, redis_password: str) -> Pool:
+        """The hub's pool: its Redis on the overlay address, bundles in the state dir."""
+
+        def client(decode: bool) -> aioredis.Redis:
+            return aioredis.Redis(
+                host=settings.hub_ip,
+                port=settings.redis_port,
+                password=redis_password,
+                decode_responses=decode,
+                socket_connect_timeout=2,
+            )
+
+        pool = cls(settings, client(True), client(False), settings.path / "tasks")
+        await pool.start()
+        return pool
+
+    async def close(self) -> None:
+        await self.stop()
+        await self.db.aclose()
+        await self.raw_db.aclose()
+
+    async def start(self) -> None:
+        await self.restore()
+        for loop in (self._schedule_forever, self._reap_forever, self._flush_forever):
+            self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops.clear()
+
+    async def restore(self) -> None:
+        """Rebuild the in-memory mirror from Redis (after a hub restart)."""
+        now = time.monotonic()
+        members = await self.db.smembers(keys.WORKERS)
+        for node_id in sorted(members):
+            raw = await self.db.hgetall(keys.WORKER.format(id=node_id))
+            if not raw:
+                continue
+            capacity = json.loads(raw.get("capacity") or "{}")
+            self.scheduler.upsert_worker(node_id, raw.get("name", ""), Resources(**capacity))
+            running = await self.tasks.on_node(node_id)
+            for record in running:
+                self.scheduler.allocate(record.id, node_id, record.request)
+            if running:
+                self.last_seen[node_id] = now  # it has until the timeout to come back
+        for record in await self.tasks.queued():
+            self._enqueue(record)
+        self.wake.set()
+
+    # ---- tasks API -----------------------------------------------------------------------
+
+    async def submit(self, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
+        if caller.role == "hub":
+            owner = request.owner or caller.node_id
+        elif request.owner and request.owner != caller.node_id:
+            raise PermissionDenied("only the hub may submit tasks on behalf of someone else")
+        else:
+            owner = caller.node_id
+        spec = await asyncio.to_thread(check_submission, request, owner, self.settings)
+        if not self.scheduler.could_ever_fit(spec.request):
+            largest = self.scheduler.largest_worker()
+            raise Unschedulable(
+                f"no node could ever run this task: it asks for {spec.request.describe()}, "
+                f"the largest node offers {largest.describe() if largest else 'nothing'}"
+            )
+        record = await self.tasks.submit(spec, request.input_bundle, request.idempotency_key)
+        if record.status in keys.PENDING_STATES:
+            self._enqueue(record)
+        return record
+
+    async def visible_task(self, caller: Caller, task_id: str) -> TaskRecord:
+        record = await self.tasks.get(task_id)
+        if caller.role != "hub" and record.owner != caller.node_id:
+            raise PermissionDenied(f"task {task_id} belongs to someone else")
+        return record
+
+    async def describe(self, record: TaskRecord) -> pb.Task:
+        attempts = await self.tasks.attempts(record.id)
+        node_id = record.node_id or (str(attempts[-1].get("node_id", "")) if attempts else "")
+        worker = self.scheduler.workers.get(node_id)
+        return record.to_proto(attempts, worker.name if worker else "")
+
+    async def cancel(self, caller: Caller, task_id: str) -> TaskRecord:
+        await self.visible_task(caller, task_id)
+        state, node_id, attempt = await self.tasks.cancel(task_id)
+        if state == keys.CANCELLED:
+            self.scheduler.dequeue(task_id)
+            self.queued.pop(task_id, None)
+        else:
+            session = self.sessions.get(node_id)
+            if session is not None:
+                session.send(_cancel(task_id, attempt))
+        return await self.tasks.get(task_id)
+
+    async def logs(self, caller: Caller, task_id: str, follow: bool) -> AsyncIterator[LogRecord]:
+        await self.visible_task(caller, task_id)
+        after = "0"
+        while True:
+            block = 1000 if follow else None
+            batch = await self.tasks.read_logs(self.raw_db, task_id, after, block)
+            for record in batch:
+                after = record.entry_id
+                yield record
+            if batch:
+                continue
+            if not follow or (await self.tasks.get(task_id)).status in keys.FINAL_STATES:
+                for record in await self.tasks.read_logs(self.raw_db, task_id, after, None):
+                    yield record
+                return
+
+    async def nodes(self) -> list[pb.NodeState]:
+        ids = await self.db.zrange(mesh_keys.NODES, 0, -1)
+        pipe = self.db.pipeline(transaction=False)
+        for node_id in ids:
+            pipe.hgetall(mesh_keys.NODE.format(id=node_id))
+            pipe.hgetall(keys.WORKER.format(id=node_id))
+        replies = await pipe.execute()
+        states = []
+        for node, worker in zip(replies[::2], replies[1::2], strict=True):
+            if node and node.get("state") == "active":
+                states.append(self._node_state(node, worker))
+        return states
+
+    def _node_state(self, node: dict[str, str], worker: dict[str, str]) -> pb.NodeState:
+        node_id = node["id"]
+        session = self.sessions.get(node_id)
+        slot = self.scheduler.workers.get(node_id)
+        state = worker.get("state", "")
+        if session is not None:
+            state = keys.DRAINING if session.heartbeat.draining else keys.READY
+        message = pb.NodeState(
+            id=node_id,
+            name=node.get("name", ""),
+            role=node.get("role", ""),
+            overlay_ip=node.get("overlay_ip", ""),
+            connected=session is not None,
+            state=state or (keys.OFFLINE if node.get("role") == "worker" else ""),
+            last_heartbeat=float(worker.get("last_heartbeat") or 0),
+            docker_available=worker.get("docker_available") == "1",
+            docker_version=worker.get("docker_version", ""),
+            labels=json.loads(worker.get("labels") or "{}"),
+            gpus=[pb.Gpu(**g) for g in json.loads(worker.get("gpus") or "[]")],
+            running=self.scheduler.tasks_on(node_id),
+        )
+        if slot is not None:
+            message.capacity.CopyFrom(slot.capacity.to_proto())
+            message.allocated.CopyFrom(slot.allocated.to_proto())
+        if session is not None:
+            message.cpu_percent = session.heartbeat.cpu_percent
+            message.memory_used_bytes = session.heartbeat.memory_used_bytes
+            message.last_heartbeat = session.last_heartbeat_wall
+        return message
+
+    # ---- agents --------------------------------------------------------------------------
+
+    async def connect(self, caller: Caller, register: pb.Register) -> AgentSession:
+        """A worker (re)connected: record its facts, reconcile its running attempts."""
+        capacity = Resources.from_proto(register.capacity)
+        if capacity.cpu_millis <= 0 or capacity.memory_bytes <= 0 or capacity.gpus < 0:
+            raise InvalidInput("registration must report positive CPU and memory capacity")
+        previous = self.sessions.pop(caller.node_id, None)
+        if previous is not None:
+            previous.close()
+        session = AgentSession(caller, register)
+        worker = self.scheduler.upsert_worker(caller.node_id, caller.name, capacity)
+        await self._save_registration(session, capacity)
+        reported = {(r.task_id, r.attempt) for r in register.running}
+        recognised = set()
+        for record in await self.tasks.on_node(caller.node_id):
+            if (record.id, record.attempt) in reported:
+                recognised.add((record.id, record.attempt))
+                self.scheduler.allocate(record.id, caller.node_id, record.request)
+                if record.cancel_requested:
+                    session.send(_cancel(record.id, record.attempt))
+            else:
+                await self._requeue(record, caller.node_id, "its agent restarted without it")
+        superseded = [
+            pb.RunningAttempt(task_id=t, attempt=a) for t, a in sorted(reported - recognised)
+        ]
+        session.send(
+            pb.PoolMessage(
+                registered=pb.Registered(
+                    node_id=caller.node_id,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    superseded=superseded,
+                )
+            )
+        )
+        worker.connected, worker.draining = True, False
+        self.sessions[caller.node_id] = session
+        self.last_seen[caller.node_id] = time.monotonic()
+        log.info(
+            "worker %s (%s) connected: %s, %d running",
+            caller.node_id,
+            caller.name,
+            capacity.describe(),
+            len(recognised),
+        )
+        self.wake.set()
+        return session
+
+    def disconnect(self, session: AgentSession) -> None:
+        """The stream ended. The worker keeps its tasks until it is lost or reconnects."""
+        if self.sessions.get(session.node_id) is not session:
+            return
+        del self.sessions[session.node_id]
+        worker = self.scheduler.workers.get(session.node_id)
+        if worker is not None:
+            worker.connected = False
+        self._dirty.add(session.node_id)
+        log.info("worker %s disconnected", session.node_id)
+
+    async def handle(self, session: AgentSession, message: pb.AgentMessage) -> None:
+        self.last_seen[session.node_id] = time.monotonic()
+        kind = message.WhichOneof("kind")
+        if kind == "heartbeat":
+            self._heartbeat(session, message.heartbeat)
+            return
+        try:
+            if kind == "started":
+                await self.tasks.start(
+                    message.started.task_id, message.started.attempt, session.node_id
+                )
+            elif kind == "log":
+                await self._log(session, message.log)
+            elif kind == "result":
+                await self._result(session, message.result)
+            else:
+                raise InvalidInput(f"unexpected {kind or 'empty'} message on an open stream")
+        except (StaleAttempt, InvalidInput) as exc:
+            task = getattr(message, kind) if kind in ("started", "log", "result") else None
+            session.send(
+                pb.PoolMessage(
+                    rejected=pb.Rejected(
+                        task_id=getattr(task, "task_id", ""),
+                        attempt=getattr(task, "attempt", 0),
+                        reason=exc.message,
+                    )
+                )
+            )
+
+    def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        session.heartbeat = heartbeat
+        session.last_heartbeat_wall = time.time()
+        self._dirty.add(session.node_id)
+        worker = self.scheduler.workers.get(session.node_id)
+        if worker is not None and worker.draining != heartbeat.draining:
+            worker.draining = heartbeat.draining
+            self.wake.set()
+
+    async def _log(self, session: AgentSession, chunk: pb.LogChunk) -> None:
+        if chunk.stream not in ("stdout", "stderr"):
+            raise InvalidInput(f"log stream must be stdout or stderr, not {chunk.stream[:20]!r}")
+        if len(chunk.data) > MAX_LOG_CHUNK:
+            raise InvalidInput(f"log chunk larger than {MAX_LOG_CHUNK} bytes")
+        await self.tasks.log(
+            chunk.task_id, chunk.attempt, session.node_id, chunk.stream, chunk.data
+        )
+
+    async def _result(self, session: AgentSession, result: pb.TaskResult) -> None:
+        if result.status not in keys.REPORTED_STATES:
+            raise InvalidInput(f"result status {result.status[:20]!r} is not a final state")
+        if len(result.output_bundle) > MAX_OUTPUT_BYTES:
+            raise InvalidInput("result bundle is larger than the pool accepts")
+        status = await self.tasks.finish(session.node_id, result)
+        self.scheduler.release(result.task_id)
+        session.send(
+            pb.PoolMessage(
+                accepted=pb.ResultAccepted(task_id=result.task_id, attempt=result.attempt)
+            )
+        )
+        if status in keys.PENDING_STATES:
+            self._enqueue(await self.tasks.get(result.task_id))
+        log.info("task %s attempt %d: %s", result.task_id, result.attempt, status)
+        self.wake.set()
+
+    # ---- scheduling ----------------------------------------------------------------------
+
+    def _enqueue(self, record: TaskRecord) -> None:
+        self.queued[record.id] = record
+        self.scheduler.enqueue(record.id, record.score, record.attempt, record.request)
+        self.wake.set()
+
+    async def schedule_once(self) -> int:
+        placements = self.scheduler.place()
+        if not placements:
+            return 0
+        recorded = await self.tasks.assign_many(
+            [(p.task_id, p.attempt, p.node_id) for p in placements]
+        )
+        sent = 0
+        for placement, ok in zip(placements, recorded, strict=True):
+            record = self.queued.pop(placement.task_id, None)
+            if not ok or record is None:
+                self.scheduler.release(placement.task_id)
+                continue
+            session = self.sessions.get(placement.node_id)
+            if session is None:
+                continue  # the worker left meanwhile: it is lost or resumes and reconciles
+            bundle = b""
+            if record.bundle_bytes:
+                bundle = await asyncio.to_thread(self.tasks.input_bundle, record.id)
+            session.send(pb.PoolMessage(assign=_assignment(record, placement.attempt, bundle)))
+            sent += 1
+        return sent
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                while await self.schedule_once():
+                    pass
+            except Exception:
+                log.exception("scheduling pass failed; retrying")
+                await asyncio.sleep(0.5)
+                self.wake.set()
+
+    # ---- liveness ------------------------------------------------------------------------
+
+    async def _requeue(self, record: TaskRecord, node_id: str, reason: str) -> None:
+        try:
+            status = await self.tasks.requeue(record.id, record.attempt, node_id, reason)
+        except StaleAttempt:
+            return
+        finally:
+            self.scheduler.release(record.id)
+        log.warning("task %s attempt %d: %s; now %s", record.id, record.attempt, reason, status)
+        if status in keys.PENDING_STATES:
+            self._enqueue(await self.tasks.get(record.id))
+
+    async def lose(self, node_id: str) -> None:
+        """No heartbeat for too long: requeue the worker's attempts, stop scheduling on it."""
+        self.last_seen.pop(node_id, None)
+        session = self.sessions.pop(node_id, None)
+        if session is not None:
+            session.close()
+        worker = self.scheduler.workers.get(node_id)
+        if worker is not None:
+            worker.connected = False
+        await self.db.hset(keys.WORKER.format(id=node_id), "state", keys.NODE_LOST)
+        reason = f"node {node_id} lost (no heartbeat for {self.settings.heartbeat_timeout}s)"
+        for record in await self.tasks.on_node(node_id):
+            await self._requeue(record, node_id, reason)
+        log.warning("%s", reason)
+
+    async def reap_once(self) -> None:
+        deadline = time.monotonic() - self.settings.heartbeat_timeout
+        for node_id, seen in list(self.last_seen.items()):
+            if seen < deadline:
+                await self.lose(node_id)
+        await self._drop_revoked()
+
+    async def _drop_revoked(self) -> None:
+        sessions = list(self.sessions.values())
+        if not sessions:
+            return
+        serials = [str(s.caller.serial) for s in sessions]
+        revoked = await self.db.smismember(mesh_keys.REVOKED_SERIALS, serials)
+        for session, is_revoked in zip(sessions, revoked, strict=True):
+            if is_revoked:
+                log.warning("worker %s revoked: closing its stream", session.node_id)
+                await self.lose(session.node_id)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed")
+
+    async def flush_once(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        if not dirty:
+            return
+        pipe = self.db.pipeline(transaction=False)
+        for node_id in dirty:
+            session = self.sessions.get(node_id)
+            key = keys.WORKER.format(id=node_id)
+            if session is None:
+                pipe.hset(key, "state", keys.OFFLINE)
+                continue
+            beat = session.heartbeat
+            pipe.hset(
+                key,
+                mapping={
+                    "state": keys.DRAINING if beat.draining else keys.READY,
+                    "last_heartbeat": session.last_heartbeat_wall,
+                    "cpu_percent": beat.cpu_percent,
+                    "memory_used_bytes": beat.memory_used_bytes,
+                    "running_tasks": beat.running_tasks,
+                },
+            )
+        await pipe.execute()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.flush_once()
+            except Exception:
+                log.exception("heartbeat flush failed")
+
+    async def _save_registration(self, session: AgentSession, capacity: Resources) -> None:
+        register = session.register
+        key = keys.WORKER.format(id=session.node_id)
+        pipe = self.db.pipeline(transaction=True)
+        pipe.sadd(keys.WORKERS, session.node_id)
+        pipe.hset(
+            key,
+            mapping={
+                "name": session.caller.name,
+                "capacity": json.dumps(
+                    {
+                        "cpu_millis": capacity.cpu_millis,
+                        "memory_bytes": capacity.memory_bytes,
+                        "gpus": capacity.gpus,
+                    }
+                ),
+                "gpus": json.dumps(
+                    [
+                        {
+                            "index": g.index,
+                            "model": g.model[:100],
+                            "memory_bytes": g.memory_bytes,
+                            "uuid": g.uuid[:100],
+                        }
+                        for g in register.gpus[:64]
+                    ]
+                ),
+                "docker_available": "1" if register.docker_available else "0",
+                "docker_version": register.docker_version[:40],
+                "labels": json.dumps(dict(list(register.labels.items())[:50])),
+                "agent_version": register.agent_version[:40],
+                "registered_at": session.connected_at,
+                "last_heartbeat": session.connected_at,
+                "state": keys.READY,
+            },
+        )
+        await pipe.execute()
+
+
+def _cancel(task_id: str, attempt: int) -> pb.PoolMessage:
+    return pb.PoolMessage(cancel=pb.CancelTask(task_id=task_id, attempt=attempt))
+
+
+def _assignment(record: TaskRecord, attempt: int, bundle: bytes) -> pb.Assign:
+    return pb.Assign(
+        task_id=record.id,
+        attempt=attempt,
+        image=record.image,
+        command=record.command,
+        env=record.env,
+        resources=record.request.to_proto(),
+        timeout_seconds=record.timeout_seconds,
+        network=record.network,
+        input_bundle=bundle,
+    )

@@ -1,0 +1,149 @@
+"""A task as stored in Redis (``hm:task:{id}``), and its wire form."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.protos import pool_pb2 as pb
+
+
+def spec_fields(spec: TaskSpec) -> dict[str, str]:
+    """The hash fields written at submission (besides id, seq and score)."""
+    return {
+        "owner": spec.owner,
+        "name": spec.name,
+        "status": "queued",
+        "image": spec.image,
+        "command": json.dumps(spec.command),
+        "env": json.dumps(spec.env),
+        "cpu_millis": str(spec.request.cpu_millis),
+        "memory_bytes": str(spec.request.memory_bytes),
+        "gpus": str(spec.request.gpus),
+        "timeout_seconds": str(spec.timeout_seconds),
+        "priority": str(spec.priority),
+        "max_attempts": str(spec.max_attempts),
+        "network": "1" if spec.network else "0",
+        "bundle_bytes": str(spec.bundle_bytes),
+        "attempt": "1",
+        "node_id": "",
+    }
+
+
+def _float(raw: dict[str, str], key: str) -> float:
+    return float(raw.get(key) or 0)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    owner: str
+    name: str
+    status: str
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    request: Resources
+    timeout_seconds: int
+    priority: int
+    max_attempts: int
+    network: bool
+    attempt: int
+    node_id: str
+    score: float
+    submitted_at: float
+    started_at: float
+    ended_at: float
+    exit_code: int | None
+    error: str
+    usage: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    output: str = ""
+    output_bytes: int = 0
+    bundle_bytes: int = 0
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
+        exit_code = raw.get("exit_code", "")
+        return cls(
+            id=raw["id"],
+            owner=raw.get("owner", ""),
+            name=raw.get("name", ""),
+            status=raw["status"],
+            image=raw["image"],
+            command=json.loads(raw.get("command") or "[]"),
+            env=json.loads(raw.get("env") or "{}"),
+            request=Resources(
+                int(raw["cpu_millis"]), int(raw["memory_bytes"]), int(raw.get("gpus") or 0)
+            ),
+            timeout_seconds=int(raw["timeout_seconds"]),
+            priority=int(raw.get("priority") or 0),
+            max_attempts=int(raw["max_attempts"]),
+            network=raw.get("network") == "1",
+            attempt=int(raw["attempt"]),
+            node_id=raw.get("node_id", ""),
+            score=_float(raw, "score"),
+            submitted_at=_float(raw, "submitted_at"),
+            started_at=_float(raw, "started_at"),
+            ended_at=_float(raw, "ended_at"),
+            exit_code=int(exit_code) if exit_code not in ("", None) else None,
+            error=raw.get("error", ""),
+            usage=json.loads(raw.get("usage") or "{}"),
+            cancel_requested=raw.get("cancel_requested") == "1",
+            output=raw.get("output", ""),
+            output_bytes=int(raw.get("output_bytes") or 0),
+            bundle_bytes=int(raw.get("bundle_bytes") or 0),
+        )
+
+    def to_proto(
+        self, attempts: list[dict[str, Any]] | None = None, node_name: str = ""
+    ) -> pb.Task:
+        return pb.Task(
+            id=self.id,
+            name=self.name,
+            owner=self.owner,
+            status=self.status,
+            image=self.image,
+            command=self.command,
+            resources=self.request.to_proto(),
+            timeout_seconds=self.timeout_seconds,
+            priority=self.priority,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            node_id=self.node_id or _last_node(attempts),
+            node_name=node_name,
+            exit_code=self.exit_code or 0,
+            has_exit_code=self.exit_code is not None,
+            error=self.error,
+            usage=pb.Usage(
+                cpu_seconds=float(self.usage.get("cpu_seconds", 0)),
+                peak_memory_bytes=int(self.usage.get("peak_memory_bytes", 0)),
+                wall_seconds=float(self.usage.get("wall_seconds", 0)),
+                gpu_seconds=float(self.usage.get("gpu_seconds", 0)),
+            ),
+            submitted_at=self.submitted_at,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            network=self.network,
+            cancel_requested=self.cancel_requested,
+            attempts=[
+                pb.Attempt(
+                    attempt=int(a.get("attempt", 0)),
+                    node_id=str(a.get("node_id", "")),
+                    status=str(a.get("status", "")),
+                    started_at=float(a.get("started_at", 0)),
+                    ended_at=float(a.get("ended_at", 0)),
+                    error=str(a.get("error", "")),
+                )
+                for a in attempts or []
+            ],
+            output_bytes=self.output_bytes,
+        )
+
+
+def _last_node(attempts: list[dict[str, Any]] | None) -> str:
+    """A finished task's node: the one that ran its last attempt."""
+    return str(attempts[-1].get("node_id", "")) if attempts else ""

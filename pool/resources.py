@@ -1,0 +1,80 @@
+"""CPU, memory and GPUs as one value: what a task requests and what a node offers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.protos import pool_pb2 as pb
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    gpus: int = 0
+
+    def fits_in(self, other: Resources) -> bool:
+        return (
+            self.cpu_millis <= other.cpu_millis
+            and self.memory_bytes <= other.memory_bytes
+            and self.gpus <= other.gpus
+        )
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_millis + other.cpu_millis,
+            self.memory_bytes + other.memory_bytes,
+            self.gpus + other.gpus,
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_millis - other.cpu_millis,
+            self.memory_bytes - other.memory_bytes,
+            self.gpus - other.gpus,
+        )
+
+    def to_proto(self) -> pb.Resources:
+        return pb.Resources(
+            cpu_millis=self.cpu_millis, memory_bytes=self.memory_bytes, gpus=self.gpus
+        )
+
+    @classmethod
+    def from_proto(cls, message: pb.Resources) -> Resources:
+        return cls(message.cpu_millis, message.memory_bytes, message.gpus)
+
+    def describe(self) -> str:
+        text = f"{self.cpu_millis / 1000:g} CPU, {format_bytes(self.memory_bytes)} memory"
+        return text + (f", {self.gpus} GPU" if self.gpus else "")
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1.5GiB``, ``1048576`` → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise InvalidInput(f"size {text!r} is not like 512M, 2G or 1048576")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def parse_cpus(text: str) -> int:
+    """``2``, ``0.5``, ``500m`` → millicores."""
+    value = text.strip()
+    try:
+        millis = int(value[:-1]) if value.endswith("m") else round(float(value) * 1000)
+    except ValueError:
+        raise InvalidInput(f"CPU amount {text!r} is not like 2, 0.5 or 500m") from None
+    if millis <= 0:
+        raise InvalidInput(f"CPU amount {text!r} must be positive")
+    return millis
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"

@@ -1,0 +1,171 @@
+"""Placement: which queued task goes to which worker. Pure, in memory, no I/O.
+
+The pool owns one ``Scheduler`` and is its only writer, so capacity is never double-booked:
+``place()`` reserves a task's request on the chosen worker before anything else can run,
+and ``release()`` returns it when the attempt ends. Redis holds the durable truth; the pool
+rebuilds this mirror from it at start and whenever a worker registers.
+
+Order: higher priority first, then submission order (FIFO). A task that fits nowhere right
+now keeps its place, and later tasks that do fit are placed meanwhile (backfill), so one
+large task does not stall a cluster of small ones; at most ``scan_limit`` queued tasks are
+examined per pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hivemind_cluster.pool.resources import Resources
+
+
+@dataclass
+class Worker:
+    node_id: str
+    name: str
+    capacity: Resources
+    allocated: Resources = field(default_factory=Resources)
+    connected: bool = False
+    draining: bool = False
+
+    @property
+    def free(self) -> Resources:
+        return self.capacity - self.allocated
+
+    @property
+    def schedulable(self) -> bool:
+        return self.connected and not self.draining
+
+
+@dataclass(frozen=True, order=True)
+class Pending:
+    score: float
+    task_id: str
+    attempt: int = field(compare=False)
+    request: Resources = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Placement:
+    task_id: str
+    attempt: int
+    node_id: str
+    request: Resources
+
+
+class Scheduler:
+    def __init__(self, scan_limit: int = 2000) -> None:
+        self.workers: dict[str, Worker] = {}
+        self.pending: dict[str, Pending] = {}
+        self.allocations: dict[str, tuple[str, Resources]] = {}
+        self.scan_limit = scan_limit
+        self._order: list[Pending] = []
+        self._order_stale = False
+
+    # ---- workers -------------------------------------------------------------------------
+
+    def upsert_worker(self, node_id: str, name: str, capacity: Resources) -> Worker:
+        worker = self.workers.get(node_id)
+        if worker is None:
+            worker = self.workers[node_id] = Worker(node_id, name, capacity)
+        else:
+            worker.name, worker.capacity = name, capacity
+        return worker
+
+    def largest_worker(self) -> Resources | None:
+        """Component-wise largest capacity of any known worker (None: no worker yet)."""
+        if not self.workers:
+            return None
+        return Resources(
+            max(w.capacity.cpu_millis for w in self.workers.values()),
+            max(w.capacity.memory_bytes for w in self.workers.values()),
+            max(w.capacity.gpus for w in self.workers.values()),
+        )
+
+    def could_ever_fit(self, request: Resources) -> bool:
+        """True when some known worker is big enough, or no worker is known yet."""
+        if not self.workers:
+            return True
+        return any(request.fits_in(w.capacity) for w in self.workers.values())
+
+    # ---- queue ---------------------------------------------------------------------------
+
+    def enqueue(self, task_id: str, score: float, attempt: int, request: Resources) -> None:
+        self.pending[task_id] = Pending(score, task_id, attempt, request)
+        self._order_stale = True
+
+    def dequeue(self, task_id: str) -> None:
+        if self.pending.pop(task_id, None) is not None:
+            self._order_stale = True
+
+    def place(self) -> list[Placement]:
+        """Reserve capacity for every queued task that fits now, in queue order."""
+        candidates = [w for w in self.workers.values() if w.schedulable]
+        if not candidates or not self.pending:
+            return []
+        if self._order_stale:
+            self._order = sorted(self.pending.values())
+            self._order_stale = False
+        placements: list[Placement] = []
+        ceiling = _ceiling(candidates)
+        for item in self._order[: self.scan_limit]:
+            if not item.request.fits_in(ceiling):
+                continue
+            worker = _roomiest(candidates, item.request)
+            if worker is None:
+                continue
+            worker.allocated = worker.allocated + item.request
+            self.allocations[item.task_id] = (worker.node_id, item.request)
+            placements.append(Placement(item.task_id, item.attempt, worker.node_id, item.request))
+            del self.pending[item.task_id]
+            ceiling = _ceiling(candidates)
+            if ceiling.cpu_millis <= 0:
+                break
+        if placements:
+            placed = {p.task_id for p in placements}
+            self._order = [item for item in self._order if item.task_id not in placed]
+        return placements
+
+    # ---- capacity ------------------------------------------------------------------------
+
+    def allocate(self, task_id: str, node_id: str, request: Resources) -> None:
+        """Book a running task on its worker (rebuilding from Redis after a restart)."""
+        if task_id in self.allocations:
+            return
+        worker = self.workers.get(node_id)
+        if worker is not None:
+            worker.allocated = worker.allocated + request
+        self.allocations[task_id] = (node_id, request)
+
+    def release(self, task_id: str) -> None:
+        """Give a task's capacity back to its worker (idempotent)."""
+        held = self.allocations.pop(task_id, None)
+        if held is None:
+            return
+        worker = self.workers.get(held[0])
+        if worker is not None:
+            worker.allocated = worker.allocated - held[1]
+
+    def tasks_on(self, node_id: str) -> list[str]:
+        return [t for t, (n, _) in self.allocations.items() if n == node_id]
+
+
+def _ceiling(workers: list[Worker]) -> Resources:
+    """Component-wise largest free capacity: a request above it fits nowhere."""
+    return Resources(
+        max(w.free.cpu_millis for w in workers),
+        max(w.free.memory_bytes for w in workers),
+        max(w.free.gpus for w in workers),
+    )
+
+
+def _roomiest(workers: list[Worker], request: Resources) -> Worker | None:
+    """The worker with the most free CPU (then memory) that fits the request: spreads load."""
+    best: Worker | None = None
+    best_key = (-1, -1)
+    for worker in workers:
+        free = worker.free
+        if request.fits_in(free):
+            key = (free.cpu_millis, free.memory_bytes)
+            if key > best_key:
+                best, best_key = worker, key
+    return best

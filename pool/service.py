@@ -1,0 +1,144 @@
+"""The pool's gRPC services and ``create_server``: thin adapters over ``Pool``.
+
+Both services sit behind one interceptor (``ErrorInterceptor`` with ``PoolAuthorizer``):
+by the time a method runs, ``current_caller()`` is an authenticated, authorised node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.auth import PoolAuthorizer, current_caller
+from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+
+log = logging.getLogger("hivemind.pool")
+# Room for a 16 MiB bundle plus the rest of the message.
+MAX_MESSAGE_BYTES = MAX_INPUT_BYTES + (1 << 20)
+REGISTER_TIMEOUT = 10.0
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class PoolService(pb_grpc.PoolServicer):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.PoolMessage]:
+        caller = current_caller()
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), REGISTER_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            raise InvalidInput("the stream must start with a Register message") from None
+        if first.WhichOneof("kind") != "register":
+            raise InvalidInput("the stream must start with a Register message")
+        session = await self.pool.connect(caller, first.register)
+
+        async def consume() -> None:
+            try:
+                async for message in request_iterator:
+                    await self.pool.handle(session, message)
+            finally:
+                session.close()
+
+        reader = asyncio.create_task(consume())
+        try:
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError, Exception):
+                await reader
+            self.pool.disconnect(session)
+
+
+class TasksService(pb_grpc.TasksServicer):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.Task:
+        record = await self.pool.submit(current_caller(), request)
+        return await self.pool.describe(record)
+
+    async def Get(self, request: pb.TaskRef, context: Context) -> pb.Task:
+        return await self.pool.describe(
+            await self.pool.visible_task(current_caller(), request.task_id)
+        )
+
+    async def List(self, request: pb.ListRequest, context: Context) -> pb.TaskList:
+        caller = current_caller()
+        unknown = set(request.status) - set(keys.ALL_STATES)
+        if unknown:
+            raise InvalidInput(f"unknown status {sorted(unknown)[0]!r}")
+        owner = request.owner if caller.role == "hub" else caller.node_id
+        limit = request.limit or 100
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        records = await self.pool.tasks.list_tasks(set(request.status), owner, limit)
+        return pb.TaskList(tasks=[await self.pool.describe(r) for r in records])
+
+    async def Cancel(self, request: pb.TaskRef, context: Context) -> pb.Task:
+        return await self.pool.describe(await self.pool.cancel(current_caller(), request.task_id))
+
+    async def StreamLogs(
+        self, request: pb.LogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogEntry]:
+        async for record in self.pool.logs(current_caller(), request.task_id, request.follow):
+            yield pb.LogEntry(
+                stream=record.stream, data=record.data, attempt=record.attempt, time=record.time
+            )
+
+    async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:
+        record = await self.pool.visible_task(current_caller(), request.task_id)
+        if record.status not in keys.FINAL_STATES:
+            raise InvalidInput(f"task {record.id} is {record.status}: no result yet")
+        bundle = await asyncio.to_thread(self.pool.tasks.output_bundle, record)
+        return pb.ResultBundle(task_id=record.id, output_bundle=bundle)
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.NodeList:
+        return pb.NodeList(nodes=await self.pool.nodes())
+
+
+async def create_server(
+    pool: Pool, listen: str, cert_pem: bytes, key_pem: bytes, ca_pem: bytes
+) -> tuple[grpc.aio.Server, int]:
+    """The pool's server: mutual TLS (client certificates from the hub CA only)."""
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(PoolAuthorizer(pool.db, pool.settings.hub_ip))],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
+    )
+    pb_grpc.add_PoolServicer_to_server(PoolService(pool), server)
+    pb_grpc.add_TasksServicer_to_server(TasksService(pool), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    credentials = grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
+    )
+    port = server.add_secure_port(listen, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for service in ("", "hivemind.pool.Pool", "hivemind.pool.Tasks"):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port

@@ -1,0 +1,260 @@
+"""Tasks in Redis: every state change is one call of a Lua function (pool/redis_functions.lua).
+
+Bundles live on the hub's disk next to Redis (``<data_dir>/<task>/input.zip`` and
+``output-<attempt>.zip``): an output file is written before its attempt is recorded as
+finished and deleted again when the pool refuses the result, so Redis never points at a
+missing file and a superseded attempt leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from hivemind_cluster.mesh import errors
+from hivemind_cluster.mesh.store import LuaErrors, lua_error
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.records import TaskRecord, spec_fields
+from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.protos import pool_pb2 as pb
+
+_LUA_ERRORS: LuaErrors = {
+    "NOT_FOUND": (errors.NotFound, "no such task"),
+    "STALE": (errors.StaleAttempt, "{detail}"),
+    "FINISHED": (errors.Conflict, "{detail}"),
+}
+INPUT_FILE = "input.zip"
+
+
+def new_task_id() -> str:
+    return "t" + secrets.token_hex(6)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    entry_id: str
+    stream: str
+    data: bytes
+    attempt: int
+    time: float
+
+
+class TaskStore:
+    def __init__(self, db: Any, data_dir: Path, log_cap_bytes: int) -> None:
+        # A redis.asyncio client with decode_responses=True (Any: its replies are untyped).
+        self.db = db
+        self.data_dir = data_dir
+        self.log_cap_bytes = log_cap_bytes
+
+    async def _call(self, function: str, key_list: list[str], args: list[Any]) -> Any:
+        try:
+            return await self.db.fcall(function, len(key_list), *key_list, *args)
+        except redis.ResponseError as exc:
+            raise lua_error(exc, _LUA_ERRORS) from None
+
+    @staticmethod
+    def _task_keys(task_id: str) -> tuple[str, str, str, str]:
+        return (
+            keys.TASK.format(id=task_id),
+            keys.QUEUE,
+            keys.TASK_ATTEMPTS.format(id=task_id),
+            keys.TASK_LOGS.format(id=task_id),
+        )
+
+    # ---- submission and queries ----------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec, bundle: bytes, idempotency_key: str = "") -> TaskRecord:
+        task_id = new_task_id()
+        if bundle:
+            directory = self.data_dir / task_id
+            await asyncio.to_thread(_write_file, directory / INPUT_FILE, bundle)
+        fields = {**spec_fields(spec), "submitted_at": repr(time.time())}
+        key_list = [keys.TASK.format(id=task_id), keys.QUEUE, keys.TASKS, keys.TASK_SEQ]
+        if idempotency_key:
+            key_list.append(keys.IDEMPOTENCY.format(owner=spec.owner, key=idempotency_key))
+        flat = [item for pair in fields.items() for item in pair]
+        stored_id, created = await self._call(
+            "hm_task_submit", key_list, [task_id, spec.priority, time.time(), *flat]
+        )
+        if not created and bundle:
+            shutil.rmtree(self.data_dir / task_id, ignore_errors=True)
+        return await self.get(stored_id)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        raw = await self.db.hgetall(keys.TASK.format(id=task_id))
+        if not raw:
+            raise errors.NotFound(f"no task {task_id!r}")
+        return TaskRecord.from_hash(raw)
+
+    async def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        raw = await self.db.lrange(keys.TASK_ATTEMPTS.format(id=task_id), 0, -1)
+        return [json.loads(item) for item in raw]
+
+    async def list_tasks(
+        self, statuses: set[str] | None = None, owner: str = "", limit: int = 100
+    ) -> list[TaskRecord]:
+        """Newest first, filtered; looks at no more than the 50 * limit most recent tasks."""
+        found: list[TaskRecord] = []
+        ids = await self.db.zrevrange(keys.TASKS, 0, limit * 50 - 1)
+        for start in range(0, len(ids), 500):
+            pipe = self.db.pipeline(transaction=False)
+            for task_id in ids[start : start + 500]:
+                pipe.hgetall(keys.TASK.format(id=task_id))
+            for raw in await pipe.execute():
+                if not raw:
+                    continue
+                record = TaskRecord.from_hash(raw)
+                if (statuses and record.status not in statuses) or (
+                    owner and record.owner != owner
+                ):
+                    continue
+                found.append(record)
+                if len(found) >= limit:
+                    return found
+        return found
+
+    async def by_ids(self, task_ids: list[str]) -> list[TaskRecord]:
+        pipe = self.db.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hgetall(keys.TASK.format(id=task_id))
+        return [TaskRecord.from_hash(raw) for raw in await pipe.execute() if raw]
+
+    async def queued(self) -> list[TaskRecord]:
+        return await self.by_ids(await self.db.zrange(keys.QUEUE, 0, -1))
+
+    async def on_node(self, node_id: str) -> list[TaskRecord]:
+        ids = await self.db.smembers(keys.NODE_TASKS.format(id=node_id))
+        return await self.by_ids(sorted(ids))
+
+    # ---- transitions ---------------------------------------------------------------------
+
+    async def assign_many(self, placements: list[tuple[str, int, str]]) -> list[bool]:
+        """Record (task, attempt, node) assignments in one round trip; False: task moved on."""
+        pipe = self.db.pipeline(transaction=False)
+        now = time.time()
+        for task_id, attempt, node_id in placements:
+            task, queue, _attempts, logs = self._task_keys(task_id)
+            node_tasks = keys.NODE_TASKS.format(id=node_id)
+            pipe.fcall(
+                "hm_task_assign", 4, task, queue, node_tasks, logs, task_id, attempt, node_id, now
+            )
+        results = await pipe.execute(raise_on_error=False)
+        return [not isinstance(result, Exception) for result in results]
+
+    async def start(self, task_id: str, attempt: int, node_id: str) -> None:
+        await self._call(
+            "hm_task_start",
+            [keys.TASK.format(id=task_id)],
+            [task_id, attempt, node_id, time.time()],
+        )
+
+    async def log(self, task_id: str, attempt: int, node_id: str, stream: str, data: bytes) -> bool:
+        task, _queue, _attempts, logs = self._task_keys(task_id)
+        stored = await self._call(
+            "hm_task_log",
+            [task, logs],
+            [task_id, attempt, node_id, stream, data, self.log_cap_bytes, time.time()],
+        )
+        return bool(stored)
+
+    async def finish(self, node_id: str, result: pb.TaskResult) -> str:
+        """Record an attempt's result (fenced); returns the task's new status."""
+        task, queue, attempts, logs = self._task_keys(result.task_id)
+        output_name = ""
+        if result.output_bundle:
+            output_name = f"output-{result.attempt}.zip"
+            path = self.data_dir / result.task_id / output_name
+            await asyncio.to_thread(_write_file, path, result.output_bundle)
+        usage = {
+            "cpu_seconds": round(result.usage.cpu_seconds, 6),
+            "peak_memory_bytes": result.usage.peak_memory_bytes,
+            "wall_seconds": round(result.usage.wall_seconds, 6),
+            "gpu_seconds": round(result.usage.gpu_seconds, 6),
+        }
+        exit_code = str(result.exit_code) if result.exit_code >= 0 else ""
+        try:
+            status: str = await self._call(
+                "hm_task_finish",
+                [task, queue, keys.NODE_TASKS.format(id=node_id), attempts, logs],
+                [
+                    result.task_id,
+                    result.attempt,
+                    node_id,
+                    time.time(),
+                    result.status,
+                    exit_code,
+                    result.error[:1000],
+                    json.dumps(usage),
+                    output_name,
+                    len(result.output_bundle),
+                ],
+            )
+        except errors.HiveMindError:
+            if output_name:
+                (self.data_dir / result.task_id / output_name).unlink(missing_ok=True)
+            raise
+        return status
+
+    async def requeue(self, task_id: str, attempt: int, node_id: str, reason: str) -> str:
+        task, queue, attempts, logs = self._task_keys(task_id)
+        status: str = await self._call(
+            "hm_task_requeue",
+            [task, queue, keys.NODE_TASKS.format(id=node_id), attempts, logs],
+            [task_id, attempt, node_id, time.time(), reason],
+        )
+        return status
+
+    async def cancel(self, task_id: str) -> tuple[str, str, int]:
+        """``("cancelled"|"cancelling", node_id, attempt)``."""
+        task, queue, _attempts, logs = self._task_keys(task_id)
+        state, node_id, attempt = await self._call(
+            "hm_task_cancel", [task, queue, logs], [task_id, time.time()]
+        )
+        return str(state), str(node_id), int(attempt)
+
+    # ---- bundles and logs ----------------------------------------------------------------
+
+    def input_bundle(self, task_id: str) -> bytes:
+        path = self.data_dir / task_id / INPUT_FILE
+        return path.read_bytes() if path.exists() else b""
+
+    def output_bundle(self, record: TaskRecord) -> bytes:
+        if not record.output:
+            return b""
+        path = self.data_dir / record.id / record.output
+        return path.read_bytes() if path.exists() else b""
+
+    async def read_logs(
+        self, raw_db: Any, task_id: str, after: str, block_ms: int | None
+    ) -> list[LogRecord]:
+        """Entries after ``after`` (``"0"``: from the start); waits up to block_ms for new ones."""
+        stream = keys.TASK_LOGS.format(id=task_id)
+        reply = await raw_db.xread({stream: after}, count=1000, block=block_ms)
+        records = []
+        for _name, entries in reply or []:
+            for entry_id, values in entries:
+                records.append(
+                    LogRecord(
+                        entry_id.decode(),
+                        values[b"stream"].decode(),
+                        values[b"data"],
+                        int(values[b"attempt"]),
+                        float(values[b"time"]),
+                    )
+                )
+        return records
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".part")
+    temporary.write_bytes(data)
+    temporary.replace(path)

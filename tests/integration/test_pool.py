@@ -1,0 +1,312 @@
+"""The pool over real mTLS gRPC on loopback with a real Redis; executors are scripted.
+
+Covers the stream protocol, scheduling by capacity, the lost-worker requeue with fencing,
+cancel, submission checks and the authentication table. Docker runs are in
+test_executor.py; the same over a WireGuard overlay in tests/e2e/test_pool_mesh.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh.ca import CertificateAuthority
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool.client import Identity, aio_channel
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled, echo
+
+pytestmark = pytest.mark.privileged
+
+
+def run_in_cluster(
+    redis_server: RedisServer, tmp_path: Path, body: Callable[[Cluster], Awaitable[None]], **kw: int
+) -> None:
+    async def main() -> None:
+        cluster = Cluster(redis_server, tmp_path, **kw)
+        await cluster.start()
+        try:
+            await body(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+def submit(
+    command: list[str], cpu: int = 1000, memory: int = 256 << 20, **kw: object
+) -> pb.SubmitRequest:
+    return pb.SubmitRequest(
+        image="hivemind/busybox:latest",
+        command=command,
+        resources=pb.Resources(cpu_millis=cpu, memory_bytes=memory),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def logs_of(stub: pb_grpc.TasksStub, task_id: str) -> list[tuple[str, bytes]]:
+    return [(e.stream, e.data) async for e in stub.StreamLogs(pb.LogsRequest(task_id=task_id))]
+
+
+def test_a_task_runs_streams_logs_and_reports_usage(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        await cluster.start_worker("w1", ScriptedExecutor(echo))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        task = await stub.Submit(submit(["echo", "hello"], name="greeting"))
+        assert task.status in {"queued", "assigned"} and task.attempt == 1
+        done = await cluster.wait_status(stub, task.id, {"succeeded"})
+        assert done.node_id == "w1" and done.exit_code == 0 and done.has_exit_code
+        assert done.usage.cpu_seconds == 0.5 and done.usage.peak_memory_bytes == 1 << 20
+        assert [a.status for a in done.attempts] == ["succeeded"]
+        assert ("stdout", b"echo hello\n") in await logs_of(stub, task.id)
+        listed = await stub.List(pb.ListRequest())
+        assert [t.id for t in listed.tasks] == [task.id]
+        nodes = {n.id: n for n in (await stub.ListNodes(pb.ListNodesRequest())).nodes}
+        assert nodes["w1"].connected and nodes["w1"].capacity.cpu_millis == 2000
+        assert nodes["w1"].allocated.cpu_millis == 0
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_capacity_is_never_overcommitted_and_order_is_fifo(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    running_now: list[str] = []
+    peak = [0]
+
+    def hold(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        running_now.append(task.task_id)
+        peak[0] = max(peak[0], len(running_now))
+        release.wait(30)
+        running_now.remove(task.task_id)
+        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+
+    async def body(cluster: Cluster) -> None:
+        executor = ScriptedExecutor(hold)
+        await cluster.start_worker("w1", executor, Resources(2000, 4 * GiB, 0))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        ids = [(await stub.Submit(submit(["true"], name=f"t{i}"))).id for i in range(5)]
+        await cluster.until(lambda: len(executor.started) == 2, "two tasks running")
+        await asyncio.sleep(0.5)
+        assert len(executor.started) == 2, "a 2-CPU worker must not take a third 1-CPU task"
+        release.set()
+        for task_id in ids:
+            await cluster.wait_status(stub, task_id, {"succeeded"})
+        assert [t.task_id for t in executor.started] == ids
+        assert peak[0] == 2
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_tasks_spread_over_workers_by_free_capacity(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        big, small = (
+            ScriptedExecutor(block_until_cancelled),
+            ScriptedExecutor(block_until_cancelled),
+        )
+        await cluster.start_worker("big", big, Resources(4000, 8 * GiB, 0))
+        await cluster.start_worker("small", small, Resources(1000, 2 * GiB, 0))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        ids = [(await stub.Submit(submit(["sleep"]))).id for _ in range(5)]
+        await cluster.until(lambda: len(big.started) + len(small.started) == 5, "5 placed")
+        assert (len(big.started), len(small.started)) == (4, 1)
+        for task_id in ids:
+            await stub.Cancel(pb.TaskRef(task_id=task_id))
+        for task_id in ids:
+            await cluster.wait_status(stub, task_id, {"cancelled"})
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_a_lost_worker_is_requeued_once_and_its_late_result_refused(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        doomed = ScriptedExecutor(block_until_cancelled)
+        await cluster.start_worker("doomed", doomed, Resources(2000, 4 * GiB, 0))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        task = await stub.Submit(submit(["work"], max_attempts=3))
+        await cluster.until(lambda: len(doomed.started) == 1, "started on doomed")
+        await cluster.kill_worker("doomed")
+        survivor = ScriptedExecutor(echo)
+        await cluster.start_worker("survivor", survivor)
+        done = await cluster.wait_status(stub, task.id, {"succeeded"}, timeout=10)
+        assert done.attempt == 2 and done.node_id == "survivor"
+        assert [(a.attempt, a.node_id, a.status) for a in done.attempts] == [
+            (1, "doomed", "lost"),
+            (2, "survivor", "succeeded"),
+        ]
+        assert len(survivor.started) == 1
+        # The killed attempt reports late over a fresh stream: refused, nothing changes.
+        identity = await cluster.add_node("doomed", "worker")
+        reply = await late_result(identity, task.id, attempt=1)
+        assert reply.WhichOneof("kind") == "rejected"
+        assert "no longer current" in reply.rejected.reason
+        after = await stub.Get(pb.TaskRef(task_id=task.id))
+        assert after.status == "succeeded" and after.attempt == 2 and after.node_id == "survivor"
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+async def late_result(identity: Identity, task_id: str, attempt: int) -> pb.PoolMessage:
+    async with aio_channel(identity) as channel:
+        call = pb_grpc.PoolStub(channel).Connect()
+        await call.write(
+            pb.AgentMessage(
+                register=pb.Register(capacity=pb.Resources(cpu_millis=1000, memory_bytes=GiB))
+            )
+        )
+        registered = await call.read()
+        assert isinstance(registered, pb.PoolMessage) and registered.HasField("registered")
+        await call.write(
+            pb.AgentMessage(result=pb.TaskResult(task_id=task_id, attempt=attempt, status="failed"))
+        )
+        reply = await call.read()
+        call.cancel()
+        assert isinstance(reply, pb.PoolMessage)
+        return reply
+
+
+def test_cancel_stops_a_running_task_and_a_queued_one(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        executor = ScriptedExecutor(block_until_cancelled)
+        await cluster.start_worker("w1", executor, Resources(1000, 4 * GiB, 0))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        running = await stub.Submit(submit(["a"]))
+        waiting = await stub.Submit(submit(["b"]))
+        await cluster.until(lambda: len(executor.started) == 1, "first started")
+        assert (await stub.Cancel(pb.TaskRef(task_id=waiting.id))).status == "cancelled"
+        assert (await stub.Cancel(pb.TaskRef(task_id=running.id))).cancel_requested
+        done = await cluster.wait_status(stub, running.id, {"cancelled"})
+        assert done.exit_code == 137
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Cancel(pb.TaskRef(task_id=running.id))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already cancelled" in (refused.value.details() or "")
+        assert len(executor.started) == 1
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "message"),
+    [
+        (submit(["x"], cpu=8000), "FAILED_PRECONDITION", "no node could ever run this task"),
+        (submit(["x"], memory=1 << 40), "FAILED_PRECONDITION", "no node could ever run"),
+        (submit(["x"], cpu=-5), "INVALID_ARGUMENT", "CPU (millicores) must be between"),
+        (submit(["x"], memory=1024), "INVALID_ARGUMENT", "memory must be between"),
+        (
+            pb.SubmitRequest(image="Bad Image!", command=["x"]),
+            "INVALID_ARGUMENT",
+            "not a valid image",
+        ),
+        (pb.SubmitRequest(command=["x"]), "INVALID_ARGUMENT", "no image"),
+        (submit(["x"], network=True), "PERMISSION_DENIED", "does not allow tasks with network"),
+        (submit(["x"], timeout_seconds=10**6), "INVALID_ARGUMENT", "timeout must be between"),
+        (submit(["x"], priority=12), "INVALID_ARGUMENT", "priority must be between"),
+        (submit(["a\0b"]), "INVALID_ARGUMENT", "NUL"),
+        (submit(["x"], input_bundle=b"not a zip"), "INVALID_ARGUMENT", "zip"),
+        (submit(["x"], owner="someone-else"), "PERMISSION_DENIED", "on behalf of"),
+    ],
+)
+def test_bad_submissions_are_refused_and_store_nothing(
+    redis_server: RedisServer, tmp_path: Path, request_: pb.SubmitRequest, code: str, message: str
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        await cluster.start_worker("w1", ScriptedExecutor(), Resources(2000, 4 * GiB, 0))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Submit(request_)
+        assert refused.value.code().name == code
+        assert message in (refused.value.details() or "")
+        assert (await stub.List(pb.ListRequest())).tasks == []
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_with_no_worker_yet_a_task_is_accepted_and_waits(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        task = await stub.Submit(submit(["echo", "later"], cpu=1500))
+        await asyncio.sleep(0.3)
+        assert (await stub.Get(pb.TaskRef(task_id=task.id))).status == "queued"
+        await cluster.start_worker("w1", ScriptedExecutor(echo))
+        await cluster.wait_status(stub, task.id, {"succeeded"})
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+async def call_code(identity: Identity, method: str) -> grpc.StatusCode:
+    async with aio_channel(identity) as channel:
+        try:
+            if method == "tasks":
+                await pb_grpc.TasksStub(channel).List(pb.ListRequest(), timeout=5)
+            else:
+                call = pb_grpc.PoolStub(channel).Connect(timeout=5)
+                await call.write(
+                    pb.AgentMessage(
+                        register=pb.Register(
+                            capacity=pb.Resources(cpu_millis=1000, memory_bytes=GiB)
+                        )
+                    )
+                )
+                await call.read()
+                call.cancel()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_the_pool_refuses_wrong_callers(redis_server: RedisServer, tmp_path: Path) -> None:
+    async def body(cluster: Cluster) -> None:
+        assert cluster.pool is not None
+        operator = await cluster.add_node("op", "operator")
+        worker = await cluster.add_node("w1", "worker")
+        assert await call_code(operator, "tasks") == grpc.StatusCode.OK
+        # Roles: a worker may not use the tasks API, an operator may not act as a worker.
+        assert await call_code(worker, "tasks") == grpc.StatusCode.PERMISSION_DENIED
+        assert await call_code(operator, "pool") == grpc.StatusCode.PERMISSION_DENIED
+        # A valid certificate bound to another overlay address.
+        elsewhere = await cluster.add_node("op2", "operator", overlay_ip="127.0.0.9")
+        assert await call_code(elsewhere, "tasks") == grpc.StatusCode.PERMISSION_DENIED
+        # A revoked certificate.
+        cert = x509.load_pem_x509_certificate(operator.cert_pem)
+        await cluster.pool.db.sadd(mesh_keys.REVOKED_SERIALS, str(cert.serial_number))
+        assert await call_code(operator, "tasks") == grpc.StatusCode.PERMISSION_DENIED
+        # No client certificate at all: the TLS handshake fails.
+        bare = grpc.ssl_channel_credentials(cluster.ca.pem)
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{cluster.port}",
+            bare,
+            options=[("grpc.ssl_target_name_override", "hub.hivemind.internal")],
+        ) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.TasksStub(channel).List(pb.ListRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # A certificate from another CA.
+        other_cert, other_key = CertificateAuthority.create().issue_client_certificate(
+            "op", "127.0.0.1"
+        )
+        stranger = Identity("op", other_cert, other_key, cluster.ca.pem, operator.pool_address)
+        assert await call_code(stranger, "tasks") == grpc.StatusCode.UNAVAILABLE
+
+    run_in_cluster(redis_server, tmp_path, body)

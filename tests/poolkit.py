@@ -1,0 +1,178 @@
+"""A pool on loopback for integration tests and benchmarks: real Redis, real mTLS gRPC.
+
+Every caller connects from 127.0.0.1, so every certificate here binds 127.0.0.1 (the
+hub's too: the overlay is 127.0.0.0/24, whose first address is the hub's). ``Cluster``
+registers nodes in Redis the way enrollment does, issues their certificates, and runs
+``Worker``s with a scriptable in-process executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+
+from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.worker import Worker
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh import store
+from hivemind_cluster.mesh.ca import CertificateAuthority
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.pool.client import Identity, aio_channel
+from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.service import create_server
+from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+
+LOOPBACK = "127.0.0.1"
+GiB = 1 << 30
+TWO_CPUS = Resources(2000, 4 * GiB, 0)
+
+
+@dataclass
+class ScriptedExecutor:
+    """Runs nothing: ``behaviour(task, on_output, cancel)`` decides the outcome."""
+
+    behaviour: Callable[[TaskRun, OnOutput, threading.Event], Outcome] | None = None
+    started: list[TaskRun] = field(default_factory=list)
+
+    def run(self, task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        self.started.append(task)
+        if self.behaviour is not None:
+            return self.behaviour(task, on_output, cancel)
+        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+
+
+def echo(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+    """Prints its command to stdout and succeeds with usage."""
+    on_output("stdout", (" ".join(task.command) + "\n").encode())
+    return Outcome("succeeded", 0, "", Usage(0.5, 1 << 20, 0.6, 0.0), b"")
+
+
+def block_until_cancelled(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+    on_output("stdout", b"working\n")
+    cancel.wait(60)
+    return Outcome("cancelled", 137, "cancelled", NO_USAGE, b"")
+
+
+class Cluster:
+    def __init__(self, redis_server: RedisServer, state_dir: Path, **settings: Any) -> None:
+        self.redis_server = redis_server
+        self.settings = HubSettings(
+            state_dir=str(state_dir), overlay="127.0.0.0/24", **{"heartbeat_timeout": 2, **settings}
+        )
+        self.ca = CertificateAuthority.create()
+        self.server_cert, self.server_key = self.ca.issue_server_certificate([LOOPBACK])
+        self.pool: Pool | None = None
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
+
+    def redis(self, decode: bool = True) -> aioredis.Redis:
+        server = self.redis_server
+        return aioredis.Redis(
+            host=server.bind, port=server.port, password=server.password, decode_responses=decode
+        )
+
+    async def start(self) -> None:
+        db = self.redis()
+        await db.flushall()
+        server = self.redis_server
+        store.connect(server.bind, server.port, server.password).close()  # loads the Lua
+        self.pool = Pool(self.settings, db, self.redis(False), self.settings.path / "tasks")
+        await self.pool.start()
+        self.server, self.port = await create_server(
+            self.pool,
+            f"{LOOPBACK}:0",
+            self.server_cert + self.ca.pem,
+            self.server_key,
+            self.ca.pem,
+        )
+
+    async def stop(self) -> None:
+        for worker, task in self.workers.values():
+            worker.halt()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.server is not None:
+            await self.server.stop(grace=0.5)
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def add_node(self, node_id: str, role: str, overlay_ip: str = LOOPBACK) -> Identity:
+        """A member as enrollment would record it, with its certificate and key."""
+        assert self.pool is not None
+        await self.pool.db.hset(
+            mesh_keys.NODE.format(id=node_id),
+            mapping={
+                "id": node_id,
+                "name": f"name-{node_id}",
+                "role": role,
+                "overlay_ip": overlay_ip,
+                "wg_public_key": node_id,
+                "state": "active",
+                "enrolled_at": time.time(),
+            },
+        )
+        await self.pool.db.zadd(mesh_keys.NODES, {node_id: time.time()})
+        cert, key = self.ca.issue_client_certificate(node_id, overlay_ip)
+        return Identity(node_id, cert, key, self.ca.pem, f"{LOOPBACK}:{self.port}")
+
+    async def start_worker(
+        self,
+        node_id: str,
+        executor: Any,
+        capacity: Resources = TWO_CPUS,
+        drain_seconds: float = 5,
+    ) -> Worker:
+        identity = await self.add_node(node_id, "worker")
+        worker = Worker(identity, executor, Facts(capacity, docker_available=True), drain_seconds)
+        self.workers[node_id] = (worker, asyncio.create_task(worker.run()))
+        await self.until(lambda: node_id in self.sessions(), f"{node_id} connected")
+        return worker
+
+    async def kill_worker(self, node_id: str) -> None:
+        """As SIGKILL would: the stream just stops, no result, no goodbye."""
+        _, task = self.workers.pop(node_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def sessions(self) -> dict[str, Any]:
+        assert self.pool is not None
+        return self.pool.sessions
+
+    async def tasks_stub(self, identity: Identity) -> pb_grpc.TasksStub:
+        return pb_grpc.TasksStub(aio_channel(identity))
+
+    async def wait_status(
+        self, stub: pb_grpc.TasksStub, task_id: str, statuses: set[str], timeout: float = 15
+    ) -> pb.Task:
+        deadline = time.monotonic() + timeout
+        while True:
+            task = await stub.Get(pb.TaskRef(task_id=task_id))
+            if task.status in statuses:
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} stayed {task.status}, wanted {statuses}")
+            await asyncio.sleep(0.05)
+
+    @staticmethod
+    async def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)

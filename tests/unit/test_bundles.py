@@ -1,0 +1,215 @@
+"""Zip bundles: every kind of hostile zip is refused with a specific message; packing is capped."""
+
+from __future__ import annotations
+
+import io
+import stat
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hivemind_cluster.mesh.errors import InvalidInput, NotFound
+from hivemind_cluster.pool.bundles import (
+    MAX_FILES,
+    MIB,
+    bundle_from_path,
+    check_bundle,
+    default_command,
+    pack_directory,
+    unpack_bundle,
+)
+
+
+def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def zeros_zip(name: str, size: int) -> bytes:
+    """A real zip bomb member: ``size`` zero bytes, streamed so the test stays small in memory."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(info, "w", force_zip64=True) as sink:
+            block = bytes(MIB)
+            for _ in range(size // MIB):
+                sink.write(block)
+    return buffer.getvalue()
+
+
+def test_good_bundle_round_trip(tmp_path: Path) -> None:
+    data = make_zip({"main.py": b"print('hi')\n", "lib/util.py": b"X = 1\n", "data/": b""})
+    assert check_bundle(data) == ["main.py", "lib/util.py", "data/"]
+    unpack_bundle(data, tmp_path / "work")
+    assert (tmp_path / "work" / "main.py").read_bytes() == b"print('hi')\n"
+    assert (tmp_path / "work" / "lib" / "util.py").read_text() == "X = 1\n"
+    assert (tmp_path / "work" / "data").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../x", "bundle entry '../x' escapes the bundle"),
+        ("a/../../x", "bundle entry 'a/../../x' escapes the bundle"),
+        ("a\\..\\..\\x", "escapes the bundle"),
+        ("/etc/passwd", "bundle entry '/etc/passwd' is an absolute path"),
+        ("C:/windows/x", "is an absolute path"),
+    ],
+)
+def test_paths_outside_the_bundle_are_refused(tmp_path: Path, name: str, message: str) -> None:
+    data = make_zip({"ok.txt": b"fine", name: b"evil"})
+    with pytest.raises(InvalidInput, match=message.replace("\\", "\\\\")):
+        check_bundle(data)
+    with pytest.raises(InvalidInput, match=r"escapes|absolute"):
+        unpack_bundle(data, tmp_path / "work")
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "work" / "ok.txt").exists(), "checked before anything is written"
+
+
+def test_symlink_member_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        link = zipfile.ZipInfo("passwd")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(link, "/etc/passwd")
+    with pytest.raises(InvalidInput, match="bundle entry 'passwd' is a symbolic link"):
+        unpack_bundle(buffer.getvalue(), tmp_path)
+    assert not (tmp_path / "passwd").exists()
+
+
+def test_real_zip_bomb_is_refused_by_declared_size() -> None:
+    data = zeros_zip("zeros", 300 * MIB)
+    assert len(data) < 1 * MIB  # 300 MiB of zeros deflates to ~300 KB
+    with pytest.raises(InvalidInput, match=r"(unpacks to more than 256 MiB|200:1) \(zip bomb\?\)"):
+        check_bundle(data)
+
+
+def test_absurd_compression_ratio_is_refused() -> None:
+    data = zeros_zip("zeros", 10 * MIB)  # within the size cap, but ~1000:1
+    with pytest.raises(InvalidInput, match=r"'zeros' is compressed more than 200:1 \(zip bomb\?\)"):
+        check_bundle(data)
+
+
+def test_many_small_files_over_the_unpacked_cap() -> None:
+    data = make_zip({f"f{i}": bytes(64 * 1024) for i in range(20)}, zipfile.ZIP_STORED)
+    with pytest.raises(InvalidInput, match=r"^bundle unpacks to more than 1 MiB \(zip bomb\?\)$"):
+        check_bundle(data, max_unpacked=MIB)
+
+
+def test_too_many_files() -> None:
+    data = make_zip({f"f{i}": b"" for i in range(MAX_FILES + 1)}, zipfile.ZIP_STORED)
+    with pytest.raises(InvalidInput, match="bundle has more than 10000 files"):
+        check_bundle(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello", b"PK\x03\x04" + bytes(100)])
+def test_not_a_zip(data: bytes) -> None:
+    with pytest.raises(InvalidInput, match="bundle is not a zip file"):
+        check_bundle(data)
+
+
+def test_too_large_compressed() -> None:
+    with pytest.raises(InvalidInput, match="bundle is larger than 16 MiB"):
+        check_bundle(bytes(16 * MIB + 1))
+
+
+def lying_zip(actual: bytes, declared_size: int) -> bytes:
+    """A stored member whose local and central headers claim ``declared_size`` bytes."""
+    data = bytearray(make_zip({"big": actual}, zipfile.ZIP_STORED))
+    size = struct.pack("<I", len(actual))
+    for offset in (data.find(b"PK\x03\x04") + 22, data.find(b"PK\x01\x02") + 24):
+        assert data[offset : offset + 4] == size
+        data[offset : offset + 4] = struct.pack("<I", declared_size)
+    return bytes(data)
+
+
+def test_lying_header_cannot_bypass_the_cap(tmp_path: Path) -> None:
+    data = lying_zip(bytes(2 * MIB), declared_size=1000)
+    assert check_bundle(data) == ["big"]  # the headers alone look harmless
+    with pytest.raises(InvalidInput, match=r"bundle entry 'big' is corrupt|unpacks to more than"):
+        unpack_bundle(data, tmp_path / "work", max_unpacked=MIB)
+    written = tmp_path / "work" / "big"
+    assert not written.exists() or written.stat().st_size <= MIB
+
+
+def test_streaming_cap_counts_real_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even if the checks before extraction were fooled, extraction stops at the cap.
+    monkeypatch.setattr("hivemind_cluster.pool.bundles.checked_members", lambda a, m: a.infolist())
+    data = make_zip({"a": bytes(MIB), "b": bytes(MIB)})
+    with pytest.raises(InvalidInput, match="unpacks to more than 1048586 bytes"):
+        unpack_bundle(data, tmp_path / "work", max_unpacked=MIB + 10)
+    assert (tmp_path / "work" / "b").stat().st_size <= 10
+
+
+def test_duplicate_entries_clash(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a", b"1")
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            archive.writestr("a", b"2")
+    with pytest.raises(InvalidInput, match="bundle entry 'a' clashes with another entry"):
+        unpack_bundle(buffer.getvalue(), tmp_path)
+
+
+def test_pack_regular_files_only(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "result.txt").write_text("42\n")
+    (tmp_path / "sub" / "more.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "link").symlink_to("/etc/passwd")
+    (tmp_path / "dirlink").symlink_to("/etc", target_is_directory=True)
+    data = pack_directory(tmp_path)
+    assert sorted(check_bundle(data)) == ["result.txt", "sub/more.bin"]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.read("result.txt") == b"42\n"
+
+
+def test_pack_empty_directory_is_empty_bytes(tmp_path: Path) -> None:
+    assert pack_directory(tmp_path) == b""
+
+
+def test_pack_over_the_cap(tmp_path: Path) -> None:
+    (tmp_path / "random.bin").write_bytes(__import__("os").urandom(17 * MIB))
+    with pytest.raises(InvalidInput, match=r"^task output is larger than 16 MiB$"):
+        pack_directory(tmp_path)
+
+
+def test_bundle_from_path(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "main.py").write_text("print(1)\n")
+    assert check_bundle(bundle_from_path(source)) == ["main.py"]
+    archive = tmp_path / "b.zip"
+    archive.write_bytes(make_zip({"app.py": b""}))
+    assert check_bundle(bundle_from_path(archive)) == ["app.py"]
+    evil = tmp_path / "evil.zip"
+    evil.write_bytes(make_zip({"../x": b""}))
+    with pytest.raises(InvalidInput, match="escapes the bundle"):
+        bundle_from_path(evil)
+    with pytest.raises(NotFound, match="does not exist"):
+        bundle_from_path(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(InvalidInput, match=r"neither a directory nor a \.zip file"):
+        bundle_from_path(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInput, match="has no files"):
+        bundle_from_path(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("names", "command"),
+    [
+        (["main.py", "app.py"], ["python", "/work/main.py"]),
+        (["lib/x.py", "run.py", "start.py"], ["python", "/work/run.py"]),
+        (["start.py"], ["python", "/work/start.py"]),
+        (["sub/main.py", "README"], None),
+        ([], None),
+    ],
+)
+def test_default_command(names: list[str], command: list[str] | None) -> None:
+    assert default_command(names) == command

@@ -1,0 +1,299 @@
+"""End to end, as root: the pool over a real WireGuard overlay, tasks in real Docker.
+
+Hosts: ``hub``; workers ``w1`` (2 CPUs) and ``w2`` (1 CPU), each running the real agent
+service; operator ``op`` using the ``hivemind`` CLI with its node certificate;
+``outsider`` on the underlay only. Tests share one mesh and run in file order; the
+destructive one (killing w1) comes last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require, require_root_network
+from tests.lab import Host, Lab, Mesh, tool
+
+IMAGES = ("hivemind/busybox:latest", "hivemind/python:3.11")
+
+
+class PoolWorld:
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.hub, self.w1, self.w2, self.op, self.outsider = (
+            lab.add_host(name) for name in ("hub", "w1", "w2", "op", "outsider")
+        )
+        self.mesh = Mesh(lab, self.hub)
+
+    def join_worker(self, host: Host, cpus: str, memory: str) -> None:
+        state = self.mesh.agent_dir(host)
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "agent.toml").write_text(
+            f'cpus = "{cpus}"\nmemory = "{memory}"\nlabels = "lab={host.name}"\ndrain_seconds = 5\n'
+        )
+        self.mesh.join(host, self.mesh.token())
+
+    def cli(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``hivemind COMMAND --identity <host's state dir> ARGS…`` in the host's namespace."""
+        identity = self.mesh.hub_dir if host is self.hub else self.mesh.agent_dir(host)
+        command, *rest = args
+        return host.run(
+            tool("hivemind"), command, "--identity", str(identity), *rest, check=check, timeout=120
+        )
+
+    def cli_json(self, host: Host, *args: str) -> Any:
+        return json.loads(self.cli(host, args[0], "--json", *args[1:]).stdout)
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.cli_json(self.hub, "status", task_id)
+        return result
+
+    def node_id(self, host: Host) -> str:
+        return str(json.loads(self.mesh.agent(host, "status", "--json").stdout)["node_id"])
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.cli_json(self.hub, "nodes")
+            ready = [n for n in nodes if n["role"] == "worker" and n["connected"]]
+            if len(ready) >= count:
+                return ready
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not connected: {nodes}\n{self.logs()}")
+            time.sleep(0.2)
+
+    def logs(self) -> str:
+        texts = [self.mesh.hub_log()[-4000:]]
+        for host in (self.w1, self.w2):
+            log = self.mesh.agent_dir(host) / "agent.log"
+            if log.exists():
+                texts.append(f"--- {host.name}\n" + log.read_text()[-4000:])
+        return "\n".join(texts)
+
+
+def remove_containers(node_id: str) -> None:
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=hivemind.node={node_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for container in listed.stdout.split():
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolWorld]:
+    require_root_network()
+    require(shutil.which("docker") is not None, "docker is not installed (make setup)")
+    info = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    require(info.returncode == 0, "dockerd is not running (make setup)")
+    for image in IMAGES:
+        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
+        require(found.returncode == 0, f"image {image} is missing (make images)")
+    lab = Lab(tmp_path_factory.mktemp("poollab"))
+    node_ids: list[str] = []
+    try:
+        world = PoolWorld(lab)
+        world.mesh.start_hub()
+        world.join_worker(world.w1, "2", "2G")
+        world.join_worker(world.w2, "1", "1G")
+        world.mesh.join(world.op, world.mesh.token(role="operator"))
+        node_ids = [world.node_id(h) for h in (world.w1, world.w2)]
+        world.wait_for_workers(2)
+        yield world
+    finally:
+        lab.close()
+        for node_id in node_ids:
+            remove_containers(node_id)
+
+
+def test_workers_register_capacity_docker_and_labels(world: PoolWorld) -> None:
+    workers = {n["name"]: n for n in world.wait_for_workers(2)}
+    assert workers["w1"]["capacity"] == {"cpu_millis": 2000, "memory_bytes": 2 << 30, "gpus": 0}
+    assert workers["w2"]["capacity"]["cpu_millis"] == 1000
+    assert workers["w1"]["docker_version"] and workers["w1"]["labels"] == {"lab": "w1"}
+    assert workers["w1"]["state"] == "ready" and workers["w1"]["last_heartbeat"]
+
+
+def test_operator_runs_a_python_bundle_and_gets_logs_and_output(
+    world: PoolWorld, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "job"
+    bundle.mkdir()
+    (bundle / "main.py").write_text(
+        "import os, sys\n"
+        "print('sum', sum(range(1000)))\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "open('/out/answer.txt', 'w').write(open('/work/input.txt').read().upper())\n"
+    )
+    (bundle / "input.txt").write_text("hello overlay")
+    shown = world.cli(world.op, "submit", "--bundle", str(bundle), "--memory", "128M", "--wait")
+    task = json.loads(world.cli(world.op, "status", shown.stdout.split()[1], "--json").stdout)
+    assert task["status"] == "succeeded" and task["exit_code"] == 0, task
+    assert task["image"] == "hivemind/python:3.11" and task["command"] == [
+        "python",
+        "/work/main.py",
+    ]
+    assert task["usage"]["wall_seconds"] > 0
+    logs = world.cli(world.op, "logs", task["id"])
+    assert "sum 499500" in logs.stdout and "to stderr" in logs.stderr
+    out = tmp_path / "out"
+    world.cli(world.op, "result", task["id"], "-o", str(out))
+    assert (out / "answer.txt").read_text() == "HELLO OVERLAY"
+
+
+def test_tasks_spread_over_workers_by_capacity(world: PoolWorld) -> None:
+    ids = [
+        world.cli_json(
+            world.op,
+            "submit",
+            "--image",
+            "hivemind/busybox:latest",
+            "--cpu",
+            "1",
+            "--memory",
+            "64M",
+            "--",
+            "sleep",
+            "2",
+        )["id"]
+        for _ in range(3)
+    ]
+    tasks = [world.cli_json(world.op, "wait", task_id, "--timeout", "60") for task_id in ids]
+    assert all(t["status"] == "succeeded" for t in tasks), tasks
+    per_node = sorted(t["node"] for t in tasks)
+    assert per_node == ["w1", "w1", "w2"], "w1 has 2 CPUs, w2 one: exactly 2 + 1 fit at once"
+
+
+def test_a_task_that_could_never_fit_is_refused_at_submission(world: PoolWorld) -> None:
+    refused = world.cli(
+        world.op,
+        "submit",
+        "--image",
+        "hivemind/busybox:latest",
+        "--cpu",
+        "4",
+        "--",
+        "true",
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "no node could ever run this task" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_the_pool_refuses_a_certificate_used_from_another_address(world: PoolWorld) -> None:
+    # op's certificate, presented from w2's overlay address.
+    borrowed = world.w2.run(
+        tool("hivemind"),
+        "list",
+        "--identity",
+        str(world.mesh.agent_dir(world.op)),
+        check=False,
+    )
+    assert borrowed.returncode == 1
+    assert "is bound to" in borrowed.stderr and "but the call comes from" in borrowed.stderr
+
+
+def test_the_pool_refuses_a_client_without_certificate(world: PoolWorld) -> None:
+    probe = (
+        "import grpc, sys\n"
+        "from hivemind_cluster.protos import pool_pb2 as pb, pool_pb2_grpc as g\n"
+        "ca = open(sys.argv[1], 'rb').read()\n"
+        "ch = grpc.secure_channel('100.64.0.1:50051', grpc.ssl_channel_credentials(ca),\n"
+        "    options=[('grpc.ssl_target_name_override', 'hub.hivemind.internal')])\n"
+        "try:\n"
+        "    g.TasksStub(ch).List(pb.ListRequest(), timeout=5)\n"
+        "    print('OK')\n"
+        "except grpc.RpcError as exc:\n"
+        "    print(exc.code().name)\n"
+    )
+    ca = world.mesh.agent_dir(world.op) / "ca.pem"
+    answer = world.op.run(sys.executable, "-c", probe, str(ca)).stdout.strip()
+    assert answer == "UNAVAILABLE"  # the TLS handshake itself fails
+
+
+def test_the_pool_port_does_not_answer_on_the_underlay(world: PoolWorld) -> None:
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], 50051), timeout=2).close(); print('open')\n"
+        "except OSError as exc:\n"
+        "    print('closed', type(exc).__name__)\n"
+    )
+    answer = world.outsider.run(sys.executable, "-c", probe, world.hub.ip).stdout
+    assert answer.startswith("closed")
+
+
+def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> None:
+    w1_id = world.node_id(world.w1)
+    # w1 has the most free CPU, so the task lands there.
+    task_id = world.cli_json(
+        world.op,
+        "submit",
+        "--image",
+        "hivemind/busybox:latest",
+        "--cpu",
+        "1",
+        "--memory",
+        "64M",
+        "--max-attempts",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "sleep 6; echo finished",
+    )["id"]
+    deadline = time.monotonic() + 30
+    while world.status(task_id)["status"] != "running":
+        assert time.monotonic() < deadline, world.status(task_id)
+        time.sleep(0.2)
+    assert world.status(task_id)["node_id"] == w1_id
+    # SIGKILL everything in w1's namespace and delete its interface.
+    pids = world.w1.run("ip", "netns", "pids", world.w1.netns).stdout.split()
+    subprocess.run(["kill", "-9", *pids], check=False)
+    subprocess.run(
+        ["ip", "netns", "exec", world.w1.netns, "ip", "link", "delete", world.w1.wg_interface],
+        capture_output=True,
+        check=False,
+    )
+    killed_at = time.monotonic()
+    remove_containers(w1_id)  # the engine is shared: its container would keep running
+    while True:
+        state = world.status(task_id)
+        if state["attempt"] == 2:
+            break
+        assert time.monotonic() - killed_at < 15, state
+        time.sleep(0.1)
+    requeued_after = time.monotonic() - killed_at
+    assert requeued_after <= 11, f"requeued after {requeued_after:.1f}s"
+    done = world.cli_json(world.op, "wait", task_id, "--timeout", "60")
+    assert done["status"] == "succeeded" and done["node"] == "w2", done
+    assert [(a["attempt"], a["status"]) for a in done["attempts"]] == [
+        (1, "lost"),
+        (2, "succeeded"),
+    ]
+    # The killed attempt reports late: refused, and nothing changes.
+    late = world.w1.run(
+        sys.executable,
+        "-m",
+        "tests.late_result",
+        str(world.mesh.agent_dir(world.w1)),
+        task_id,
+        "1",
+    )
+    answer = json.loads(late.stdout)
+    assert answer["kind"] == "rejected" and "no longer current" in answer["reason"], answer
+    after = world.status(task_id)
+    assert after["status"] == "succeeded" and after["attempt"] == 2
+    logs = world.cli(world.op, "logs", task_id).stdout
+    assert logs.count("finished") == 1

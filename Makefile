@@ -34,6 +34,9 @@ e2e: setup
 
 bench: setup
 	$(PY) bench/join.py
+	$(PY) bench/scheduling.py
+	$(PY) bench/heartbeats.py
+	$(PY) bench/docker_overhead.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache artifacts

@@ -1,7 +1,8 @@
 """Scheduling benchmark: how fast the pool places tasks on 100 simulated agents.
 
     python bench/scheduling.py [--agents 100] [--tasks 5000] [--runs 3]
-                               [--rate 200 --seconds 10] [--profile] [--json]
+                               [--rate 200 500 1000] [--seconds 10] [--in-flight 16]
+                               [--profile] [--json]
 
 Goal: at least 2,000 tasks placed per second.
 
@@ -19,7 +20,12 @@ ask for 1 CPU and 256 MiB.
   with the CPU seconds this process and redis-server used meanwhile (Python vs Redis).
 * Latency: with the agents connected, tasks are submitted at a steady rate, and for each
   the time from calling ``pool.submit()`` to its ``Assign`` being put in the agent's outbox
-  is recorded (p50/p99).
+  is recorded (p50/p99). At most ``--in-flight`` submissions are outstanding at once;
+  when the pool cannot keep up the achieved rate falls below the asked one.
+
+If ``pool.handle()`` raises (it did with many Redis calls at once: the pool's redis-py
+client refuses a 101st connection with MaxConnectionsError), the agent re-sends the result
+after 10 ms, as it would after a reconnect, and the failures are counted and printed.
 
 Not included: gRPC framing and TLS on the agent streams (see bench/heartbeats.py for the
 stream cost), Docker. ``--profile`` runs one more throughput run under cProfile and prints
@@ -92,6 +98,7 @@ class Harness:
     agents: list[asyncio.Task[None]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # pool.handle() failures
 
     def redis(self, decode: bool) -> aioredis.Redis:
         server = self.redis_server
@@ -142,7 +149,14 @@ class Harness:
             result = pb.TaskResult(
                 task_id=assign.task_id, attempt=assign.attempt, status="succeeded", exit_code=0
             )
-            await self.pool.handle(session, pb.AgentMessage(result=result))
+            while True:
+                try:
+                    await self.pool.handle(session, pb.AgentMessage(result=result))
+                    break
+                except Exception as exc:  # over gRPC this would end the agent's stream
+                    name = type(exc).__name__
+                    self.errors[name] = self.errors.get(name, 0) + 1
+                    await asyncio.sleep(0.01)  # the agent re-sends it, as on a reconnect
             self.finished_at[assign.task_id] = time.perf_counter()
             if len(self.finished_at) >= self.expected:
                 self.done.set()
@@ -177,8 +191,12 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 async def throughput_run(
-    redis_server: RedisServer, workdir: Path, agents: int, tasks: int
-) -> dict[str, float]:
+    redis_server: RedisServer,
+    workdir: Path,
+    agents: int,
+    tasks: int,
+    profiler: cProfile.Profile | None = None,
+) -> dict[str, Any]:
     harness = Harness(redis_server, workdir)
     pool = await harness.start()
     me = psutil.Process()
@@ -189,10 +207,14 @@ async def throughput_run(
         harness.expected = tasks
         await asyncio.sleep(0.2)  # let the submission burst settle (AOF, loops)
         python_before, redis_before = cpu_seconds(me), cpu_seconds(redis_process)
+        if profiler is not None:
+            profiler.enable()
         began = time.perf_counter()
         await harness.connect_agents(agents)
         await asyncio.wait_for(harness.done.wait(), 300)
         wall = time.perf_counter() - began
+        if profiler is not None:
+            profiler.disable()
         python_cpu = cpu_seconds(me) - python_before
         redis_cpu = cpu_seconds(redis_process) - redis_before
         last_assign = max(harness.assigned_at.values()) - began
@@ -207,22 +229,33 @@ async def throughput_run(
         "seconds": wall,
         "python_cpu_seconds": python_cpu,
         "redis_cpu_seconds": redis_cpu,
+        "handle_errors": harness.errors,
     }
 
 
 async def latency_run(
-    redis_server: RedisServer, workdir: Path, agents: int, rate: float, seconds: float
-) -> dict[str, float]:
+    redis_server: RedisServer,
+    workdir: Path,
+    agents: int,
+    rate: float,
+    seconds: float,
+    max_in_flight: int,
+) -> dict[str, Any]:
     harness = Harness(redis_server, workdir)
     pool = await harness.start()
     count = int(rate * seconds)
     harness.expected = count
     submitted_at: dict[str, float] = {}
 
+    in_flight = asyncio.Semaphore(max_in_flight)
+
     async def submit_one(index: int) -> None:
-        began = time.perf_counter()
-        record = await pool.submit(OPERATOR, task_request(index))
-        submitted_at[record.id] = began
+        try:
+            began = time.perf_counter()
+            record = await pool.submit(OPERATOR, task_request(index))
+            submitted_at[record.id] = began
+        finally:
+            in_flight.release()
 
     try:
         await harness.connect_agents(agents)
@@ -233,13 +266,14 @@ async def latency_run(
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            await in_flight.acquire()  # the submitter cannot keep up: the rate drops
             job = asyncio.create_task(submit_one(index))
             pending.add(job)
             job.add_done_callback(pending.discard)
-        offered = time.perf_counter() - start
-        await asyncio.wait_for(harness.done.wait(), 120)
         if pending:
             await asyncio.gather(*pending)
+        offered = time.perf_counter() - start
+        await asyncio.wait_for(harness.done.wait(), 120)
     finally:
         await harness.stop()
     latencies = sorted(
@@ -252,16 +286,14 @@ async def latency_run(
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "max_ms": latencies[-1],
+        "handle_errors": harness.errors,
     }
 
 
 async def profiled_run(redis_server: RedisServer, workdir: Path, agents: int, tasks: int) -> str:
+    """The placing and completing of one throughput run (not the submissions)."""
     profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        await throughput_run(redis_server, workdir, agents, tasks)
-    finally:
-        profiler.disable()
+    await throughput_run(redis_server, workdir, agents, tasks, profiler)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(25)
@@ -270,11 +302,14 @@ async def profiled_run(redis_server: RedisServer, workdir: Path, agents: int, ta
 
 
 async def run(args: argparse.Namespace, redis_server: RedisServer, workdir: Path) -> dict[str, Any]:
-    runs = []
-    for index in range(args.runs):
-        runs.append(await throughput_run(redis_server, workdir / f"t{index}", args.agents, args.tasks))
+    runs = [
+        await throughput_run(redis_server, workdir / f"t{index}", args.agents, args.tasks)
+        for index in range(args.runs)
+    ]
     latency = [
-        await latency_run(redis_server, workdir / f"l{rate}", args.agents, rate, args.seconds)
+        await latency_run(
+            redis_server, workdir / f"l{rate}", args.agents, rate, args.seconds, args.in_flight
+        )
         for rate in args.rate
     ]
     report: dict[str, Any] = {
@@ -292,6 +327,13 @@ async def run(args: argparse.Namespace, redis_server: RedisServer, workdir: Path
     return report
 
 
+def errors_note(run: dict[str, Any]) -> str:
+    if not run["handle_errors"]:
+        return ""
+    found = ", ".join(f"{count} {name}" for name, count in run["handle_errors"].items())
+    return f"; pool.handle() FAILED (result re-sent): {found}"
+
+
 def summary(report: dict[str, Any]) -> str:
     placed = report["placements_per_second"]
     runs = ", ".join(f"{r['placements_per_second']:,.0f}" for r in report["runs"])
@@ -307,13 +349,14 @@ def summary(report: dict[str, Any]) -> str:
     for r in report["runs"]:
         lines.append(
             f"  run: {r['seconds']:.2f} s wall, CPU: python {r['python_cpu_seconds']:.2f} s, "
-            f"redis-server {r['redis_cpu_seconds']:.2f} s"
+            f"redis-server {r['redis_cpu_seconds']:.2f} s{errors_note(r)}"
         )
     for lat in report["latency"]:
         lines.append(
             f"  submit -> Assign in outbox at {lat['rate']:g} tasks/s "
             f"(achieved {lat['achieved_rate']:.0f}/s, {lat['tasks']} tasks): "
             f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
+            f"{errors_note(lat)}"
         )
     if "profile" in report:
         lines.append(report["profile"])
@@ -326,17 +369,22 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--rate", type=float, nargs="+", default=[200.0], help="submissions/s (latency)"
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[200.0, 500.0, 1000.0],
+        help="submissions/s (latency)",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a latency run")
+    parser.add_argument(
+        "--in-flight", type=int, default=16, help="most submissions at once (latency)"
+    )
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp:
         workdir = Path(tmp)
-        redis_server = RedisServer(
-            workdir / "redis", LOOPBACK, free_port(), secrets.token_hex(16)
-        )
+        redis_server = RedisServer(workdir / "redis", LOOPBACK, free_port(), secrets.token_hex(16))
         try:
             redis_server.start()
             report = asyncio.run(run(args, redis_server, workdir))

@@ -106,7 +106,8 @@ end)
 -- was cancelled meanwhile or has used its last attempt.
 local function requeue(keys, id, attempt, node, now, reason, pending_state)
   local h = redis.call('HMGET', keys[1], 'cancel_requested', 'max_attempts', 'score')
-  record_attempt(keys[4], keys[1], attempt, node, pending_state, now, reason)
+  local ended_as = pending_state == 'lost' and 'lost' or 'interrupted'
+  record_attempt(keys[4], keys[1], attempt, node, ended_as, now, reason)
   redis.call('SREM', keys[3], id)
   local outcome
   if h[1] == '1' then

@@ -70,7 +70,7 @@ class Cluster:
     def __init__(self, redis_server: RedisServer, state_dir: Path, **settings: Any) -> None:
         self.redis_server = redis_server
         self.settings = HubSettings(
-            state_dir=str(state_dir), overlay="127.0.0.0/24", **{"heartbeat_timeout": 2, **settings}
+            state_dir=str(state_dir), overlay="127.0.0.0/24", **{"heartbeat_timeout": 3, **settings}
         )
         self.ca = CertificateAuthority.create()
         self.server_cert, self.server_key = self.ca.issue_server_certificate([LOOPBACK])

@@ -310,3 +310,58 @@ def test_the_pool_refuses_wrong_callers(redis_server: RedisServer, tmp_path: Pat
         assert await call_code(stranger, "tasks") == grpc.StatusCode.UNAVAILABLE
 
     run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_drain_finishes_running_work_and_takes_no_more(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    finish = threading.Event()
+
+    def slow(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        finish.wait(10)
+        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+
+    async def body(cluster: Cluster) -> None:
+        executor = ScriptedExecutor(slow)
+        worker = await cluster.start_worker("w1", executor, drain_seconds=10)
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        first = await stub.Submit(submit(["a"]))
+        await cluster.until(lambda: len(executor.started) == 1, "first started")
+        worker.drain()
+        await cluster.until(
+            lambda: cluster.pool is not None and cluster.pool.scheduler.workers["w1"].draining,
+            "the pool sees the worker draining",
+        )
+        second = await stub.Submit(submit(["b"]))
+        await asyncio.sleep(0.5)
+        assert (await stub.Get(pb.TaskRef(task_id=second.id))).status == "queued"
+        finish.set()
+        assert (await cluster.wait_status(stub, first.id, {"succeeded"})).attempt == 1
+        assert len(executor.started) == 1
+
+    run_in_cluster(redis_server, tmp_path, body, heartbeat_timeout=30)
+
+
+def test_drain_past_its_window_hands_tasks_back_and_halt_is_immediate(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        executor = ScriptedExecutor(block_until_cancelled)
+        worker = await cluster.start_worker("w1", executor, drain_seconds=1)
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        task = await stub.Submit(submit(["a"]))
+        await cluster.until(lambda: len(executor.started) == 1, "started")
+        worker.drain()
+        handed_back = await cluster.wait_status(stub, task.id, {"queued"}, timeout=8)
+        assert handed_back.attempt == 2
+        assert [(a.attempt, a.status) for a in handed_back.attempts] == [(1, "interrupted")]
+        # A second worker halted at once: its task comes back without waiting a window.
+        executor2 = ScriptedExecutor(block_until_cancelled)
+        worker2 = await cluster.start_worker("w2", executor2, drain_seconds=60)
+        await cluster.until(lambda: len(executor2.started) == 1, "retried on w2")
+        worker2.halt()
+        again = await cluster.wait_status(stub, task.id, {"queued"}, timeout=5)
+        assert again.attempt == 3
+
+    # A long heartbeat timeout: only the drain and the halt may end these attempts.
+    run_in_cluster(redis_server, tmp_path, body, heartbeat_timeout=30)

@@ -75,15 +75,22 @@ class Worker:
     # ---- control from other threads (signal handlers) ------------------------------------
 
     def drain(self) -> None:
-        self._from_any_thread(lambda: self._draining.set() if self._draining else None)
+        self._from_any_thread(self._drain)
 
     def halt(self) -> None:
         self._from_any_thread(self._halt)
 
+    def _drain(self) -> None:
+        assert self._draining is not None
+        if not self._draining.is_set():
+            self._draining.set()
+            # Tell the pool now, before any task is handed back, so it is not re-sent here.
+            self._send(pb.AgentMessage(heartbeat=self._heartbeat()))
+
     def _halt(self) -> None:
-        assert self._halting is not None and self._draining is not None
+        assert self._halting is not None
         self._halting.set()
-        self._draining.set()
+        self._drain()
 
     def _from_any_thread(self, action: Callable[[], object]) -> None:
         if self._loop is not None:

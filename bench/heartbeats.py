@@ -21,9 +21,12 @@ cores used, the heartbeats the pool handled (counted by a ``Pool`` subclass) aga
 heartbeats the generators sent and against agents x window, the time the once-a-second
 Redis flush takes, and afterwards whether every agent's ``last_heartbeat`` in Redis is
 fresh (under 3 s old). A step "sustains" its agents when all stay connected, the pool
-handled >= 98% of agents x window heartbeats with none lost, every Redis record is fresh
-and the pool used < 1 core. With ``--repeat R`` each step runs R times (fresh pool each)
-and the run with the median pool CPU is reported.
+handled >= 98% of agents x window heartbeats, fewer than one second's worth of sent beats
+are still unhandled at the end (backlog), every Redis record is fresh and the pool used
+< 1 core. Handled can exceed 100% of expected when the pool is still working off beats
+queued while thousands of agents were connecting (a backlog from before the window).
+With ``--repeat R`` each step runs R times (fresh pool each) and the run with the median
+pool CPU is reported.
 
 Caveat: on a small machine the generators and redis-server compete with the pool for the
 same cores; their CPU is printed too. If the generators cannot keep 1 Hz the pool is under
@@ -388,10 +391,13 @@ def run_step(
         "stale_records": stale,
         "stream_errors": errors,
     }
+    # Sent since the start but not yet handled: queued in gRPC buffers, at most about the
+    # beats in flight (the generators are asked just after the pool, so it errs high).
+    result["backlog_at_end"] = sum(g["sent"] for g in generated) - after["heartbeats"]
     result["sustained"] = (
         after["sessions"] == count
         and handled >= 0.98 * expected
-        and handled >= 0.98 * sent
+        and result["backlog_at_end"] < count
         and stale == 0
         and cores < 1.0
     )
@@ -441,7 +447,8 @@ def summary(report: dict[str, Any]) -> str:
             f"  {step['agents']:>6,} agents: pool {step['pool_cores']:.2f} cores{runs_note(step)}, "
             f"handled {step['heartbeats_handled']:,} of {step['heartbeats_expected']:,.0f} "
             f"expected ({step['handled_share']:.1%}; generators sent "
-            f"{step['heartbeats_sent']:,}), connected {step['connected_at_end']:,} "
+            f"{step['heartbeats_sent']:,}; backlog at end {step['backlog_at_end']:,}), "
+            f"connected {step['connected_at_end']:,} "
             f"(all in {step['connect_seconds']:.1f} s), flush median "
             f"{step['flush_ms_median']:.0f} ms / max {step['flush_ms_max']:.0f} ms, "
             f"stale Redis records {step['stale_records']}; generators "

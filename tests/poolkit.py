@@ -91,6 +91,10 @@ class Cluster:
         server = self.redis_server
         store.connect(server.bind, server.port, server.password).close()  # loads the Lua
         self.pool = Pool(self.settings, db, self.redis(False), self.settings.path / "tasks")
+        await self.serve()
+
+    async def serve(self) -> None:
+        assert self.pool is not None
         await self.pool.start()
         self.server, self.port = await create_server(
             self.pool,
@@ -99,6 +103,15 @@ class Cluster:
             self.server_key,
             self.ca.pem,
         )
+
+    async def restart_pool(self) -> None:
+        """A new pool process, as after a hub restart: same Redis, empty memory."""
+        assert self.pool is not None and self.server is not None
+        await self.server.stop(grace=0)
+        old = self.pool
+        await old.stop()
+        self.pool = Pool(old.settings, old.db, old.raw_db, old.tasks.data_dir)
+        await self.serve()
 
     async def stop(self) -> None:
         for worker, task in self.workers.values():

@@ -1,0 +1,164 @@
+"""Task transitions in Redis (pool/redis_functions.lua): fencing, exactly once, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from hivemind_cluster.mesh.errors import Conflict, StaleAttempt
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.pool.taskstore import TaskStore
+from hivemind_cluster.protos import pool_pb2 as pb
+from tests.poolkit import Cluster, ScriptedExecutor, echo
+
+pytestmark = pytest.mark.privileged
+
+SPEC = TaskSpec(
+    owner="op",
+    name="",
+    image="hivemind/busybox:latest",
+    command=["true"],
+    env={},
+    request=Resources(1000, 1 << 28, 0),
+    timeout_seconds=60,
+    priority=0,
+    max_attempts=2,
+    network=False,
+)
+
+
+def with_store(
+    redis_server: RedisServer, tmp_path: Path, body: Callable[[TaskStore], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        cluster = Cluster(redis_server, tmp_path, log_cap_bytes=100)
+        await cluster.start()
+        assert cluster.pool is not None
+        try:
+            await body(cluster.pool.tasks)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())
+
+
+def result(
+    task_id: str, attempt: int, status: str = "succeeded", out: bytes = b""
+) -> pb.TaskResult:
+    return pb.TaskResult(
+        task_id=task_id, attempt=attempt, status=status, exit_code=0, output_bundle=out
+    )
+
+
+def test_concurrent_results_for_one_attempt_complete_it_exactly_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        task = await store.submit(SPEC, b"")
+        assert await store.assign_many([(task.id, 1, "w1")]) == [True]
+        outcomes = await asyncio.gather(
+            *(store.finish("w1", result(task.id, 1)) for _ in range(10)), return_exceptions=True
+        )
+        assert outcomes.count("succeeded") == 1
+        assert all(isinstance(o, StaleAttempt) for o in outcomes if o != "succeeded")
+        assert len(await store.attempts(task.id)) == 1
+
+    with_store(redis_server, tmp_path, body)
+
+
+def test_a_superseded_attempt_can_neither_log_start_nor_finish(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        task = await store.submit(SPEC, b"")
+        await store.assign_many([(task.id, 1, "w1")])
+        assert await store.requeue(task.id, 1, "w1", "node w1 lost") == "lost"
+        for stale in (
+            store.start(task.id, 1, "w1"),
+            store.log(task.id, 1, "w1", "stdout", b"late"),
+            store.finish("w1", result(task.id, 1, out=b"PK-late")),
+        ):
+            with pytest.raises(StaleAttempt):
+                await stale
+        assert not list((store.data_dir / task.id).glob("output-*"))  # late output removed
+        # The wrong node cannot report attempt 2 either, and assigning attempt 1 again fails.
+        assert await store.assign_many([(task.id, 1, "w2")]) == [False]
+        assert await store.assign_many([(task.id, 2, "w2")]) == [True]
+        with pytest.raises(StaleAttempt):
+            await store.finish("w1", result(task.id, 2))
+        assert await store.finish("w2", result(task.id, 2)) == "succeeded"
+
+    with_store(redis_server, tmp_path, body)
+
+
+def test_the_last_attempt_lost_fails_the_task_and_cancel_wins_over_requeue(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        task = await store.submit(SPEC, b"")
+        await store.assign_many([(task.id, 1, "w1")])
+        await store.requeue(task.id, 1, "w1", "node w1 lost")
+        await store.assign_many([(task.id, 2, "w1")])
+        assert await store.requeue(task.id, 2, "w1", "node w1 lost") == "failed"
+        assert "last attempt (2 of 2)" in (await store.get(task.id)).error
+
+        other = await store.submit(SPEC, b"")
+        await store.assign_many([(other.id, 1, "w1")])
+        assert (await store.cancel(other.id))[0] == "cancelling"
+        assert await store.requeue(other.id, 1, "w1", "node w1 lost") == "cancelled"
+        with pytest.raises(Conflict):
+            await store.cancel(other.id)
+
+    with_store(redis_server, tmp_path, body)
+
+
+def test_logs_are_capped_with_one_truncation_mark(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        task = await store.submit(SPEC, b"")
+        await store.assign_many([(task.id, 1, "w1")])
+        stored = [await store.log(task.id, 1, "w1", "stdout", b"x" * 40) for _ in range(5)]
+        assert stored == [True, True, False, False, False]
+        assert store.log_cap_bytes == 100
+
+    with_store(redis_server, tmp_path, body)
+
+
+def test_an_idempotency_key_returns_the_first_task(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        first = await store.submit(SPEC, b"", idempotency_key="k1")
+        again = await store.submit(SPEC, b"", idempotency_key="k1")
+        other = await store.submit(SPEC, b"", idempotency_key="k2")
+        assert first.id == again.id != other.id
+        assert len(await store.queued()) == 2
+
+    with_store(redis_server, tmp_path, body)
+
+
+def test_queued_and_running_tasks_survive_a_pool_restart(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        cluster = Cluster(redis_server, tmp_path)
+        await cluster.start()
+        assert cluster.pool is not None
+        operator = Caller("op", "op", "operator", "127.0.0.1", 1)
+        request = pb.SubmitRequest(image="hivemind/busybox:latest", command=["echo", "hi"])
+        task = await cluster.pool.submit(operator, request)
+        await cluster.restart_pool()
+        assert task.id in cluster.pool.scheduler.pending
+        await cluster.start_worker("w1", ScriptedExecutor(echo))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        assert (await cluster.wait_status(stub, task.id, {"succeeded"})).attempt == 1
+        await cluster.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,123 @@
+"""Placement rules of the in-memory scheduler (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.pool.resources import Resources, parse_cpus, parse_size
+from hivemind_cluster.pool.scheduler import Scheduler
+
+GiB = 1 << 30
+
+
+def scheduler_with(*capacities: Resources) -> Scheduler:
+    scheduler = Scheduler()
+    for index, capacity in enumerate(capacities, start=1):
+        worker = scheduler.upsert_worker(f"w{index}", f"w{index}", capacity)
+        worker.connected = True
+    return scheduler
+
+
+def cpu(n: float, memory: int = GiB, gpus: int = 0) -> Resources:
+    return Resources(int(n * 1000), memory, gpus)
+
+
+def test_fifo_within_priority_and_higher_priority_first() -> None:
+    scheduler = scheduler_with(cpu(1))
+    for seq, priority in enumerate([0, 5, 0, 5]):
+        score = (9 - priority) * 2**40 + seq
+        scheduler.enqueue(f"t{seq}", score, 1, cpu(1))
+    order = []
+    for _ in range(4):
+        (placement,) = scheduler.place()
+        order.append(placement.task_id)
+        scheduler.release(placement.task_id)
+    assert order == ["t1", "t3", "t0", "t2"]
+
+
+def test_a_worker_is_never_overcommitted_and_capacity_comes_back() -> None:
+    scheduler = scheduler_with(cpu(2, 4 * GiB))
+    for n in range(5):
+        scheduler.enqueue(f"t{n}", n, 1, cpu(1, GiB))
+    first = scheduler.place()
+    assert [p.task_id for p in first] == ["t0", "t1"]
+    assert scheduler.place() == []
+    assert scheduler.workers["w1"].free == Resources(0, 2 * GiB, 0)
+    scheduler.release("t0")
+    scheduler.release("t0")  # idempotent
+    assert [p.task_id for p in scheduler.place()] == ["t2"]
+
+
+def test_memory_and_gpus_are_limits_too() -> None:
+    scheduler = scheduler_with(cpu(8, 2 * GiB), cpu(8, 8 * GiB, gpus=1))
+    scheduler.enqueue("big-memory", 1, 1, cpu(1, 6 * GiB))
+    scheduler.enqueue("gpu", 2, 1, cpu(1, GiB, gpus=1))
+    scheduler.enqueue("second-gpu", 3, 1, cpu(1, GiB, gpus=1))
+    placed = {p.task_id: p.node_id for p in scheduler.place()}
+    assert placed == {"big-memory": "w2", "gpu": "w2"}
+    assert "second-gpu" in scheduler.pending
+
+
+def test_smaller_tasks_backfill_around_one_that_does_not_fit_yet() -> None:
+    scheduler = scheduler_with(cpu(2, 4 * GiB))
+    scheduler.enqueue("running", 0, 1, cpu(1))
+    scheduler.place()
+    scheduler.enqueue("needs-two", 1, 1, cpu(2))
+    scheduler.enqueue("needs-one", 2, 1, cpu(1))
+    assert [p.task_id for p in scheduler.place()] == ["needs-one"]
+    assert list(scheduler.pending) == ["needs-two"]
+
+
+def test_tasks_spread_to_the_roomiest_worker() -> None:
+    scheduler = scheduler_with(cpu(4, 8 * GiB), cpu(1, 2 * GiB))
+    for n in range(5):
+        scheduler.enqueue(f"t{n}", n, 1, cpu(1, GiB))
+    nodes = [p.node_id for p in scheduler.place()]
+    assert sorted(nodes) == ["w1", "w1", "w1", "w1", "w2"]
+
+
+def test_draining_and_disconnected_workers_get_nothing() -> None:
+    scheduler = scheduler_with(cpu(2), cpu(2))
+    scheduler.workers["w1"].draining = True
+    scheduler.workers["w2"].connected = False
+    scheduler.enqueue("t", 0, 1, cpu(1))
+    assert scheduler.place() == []
+    scheduler.workers["w2"].connected = True
+    assert [p.node_id for p in scheduler.place()] == ["w2"]
+
+
+def test_could_ever_fit_knows_the_largest_worker() -> None:
+    scheduler = Scheduler()
+    assert scheduler.could_ever_fit(cpu(64))  # no worker yet: accept and wait
+    scheduler = scheduler_with(cpu(2, 4 * GiB), cpu(8, GiB))
+    assert scheduler.could_ever_fit(cpu(8, GiB))
+    assert not scheduler.could_ever_fit(cpu(8, 4 * GiB))  # no single worker has both
+    assert scheduler.largest_worker() == cpu(8, 4 * GiB)
+
+
+def test_dequeue_removes_a_cancelled_task() -> None:
+    scheduler = scheduler_with(cpu(1))
+    scheduler.enqueue("a", 0, 1, cpu(1))
+    scheduler.enqueue("b", 1, 1, cpu(1))
+    scheduler.dequeue("a")
+    assert [p.task_id for p in scheduler.place()] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512M", 512 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29), ("1024", 1024), ("64k", 64 << 10)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2", 2000), ("0.5", 500), ("250m", 250)])
+def test_parse_cpus(text: str, expected: int) -> None:
+    assert parse_cpus(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1", "0", "1.5X"])
+def test_bad_amounts_are_refused(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_size(text) if text.endswith("X") else parse_cpus(text)

@@ -147,6 +147,9 @@ class Worker:
             except grpc.aio.AioRpcError as exc:
                 log.warning("pool stream ended: %s %s", exc.code().name, exc.details())
             except Exception:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # grpc can turn our cancellation into another error: stop anyway
                 log.exception("pool stream failed")
             self.connected = False
             await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
@@ -173,8 +176,8 @@ class Worker:
                     self._dispatch(message)
             finally:
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                with contextlib.suppress(asyncio.CancelledError, asyncio.InvalidStateError):
+                    await writer  # InvalidStateError: it wrote after the call had ended
 
     async def _write(self, call: Stream, interval: float) -> None:
         assert self._outbox is not None

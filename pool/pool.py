@@ -40,6 +40,8 @@ from hivemind_cluster.protos import pool_pb2 as pb
 log = logging.getLogger("hivemind.pool")
 HEARTBEAT_INTERVAL = 1.0
 MAX_LOG_CHUNK = 256 * 1024
+REDIS_CONNECTIONS = 256
+FLUSH_CHUNK = 500
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Pool:
         self.queued: dict[str, TaskRecord] = {}  # what an Assign needs, for queued tasks
         self.wake = asyncio.Event()
         self._dirty: set[str] = set()
+        self._revoked_seen = -1
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -91,13 +94,18 @@ class Pool:
         """The hub's pool: its Redis on the overlay address, bundles in the state dir."""
 
         def client(decode: bool) -> aioredis.Redis:
-            return aioredis.Redis(
+            # Blocking pool: past max_connections a call waits for a free connection
+            # instead of failing (the default pool raises at 100 in flight).
+            connections = aioredis.BlockingConnectionPool(
                 host=settings.hub_ip,
                 port=settings.redis_port,
                 password=redis_password,
                 decode_responses=decode,
                 socket_connect_timeout=2,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=30,
             )
+            return aioredis.Redis(connection_pool=connections)
 
         pool = cls(settings, client(True), client(False), settings.path / "tasks")
         await pool.start()
@@ -447,6 +455,11 @@ class Pool:
         await self._drop_revoked()
 
     async def _drop_revoked(self) -> None:
+        """Close the streams of workers revoked while connected (checked when the set grows)."""
+        revoked_count = await self.db.scard(mesh_keys.REVOKED_SERIALS)
+        if revoked_count == self._revoked_seen:
+            return
+        self._revoked_seen = revoked_count
         sessions = list(self.sessions.values())
         if not sessions:
             return
@@ -466,11 +479,13 @@ class Pool:
                 log.exception("reaper pass failed")
 
     async def flush_once(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        if not dirty:
-            return
+        dirty, self._dirty = list(self._dirty), set()
+        for start in range(0, len(dirty), FLUSH_CHUNK):
+            await self._flush_nodes(dirty[start : start + FLUSH_CHUNK])
+
+    async def _flush_nodes(self, node_ids: list[str]) -> None:
         pipe = self.db.pipeline(transaction=False)
-        for node_id in dirty:
+        for node_id in node_ids:
             session = self.sessions.get(node_id)
             key = keys.WORKER.format(id=node_id)
             if session is None:

@@ -99,8 +99,10 @@ class Scheduler:
 
     def place(self) -> list[Placement]:
         """Reserve capacity for every queued task that fits now, in queue order."""
+        if not self.pending:
+            return []
         candidates = [w for w in self.workers.values() if w.schedulable]
-        if not candidates or not self.pending:
+        if not candidates:
             return []
         if self._order_stale:
             self._order = sorted(self.pending.values())
@@ -113,13 +115,19 @@ class Scheduler:
             worker = _roomiest(candidates, item.request)
             if worker is None:
                 continue
+            was = worker.free
             worker.allocated = worker.allocated + item.request
             self.allocations[item.task_id] = (worker.node_id, item.request)
             placements.append(Placement(item.task_id, item.attempt, worker.node_id, item.request))
             del self.pending[item.task_id]
-            ceiling = _ceiling(candidates)
-            if ceiling.cpu_millis <= 0:
-                break
+            if (
+                was.cpu_millis == ceiling.cpu_millis
+                or was.memory_bytes == ceiling.memory_bytes
+                or was.gpus == ceiling.gpus
+            ):  # only a worker that held a maximum can lower the ceiling
+                ceiling = _ceiling(candidates)
+                if ceiling.cpu_millis <= 0:
+                    break
         if placements:
             placed = {p.task_id for p in placements}
             self._order = [item for item in self._order if item.task_id not in placed]

@@ -52,6 +52,10 @@ class PoolService(pb_grpc.PoolServicer):
             try:
                 async for message in request_iterator:
                     await self.pool.handle(session, message)
+            except (asyncio.CancelledError, grpc.RpcError):
+                raise
+            except Exception:
+                log.exception("stream from %s failed", session.node_id)
             finally:
                 session.close()
 

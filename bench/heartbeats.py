@@ -68,7 +68,8 @@ from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.client import CHANNEL_OPTIONS
-from hivemind_cluster.pool.pool import AgentSession, Pool
+from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.service import create_server
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc

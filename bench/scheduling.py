@@ -57,7 +57,8 @@ from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool.auth import Caller
-from hivemind_cluster.pool.pool import AgentSession, Pool
+from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb
 
 GOAL_PLACEMENTS_PER_SECOND = 2000

@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,11 @@ from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied, StaleAttempt, Unschedulable
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool import registry
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.bundles import MAX_OUTPUT_BYTES
 from hivemind_cluster.pool.records import TaskRecord
+from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
 from hivemind_cluster.pool.spec import check_submission
@@ -42,28 +43,6 @@ HEARTBEAT_INTERVAL = 1.0
 MAX_LOG_CHUNK = 256 * 1024
 REDIS_CONNECTIONS = 256
 FLUSH_CHUNK = 500
-
-
-@dataclass
-class AgentSession:
-    """One connected agent stream."""
-
-    caller: Caller
-    register: pb.Register
-    outbox: asyncio.Queue[pb.PoolMessage | None] = field(default_factory=asyncio.Queue)
-    heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
-    connected_at: float = field(default_factory=time.time)
-    last_heartbeat_wall: float = field(default_factory=time.time)
-
-    @property
-    def node_id(self) -> str:
-        return self.caller.node_id
-
-    def send(self, message: pb.PoolMessage) -> None:
-        self.outbox.put_nowait(message)
-
-    def close(self) -> None:
-        self.outbox.put_nowait(None)
 
 
 class Pool:
@@ -212,47 +191,7 @@ class Pool:
                 return
 
     async def nodes(self) -> list[pb.NodeState]:
-        ids = await self.db.zrange(mesh_keys.NODES, 0, -1)
-        pipe = self.db.pipeline(transaction=False)
-        for node_id in ids:
-            pipe.hgetall(mesh_keys.NODE.format(id=node_id))
-            pipe.hgetall(keys.WORKER.format(id=node_id))
-        replies = await pipe.execute()
-        states = []
-        for node, worker in zip(replies[::2], replies[1::2], strict=True):
-            if node and node.get("state") == "active":
-                states.append(self._node_state(node, worker))
-        return states
-
-    def _node_state(self, node: dict[str, str], worker: dict[str, str]) -> pb.NodeState:
-        node_id = node["id"]
-        session = self.sessions.get(node_id)
-        slot = self.scheduler.workers.get(node_id)
-        state = worker.get("state", "")
-        if session is not None:
-            state = keys.DRAINING if session.heartbeat.draining else keys.READY
-        message = pb.NodeState(
-            id=node_id,
-            name=node.get("name", ""),
-            role=node.get("role", ""),
-            overlay_ip=node.get("overlay_ip", ""),
-            connected=session is not None,
-            state=state or (keys.OFFLINE if node.get("role") == "worker" else ""),
-            last_heartbeat=float(worker.get("last_heartbeat") or 0),
-            docker_available=worker.get("docker_available") == "1",
-            docker_version=worker.get("docker_version", ""),
-            labels=json.loads(worker.get("labels") or "{}"),
-            gpus=[pb.Gpu(**g) for g in json.loads(worker.get("gpus") or "[]")],
-            running=self.scheduler.tasks_on(node_id),
-        )
-        if slot is not None:
-            message.capacity.CopyFrom(slot.capacity.to_proto())
-            message.allocated.CopyFrom(slot.allocated.to_proto())
-        if session is not None:
-            message.cpu_percent = session.heartbeat.cpu_percent
-            message.memory_used_bytes = session.heartbeat.memory_used_bytes
-            message.last_heartbeat = session.last_heartbeat_wall
-        return message
+        return await registry.node_states(self.db, self.sessions, self.scheduler)
 
     # ---- agents --------------------------------------------------------------------------
 
@@ -266,7 +205,7 @@ class Pool:
             previous.close()
         session = AgentSession(caller, register)
         worker = self.scheduler.upsert_worker(caller.node_id, caller.name, capacity)
-        await self._save_registration(session, capacity)
+        await registry.save_registration(self.db, session, capacity)
         reported = {(r.task_id, r.attempt) for r in register.running}
         recognised = set()
         for record in await self.tasks.on_node(caller.node_id):
@@ -481,28 +420,9 @@ class Pool:
     async def flush_once(self) -> None:
         dirty, self._dirty = list(self._dirty), set()
         for start in range(0, len(dirty), FLUSH_CHUNK):
-            await self._flush_nodes(dirty[start : start + FLUSH_CHUNK])
-
-    async def _flush_nodes(self, node_ids: list[str]) -> None:
-        pipe = self.db.pipeline(transaction=False)
-        for node_id in node_ids:
-            session = self.sessions.get(node_id)
-            key = keys.WORKER.format(id=node_id)
-            if session is None:
-                pipe.hset(key, "state", keys.OFFLINE)
-                continue
-            beat = session.heartbeat
-            pipe.hset(
-                key,
-                mapping={
-                    "state": keys.DRAINING if beat.draining else keys.READY,
-                    "last_heartbeat": session.last_heartbeat_wall,
-                    "cpu_percent": beat.cpu_percent,
-                    "memory_used_bytes": beat.memory_used_bytes,
-                    "running_tasks": beat.running_tasks,
-                },
+            await registry.flush_heartbeats(
+                self.db, self.sessions, dirty[start : start + FLUSH_CHUNK]
             )
-        await pipe.execute()
 
     async def _flush_forever(self) -> None:
         while True:
@@ -511,44 +431,6 @@ class Pool:
                 await self.flush_once()
             except Exception:
                 log.exception("heartbeat flush failed")
-
-    async def _save_registration(self, session: AgentSession, capacity: Resources) -> None:
-        register = session.register
-        key = keys.WORKER.format(id=session.node_id)
-        pipe = self.db.pipeline(transaction=True)
-        pipe.sadd(keys.WORKERS, session.node_id)
-        pipe.hset(
-            key,
-            mapping={
-                "name": session.caller.name,
-                "capacity": json.dumps(
-                    {
-                        "cpu_millis": capacity.cpu_millis,
-                        "memory_bytes": capacity.memory_bytes,
-                        "gpus": capacity.gpus,
-                    }
-                ),
-                "gpus": json.dumps(
-                    [
-                        {
-                            "index": g.index,
-                            "model": g.model[:100],
-                            "memory_bytes": g.memory_bytes,
-                            "uuid": g.uuid[:100],
-                        }
-                        for g in register.gpus[:64]
-                    ]
-                ),
-                "docker_available": "1" if register.docker_available else "0",
-                "docker_version": register.docker_version[:40],
-                "labels": json.dumps(dict(list(register.labels.items())[:50])),
-                "agent_version": register.agent_version[:40],
-                "registered_at": session.connected_at,
-                "last_heartbeat": session.connected_at,
-                "state": keys.READY,
-            },
-        )
-        await pipe.execute()
 
 
 def _cancel(task_id: str, attempt: int) -> pb.PoolMessage:

@@ -18,18 +18,35 @@ from dataclasses import dataclass, field
 from hivemind_cluster.pool.resources import Resources
 
 
-@dataclass
 class Worker:
-    node_id: str
-    name: str
-    capacity: Resources
-    allocated: Resources = field(default_factory=Resources)
-    connected: bool = False
-    draining: bool = False
+    """A worker's capacity and what is booked on it; ``free`` is kept up to date."""
+
+    def __init__(self, node_id: str, name: str, capacity: Resources) -> None:
+        self.node_id = node_id
+        self.name = name
+        self.connected = False
+        self.draining = False
+        self._capacity = capacity
+        self._allocated = Resources()
+        self.free = capacity
 
     @property
-    def free(self) -> Resources:
-        return self.capacity - self.allocated
+    def capacity(self) -> Resources:
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: Resources) -> None:
+        self._capacity = value
+        self.free = value - self._allocated
+
+    @property
+    def allocated(self) -> Resources:
+        return self._allocated
+
+    @allocated.setter
+    def allocated(self, value: Resources) -> None:
+        self._allocated = value
+        self.free = self._capacity - value
 
     @property
     def schedulable(self) -> bool:
@@ -159,11 +176,13 @@ class Scheduler:
 
 def _ceiling(workers: list[Worker]) -> Resources:
     """Component-wise largest free capacity: a request above it fits nowhere."""
-    return Resources(
-        max(w.free.cpu_millis for w in workers),
-        max(w.free.memory_bytes for w in workers),
-        max(w.free.gpus for w in workers),
-    )
+    cpu = memory = gpus = 0
+    for worker in workers:
+        free = worker.free
+        cpu = max(cpu, free.cpu_millis)
+        memory = max(memory, free.memory_bytes)
+        gpus = max(gpus, free.gpus)
+    return Resources(cpu, memory, gpus)
 
 
 def _roomiest(workers: list[Worker], request: Resources) -> Worker | None:

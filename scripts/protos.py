@@ -39,7 +39,9 @@ def generate(out_dir: Path) -> list[Path]:
     # The mypy plugins are console scripts next to this interpreter.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    subprocess.run(command, check=True, env=env)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"protoc failed:\n{done.stdout}{done.stderr}")
     return sorted((out_dir / VIRTUAL).glob("*_pb2*"))
 
 

@@ -1,0 +1,158 @@
+"""Connected workers: their stream sessions and what the pool records about them in Redis.
+
+``hm:worker:{id}`` holds a worker's registration (capacity, GPUs, Docker, labels) and its
+live state (last heartbeat, usage), flushed from memory once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.scheduler import Scheduler
+from hivemind_cluster.protos import pool_pb2 as pb
+
+
+@dataclass
+class AgentSession:
+    """One connected agent stream."""
+
+    caller: Caller
+    register: pb.Register
+    outbox: asyncio.Queue[pb.PoolMessage | None] = field(default_factory=asyncio.Queue)
+    heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
+    connected_at: float = field(default_factory=time.time)
+    last_heartbeat_wall: float = field(default_factory=time.time)
+
+    @property
+    def node_id(self) -> str:
+        return self.caller.node_id
+
+    def send(self, message: pb.PoolMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+async def save_registration(db: Any, session: AgentSession, capacity: Resources) -> None:
+    """Record what a worker registered: capacity, GPUs, Docker, labels (all bounded)."""
+    register = session.register
+    key = keys.WORKER.format(id=session.node_id)
+    pipe = db.pipeline(transaction=True)
+    pipe.sadd(keys.WORKERS, session.node_id)
+    pipe.hset(
+        key,
+        mapping={
+            "name": session.caller.name,
+            "capacity": json.dumps(
+                {
+                    "cpu_millis": capacity.cpu_millis,
+                    "memory_bytes": capacity.memory_bytes,
+                    "gpus": capacity.gpus,
+                }
+            ),
+            "gpus": json.dumps(
+                [
+                    {
+                        "index": g.index,
+                        "model": g.model[:100],
+                        "memory_bytes": g.memory_bytes,
+                        "uuid": g.uuid[:100],
+                    }
+                    for g in register.gpus[:64]
+                ]
+            ),
+            "docker_available": "1" if register.docker_available else "0",
+            "docker_version": register.docker_version[:40],
+            "labels": json.dumps(dict(list(register.labels.items())[:50])),
+            "agent_version": register.agent_version[:40],
+            "registered_at": session.connected_at,
+            "last_heartbeat": session.connected_at,
+            "state": keys.READY,
+        },
+    )
+    await pipe.execute()
+
+
+async def flush_heartbeats(db: Any, sessions: dict[str, AgentSession], node_ids: list[str]) -> None:
+    """Write the latest heartbeat of each node to Redis, in one pipeline."""
+    pipe = db.pipeline(transaction=False)
+    for node_id in node_ids:
+        session = sessions.get(node_id)
+        key = keys.WORKER.format(id=node_id)
+        if session is None:
+            pipe.hset(key, "state", keys.OFFLINE)
+            continue
+        beat = session.heartbeat
+        pipe.hset(
+            key,
+            mapping={
+                "state": keys.DRAINING if beat.draining else keys.READY,
+                "last_heartbeat": session.last_heartbeat_wall,
+                "cpu_percent": beat.cpu_percent,
+                "memory_used_bytes": beat.memory_used_bytes,
+                "running_tasks": beat.running_tasks,
+            },
+        )
+    await pipe.execute()
+
+
+async def node_states(
+    db: Any, sessions: dict[str, AgentSession], scheduler: Scheduler
+) -> list[pb.NodeState]:
+    """Every active member with its live pool state (workers: capacity, use, tasks)."""
+    ids = await db.zrange(mesh_keys.NODES, 0, -1)
+    pipe = db.pipeline(transaction=False)
+    for node_id in ids:
+        pipe.hgetall(mesh_keys.NODE.format(id=node_id))
+        pipe.hgetall(keys.WORKER.format(id=node_id))
+    replies = await pipe.execute()
+    states = []
+    for node, worker in zip(replies[::2], replies[1::2], strict=True):
+        if node and node.get("state") == "active":
+            states.append(_node_state(node, worker, sessions, scheduler))
+    return states
+
+
+def _node_state(
+    node: dict[str, str],
+    worker: dict[str, str],
+    sessions: dict[str, AgentSession],
+    scheduler: Scheduler,
+) -> pb.NodeState:
+    node_id = node["id"]
+    session = sessions.get(node_id)
+    slot = scheduler.workers.get(node_id)
+    state = worker.get("state", "")
+    if session is not None:
+        state = keys.DRAINING if session.heartbeat.draining else keys.READY
+    message = pb.NodeState(
+        id=node_id,
+        name=node.get("name", ""),
+        role=node.get("role", ""),
+        overlay_ip=node.get("overlay_ip", ""),
+        connected=session is not None,
+        state=state or (keys.OFFLINE if node.get("role") == "worker" else ""),
+        last_heartbeat=float(worker.get("last_heartbeat") or 0),
+        docker_available=worker.get("docker_available") == "1",
+        docker_version=worker.get("docker_version", ""),
+        labels=json.loads(worker.get("labels") or "{}"),
+        gpus=[pb.Gpu(**g) for g in json.loads(worker.get("gpus") or "[]")],
+        running=scheduler.tasks_on(node_id),
+    )
+    if slot is not None:
+        message.capacity.CopyFrom(slot.capacity.to_proto())
+        message.allocated.CopyFrom(slot.allocated.to_proto())
+    if session is not None:
+        message.cpu_percent = session.heartbeat.cpu_percent
+        message.memory_used_bytes = session.heartbeat.memory_used_bytes
+        message.last_heartbeat = session.last_heartbeat_wall
+    return message

@@ -311,10 +311,9 @@ def record_nodes(db: redis.Redis, identities: list[Identity]) -> None:
 
 def stale_records(db: redis.Redis, identities: list[Identity]) -> int:
     now = time.time()
-    pipe = db.pipeline(transaction=False)
-    for node_id, _cert, _key in identities:
-        pipe.hget(keys.WORKER.format(id=node_id), "last_heartbeat")
-    return sum(1 for beat in pipe.execute() if now - float(beat or 0) > FRESH_SECONDS)
+    live = db.hmget(keys.WORKER_LIVE, [node_id for node_id, _cert, _key in identities])
+    beats = [json.loads(state)["last_heartbeat"] if state else 0 for state in live]  # type: ignore[union-attr]
+    return sum(1 for beat in beats if now - float(beat) > FRESH_SECONDS)
 
 
 def run_step(

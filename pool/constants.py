@@ -9,7 +9,8 @@ TASK_SEQ = "hm:task-seq"  # counter: submission sequence
 IDEMPOTENCY = "hm:idem:{owner}:{key}"  # string: task id of an earlier identical submit
 NODE_TASKS = "hm:node-tasks:{id}"  # set: task ids assigned to or running on the node
 WORKERS = "hm:workers"  # set: node ids that ever registered with the pool
-WORKER = "hm:worker:{id}"  # hash: registration facts and live state of a worker
+WORKER = "hm:worker:{id}"  # hash: what a worker registered (capacity, GPUs, Docker, labels)
+WORKER_LIVE = "hm:worker-live"  # hash: node id -> JSON of its live state, last heartbeat, usage
 
 # Task states. "lost" means: its node was lost, the task waits in the queue for a retry.
 QUEUED = "queued"

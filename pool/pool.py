@@ -64,6 +64,7 @@ class Pool:
         self.wake = asyncio.Event()
         self._dirty: set[str] = set()
         self._revoked_seen = -1
+        self._last_wall: dict[str, float] = {}  # disconnected worker -> its last heartbeat
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -249,6 +250,7 @@ class Pool:
         worker = self.scheduler.workers.get(session.node_id)
         if worker is not None:
             worker.connected = False
+        self._last_wall[session.node_id] = session.last_heartbeat_wall
         self._dirty.add(session.node_id)
         log.info("worker %s disconnected", session.node_id)
 
@@ -380,7 +382,11 @@ class Pool:
         worker = self.scheduler.workers.get(node_id)
         if worker is not None:
             worker.connected = False
-        await self.db.hset(keys.WORKER.format(id=node_id), "state", keys.NODE_LOST)
+        if session is not None:
+            self._last_wall[node_id] = session.last_heartbeat_wall
+        last_heartbeat = self._last_wall.get(node_id, 0)
+        lost = registry.live_state(None, keys.NODE_LOST, last_heartbeat)
+        await self.db.hset(keys.WORKER_LIVE, node_id, lost)
         reason = f"node {node_id} lost (no heartbeat for {self.settings.heartbeat_timeout}s)"
         for record in await self.tasks.on_node(node_id):
             await self._requeue(record, node_id, reason)
@@ -420,9 +426,8 @@ class Pool:
     async def flush_once(self) -> None:
         dirty, self._dirty = list(self._dirty), set()
         for start in range(0, len(dirty), FLUSH_CHUNK):
-            await registry.flush_heartbeats(
-                self.db, self.sessions, dirty[start : start + FLUSH_CHUNK]
-            )
+            chunk = dirty[start : start + FLUSH_CHUNK]
+            await registry.flush_heartbeats(self.db, self.sessions, chunk, self._last_wall)
 
     async def _flush_forever(self) -> None:
         while True:

@@ -1,7 +1,8 @@
 """Connected workers: their stream sessions and what the pool records about them in Redis.
 
-``hm:worker:{id}`` holds a worker's registration (capacity, GPUs, Docker, labels) and its
-live state (last heartbeat, usage), flushed from memory once a second.
+``hm:worker:{id}`` holds a worker's registration (capacity, GPUs, Docker, labels), written
+when it connects. Live state (last heartbeat, usage) lives in memory and is flushed once a
+second into one hash, ``hm:worker-live`` (node id -> JSON): one command per 500 workers.
 """
 
 from __future__ import annotations
@@ -75,34 +76,38 @@ async def save_registration(db: Any, session: AgentSession, capacity: Resources)
             "labels": json.dumps(dict(list(register.labels.items())[:50])),
             "agent_version": register.agent_version[:40],
             "registered_at": session.connected_at,
-            "last_heartbeat": session.connected_at,
-            "state": keys.READY,
         },
     )
+    pipe.hset(keys.WORKER_LIVE, session.node_id, live_state(session))
     await pipe.execute()
 
 
-async def flush_heartbeats(db: Any, sessions: dict[str, AgentSession], node_ids: list[str]) -> None:
-    """Write the latest heartbeat of each node to Redis, in one pipeline."""
-    pipe = db.pipeline(transaction=False)
-    for node_id in node_ids:
-        session = sessions.get(node_id)
-        key = keys.WORKER.format(id=node_id)
-        if session is None:
-            pipe.hset(key, "state", keys.OFFLINE)
-            continue
-        beat = session.heartbeat
-        pipe.hset(
-            key,
-            mapping={
-                "state": keys.DRAINING if beat.draining else keys.READY,
-                "last_heartbeat": session.last_heartbeat_wall,
-                "cpu_percent": beat.cpu_percent,
-                "memory_used_bytes": beat.memory_used_bytes,
-                "running_tasks": beat.running_tasks,
-            },
-        )
-    await pipe.execute()
+def live_state(session: AgentSession | None, state: str = "", last_heartbeat: float = 0) -> str:
+    """The JSON kept in ``hm:worker-live`` for one worker."""
+    if session is None:
+        return json.dumps({"state": state, "last_heartbeat": last_heartbeat})
+    beat = session.heartbeat
+    return json.dumps(
+        {
+            "state": keys.DRAINING if beat.draining else keys.READY,
+            "last_heartbeat": session.last_heartbeat_wall,
+            "cpu_percent": beat.cpu_percent,
+            "memory_used_bytes": beat.memory_used_bytes,
+            "running_tasks": beat.running_tasks,
+        }
+    )
+
+
+async def flush_heartbeats(
+    db: Any, sessions: dict[str, AgentSession], node_ids: list[str], last_seen: dict[str, float]
+) -> None:
+    """Write the live state of these workers to Redis in one command."""
+    states = {
+        node_id: live_state(sessions.get(node_id), keys.OFFLINE, last_seen.get(node_id, 0))
+        for node_id in node_ids
+    }
+    if states:
+        await db.hset(keys.WORKER_LIVE, mapping=states)
 
 
 async def node_states(
@@ -114,17 +119,19 @@ async def node_states(
     for node_id in ids:
         pipe.hgetall(mesh_keys.NODE.format(id=node_id))
         pipe.hgetall(keys.WORKER.format(id=node_id))
-    replies = await pipe.execute()
+    pipe.hgetall(keys.WORKER_LIVE)
+    *replies, live = await pipe.execute()
     states = []
     for node, worker in zip(replies[::2], replies[1::2], strict=True):
         if node and node.get("state") == "active":
+            worker = {**worker, **json.loads(live.get(node["id"]) or "{}")}
             states.append(_node_state(node, worker, sessions, scheduler))
     return states
 
 
 def _node_state(
     node: dict[str, str],
-    worker: dict[str, str],
+    worker: dict[str, Any],
     sessions: dict[str, AgentSession],
     scheduler: Scheduler,
 ) -> pb.NodeState:

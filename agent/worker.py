@@ -93,8 +93,10 @@ class Worker:
         self._drain()
 
     def _from_any_thread(self, action: Callable[[], object]) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(action)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed in between: it has stopped anyway
+                loop.call_soon_threadsafe(action)
 
     # ---- main loop -----------------------------------------------------------------------
 

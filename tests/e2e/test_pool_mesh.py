@@ -275,6 +275,7 @@ def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> No
         assert time.monotonic() - killed_at < 15, state
         time.sleep(0.1)
     requeued_after = time.monotonic() - killed_at
+    print(f"requeued {requeued_after:.1f}s after the kill")
     assert requeued_after <= 11, f"requeued after {requeued_after:.1f}s"
     done = world.cli_json(world.op, "wait", task_id, "--timeout", "60")
     assert done["status"] == "succeeded" and done["node"] == "w2", done
@@ -297,3 +298,35 @@ def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> No
     assert after["status"] == "succeeded" and after["attempt"] == 2
     logs = world.cli(world.op, "logs", task_id).stdout
     assert logs.count("finished") == 1
+
+
+def test_sigterm_drains_a_worker_letting_its_task_finish(world: PoolWorld) -> None:
+    task_id = world.cli_json(
+        world.op,
+        "submit",
+        "--image",
+        "hivemind/busybox:latest",
+        "--cpu",
+        "1",
+        "--memory",
+        "64M",
+        "--",
+        "sh",
+        "-c",
+        "sleep 2; echo drained",
+    )["id"]
+    deadline = time.monotonic() + 30
+    while world.status(task_id)["status"] != "running":
+        assert time.monotonic() < deadline, world.status(task_id)
+        time.sleep(0.1)
+    status = json.loads(world.mesh.agent(world.w2, "status", "--json").stdout)
+    pid = int(status["service_pid"])
+    subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    done = world.cli_json(world.op, "wait", task_id, "--timeout", "30")
+    assert done["status"] == "succeeded" and done["attempt"] == 1, done
+    assert "drained" in world.cli(world.op, "logs", task_id).stdout
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "the agent service did not stop after draining"
+        time.sleep(0.1)
+    assert world.w2.wg_interface not in world.w2.run("ip", "-o", "link").stdout

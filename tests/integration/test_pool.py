@@ -365,3 +365,35 @@ def test_drain_past_its_window_hands_tasks_back_and_halt_is_immediate(
 
     # A long heartbeat timeout: only the drain and the halt may end these attempts.
     run_in_cluster(redis_server, tmp_path, body, heartbeat_timeout=30)
+
+
+def test_a_worker_that_reconnects_resumes_its_running_task(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    finish = threading.Event()
+
+    def slow(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        finish.wait(10)
+        on_output("stdout", b"after the blip\n")
+        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+
+    async def body(cluster: Cluster) -> None:
+        assert cluster.pool is not None
+        executor = ScriptedExecutor(slow)
+        await cluster.start_worker("w1", executor)
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        task = await stub.Submit(submit(["a"]))
+        await cluster.until(lambda: len(executor.started) == 1, "started")
+        first_session = cluster.sessions()["w1"]
+        first_session.close()  # the stream drops, as in a network blip
+        await cluster.until(
+            lambda: cluster.sessions().get("w1") not in (None, first_session), "reconnected"
+        )
+        assert cluster.pool.scheduler.tasks_on("w1") == [task.id]
+        finish.set()
+        done = await cluster.wait_status(stub, task.id, {"succeeded"})
+        assert done.attempt == 1 and [a.status for a in done.attempts] == ["succeeded"]
+        assert ("stdout", b"after the blip\n") in await logs_of(stub, task.id)
+        assert len(executor.started) == 1
+
+    run_in_cluster(redis_server, tmp_path, body)

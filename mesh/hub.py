@@ -44,16 +44,6 @@ WG_PUB = "wg.pub"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 RUN_FILE = "run.json"
-IDENTITY_FILES = (
-    HUB_CONFIG,
-    CertificateAuthority.CERT_FILE,
-    CertificateAuthority.KEY_FILE,
-    SERVER_CERT,
-    SERVER_KEY,
-    WG_KEY,
-    WG_PUB,
-    store.PASSWORD_FILE,
-)
 
 
 def load_settings(state_dir: str) -> HubSettings:
@@ -112,6 +102,9 @@ def init_hub(
     write_public(root / WG_PUB, public + "\n")
     write_private(root / store.PASSWORD_FILE, secrets.token_urlsafe(32) + "\n")
     write_public(root / HUB_CONFIG, dump(settings))
+    for stale in (HUB_CLIENT_CERT, HUB_CLIENT_KEY):
+        (root / stale).unlink(missing_ok=True)  # from a replaced hub (--force)
+    ensure_hub_client_certificate(settings, ca)
     return settings
 
 

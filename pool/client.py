@@ -52,6 +52,9 @@ class Identity:
                 raise PermissionDenied(
                     f"cannot read the identity in {root} (run as root?)"
                 ) from None
+            except FileNotFoundError as exc:
+                missing = Path(str(exc.filename)).name
+                raise NotFound(f"the identity in {root} is incomplete: no {missing}") from None
         raise NotFound(
             f"no HiveMind identity in {' or '.join(candidates)}: join the overlay "
             "(hivemind-agent join) or pass --identity DIR"

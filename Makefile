@@ -10,7 +10,7 @@ setup:
 
 # Local task images (no registry): hivemind/busybox:latest and hivemind/python:3.11.
 images:
-	@bash scripts/images.sh
+	@bash agent/images.sh
 
 demo: setup
 	$(PY) scripts/demo.py

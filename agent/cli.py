@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+from importlib import resources
 
 from hivemind_cluster import __version__
 from hivemind_cluster.agent import join as membership
@@ -46,7 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub.add_parser("status", parents=[common], help="identity and overlay state")
     sub.add_parser("leave", parents=[common], help="deregister and remove the interface")
+    sub.add_parser(
+        "images", help="build the local task images (hivemind/busybox, hivemind/python:3.11)"
+    )
     return parser
+
+
+def cmd_images() -> int:
+    """Build the missing task images with the script shipped in this package."""
+    script = resources.files("hivemind_cluster.agent").joinpath("images.sh")
+    with resources.as_file(script) as path:
+        return subprocess.run(["bash", str(path)], check=False).returncode
 
 
 def cmd_join(args: argparse.Namespace, settings: AgentSettings) -> int:
@@ -121,6 +133,8 @@ def cmd_leave(args: argparse.Namespace, settings: AgentSettings) -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "images":
+        return cmd_images()
     overrides = {k: getattr(args, k, None) for k in ("interface", "backend")}
     overrides["join_timeout"] = getattr(args, "timeout", None)
     settings = load_settings(args.state_dir, **overrides)

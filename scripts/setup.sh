@@ -2,7 +2,7 @@
 # Idempotent machine setup for HiveMind development, the demo and the tests (Debian 12, root).
 #   1. Debian packages (only the missing ones)   2. the Python package with its test extras
 #   in .venv   3. dockerd running (started in the background if it is not)   4. the local task
-#   images (scripts/images.sh)
+#   images (agent/images.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,5 +53,5 @@ if ! docker info >/dev/null 2>&1; then
   done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/hivemind-dockerd.log"; exit 1; }
 fi
-bash scripts/images.sh
+bash agent/images.sh
 say "setup done"

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,22 @@ def test_playbook_provisions_a_hub_and_two_agents(site: Site) -> None:
     a1, a2 = site.agents
     assert a1.can_ping(workers["a2"]["overlay_ip"], timeout=3)
     assert a2.can_ping("100.64.0.1", timeout=3)
+
+
+def test_workers_register_with_the_pool_ready_for_docker_tasks(site: Site) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        nodes = json.loads(
+            site.hub.run(
+                tool("hivemind"), "nodes", "--identity", str(site.work / "hub-state"), "--json"
+            ).stdout
+        )
+        workers = {n["name"]: n for n in nodes if n["role"] == "worker" and n["connected"]}
+        if sorted(workers) == ["a1", "a2"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(workers) == ["a1", "a2"], nodes
+    assert all(w["docker_version"] and w["state"] == "ready" for w in workers.values())
 
 
 def test_unit_files_run_the_commands_that_were_started(site: Site) -> None:

@@ -43,6 +43,8 @@ HEARTBEAT_INTERVAL = 1.0
 MAX_LOG_CHUNK = 256 * 1024
 REDIS_CONNECTIONS = 256
 FLUSH_CHUNK = 500
+# How often silent workers are looked for: a lost one is noticed within timeout + this.
+REAP_INTERVAL = 0.25
 
 
 class Pool:
@@ -417,7 +419,7 @@ class Pool:
 
     async def _reap_forever(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(REAP_INTERVAL)
             try:
                 await self.reap_once()
             except Exception:

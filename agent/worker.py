@@ -15,6 +15,7 @@ requeues them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -61,7 +62,10 @@ class Worker:
         self.executor = executor
         self.facts = facts
         self.drain_seconds = drain_seconds
-        self.running: dict[str, RunningAttempt] = {}
+        # Keyed by (task, attempt): a task's next attempt may arrive while the old one stops.
+        self.running: dict[tuple[str, int], RunningAttempt] = {}
+        # Cancels that overtook their Assign (bounded): applied when the Assign arrives.
+        self._early_cancels: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)
         self.unacknowledged: dict[tuple[str, int], pb.TaskResult] = {}
         self.connected = False
         self.completed = 0
@@ -197,8 +201,11 @@ class Worker:
         if kind == "assign":
             self._accept(message.assign)
         elif kind == "cancel":
-            running = self.running.get(message.cancel.task_id)
-            if running is not None and running.attempt == message.cancel.attempt:
+            key = (message.cancel.task_id, message.cancel.attempt)
+            running = self.running.get(key)
+            if running is None:
+                self._early_cancels.append(key)
+            else:
                 log.info("task %s: cancel requested", running.task_id)
                 running.cancel.set()
         elif kind == "accepted":
@@ -209,8 +216,8 @@ class Worker:
             self._abandon(rejected.task_id, rejected.attempt, rejected.reason)
 
     def _abandon(self, task_id: str, attempt: int, reason: str) -> None:
-        running = self.running.get(task_id)
-        if running is not None and running.attempt == attempt:
+        running = self.running.get((task_id, attempt))
+        if running is not None:
             log.warning("task %s attempt %d: stopping it, %s", task_id, attempt, reason)
             running.interrupted = True
             running.cancel.set()
@@ -226,9 +233,11 @@ class Worker:
             docker_version=facts.docker_version,
             labels=facts.labels,
             agent_version=__version__,
+            # Running attempts, and finished ones whose result the pool has not acknowledged
+            # yet (it must not requeue them: the result follows at once).
             running=[
-                pb.RunningAttempt(task_id=r.task_id, attempt=r.attempt)
-                for r in self.running.values()
+                pb.RunningAttempt(task_id=task_id, attempt=attempt)
+                for task_id, attempt in {*self.running, *self.unacknowledged}
             ],
         )
 
@@ -251,12 +260,15 @@ class Worker:
 
     def _accept(self, assign: pb.Assign) -> None:
         assert self._draining is not None
-        if assign.task_id in self.running:
+        key = (assign.task_id, assign.attempt)
+        if key in self.running or key in self.unacknowledged:
             return
         running = RunningAttempt(assign.task_id, assign.attempt)
-        self.running[assign.task_id] = running
+        self.running[key] = running
         if self._draining.is_set():  # raced with drain: hand it straight back
             running.interrupted = True
+            running.cancel.set()
+        if key in self._early_cancels:
             running.cancel.set()
         job = asyncio.create_task(self._execute(assign, running))
         self._jobs.add(job)
@@ -315,7 +327,7 @@ class Worker:
             result.output_bundle = outcome.output_bundle
         else:
             result.exit_code = -1
-        del self.running[task_id]
+        del self.running[(task_id, attempt)]
         self.completed += 1
         self.unacknowledged[(task_id, attempt)] = result
         self._send(pb.AgentMessage(result=result))

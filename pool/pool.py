@@ -24,7 +24,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied, StaleAttempt, Unschedulable
+from hivemind_cluster.mesh.errors import (
+    HiveMindError,
+    InvalidInput,
+    PermissionDenied,
+    StaleAttempt,
+    Unschedulable,
+)
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import registry
@@ -35,7 +41,7 @@ from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
 from hivemind_cluster.pool.spec import check_submission
-from hivemind_cluster.pool.taskstore import LogRecord, TaskStore
+from hivemind_cluster.pool.taskstore import LogRecord, TaskStore, check_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
 log = logging.getLogger("hivemind.pool")
@@ -45,6 +51,9 @@ REDIS_CONNECTIONS = 256
 FLUSH_CHUNK = 500
 # How often silent workers are looked for: a lost one is noticed within timeout + this.
 REAP_INTERVAL = 0.25
+RECONCILE_EVERY = 20  # reaper passes (5 s)
+START_DEADLINE = 60  # seconds an assigned attempt may take to start
+ATTEMPT_GRACE = 60  # seconds past its timeout before the pool gives up on an attempt
 
 
 class Pool:
@@ -67,6 +76,11 @@ class Pool:
         self._dirty: set[str] = set()
         self._revoked_seen = -1
         self._last_wall: dict[str, float] = {}  # disconnected worker -> its last heartbeat
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Attempts placed by this pool: (task, attempt) -> (monotonic time, timeout seconds).
+        self._assigned_at: dict[tuple[str, int], tuple[float, int]] = {}
+        self._started: set[tuple[str, int]] = set()
+        self._passes = 0
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -125,7 +139,10 @@ class Pool:
             self.scheduler.upsert_worker(node_id, raw.get("name", ""), Resources(**capacity))
             running = await self.tasks.on_node(node_id)
             for record in running:
-                self.scheduler.allocate(record.id, node_id, record.request)
+                self.scheduler.allocate(record.id, node_id, record.request, record.attempt)
+                self._assigned_at[(record.id, record.attempt)] = (now, record.timeout_seconds)
+                if record.status == keys.RUNNING:
+                    self._started.add((record.id, record.attempt))
             if running:
                 self.last_seen[node_id] = now  # it has until the timeout to come back
         for record in await self.tasks.queued():
@@ -148,10 +165,15 @@ class Pool:
                 f"no node could ever run this task: it asks for {spec.request.describe()}, "
                 f"the largest node offers {largest.describe() if largest else 'nothing'}"
             )
-        record = await self.tasks.submit(spec, request.input_bundle, request.idempotency_key)
-        if record.status in keys.PENDING_STATES:
-            self._enqueue(record)
-        return record
+
+        async def store_and_queue() -> TaskRecord:
+            record = await self.tasks.submit(spec, request.input_bundle, request.idempotency_key)
+            if record.status in keys.PENDING_STATES:
+                self._enqueue(record)
+            return record
+
+        # Shielded: a caller that goes away mid-call must not leave a stored task unqueued.
+        return await asyncio.shield(store_and_queue())
 
     async def visible_task(self, caller: Caller, task_id: str) -> TaskRecord:
         record = await self.tasks.get(task_id)
@@ -203,6 +225,20 @@ class Pool:
         capacity = Resources.from_proto(register.capacity)
         if capacity.cpu_millis <= 0 or capacity.memory_bytes <= 0 or capacity.gpus < 0:
             raise InvalidInput("registration must report positive CPU and memory capacity")
+        async with self._node_lock(caller.node_id):
+            return await asyncio.shield(self._connect(caller, register, capacity))
+
+    def _node_lock(self, node_id: str) -> asyncio.Lock:
+        """Serialises connect and lose of one node (each awaits Redis several times)."""
+        return self._locks.setdefault(node_id, asyncio.Lock())
+
+    async def _connect(
+        self, caller: Caller, register: pb.Register, capacity: Resources
+    ) -> AgentSession:
+        self.last_seen[caller.node_id] = time.monotonic()  # alive: the reaper must wait
+        known = self.scheduler.workers.get(caller.node_id)
+        if known is not None:
+            known.connected = False  # nothing is placed here until reconciled
         previous = self.sessions.pop(caller.node_id, None)
         if previous is not None:
             previous.close()
@@ -214,7 +250,7 @@ class Pool:
         for record in await self.tasks.on_node(caller.node_id):
             if (record.id, record.attempt) in reported:
                 recognised.add((record.id, record.attempt))
-                self.scheduler.allocate(record.id, caller.node_id, record.request)
+                self.scheduler.allocate(record.id, caller.node_id, record.request, record.attempt)
                 if record.cancel_requested:
                     session.send(_cancel(record.id, record.attempt))
             else:
@@ -264,16 +300,18 @@ class Pool:
             return
         try:
             if kind == "started":
+                started = message.started
                 await self.tasks.start(
-                    message.started.task_id, message.started.attempt, session.node_id
+                    check_task_id(started.task_id), started.attempt, session.node_id
                 )
+                self._started.add((started.task_id, started.attempt))
             elif kind == "log":
                 await self._log(session, message.log)
             elif kind == "result":
                 await self._result(session, message.result)
             else:
                 raise InvalidInput(f"unexpected {kind or 'empty'} message on an open stream")
-        except (StaleAttempt, InvalidInput) as exc:
+        except HiveMindError as exc:
             task = getattr(message, kind) if kind in ("started", "log", "result") else None
             session.send(
                 pb.PoolMessage(
@@ -309,7 +347,7 @@ class Pool:
         if len(result.output_bundle) > MAX_OUTPUT_BYTES:
             raise InvalidInput("result bundle is larger than the pool accepts")
         status = await self.tasks.finish(session.node_id, result)
-        self.scheduler.release(result.task_id)
+        self._forget_attempt(result.task_id, result.attempt)
         session.send(
             pb.PoolMessage(
                 accepted=pb.ResultAccepted(task_id=result.task_id, attempt=result.attempt)
@@ -331,21 +369,35 @@ class Pool:
         placements = self.scheduler.place()
         if not placements:
             return 0
-        recorded = await self.tasks.assign_many(
-            [(p.task_id, p.attempt, p.node_id) for p in placements]
-        )
+        try:
+            recorded = await self.tasks.assign_many(
+                [(p.task_id, p.attempt, p.node_id) for p in placements]
+            )
+        except Exception:
+            for placement in placements:  # nothing was recorded: queue them again
+                self.scheduler.release(placement.task_id, placement.attempt)
+                record = self.queued.get(placement.task_id)
+                if record is not None:
+                    self.scheduler.enqueue(record.id, record.score, record.attempt, record.request)
+            raise
+        now = time.monotonic()
         sent = 0
         for placement, ok in zip(placements, recorded, strict=True):
             record = self.queued.pop(placement.task_id, None)
             if not ok or record is None:
-                self.scheduler.release(placement.task_id)
+                self.scheduler.release(placement.task_id, placement.attempt)
                 continue
+            self._assigned_at[(record.id, placement.attempt)] = (now, record.timeout_seconds)
             session = self.sessions.get(placement.node_id)
             if session is None:
-                continue  # the worker left meanwhile: it is lost or resumes and reconciles
-            bundle = b""
-            if record.bundle_bytes:
-                bundle = await asyncio.to_thread(self.tasks.input_bundle, record.id)
+                continue  # the worker left: it is lost, or the watchdog requeues the attempt
+            try:
+                bundle = b""
+                if record.bundle_bytes:
+                    bundle = await asyncio.to_thread(self.tasks.input_bundle, record.id)
+            except OSError as exc:
+                log.error("task %s: cannot read its input bundle: %s", record.id, exc)
+                continue  # left assigned and not started: the watchdog requeues it
             session.send(pb.PoolMessage(assign=_assignment(record, placement.attempt, bundle)))
             sent += 1
         return sent
@@ -368,16 +420,22 @@ class Pool:
         try:
             status = await self.tasks.requeue(record.id, record.attempt, node_id, reason)
         except StaleAttempt:
-            return
-        finally:
-            self.scheduler.release(record.id)
+            return  # it moved on meanwhile (finished, or already requeued)
+        self._forget_attempt(record.id, record.attempt)
         log.warning("task %s attempt %d: %s; now %s", record.id, record.attempt, reason, status)
         if status in keys.PENDING_STATES:
             self._enqueue(await self.tasks.get(record.id))
 
-    async def lose(self, node_id: str) -> None:
-        """No heartbeat for too long: requeue the worker's attempts, stop scheduling on it."""
-        self.last_seen.pop(node_id, None)
+    async def lose(self, node_id: str, only_if_silent: bool = False) -> None:
+        """Requeue the worker's attempts and stop scheduling on it (silent, or revoked)."""
+        async with self._node_lock(node_id):
+            seen = self.last_seen.get(node_id)
+            deadline = time.monotonic() - self.settings.heartbeat_timeout
+            if only_if_silent and (seen is None or seen >= deadline):
+                return  # it reconnected while we waited for the lock
+            await asyncio.shield(self._lose(node_id))
+
+    async def _lose(self, node_id: str) -> None:
         session = self.sessions.pop(node_id, None)
         if session is not None:
             session.close()
@@ -392,14 +450,72 @@ class Pool:
         reason = f"node {node_id} lost (no heartbeat for {self.settings.heartbeat_timeout}s)"
         for record in await self.tasks.on_node(node_id):
             await self._requeue(record, node_id, reason)
+        self.last_seen.pop(node_id, None)  # only now: a failure above is retried next pass
         log.warning("%s", reason)
 
     async def reap_once(self) -> None:
         deadline = time.monotonic() - self.settings.heartbeat_timeout
         for node_id, seen in list(self.last_seen.items()):
             if seen < deadline:
-                await self.lose(node_id)
+                await self.lose(node_id, only_if_silent=True)
         await self._drop_revoked()
+        await self._watch_attempts()
+        self._passes += 1
+        if self._passes % RECONCILE_EVERY == 0:
+            await self._reconcile_queue()
+
+    async def _watch_attempts(self) -> None:
+        """Attempts that never start, or never end, are taken back (the agent may be stuck)."""
+        now = time.monotonic()
+        for (task_id, attempt), (assigned, timeout) in list(self._assigned_at.items()):
+            started = (task_id, attempt) in self._started
+            limit = timeout + ATTEMPT_GRACE if started else START_DEADLINE
+            if now - assigned <= limit:
+                continue
+            held = self.scheduler.allocations.get(task_id)
+            node_id = held[0] if held else ""
+            session = self.sessions.get(node_id)
+            if session is not None:
+                session.send(_cancel(task_id, attempt))
+            if started:
+                reason = f"no result {ATTEMPT_GRACE}s after its {timeout}s timeout"
+                overdue = pb.TaskResult(
+                    task_id=task_id, attempt=attempt, status="timed_out", exit_code=-1, error=reason
+                )
+                with contextlib.suppress(StaleAttempt):
+                    await self.tasks.finish(node_id, overdue)
+                self._forget_attempt(task_id, attempt)
+            else:
+                reason = f"not started {START_DEADLINE}s after it was assigned to {node_id}"
+                record = await self.tasks.get(task_id)
+                if record.attempt == attempt:
+                    await self._requeue(record, node_id, reason)
+                else:
+                    self._forget_attempt(task_id, attempt)
+            log.warning("task %s attempt %d: %s", task_id, attempt, reason)
+
+    async def _reconcile_queue(self) -> None:
+        """Redis's queue is the truth: queue what memory misses, drop what it has not."""
+        queued = set(await self.db.zrange(keys.QUEUE, 0, -1))
+        for task_id in list(self.scheduler.pending):
+            if task_id not in queued:
+                self.scheduler.dequeue(task_id)
+                self.queued.pop(task_id, None)
+        missing = [
+            t
+            for t in queued
+            if t not in self.scheduler.pending and t not in self.scheduler.allocations
+        ]
+        for record in await self.tasks.by_ids(missing):
+            if record.status in keys.PENDING_STATES:
+                log.warning("task %s was queued in Redis only: queueing it", record.id)
+                self._enqueue(record)
+
+    def _forget_attempt(self, task_id: str, attempt: int) -> None:
+        """An attempt ended: its capacity comes back, the watchdog stops watching it."""
+        self.scheduler.release(task_id, attempt)
+        self._assigned_at.pop((task_id, attempt), None)
+        self._started.discard((task_id, attempt))
 
     async def _drop_revoked(self) -> None:
         """Close the streams of workers revoked while connected (checked when the set grows)."""

@@ -104,8 +104,18 @@ end)
 
 -- Put a task whose attempt ended without a result back in the queue, or end it when it
 -- was cancelled meanwhile or has used its last attempt.
+-- An attempt its agent interrupted (a drain) does not count against max_attempts; at most
+-- MAX_INTERRUPTIONS of them, so a task cannot bounce between draining agents forever.
+local MAX_INTERRUPTIONS = 20
+
 local function requeue(keys, id, attempt, node, now, reason, pending_state)
-  local h = redis.call('HMGET', keys[1], 'cancel_requested', 'max_attempts', 'score')
+  local h = redis.call('HMGET', keys[1], 'cancel_requested', 'max_attempts', 'score',
+    'interruptions')
+  local interruptions = tonumber(h[4] or '0')
+  if pending_state ~= 'lost' then
+    interruptions = interruptions + 1
+    redis.call('HSET', keys[1], 'interruptions', interruptions)
+  end
   local ended_as = pending_state == 'lost' and 'lost' or 'interrupted'
   record_attempt(keys[4], keys[1], attempt, node, ended_as, now, reason)
   redis.call('SREM', keys[3], id)
@@ -114,10 +124,14 @@ local function requeue(keys, id, attempt, node, now, reason, pending_state)
     outcome = 'cancelled'
     redis.call('HSET', keys[1], 'status', outcome, 'ended_at', now, 'node_id', '',
       'error', 'cancelled (' .. reason .. ')')
-  elseif tonumber(attempt) >= tonumber(h[2]) then
+  elseif tonumber(attempt) - interruptions >= tonumber(h[2]) then
     outcome = 'failed'
     redis.call('HSET', keys[1], 'status', outcome, 'ended_at', now, 'node_id', '',
       'error', reason .. ' on the last attempt (' .. attempt .. ' of ' .. h[2] .. ')')
+  elseif interruptions > MAX_INTERRUPTIONS then
+    outcome = 'failed'
+    redis.call('HSET', keys[1], 'status', outcome, 'ended_at', now, 'node_id', '',
+      'error', 'interrupted ' .. interruptions .. ' times by draining agents')
   else
     outcome = pending_state
     redis.call('HSET', keys[1], 'status', outcome, 'attempt', tonumber(attempt) + 1,

@@ -20,6 +20,8 @@ from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
 from hivemind_cluster.protos import pool_pb2 as pb
 
+MAX_OUTBOX = 10_000
+
 
 @dataclass
 class AgentSession:
@@ -31,12 +33,20 @@ class AgentSession:
     heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
     connected_at: float = field(default_factory=time.time)
     last_heartbeat_wall: float = field(default_factory=time.time)
+    overflowed: bool = False
 
     @property
     def node_id(self) -> str:
         return self.caller.node_id
 
     def send(self, message: pb.PoolMessage) -> None:
+        """Queue a message; an agent that stops reading past MAX_OUTBOX is disconnected."""
+        if self.overflowed:
+            return
+        if self.outbox.qsize() >= MAX_OUTBOX:
+            self.overflowed = True
+            self.outbox.put_nowait(None)
+            return
         self.outbox.put_nowait(message)
 
     def close(self) -> None:

@@ -73,7 +73,8 @@ class Scheduler:
     def __init__(self, scan_limit: int = 2000) -> None:
         self.workers: dict[str, Worker] = {}
         self.pending: dict[str, Pending] = {}
-        self.allocations: dict[str, tuple[str, Resources]] = {}
+        # task -> (node, request, attempt) booked on that node
+        self.allocations: dict[str, tuple[str, Resources, int]] = {}
         self.scan_limit = scan_limit
         self._order: list[Pending] = []
         self._order_stale = False
@@ -107,6 +108,9 @@ class Scheduler:
     # ---- queue ---------------------------------------------------------------------------
 
     def enqueue(self, task_id: str, score: float, attempt: int, request: Resources) -> None:
+        """Queue an attempt; ignored while an attempt of the task still holds capacity."""
+        if task_id in self.allocations:
+            return
         self.pending[task_id] = Pending(score, task_id, attempt, request)
         self._order_stale = True
 
@@ -134,7 +138,7 @@ class Scheduler:
                 continue
             was = worker.free
             worker.allocated = worker.allocated + item.request
-            self.allocations[item.task_id] = (worker.node_id, item.request)
+            self.allocations[item.task_id] = (worker.node_id, item.request, item.attempt)
             placements.append(Placement(item.task_id, item.attempt, worker.node_id, item.request))
             del self.pending[item.task_id]
             if (
@@ -152,26 +156,30 @@ class Scheduler:
 
     # ---- capacity ------------------------------------------------------------------------
 
-    def allocate(self, task_id: str, node_id: str, request: Resources) -> None:
-        """Book a running task on its worker (rebuilding from Redis after a restart)."""
-        if task_id in self.allocations:
+    def allocate(self, task_id: str, node_id: str, request: Resources, attempt: int) -> None:
+        """Book a running attempt on its worker (rebuilding from Redis, a reconnect)."""
+        held = self.allocations.get(task_id)
+        if held is not None and held[0] == node_id and held[2] == attempt:
             return
+        self.release(task_id)
+        self.dequeue(task_id)
         worker = self.workers.get(node_id)
         if worker is not None:
             worker.allocated = worker.allocated + request
-        self.allocations[task_id] = (node_id, request)
+        self.allocations[task_id] = (node_id, request, attempt)
 
-    def release(self, task_id: str) -> None:
-        """Give a task's capacity back to its worker (idempotent)."""
-        held = self.allocations.pop(task_id, None)
-        if held is None:
+    def release(self, task_id: str, attempt: int | None = None) -> None:
+        """Give an attempt's capacity back (idempotent; only that attempt's, when given)."""
+        held = self.allocations.get(task_id)
+        if held is None or (attempt is not None and held[2] != attempt):
             return
+        del self.allocations[task_id]
         worker = self.workers.get(held[0])
         if worker is not None:
             worker.allocated = worker.allocated - held[1]
 
     def tasks_on(self, node_id: str) -> list[str]:
-        return [t for t, (n, _) in self.allocations.items() if n == node_id]
+        return [t for t, (n, _r, _a) in self.allocations.items() if n == node_id]
 
 
 def _ceiling(workers: list[Worker]) -> Resources:

@@ -51,7 +51,10 @@ class PoolService(pb_grpc.PoolServicer):
         async def consume() -> None:
             try:
                 async for message in request_iterator:
-                    await self.pool.handle(session, message)
+                    if message.WhichOneof("kind") == "heartbeat":
+                        await self.pool.handle(session, message)
+                    else:  # a state change must complete even if the stream is torn down
+                        await asyncio.shield(self.pool.handle(session, message))
             except (asyncio.CancelledError, grpc.RpcError):
                 raise
             except Exception:

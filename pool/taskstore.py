@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import secrets
 import shutil
 import time
@@ -34,8 +36,22 @@ _LUA_ERRORS: LuaErrors = {
 INPUT_FILE = "input.zip"
 
 
+_TASK_ID = re.compile(r"^t[0-9a-f]{12}$")
+
+
 def new_task_id() -> str:
     return "t" + secrets.token_hex(6)
+
+
+def check_task_id(task_id: str) -> str:
+    if not _TASK_ID.match(task_id):
+        raise errors.InvalidInput(f"{task_id[:40]!r} is not a task id")
+    return task_id
+
+
+def _bounded_figure(value: float) -> float:
+    """A usage figure reported by a worker: finite, not negative, at most a year."""
+    return round(min(max(value, 0.0), 366 * 86400.0), 6) if math.isfinite(value) else 0.0
 
 
 @dataclass(frozen=True)
@@ -167,17 +183,19 @@ class TaskStore:
 
     async def finish(self, node_id: str, result: pb.TaskResult) -> str:
         """Record an attempt's result (fenced); returns the task's new status."""
+        check_task_id(result.task_id)
         task, queue, attempts, logs = self._task_keys(result.task_id)
         output_name = ""
         if result.output_bundle:
-            output_name = f"output-{result.attempt}.zip"
+            # A name of its own: a repeated or forged result never touches an accepted file.
+            output_name = f"output-{result.attempt}-{secrets.token_hex(4)}.zip"
             path = self.data_dir / result.task_id / output_name
             await asyncio.to_thread(_write_file, path, result.output_bundle)
         usage = {
-            "cpu_seconds": round(result.usage.cpu_seconds, 6),
-            "peak_memory_bytes": result.usage.peak_memory_bytes,
-            "wall_seconds": round(result.usage.wall_seconds, 6),
-            "gpu_seconds": round(result.usage.gpu_seconds, 6),
+            "cpu_seconds": _bounded_figure(result.usage.cpu_seconds),
+            "peak_memory_bytes": max(0, min(result.usage.peak_memory_bytes, 1 << 50)),
+            "wall_seconds": _bounded_figure(result.usage.wall_seconds),
+            "gpu_seconds": _bounded_figure(result.usage.gpu_seconds),
         }
         exit_code = str(result.exit_code) if result.exit_code >= 0 else ""
         try:

@@ -17,9 +17,12 @@ import pytest
 from cryptography import x509
 
 from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun
+from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool import pool as pool_module
 from hivemind_cluster.pool.client import Identity, aio_channel
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -397,3 +400,38 @@ def test_a_worker_that_reconnects_resumes_its_running_task(
         assert len(executor.started) == 1
 
     run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_an_assignment_that_never_starts_is_taken_back(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "START_DEADLINE", 1)
+
+    async def body(cluster: Cluster) -> None:
+        silent = await cluster.add_node("silent", "worker")
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        async with aio_channel(silent) as channel:
+            call = pb_grpc.PoolStub(channel).Connect()
+            capacity = pb.Resources(cpu_millis=1000, memory_bytes=GiB)
+            await call.write(pb.AgentMessage(register=pb.Register(capacity=capacity)))
+            await call.read()
+            task = await stub.Submit(submit(["x"]))
+            assign = await call.read()  # received, then ignored: the agent is stuck
+            assert isinstance(assign, pb.PoolMessage) and assign.assign.task_id == task.id
+            for _ in range(3):  # keep heartbeating: the node itself is not lost
+                await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat()))
+                await asyncio.sleep(0.6)
+            taken_back = await stub.Get(pb.TaskRef(task_id=task.id))
+            call.cancel()
+        assert taken_back.attempt == 2, taken_back
+        assert "not started" in taken_back.attempts[0].error
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_registration_lists_finished_but_unacknowledged_attempts() -> None:
+    identity = Identity("w1", b"", b"", b"", "127.0.0.1:1")
+    worker = Worker(identity, ScriptedExecutor(), Facts(Resources(1000, GiB, 0)))
+    worker.unacknowledged[("t000000000001", 2)] = pb.TaskResult(task_id="t000000000001")
+    running = worker._registration().running
+    assert [(r.task_id, r.attempt) for r in running] == [("t000000000001", 2)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.mesh.errors import Conflict, StaleAttempt
+from hivemind_cluster.mesh.errors import Conflict, InvalidInput, StaleAttempt
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.resources import Resources
@@ -162,3 +162,39 @@ def test_queued_and_running_tasks_survive_a_pool_restart(
         await cluster.stop()
 
     asyncio.run(main())
+
+
+def test_a_repeated_or_forged_result_never_touches_the_accepted_output(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        task = await store.submit(SPEC, b"")
+        await store.assign_many([(task.id, 1, "w1")])
+        assert await store.finish("w1", result(task.id, 1, out=b"PK-good")) == "succeeded"
+        accepted = await store.get(task.id)
+        with pytest.raises(StaleAttempt):
+            await store.finish("w1", result(task.id, 1, out=b"PK-evil"))
+        assert store.output_bundle(accepted) == b"PK-good"
+        assert [p.name for p in (store.data_dir / task.id).iterdir()] == [accepted.output]
+        with pytest.raises(InvalidInput):
+            await store.finish("w1", result("../../escape", 1, out=b"PK"))
+        assert not (store.data_dir.parent / "escape").exists()
+
+    with_store(redis_server, tmp_path, body)
+
+
+def test_interrupted_attempts_do_not_use_up_attempts(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(store: TaskStore) -> None:
+        task = await store.submit(SPEC, b"")  # max_attempts 2
+        for attempt in (1, 2, 3):
+            await store.assign_many([(task.id, attempt, "w1")])
+            status = await store.finish("w1", result(task.id, attempt, status="interrupted"))
+            assert status == "queued"
+        await store.assign_many([(task.id, 4, "w1")])
+        assert await store.requeue(task.id, 4, "w1", "node w1 lost") == "lost"
+        await store.assign_many([(task.id, 5, "w1")])
+        assert await store.requeue(task.id, 5, "w1", "node w1 lost") == "failed"
+
+    with_store(redis_server, tmp_path, body)

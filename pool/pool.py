@@ -506,8 +506,9 @@ class Pool:
             for t in queued
             if t not in self.scheduler.pending and t not in self.scheduler.allocations
         ]
+        settled = time.time() - 5  # newer ones may be between their Lua call and _enqueue
         for record in await self.tasks.by_ids(missing):
-            if record.status in keys.PENDING_STATES:
+            if record.status in keys.PENDING_STATES and record.submitted_at < settled:
                 log.warning("task %s was queued in Redis only: queueing it", record.id)
                 self._enqueue(record)
 

@@ -66,6 +66,8 @@ class TaskRun:
     timeout_seconds: int
     network: bool  # False: network_mode "none"
     input_bundle: bytes  # a zip, or b"" for none
+    # The GPUs the worker set aside for this task (indices or UUIDs); empty: any `gpus`.
+    gpu_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,11 @@ def container_options(task: TaskRun, node_id: str, pids_limit: int) -> dict[str,
     if task.memory_bytes > 0:
         options["mem_limit"] = task.memory_bytes
         options["memswap_limit"] = task.memory_bytes
-    if task.gpus > 0:
+    if task.gpu_ids:
+        options["device_requests"] = [
+            DeviceRequest(device_ids=list(task.gpu_ids), capabilities=[["gpu"]])
+        ]
+    elif task.gpus > 0:
         options["device_requests"] = [DeviceRequest(count=task.gpus, capabilities=[["gpu"]])]
     return options
 

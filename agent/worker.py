@@ -75,6 +75,8 @@ class Worker:
         self._draining: asyncio.Event | None = None
         self._halting: asyncio.Event | None = None
         self._jobs: set[asyncio.Task[None]] = set()
+        # GPUs not handed to a running task: each task gets its own devices.
+        self._free_gpus: list[str] = [g.uuid or str(g.index) for g in facts.gpus]
 
     # ---- control from other threads (signal handlers) ------------------------------------
 
@@ -274,6 +276,13 @@ class Worker:
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
+    def _take_gpus(self, count: int) -> tuple[str, ...]:
+        """Devices of its own for a task (the pool never books more GPUs than there are)."""
+        if count <= 0 or count > len(self._free_gpus):
+            return ()
+        taken, self._free_gpus = self._free_gpus[:count], self._free_gpus[count:]
+        return tuple(taken)
+
     async def _execute(self, assign: pb.Assign, running: RunningAttempt) -> None:
         loop = asyncio.get_running_loop()
         task_id, attempt = assign.task_id, assign.attempt
@@ -302,6 +311,7 @@ class Worker:
             timeout_seconds=assign.timeout_seconds,
             network=assign.network,
             input_bundle=assign.input_bundle,
+            gpu_ids=self._take_gpus(assign.resources.gpus),
         )
         try:
             outcome = await loop.run_in_executor(
@@ -327,6 +337,7 @@ class Worker:
             result.output_bundle = outcome.output_bundle
         else:
             result.exit_code = -1
+        self._free_gpus.extend(task.gpu_ids)
         del self.running[(task_id, attempt)]
         self.completed += 1
         self.unacknowledged[(task_id, attempt)] = result

@@ -39,7 +39,7 @@ from hivemind_cluster.pool.bundles import MAX_OUTPUT_BYTES
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.scheduler import Scheduler
+from hivemind_cluster.pool.scheduler import Scheduler, Worker
 from hivemind_cluster.pool.spec import check_submission
 from hivemind_cluster.pool.taskstore import LogRecord, TaskStore, check_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -159,11 +159,16 @@ class Pool:
         else:
             owner = caller.node_id
         spec = await asyncio.to_thread(check_submission, request, owner, self.settings)
-        if not self.scheduler.could_ever_fit(spec.request):
-            largest = self.scheduler.largest_worker()
+        members = await self._member_workers()
+        if members and not any(spec.request.fits_in(w.capacity) for w in members):
+            largest = Resources(
+                max(w.capacity.cpu_millis for w in members),
+                max(w.capacity.memory_bytes for w in members),
+                max(w.capacity.gpus for w in members),
+            )
             raise Unschedulable(
                 f"no node could ever run this task: it asks for {spec.request.describe()}, "
-                f"the largest node offers {largest.describe() if largest else 'nothing'}"
+                f"the largest node offers {largest.describe()}"
             )
 
         async def store_and_queue() -> TaskRecord:
@@ -174,6 +179,15 @@ class Pool:
 
         # Shielded: a caller that goes away mid-call must not leave a stored task unqueued.
         return await asyncio.shield(store_and_queue())
+
+    async def _member_workers(self) -> list[Worker]:
+        """Known workers that are still members (revoked and departed ones do not count)."""
+        workers = list(self.scheduler.workers.values())
+        pipe = self.db.pipeline(transaction=False)
+        for worker in workers:
+            pipe.hget(mesh_keys.NODE.format(id=worker.node_id), "state")
+        states = await pipe.execute() if workers else []
+        return [w for w, state in zip(workers, states, strict=True) if state == "active"]
 
     async def visible_task(self, caller: Caller, task_id: str) -> TaskRecord:
         record = await self.tasks.get(task_id)

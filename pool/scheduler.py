@@ -89,22 +89,6 @@ class Scheduler:
             worker.name, worker.capacity = name, capacity
         return worker
 
-    def largest_worker(self) -> Resources | None:
-        """Component-wise largest capacity of any known worker (None: no worker yet)."""
-        if not self.workers:
-            return None
-        return Resources(
-            max(w.capacity.cpu_millis for w in self.workers.values()),
-            max(w.capacity.memory_bytes for w in self.workers.values()),
-            max(w.capacity.gpus for w in self.workers.values()),
-        )
-
-    def could_ever_fit(self, request: Resources) -> bool:
-        """True when some known worker is big enough, or no worker is known yet."""
-        if not self.workers:
-            return True
-        return any(request.fits_in(w.capacity) for w in self.workers.values())
-
     # ---- queue ---------------------------------------------------------------------------
 
     def enqueue(self, task_id: str, score: float, attempt: int, request: Resources) -> None:

@@ -149,9 +149,11 @@ class Cluster:
         executor: Any,
         capacity: Resources = TWO_CPUS,
         drain_seconds: float = 5,
+        gpus: tuple[pb.Gpu, ...] = (),
     ) -> Worker:
         identity = await self.add_node(node_id, "worker")
-        worker = Worker(identity, executor, Facts(capacity, docker_available=True), drain_seconds)
+        facts = Facts(capacity, gpus=list(gpus), docker_available=True)
+        worker = Worker(identity, executor, facts, drain_seconds)
         self.workers[node_id] = (worker, asyncio.create_task(worker.run()))
         await self.until(lambda: node_id in self.sessions(), f"{node_id} connected")
         return worker

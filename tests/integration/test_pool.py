@@ -435,3 +435,52 @@ def test_registration_lists_finished_but_unacknowledged_attempts() -> None:
     worker.unacknowledged[("t000000000001", 2)] = pb.TaskResult(task_id="t000000000001")
     running = worker._registration().running
     assert [(r.task_id, r.attempt) for r in running] == [("t000000000001", 2)]
+
+
+def test_only_current_members_count_for_could_never_fit(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def body(cluster: Cluster) -> None:
+        assert cluster.pool is not None
+        await cluster.start_worker("big", ScriptedExecutor(echo), Resources(8000, 2 * GiB, 0))
+        await cluster.start_worker("small", ScriptedExecutor(echo), Resources(1000, 8 * GiB, 0))
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # no single worker has both
+            await stub.Submit(submit(["x"], cpu=4000, memory=4 * GiB))
+        assert "largest node offers 8 CPU, 8 GiB memory" in (refused.value.details() or "")
+        assert (await stub.Submit(submit(["x"], cpu=4000))).id
+        await cluster.pool.db.hset(mesh_keys.NODE.format(id="big"), "state", "revoked")
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.Submit(submit(["x"], cpu=4000))
+        assert "largest node offers 1 CPU" in (gone.value.details() or "")
+
+    run_in_cluster(redis_server, tmp_path, body)
+
+
+def test_each_gpu_task_gets_devices_of_its_own(redis_server: RedisServer, tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def hold(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        release.wait(10)
+        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+
+    async def body(cluster: Cluster) -> None:
+        executor = ScriptedExecutor(hold)
+        gpus = (pb.Gpu(index=0, uuid="GPU-a"), pb.Gpu(index=1, uuid="GPU-b"))
+        await cluster.start_worker("g", executor, Resources(4000, 8 * GiB, 2), gpus=gpus)
+        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        one_gpu = pb.SubmitRequest(
+            image="hivemind/busybox:latest",
+            command=["x"],
+            resources=pb.Resources(cpu_millis=1000, memory_bytes=256 << 20, gpus=1),
+        )
+        ids = [(await stub.Submit(one_gpu)).id for _ in range(3)]
+        await cluster.until(lambda: len(executor.started) == 2, "two GPU tasks running")
+        await asyncio.sleep(0.3)
+        assert sorted(t.gpu_ids for t in executor.started) == [("GPU-a",), ("GPU-b",)]
+        release.set()
+        for task_id in ids:
+            await cluster.wait_status(stub, task_id, {"succeeded"})
+        assert len(executor.started[2].gpu_ids) == 1  # the third got a freed device
+
+    run_in_cluster(redis_server, tmp_path, body)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hivemind_cluster.agent.executor import TaskRun, container_options
 from hivemind_cluster.agent.gpus import (
     MIB,
     NVIDIA_SMI_FIELDS,
@@ -69,3 +70,27 @@ def test_garbage_output_means_no_gpus(tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch,
     )
     assert detect_gpus() == []
+
+
+def test_a_task_gets_docker_device_requests_for_exactly_its_gpus() -> None:
+    task = TaskRun(
+        "t000000000001",
+        1,
+        "hivemind/busybox:latest",
+        [],
+        {},
+        1000,
+        64 << 20,
+        1,
+        5,
+        False,
+        b"",
+        gpu_ids=("GPU-b",),
+    )
+    (request,) = container_options(task, "n1", 64)["device_requests"]
+    assert request["DeviceIDs"] == ["GPU-b"] and request["Capabilities"] == [["gpu"]]
+    assert not request["Count"]
+    anywhere = container_options(
+        TaskRun("t1", 1, "i", [], {}, 1000, 64 << 20, 2, 5, False, b""), "n1", 64
+    )
+    assert anywhere["device_requests"][0]["Count"] == 2

@@ -87,15 +87,6 @@ def test_draining_and_disconnected_workers_get_nothing() -> None:
     assert [p.node_id for p in scheduler.place()] == ["w2"]
 
 
-def test_could_ever_fit_knows_the_largest_worker() -> None:
-    scheduler = Scheduler()
-    assert scheduler.could_ever_fit(cpu(64))  # no worker yet: accept and wait
-    scheduler = scheduler_with(cpu(2, 4 * GiB), cpu(8, GiB))
-    assert scheduler.could_ever_fit(cpu(8, GiB))
-    assert not scheduler.could_ever_fit(cpu(8, 4 * GiB))  # no single worker has both
-    assert scheduler.largest_worker() == cpu(8, 4 * GiB)
-
-
 def test_dequeue_removes_a_cancelled_task() -> None:
     scheduler = scheduler_with(cpu(1))
     scheduler.enqueue("a", 0, 1, cpu(1))

@@ -58,17 +58,21 @@ def connect_hub(settings: HubSettings) -> redis.Redis:
         ) from None
 
 
-# The Lua libraries, one per package: the mesh's (tokens, IPAM) and the pool's (tasks).
-LIBRARIES = ("hivemind_cluster.mesh", "hivemind_cluster.pool")
+# The Lua libraries: the mesh's (tokens, IPAM), the pool's (tasks) and the ledger's (CPT).
+LIBRARIES = (
+    ("hivemind_cluster.mesh", "redis_functions.lua"),
+    ("hivemind_cluster.pool", "redis_functions.lua"),
+    ("hivemind_cluster.pool", "ledger.lua"),
+)
 
 
-def library_code(package: str = "hivemind_cluster.mesh") -> str:
-    return resources.files(package).joinpath("redis_functions.lua").read_text()
+def library_code(package: str = "hivemind_cluster.mesh", name: str = "redis_functions.lua") -> str:
+    return resources.files(package).joinpath(name).read_text()
 
 
 def load_libraries(client: redis.Redis) -> None:
-    for package in LIBRARIES:
-        client.function_load(library_code(package), replace=True)
+    for package, name in LIBRARIES:
+        client.function_load(library_code(package, name), replace=True)
 
 
 def call(client: redis.Redis, function: str, keys: list[str], args: list[Any]) -> Any:

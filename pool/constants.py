@@ -35,3 +35,10 @@ READY = "ready"
 DRAINING = "draining"
 OFFLINE = "offline"
 NODE_LOST = "lost"
+
+# The CPT ledger (pool/ledger.lua).
+LEDGER_BALANCES = "hm:ledger:balances"  # hash: account -> balance in micro-CPT
+LEDGER_ACCOUNTS = "hm:ledger:accounts"  # hash: account -> JSON {kind, created_at}
+LEDGER_JOURNAL = "hm:ledger:journal"  # stream: time, from, to, amount, reason, task, key
+LEDGER_IDEMPOTENCY = "hm:ledger:idem"  # hash: idempotency key -> journal entry id
+LEDGER_SUPPLY = "hm:ledger:supply"  # string: total supply in micro-CPT (set once)

@@ -1,0 +1,214 @@
+"""The CPT ledger: accounts, transfers and the journal (pool/ledger.lua), and its audit.
+
+Amounts are integers of micro-CPT (1 CPT = 1,000,000 uCPT); no float ever touches a
+balance. The supply (1,000,000,000,000 CPT) is created once in the treasury; every
+account opened gets a grant from it. Each movement is one journal entry, applied in one
+Lua call together with both balance changes; replaying an idempotency key returns the
+original entry and changes nothing. ``audit`` recomputes every balance from the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import redis
+
+from hivemind_cluster.mesh import errors
+from hivemind_cluster.mesh.store import LuaErrors, lua_error
+from hivemind_cluster.pool import constants as keys
+
+MICRO = 1_000_000
+TOTAL_SUPPLY = 1_000_000_000_000 * MICRO
+REGISTRATION_GRANT = 150 * MICRO
+TREASURY = "treasury"
+ACCOUNT_KINDS = ("user", "worker", "project")
+MAX_AMOUNT = 10**18 - 1
+_ACCOUNT = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_LUA_ERRORS: LuaErrors = {
+    "INVALID": (errors.InvalidInput, "{detail}"),
+    "NO_ACCOUNT": (errors.NotFound, "no account {detail}"),
+    "INSUFFICIENT": (errors.Conflict, "insufficient balance in {detail}"),
+    "NO_SUPPLY": (errors.Conflict, "{detail} (start the hub once)"),
+}
+KEYS = [
+    keys.LEDGER_BALANCES,
+    keys.LEDGER_ACCOUNTS,
+    keys.LEDGER_JOURNAL,
+    keys.LEDGER_IDEMPOTENCY,
+    keys.LEDGER_SUPPLY,
+]
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    time: float
+    source: str
+    target: str
+    amount: int
+    reason: str
+    task: str
+    key: str
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Entry:
+        entry_id, flat = reply
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return cls(
+            id=str(entry_id),
+            time=float(fields["time"]),
+            source=fields["from"],
+            target=fields["to"],
+            amount=int(fields["amount"]),
+            reason=fields["reason"],
+            task=fields["task"],
+            key=fields["key"],
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "from": self.source,
+            "to": self.target,
+            "amount": self.amount,
+            "amount_cpt": format_cpt(self.amount),
+            "reason": self.reason,
+            "task": self.task,
+            "idempotency_key": self.key,
+        }
+
+
+def format_cpt(micro: int) -> str:
+    """``1500000`` → ``"1.5"``: CPT with up to 6 decimals, exact."""
+    whole, fraction = divmod(abs(micro), MICRO)
+    text = f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")
+    return ("-" if micro < 0 else "") + text
+
+
+def parse_cpt(text: str) -> int:
+    """``"1.5"`` → ``1500000``; more than 6 decimals, signs or garbage are refused."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise errors.InvalidInput(f"amount {text[:30]!r} is not a number of CPT") from None
+    micro = value * MICRO
+    if not value.is_finite() or micro != micro.to_integral_value():
+        raise errors.InvalidInput(f"amount {text[:30]!r} has more than 6 decimals")
+    if not 0 < micro <= MAX_AMOUNT:
+        raise errors.InvalidInput(f"amount {text[:30]!r} must be positive")
+    return int(micro)
+
+
+def check_account(name: str) -> str:
+    if not _ACCOUNT.match(name):
+        raise errors.InvalidInput(
+            f"account {name[:40]!r}: lowercase letters, digits and ._:- (up to 64)"
+        )
+    return name
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client: Any = client  # decode_responses=True; replies are untyped
+
+    def _call(self, function: str, args: list[Any]) -> Any:
+        try:
+            return self.client.fcall(function, len(KEYS), *KEYS, *args)
+        except redis.ResponseError as exc:
+            raise lua_error(exc, _LUA_ERRORS) from None
+
+    def genesis(self) -> int:
+        """Create the supply in the treasury, once."""
+        return int(self._call("hm_ledger_genesis", [TREASURY, TOTAL_SUPPLY, time.time()]))
+
+    def open_account(self, account: str, kind: str) -> Entry:
+        """Open an account with its registration grant (idempotent)."""
+        if kind not in ACCOUNT_KINDS:
+            raise errors.InvalidInput(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
+        reply = self._call(
+            "hm_ledger_open",
+            [check_account(account), kind, TREASURY, REGISTRATION_GRANT, time.time()],
+        )
+        return Entry.from_reply(reply)
+
+    def transfer(
+        self, source: str, target: str, amount: int, reason: str, key: str, task: str = ""
+    ) -> Entry:
+        if not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+            raise errors.InvalidInput("amount must be a positive integer of micro-CPT")
+        if not key or len(key) > 200:
+            raise errors.InvalidInput("an idempotency key of 1-200 characters is required")
+        reply = self._call(
+            "hm_ledger_transfer",
+            [source, target, str(amount), reason[:200], task[:64], key, time.time()],
+        )
+        return Entry.from_reply(reply)
+
+    def balance(self, account: str) -> int:
+        raw = self.client.hget(keys.LEDGER_BALANCES, account)
+        if raw is None:
+            raise errors.NotFound(f"no account {account}")
+        return int(str(raw))
+
+    def accounts(self) -> list[dict[str, Any]]:
+        kinds = self.client.hgetall(keys.LEDGER_ACCOUNTS)
+        balances = self.client.hgetall(keys.LEDGER_BALANCES)
+        return [
+            {
+                "account": name,
+                "kind": json.loads(meta)["kind"],
+                "balance": int(balances.get(name, 0)),
+                "balance_cpt": format_cpt(int(balances.get(name, 0))),
+            }
+            for name, meta in sorted(kinds.items())
+        ]
+
+    def journal(self, batch: int = 10_000) -> list[Entry]:
+        entries: list[Entry] = []
+        start = "-"
+        while True:
+            chunk = self.client.xrange(keys.LEDGER_JOURNAL, start, "+", count=batch)
+            entries.extend(Entry.from_reply([i, _flatten(f)]) for i, f in chunk)
+            if len(chunk) < batch:
+                return entries
+            start = "(" + chunk[-1][0]
+
+    def history(self, account: str, limit: int = 100) -> list[Entry]:
+        self.balance(account)
+        moves = [e for e in self.journal() if account in (e.source, e.target)]
+        return moves[-limit:]
+
+    def audit(self) -> dict[str, Any]:
+        """Recompute every balance from the journal and compare with the stored ones."""
+        supply = int(str(self.client.get(keys.LEDGER_SUPPLY) or 0))
+        entries = self.journal()
+        computed: dict[str, int] = {}
+        for entry in entries:
+            if entry.source:
+                computed[entry.source] = computed.get(entry.source, 0) - entry.amount
+            computed[entry.target] = computed.get(entry.target, 0) + entry.amount
+        stored = {k: int(v) for k, v in self.client.hgetall(keys.LEDGER_BALANCES).items()}
+        mismatched = sorted(
+            a for a in set(stored) | set(computed) if stored.get(a, 0) != computed.get(a, 0)
+        )
+        negative = sorted(a for a, v in stored.items() if v < 0)
+        total = sum(stored.values())
+        return {
+            "total_supply": supply,
+            "sum_of_balances": total,
+            "journal_entries": len(entries),
+            "accounts": len(stored),
+            "mismatched_accounts": mismatched,
+            "negative_accounts": negative,
+            "ok": supply == TOTAL_SUPPLY and total == supply and not mismatched and not negative,
+        }
+
+
+def _flatten(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]

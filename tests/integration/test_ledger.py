@@ -1,0 +1,205 @@
+"""The CPT ledger on a real Redis: conservation, no overdraft, idempotency, audit."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import random
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hivemind_cluster.mesh import errors, store
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.ledger import (
+    MICRO,
+    REGISTRATION_GRANT,
+    TOTAL_SUPPLY,
+    TREASURY,
+    Ledger,
+    format_cpt,
+    parse_cpt,
+)
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def ledger(client: redis.Redis) -> Ledger:
+    book = Ledger(client)
+    book.genesis()
+    return book
+
+
+def test_genesis_happens_once_and_accounts_get_their_grant(ledger: Ledger) -> None:
+    assert ledger.genesis() == TOTAL_SUPPLY
+    first = ledger.open_account("alice", "user")
+    again = ledger.open_account("alice", "user")
+    assert first == again and first.amount == REGISTRATION_GRANT == 150 * MICRO
+    assert ledger.balance("alice") == REGISTRATION_GRANT
+    assert ledger.balance(TREASURY) == TOTAL_SUPPLY - REGISTRATION_GRANT
+    assert ledger.audit()["ok"] is True
+
+
+def test_a_transfer_moves_exactly_and_an_overdraft_changes_nothing(ledger: Ledger) -> None:
+    ledger.open_account("alice", "user")
+    ledger.open_account("w1", "worker")
+    entry = ledger.transfer("alice", "w1", 1_500_000, "task t1", key="pay:t1", task="t1")
+    assert (entry.source, entry.target, entry.amount, entry.task) == (
+        "alice",
+        "w1",
+        1_500_000,
+        "t1",
+    )
+    assert ledger.balance("alice") == REGISTRATION_GRANT - 1_500_000
+    before = ledger.audit()
+    with pytest.raises(errors.Conflict, match="insufficient balance in alice"):
+        ledger.transfer("alice", "w1", REGISTRATION_GRANT, "too much", key="pay:t2")
+    assert ledger.audit() == before
+    assert ledger.balance("alice") == REGISTRATION_GRANT - 1_500_000
+
+
+def test_replaying_an_idempotency_key_returns_the_original_entry(ledger: Ledger) -> None:
+    ledger.open_account("alice", "user")
+    ledger.open_account("proj", "project")
+    first = ledger.transfer("alice", "proj", 10, "tip", key="tip:1")
+    replay = ledger.transfer("alice", "proj", 999, "tip again", key="tip:1")
+    assert replay == first
+    assert ledger.balance("proj") == REGISTRATION_GRANT + 10
+    assert ledger.audit()["journal_entries"] == 4  # genesis, two grants, one tip
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "amount", "error"),
+    [
+        ("alice", "nobody", 1, errors.NotFound),
+        ("nobody", "alice", 1, errors.NotFound),
+        ("alice", "alice", 1, errors.InvalidInput),
+        ("alice", "bob", 0, errors.InvalidInput),
+        ("alice", "bob", -5, errors.InvalidInput),
+        ("alice", "bob", 10**18, errors.InvalidInput),
+    ],
+)
+def test_bad_transfers_are_refused(
+    ledger: Ledger, source: str, target: str, amount: int, error: type[Exception]
+) -> None:
+    ledger.open_account("alice", "user")
+    ledger.open_account("bob", "user")
+    before = ledger.audit()
+    with pytest.raises(error):
+        ledger.transfer(source, target, amount, "bad", key=f"bad:{source}:{target}:{amount}")
+    assert ledger.audit() == before
+
+
+def test_the_audit_notices_a_balance_changed_behind_its_back(
+    ledger: Ledger, client: redis.Redis
+) -> None:
+    ledger.open_account("alice", "user")
+    client.hincrby(keys.LEDGER_BALANCES, "alice", 1)
+    report = ledger.audit()
+    assert report["ok"] is False and report["mismatched_accounts"] == ["alice"]
+    assert report["sum_of_balances"] == TOTAL_SUPPLY + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "micro"), [("1", MICRO), ("1.5", 1_500_000), ("0.000001", 1), ("150", 150 * MICRO)]
+)
+def test_cpt_amounts_parse_and_format_exactly(text: str, micro: int) -> None:
+    assert parse_cpt(text) == micro
+    assert format_cpt(micro) == text
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "0.0000001", "abc", "1e400", "NaN", ""])
+def test_bad_cpt_amounts_are_refused(text: str) -> None:
+    with pytest.raises(errors.InvalidInput):
+        parse_cpt(text)
+
+
+ACCOUNTS = [f"acct{n}" for n in range(6)]
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), st.sampled_from(ACCOUNTS)),
+        st.tuples(
+            st.just("transfer"),
+            st.sampled_from(ACCOUNTS),
+            st.sampled_from(ACCOUNTS),
+            st.integers(min_value=1, max_value=400 * MICRO),
+            st.integers(min_value=0, max_value=15),  # idempotency keys repeat: duplicates
+        ),
+    ),
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=operations)
+def test_any_sequence_conserves_supply_and_never_overdraws(
+    redis_server: RedisServer, ops: list[tuple[Any, ...]]
+) -> None:
+    client = store.connect(redis_server.bind, redis_server.port, redis_server.password)
+    client.flushall()
+    book = Ledger(client)
+    book.genesis()
+    expected = {TREASURY: TOTAL_SUPPLY}
+    seen_keys: set[str] = set()
+    for op in ops:
+        if op[0] == "open":
+            name = str(op[1])
+            book.open_account(name, "user")
+            if name not in expected:
+                expected[name] = REGISTRATION_GRANT
+                expected[TREASURY] -= REGISTRATION_GRANT
+            continue
+        _, source, target, amount, key_number = op
+        key = f"k{key_number}"
+        try:
+            book.transfer(str(source), str(target), int(amount), "random", key=key)
+        except (errors.Conflict, errors.NotFound, errors.InvalidInput):
+            continue
+        if key not in seen_keys:
+            seen_keys.add(key)
+            expected[str(source)] -= int(amount)
+            expected[str(target)] = expected.get(str(target), 0) + int(amount)
+    report = book.audit()
+    assert report["ok"], report
+    assert {a["account"]: a["balance"] for a in book.accounts()} == expected
+    assert all(balance >= 0 for balance in expected.values())
+    client.close()
+
+
+def _hammer(address: tuple[str, int, str], worker: int, count: int) -> None:
+    client = store.connect(*address)
+    book = Ledger(client)
+    chance = random.Random(worker)
+    for n in range(count):
+        source, target = chance.sample(range(50), 2)
+        amount = chance.randint(1, 60 * MICRO)
+        with contextlib.suppress(errors.Conflict):  # insufficient: refused, nothing changed
+            book.transfer(f"a{source}", f"a{target}", amount, "stress", key=f"s{worker}:{n}")
+    client.close()
+
+
+def test_eight_processes_of_random_transfers_conserve_everything(
+    ledger: Ledger, redis_server: RedisServer
+) -> None:
+    for n in range(50):
+        ledger.open_account(f"a{n}", "user")
+    address = (redis_server.bind, redis_server.port, redis_server.password)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_hammer, args=(address, w, 1000)) for w in range(8)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    report = ledger.audit()
+    assert report["ok"], report
+    assert report["sum_of_balances"] == TOTAL_SUPPLY
+    assert all(a["balance"] >= 0 for a in ledger.accounts())
+    assert report["journal_entries"] > 1 + 50 + 1000  # most transfers went through

@@ -53,6 +53,11 @@ class HubSettings:
     allow_task_network: bool = False
     # Output a task attempt may stream to the pool; the rest is dropped, marked truncated.
     log_cap_bytes: int = 4 * 1024 * 1024
+    # The rate card, in micro-CPT (1 CPT = 1,000,000): per CPU-second, per GB-second of
+    # memory, per GPU-second. A 1-CPU, 512 MiB task running an hour costs about 0.45 CPT.
+    rate_cpu_second: int = 100
+    rate_gb_second: int = 50
+    rate_gpu_second: int = 2000
 
     @property
     def network(self) -> ipaddress.IPv4Network:

@@ -41,7 +41,8 @@ local function transfer(keys, from, to, amount, reason, task, key, now)
   return entry_fields(keys[3], entry_id)
 end
 
--- ARGV: treasury, supply, now. Creates the supply once; later calls change nothing.
+-- ARGV: treasury, supply, now, escrow. Creates the supply in the treasury, and the empty
+-- escrow account that holds submitted tasks' price caps, once; later calls change nothing.
 redis.register_function('hm_ledger_genesis', function(keys, args)
   if redis.call('EXISTS', keys[5]) == 1 then
     return redis.call('GET', keys[5])
@@ -49,6 +50,8 @@ redis.register_function('hm_ledger_genesis', function(keys, args)
   redis.call('SET', keys[5], args[2])
   redis.call('HSET', keys[2], args[1], cjson.encode({kind = 'treasury', created_at = args[3]}))
   redis.call('HSET', keys[1], args[1], args[2])
+  redis.call('HSET', keys[2], args[4], cjson.encode({kind = 'escrow', created_at = args[3]}))
+  redis.call('HSET', keys[1], args[4], '0')
   local entry_id = redis.call('XADD', keys[3], '*', 'time', args[3], 'from', '', 'to', args[1],
     'amount', args[2], 'reason', 'genesis', 'task', '', 'key', 'genesis')
   redis.call('HSET', keys[4], 'genesis', entry_id)

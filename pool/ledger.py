@@ -26,7 +26,7 @@ MICRO = 1_000_000
 TOTAL_SUPPLY = 1_000_000_000_000 * MICRO
 REGISTRATION_GRANT = 150 * MICRO
 TREASURY = "treasury"
-ACCOUNT_KINDS = ("user", "worker", "project")
+ACCOUNT_KINDS = ("user", "worker", "project")  # treasury and escrow exist from genesis
 MAX_AMOUNT = 10**18 - 1
 _ACCOUNT = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _LUA_ERRORS: LuaErrors = {
@@ -113,7 +113,46 @@ def check_account(name: str) -> str:
     return name
 
 
+ESCROW = "escrow"
+
+
+def _genesis_args() -> tuple[str, list[Any]]:
+    return "hm_ledger_genesis", [TREASURY, TOTAL_SUPPLY, time.time(), ESCROW]
+
+
+def _open_args(account: str, kind: str) -> tuple[str, list[Any]]:
+    if kind not in ACCOUNT_KINDS:
+        raise errors.InvalidInput(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
+    return "hm_ledger_open", [
+        check_account(account),
+        kind,
+        TREASURY,
+        REGISTRATION_GRANT,
+        time.time(),
+    ]
+
+
+def _transfer_args(
+    source: str, target: str, amount: int, reason: str, key: str, task: str
+) -> tuple[str, list[Any]]:
+    if not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+        raise errors.InvalidInput("amount must be a positive integer of micro-CPT")
+    if not key or len(key) > 200:
+        raise errors.InvalidInput("an idempotency key of 1-200 characters is required")
+    return "hm_ledger_transfer", [
+        source,
+        target,
+        str(amount),
+        reason[:200],
+        task[:64],
+        key,
+        time.time(),
+    ]
+
+
 class Ledger:
+    """The ledger over a synchronous Redis client (CLI, tests, benchmarks)."""
+
     def __init__(self, client: redis.Redis) -> None:
         self.client: Any = client  # decode_responses=True; replies are untyped
 
@@ -124,31 +163,18 @@ class Ledger:
             raise lua_error(exc, _LUA_ERRORS) from None
 
     def genesis(self) -> int:
-        """Create the supply in the treasury, once."""
-        return int(self._call("hm_ledger_genesis", [TREASURY, TOTAL_SUPPLY, time.time()]))
+        """Create the supply in the treasury (and the escrow account), once."""
+        return int(self._call(*_genesis_args()))
 
     def open_account(self, account: str, kind: str) -> Entry:
         """Open an account with its registration grant (idempotent)."""
-        if kind not in ACCOUNT_KINDS:
-            raise errors.InvalidInput(f"account kind must be one of {', '.join(ACCOUNT_KINDS)}")
-        reply = self._call(
-            "hm_ledger_open",
-            [check_account(account), kind, TREASURY, REGISTRATION_GRANT, time.time()],
-        )
-        return Entry.from_reply(reply)
+        return Entry.from_reply(self._call(*_open_args(account, kind)))
 
     def transfer(
         self, source: str, target: str, amount: int, reason: str, key: str, task: str = ""
     ) -> Entry:
-        if not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
-            raise errors.InvalidInput("amount must be a positive integer of micro-CPT")
-        if not key or len(key) > 200:
-            raise errors.InvalidInput("an idempotency key of 1-200 characters is required")
-        reply = self._call(
-            "hm_ledger_transfer",
-            [source, target, str(amount), reason[:200], task[:64], key, time.time()],
-        )
-        return Entry.from_reply(reply)
+        call = _transfer_args(source, target, amount, reason, key, task)
+        return Entry.from_reply(self._call(*call))
 
     def balance(self, account: str) -> int:
         raw = self.client.hget(keys.LEDGER_BALANCES, account)
@@ -212,3 +238,51 @@ class Ledger:
 
 def _flatten(fields: dict[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
+
+
+class AsyncLedger:
+    """The same operations for the pool's asyncio Redis client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client  # redis.asyncio, decode_responses=True
+
+    async def _call(self, function: str, args: list[Any]) -> Any:
+        try:
+            return await self.client.fcall(function, len(KEYS), *KEYS, *args)
+        except redis.ResponseError as exc:
+            raise lua_error(exc, _LUA_ERRORS) from None
+
+    async def genesis(self) -> int:
+        return int(await self._call(*_genesis_args()))
+
+    async def open_account(self, account: str, kind: str) -> Entry:
+        return Entry.from_reply(await self._call(*_open_args(account, kind)))
+
+    async def transfer(
+        self, source: str, target: str, amount: int, reason: str, key: str, task: str = ""
+    ) -> Entry:
+        call = _transfer_args(source, target, amount, reason, key, task)
+        return Entry.from_reply(await self._call(*call))
+
+    async def balance(self, account: str) -> int:
+        raw = await self.client.hget(keys.LEDGER_BALANCES, account)
+        if raw is None:
+            raise errors.NotFound(f"no account {account}")
+        return int(raw)
+
+    async def kind(self, account: str) -> str:
+        raw = await self.client.hget(keys.LEDGER_ACCOUNTS, account)
+        if raw is None:
+            raise errors.NotFound(f"no account {account}")
+        return str(json.loads(raw)["kind"])
+
+    async def history(self, account: str, limit: int) -> list[Entry]:
+        """The account's most recent movements (scans the newest 10,000 journal entries)."""
+        await self.balance(account)
+        found: list[Entry] = []
+        for entry_id, fields in await self.client.xrevrange(keys.LEDGER_JOURNAL, count=10_000):
+            if account in (fields["from"], fields["to"]):
+                found.append(Entry.from_reply([entry_id, _flatten(fields)]))
+                if len(found) >= limit:
+                    break
+        return found[::-1]

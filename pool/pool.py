@@ -34,14 +34,17 @@ from hivemind_cluster.mesh.errors import (
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import registry
+from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.bundles import MAX_OUTPUT_BYTES
+from hivemind_cluster.pool.ledger import MAX_AMOUNT, AsyncLedger
+from hivemind_cluster.pool.pricing import RateCard
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler, Worker
 from hivemind_cluster.pool.spec import check_submission
-from hivemind_cluster.pool.taskstore import LogRecord, TaskStore, check_task_id
+from hivemind_cluster.pool.taskstore import LogRecord, TaskStore, check_task_id, new_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
 log = logging.getLogger("hivemind.pool")
@@ -68,6 +71,9 @@ class Pool:
         self.db = db
         self.raw_db = raw_db
         self.tasks = TaskStore(db, data_dir, settings.log_cap_bytes)
+        self.rates = RateCard.from_settings(settings)
+        self.ledger = AsyncLedger(db)
+        self.accounting = Accounting(self.ledger, self.rates, self.tasks)
         self.scheduler = Scheduler()
         self.sessions: dict[str, AgentSession] = {}
         self.last_seen: dict[str, float] = {}  # node id -> monotonic time it was last heard
@@ -113,6 +119,7 @@ class Pool:
         await self.raw_db.aclose()
 
     async def start(self) -> None:
+        await self.accounting.start()
         await self.restore()
         for loop in (self._schedule_forever, self._reap_forever, self._flush_forever):
             self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
@@ -171,14 +178,24 @@ class Pool:
                 f"the largest node offers {largest.describe()}"
             )
 
-        async def store_and_queue() -> TaskRecord:
-            record = await self.tasks.submit(spec, request.input_bundle, request.idempotency_key)
+        if request.max_cost < 0 or request.max_cost > MAX_AMOUNT:
+            raise InvalidInput("max cost must be a positive number of micro-CPT")
+        price_cap = request.max_cost or self.rates.price_cap(spec.request, spec.timeout_seconds)
+        task_id = new_task_id()
+
+        async def pay_store_and_queue() -> TaskRecord:
+            await self.accounting.hold(owner, task_id, price_cap)
+            record = await self.tasks.submit(
+                spec, request.input_bundle, request.idempotency_key, task_id, price_cap
+            )
+            if record.id != task_id:  # an earlier submission with this key: not a new task
+                await self.accounting.give_back(owner, task_id, price_cap)
             if record.status in keys.PENDING_STATES:
                 self._enqueue(record)
             return record
 
-        # Shielded: a caller that goes away mid-call must not leave a stored task unqueued.
-        return await asyncio.shield(store_and_queue())
+        # Shielded: a caller that goes away mid-call must not leave money or a task halfway.
+        return await asyncio.shield(pay_store_and_queue())
 
     async def _member_workers(self) -> list[Worker]:
         """Known workers that are still members (revoked and departed ones do not count)."""
@@ -207,6 +224,7 @@ class Pool:
         if state == keys.CANCELLED:
             self.scheduler.dequeue(task_id)
             self.queued.pop(task_id, None)
+            await self._settle(task_id)
         else:
             session = self.sessions.get(node_id)
             if session is not None:
@@ -259,6 +277,7 @@ class Pool:
         session = AgentSession(caller, register)
         worker = self.scheduler.upsert_worker(caller.node_id, caller.name, capacity)
         await registry.save_registration(self.db, session, capacity)
+        await self.accounting.open(caller.node_id, "worker")
         reported = {(r.task_id, r.attempt) for r in register.running}
         recognised = set()
         for record in await self.tasks.on_node(caller.node_id):
@@ -369,8 +388,17 @@ class Pool:
         )
         if status in keys.PENDING_STATES:
             self._enqueue(await self.tasks.get(result.task_id))
+        else:
+            await self._settle(result.task_id)
         log.info("task %s attempt %d: %s", result.task_id, result.attempt, status)
         self.wake.set()
+
+    async def _settle(self, task_id: str) -> None:
+        """Settle an ended task now; if that fails, the next pool start finishes it."""
+        try:
+            await self.accounting.settle(task_id)
+        except Exception:
+            log.exception("task %s: settlement failed; retried at the next start", task_id)
 
     # ---- scheduling ----------------------------------------------------------------------
 
@@ -439,6 +467,8 @@ class Pool:
         log.warning("task %s attempt %d: %s; now %s", record.id, record.attempt, reason, status)
         if status in keys.PENDING_STATES:
             self._enqueue(await self.tasks.get(record.id))
+        else:
+            await self._settle(record.id)
 
     async def lose(self, node_id: str, only_if_silent: bool = False) -> None:
         """Requeue the worker's attempts and stop scheduling on it (silent, or revoked)."""
@@ -499,6 +529,7 @@ class Pool:
                 with contextlib.suppress(StaleAttempt):
                     await self.tasks.finish(node_id, overdue)
                 self._forget_attempt(task_id, attempt)
+                await self._settle(task_id)
             else:
                 reason = f"not started {START_DEADLINE}s after it was assigned to {node_id}"
                 record = await self.tasks.get(task_id)

@@ -64,6 +64,9 @@ class TaskRecord:
     output: str = ""
     output_bytes: int = 0
     bundle_bytes: int = 0
+    price_cap: int = 0
+    cost: int = 0
+    settled: bool = False
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
@@ -96,6 +99,9 @@ class TaskRecord:
             output=raw.get("output", ""),
             output_bytes=int(raw.get("output_bytes") or 0),
             bundle_bytes=int(raw.get("bundle_bytes") or 0),
+            price_cap=int(raw.get("price_cap") or 0),
+            cost=int(raw.get("cost") or 0),
+            settled=raw.get("settled") == "1",
         )
 
     def to_proto(
@@ -141,6 +147,9 @@ class TaskRecord:
                 for a in attempts or []
             ],
             output_bytes=self.output_bytes,
+            price_cap=self.price_cap,
+            cost=self.cost,
+            settled=self.settled,
         )
 
 

@@ -16,11 +16,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied
 from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.auth import PoolAuthorizer, current_caller
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, Entry, check_account
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
@@ -118,6 +119,58 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.NodeList:
         return pb.NodeList(nodes=await self.pool.nodes())
+
+    async def Balance(self, request: pb.AccountRef, context: Context) -> pb.AccountBalance:
+        account = own_account(request.account)
+        ledger = self.pool.ledger
+        if account == current_caller().node_id:
+            await ledger.open_account(account, "user")  # every member starts with its grant
+        return pb.AccountBalance(
+            account=account, kind=await ledger.kind(account), balance=await ledger.balance(account)
+        )
+
+    async def History(self, request: pb.HistoryRequest, context: Context) -> pb.LedgerEntries:
+        limit = request.limit or 100
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        entries = await self.pool.ledger.history(own_account(request.account), limit)
+        return pb.LedgerEntries(entries=[entry_message(e) for e in entries])
+
+    async def Tip(self, request: pb.TipRequest, context: Context) -> pb.LedgerEntry:
+        caller = current_caller()
+        if request.source and request.source != caller.node_id and caller.role != "hub":
+            raise PermissionDenied("only the hub may tip from another account")
+        entry = await self.pool.accounting.tip(
+            request.source or caller.node_id,
+            check_account(request.project),
+            request.amount,
+            request.idempotency_key[:100],
+        )
+        return entry_message(entry)
+
+    async def GetRateCard(self, request: pb.RateCardRequest, context: Context) -> pb.RateCard:
+        return self.pool.rates.to_proto(REGISTRATION_GRANT)
+
+
+def own_account(account: str) -> str:
+    """The caller's own account, or any account for the hub."""
+    caller = current_caller()
+    if account and account != caller.node_id and caller.role != "hub":
+        raise PermissionDenied("only the hub may look at another account")
+    return check_account(account or caller.node_id)
+
+
+def entry_message(entry: Entry) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        id=entry.id,
+        time=entry.time,
+        source=entry.source,
+        target=entry.target,
+        amount=entry.amount,
+        reason=entry.reason,
+        task=entry.task,
+        idempotency_key=entry.key,
+    )
 
 
 async def create_server(

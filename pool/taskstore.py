@@ -87,12 +87,24 @@ class TaskStore:
 
     # ---- submission and queries ----------------------------------------------------------
 
-    async def submit(self, spec: TaskSpec, bundle: bytes, idempotency_key: str = "") -> TaskRecord:
-        task_id = new_task_id()
+    async def submit(
+        self,
+        spec: TaskSpec,
+        bundle: bytes,
+        idempotency_key: str = "",
+        task_id: str = "",
+        price_cap: int = 0,
+    ) -> TaskRecord:
+        """Store and queue a task; with a known idempotency key, the earlier task instead."""
+        task_id = task_id or new_task_id()
         if bundle:
             directory = self.data_dir / task_id
             await asyncio.to_thread(_write_file, directory / INPUT_FILE, bundle)
-        fields = {**spec_fields(spec), "submitted_at": repr(time.time())}
+        fields = {
+            **spec_fields(spec),
+            "submitted_at": repr(time.time()),
+            "price_cap": str(price_cap),
+        }
         key_list = [keys.TASK.format(id=task_id), keys.QUEUE, keys.TASKS, keys.TASK_SEQ]
         if idempotency_key:
             key_list.append(keys.IDEMPOTENCY.format(owner=spec.owner, key=idempotency_key))
@@ -220,6 +232,21 @@ class TaskStore:
                 (self.data_dir / result.task_id / output_name).unlink(missing_ok=True)
             raise
         return status
+
+    async def mark_settled(self, task_id: str, cost: int) -> None:
+        await self.db.hset(keys.TASK.format(id=task_id), mapping={"settled": 1, "cost": cost})
+
+    async def unsettled(self) -> list[str]:
+        """Ended tasks whose escrow has not been settled yet (after a crash, say)."""
+        ids = await self.db.zrange(keys.TASKS, 0, -1)
+        pipe = self.db.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hmget(keys.TASK.format(id=task_id), ["status", "settled"])
+        return [
+            task_id
+            for task_id, (status, settled) in zip(ids, await pipe.execute(), strict=True)
+            if status in keys.FINAL_STATES and settled != "1"
+        ]
 
     async def requeue(self, task_id: str, attempt: int, node_id: str, reason: str) -> str:
         task, queue, attempts, logs = self._task_keys(task_id)

@@ -595,6 +595,7 @@ class SubmitRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    MAX_COST_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """default: the Python image when the bundle has main.py"""
     timeout_seconds: _builtins.int
@@ -610,6 +611,8 @@ class SubmitRequest(_message.Message):
     owner: _builtins.str
     """only the hub may submit on behalf of someone else"""
     idempotency_key: _builtins.str
+    max_cost: _builtins.int
+    """micro-CPT held in escrow; 0: computed from the rate card"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -633,10 +636,11 @@ class SubmitRequest(_message.Message):
         name: _builtins.str = ...,
         owner: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        max_cost: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "input_bundle", b"input_bundle", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "owner", b"owner", "priority", b"priority", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "input_bundle", b"input_bundle", "max_attempts", b"max_attempts", "max_cost", b"max_cost", "name", b"name", "network", b"network", "owner", b"owner", "priority", b"priority", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -723,6 +727,9 @@ class Task(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    PRICE_CAP_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -743,6 +750,11 @@ class Task(_message.Message):
     network: _builtins.bool
     cancel_requested: _builtins.bool
     output_bytes: _builtins.int
+    price_cap: _builtins.int
+    """micro-CPT held in escrow at submission"""
+    cost: _builtins.int
+    """micro-CPT paid to the worker (once settled)"""
+    settled: _builtins.bool
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -778,10 +790,13 @@ class Task(_message.Message):
         cancel_requested: _builtins.bool = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         output_bytes: _builtins.int = ...,
+        price_cap: _builtins.int = ...,
+        cost: _builtins.int = ...,
+        settled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "command", b"command", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "owner", b"owner", "priority", b"priority", "resources", b"resources", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1033,3 +1048,213 @@ class NodeList(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeList: _TypeAlias = NodeList  # noqa: Y015
+
+@_typing.final
+class AccountRef(_message.Message):
+    """---- ledger --------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    """empty: the caller's own account"""
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountRef: _TypeAlias = AccountRef  # noqa: Y015
+
+@_typing.final
+class AccountBalance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    kind: _builtins.str
+    balance: _builtins.int
+    """micro-CPT"""
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        balance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountBalance: _TypeAlias = AccountBalance  # noqa: Y015
+
+@_typing.final
+class HistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    """empty: the caller's own account"""
+    limit: _builtins.int
+    """0: 100"""
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryRequest: _TypeAlias = HistoryRequest  # noqa: Y015
+
+@_typing.final
+class LedgerEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    time: _builtins.float
+    source: _builtins.str
+    target: _builtins.str
+    amount: _builtins.int
+    """micro-CPT"""
+    reason: _builtins.str
+    task: _builtins.str
+    idempotency_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        time: _builtins.float = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        task: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "id", b"id", "idempotency_key", b"idempotency_key", "reason", b"reason", "source", b"source", "target", b"target", "task", b"task", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class LedgerEntries(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerEntries: _TypeAlias = LedgerEntries  # noqa: Y015
+
+@_typing.final
+class TipRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    amount: _builtins.int
+    """micro-CPT"""
+    idempotency_key: _builtins.str
+    """empty: a new tip each call"""
+    source: _builtins.str
+    """only the hub may tip from another account"""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "idempotency_key", b"idempotency_key", "project", b"project", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TipRequest: _TypeAlias = TipRequest  # noqa: Y015
+
+@_typing.final
+class RateCardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateCardRequest: _TypeAlias = RateCardRequest  # noqa: Y015
+
+@_typing.final
+class RateCard(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_SECOND_FIELD_NUMBER: _builtins.int
+    GB_SECOND_FIELD_NUMBER: _builtins.int
+    GPU_SECOND_FIELD_NUMBER: _builtins.int
+    REGISTRATION_GRANT_FIELD_NUMBER: _builtins.int
+    cpu_second: _builtins.int
+    """micro-CPT per CPU-second"""
+    gb_second: _builtins.int
+    """micro-CPT per GB-second of memory"""
+    gpu_second: _builtins.int
+    """micro-CPT per GPU-second"""
+    registration_grant: _builtins.int
+    def __init__(
+        self,
+        *,
+        cpu_second: _builtins.int = ...,
+        gb_second: _builtins.int = ...,
+        gpu_second: _builtins.int = ...,
+        registration_grant: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_second", b"cpu_second", "gb_second", b"gb_second", "gpu_second", b"gpu_second", "registration_grant", b"registration_grant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateCard: _TypeAlias = RateCard  # noqa: Y015

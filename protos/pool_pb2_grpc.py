@@ -141,6 +141,26 @@ class TasksStub:
                 request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.NodeList.FromString,
                 _registered_method=True)
+        self.Balance = channel.unary_unary(
+                '/hivemind.pool.Tasks/Balance',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountRef.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/hivemind.pool.Tasks/History',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LedgerEntries.FromString,
+                _registered_method=True)
+        self.Tip = channel.unary_unary(
+                '/hivemind.pool.Tasks/Tip',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.TipRequest.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LedgerEntry.FromString,
+                _registered_method=True)
+        self.GetRateCard = channel.unary_unary(
+                '/hivemind.pool.Tasks/GetRateCard',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.RateCardRequest.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.RateCard.FromString,
+                _registered_method=True)
 
 
 class TasksServicer:
@@ -188,6 +208,30 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Balance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tip(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRateCard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +269,26 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.ListNodesRequest.FromString,
                     response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.NodeList.SerializeToString,
+            ),
+            'Balance': grpc.unary_unary_rpc_method_handler(
+                    servicer.Balance,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountRef.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.HistoryRequest.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LedgerEntries.SerializeToString,
+            ),
+            'Tip': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tip,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.TipRequest.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LedgerEntry.SerializeToString,
+            ),
+            'GetRateCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRateCard,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.RateCardRequest.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.RateCard.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,6 +480,114 @@ class Tasks:
             '/hivemind.pool.Tasks/ListNodes',
             hivemind__cluster_dot_protos_dot_pool__pb2.ListNodesRequest.SerializeToString,
             hivemind__cluster_dot_protos_dot_pool__pb2.NodeList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Balance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Tasks/Balance',
+            hivemind__cluster_dot_protos_dot_pool__pb2.AccountRef.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Tasks/History',
+            hivemind__cluster_dot_protos_dot_pool__pb2.HistoryRequest.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.LedgerEntries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Tasks/Tip',
+            hivemind__cluster_dot_protos_dot_pool__pb2.TipRequest.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.LedgerEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRateCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Tasks/GetRateCard',
+            hivemind__cluster_dot_protos_dot_pool__pb2.RateCardRequest.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.RateCard.FromString,
             options,
             channel_credentials,
             insecure,

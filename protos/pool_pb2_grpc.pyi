@@ -66,6 +66,10 @@ class TasksStub:
     StreamLogs: _grpc.UnaryStreamMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogEntry]
     FetchResult: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]
+    Balance: _grpc.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]
+    History: _grpc.UnaryUnaryMultiCallable[_pool_pb2.HistoryRequest, _pool_pb2.LedgerEntries]
+    Tip: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TipRequest, _pool_pb2.LedgerEntry]
+    GetRateCard: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RateCardRequest, _pool_pb2.RateCard]
 
 @_typing.type_check_only
 class TasksAsyncStub(TasksStub):
@@ -77,6 +81,10 @@ class TasksAsyncStub(TasksStub):
     StreamLogs: _aio.UnaryStreamMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogEntry]  # type: ignore[assignment]
     FetchResult: _aio.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]  # type: ignore[assignment]
+    Balance: _aio.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]  # type: ignore[assignment]
+    History: _aio.UnaryUnaryMultiCallable[_pool_pb2.HistoryRequest, _pool_pb2.LedgerEntries]  # type: ignore[assignment]
+    Tip: _aio.UnaryUnaryMultiCallable[_pool_pb2.TipRequest, _pool_pb2.LedgerEntry]  # type: ignore[assignment]
+    GetRateCard: _aio.UnaryUnaryMultiCallable[_pool_pb2.RateCardRequest, _pool_pb2.RateCard]  # type: ignore[assignment]
 
 class TasksServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -127,5 +135,33 @@ class TasksServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.NodeList, _abc.Awaitable[_pool_pb2.NodeList]]: ...
+
+    @_abc_1.abstractmethod
+    def Balance(
+        self,
+        request: _pool_pb2.AccountRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.AccountBalance, _abc.Awaitable[_pool_pb2.AccountBalance]]: ...
+
+    @_abc_1.abstractmethod
+    def History(
+        self,
+        request: _pool_pb2.HistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.LedgerEntries, _abc.Awaitable[_pool_pb2.LedgerEntries]]: ...
+
+    @_abc_1.abstractmethod
+    def Tip(
+        self,
+        request: _pool_pb2.TipRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.LedgerEntry, _abc.Awaitable[_pool_pb2.LedgerEntry]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRateCard(
+        self,
+        request: _pool_pb2.RateCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.RateCard, _abc.Awaitable[_pool_pb2.RateCard]]: ...
 
 def add_TasksServicer_to_server(servicer: TasksServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,97 @@
+"""Money around tasks: escrow at submission, settlement once a task has ended, tips.
+
+Every movement has an idempotency key derived from the task (``escrow:<task>``,
+``pay:<task>``, ``refund:<task>``), so settling twice, or again after a crash, changes
+nothing: whatever retries, lost workers, duplicate results or restarts happen, a task is
+paid for exactly once. The pool settles a task when it sees it end, and at start settles
+every ended task not marked settled (a crash between the two transfers is finished then).
+
+Policy: the worker that ran the final attempt is paid the cost of its measured usage (at
+most the price cap) — also when the task failed, timed out or was cancelled while running
+(usage up to the stop). Attempts lost with their node, or interrupted by a draining agent,
+are not paid. The rest of the price cap goes back to the submitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from hivemind_cluster.mesh import errors
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.ledger import ESCROW, AsyncLedger, Entry, format_cpt
+from hivemind_cluster.pool.pricing import RateCard
+from hivemind_cluster.pool.taskstore import TaskStore
+
+log = logging.getLogger("hivemind.pool.accounting")
+
+
+class Accounting:
+    def __init__(self, ledger: AsyncLedger, rates: RateCard, tasks: TaskStore) -> None:
+        self.ledger = ledger
+        self.rates = rates
+        self.tasks = tasks
+
+    async def start(self) -> None:
+        """Create the supply once, then finish every settlement a crash interrupted."""
+        await self.ledger.genesis()
+        for task_id in await self.tasks.unsettled():
+            await self.settle(task_id)
+
+    async def open(self, account: str, kind: str) -> None:
+        await self.ledger.open_account(account, kind)
+
+    async def hold(self, owner: str, task_id: str, price_cap: int) -> None:
+        """Move a task's price cap from its submitter into escrow, or refuse the task."""
+        await self.ledger.open_account(owner, "user")
+        try:
+            await self.ledger.transfer(
+                owner, ESCROW, price_cap, f"escrow for task {task_id}", f"escrow:{task_id}", task_id
+            )
+        except errors.Conflict:
+            balance = await self.ledger.balance(owner)
+            raise errors.Conflict(
+                f"insufficient balance: the task's price cap is {format_cpt(price_cap)} CPT, "
+                f"{owner} has {format_cpt(balance)} CPT"
+            ) from None
+
+    async def give_back(self, owner: str, task_id: str, price_cap: int) -> None:
+        """Return an escrow whose task was not created (an idempotent resubmission)."""
+        await self.ledger.transfer(
+            ESCROW, owner, price_cap, f"task {task_id} not created", f"refund:{task_id}", task_id
+        )
+
+    async def settle(self, task_id: str) -> int:
+        """Pay the worker and refund the submitter for an ended task; returns the cost."""
+        record = await self.tasks.get(task_id)
+        if record.status not in keys.FINAL_STATES or record.settled:
+            return record.cost
+        attempts = await self.tasks.attempts(task_id)
+        final = attempts[-1] if attempts else {}
+        worker = str(final.get("node_id", "")) if final.get("status") in keys.FINAL_STATES else ""
+        cost = min(self.rates.cost(record.usage), record.price_cap) if worker else 0
+        if cost > 0:
+            await self.ledger.open_account(worker, "worker")
+            await self.ledger.transfer(
+                ESCROW, worker, cost, f"task {task_id} ({record.status})", f"pay:{task_id}", task_id
+            )
+        if record.price_cap - cost > 0:
+            await self.ledger.transfer(
+                ESCROW,
+                record.owner,
+                record.price_cap - cost,
+                f"task {task_id}: unused price cap",
+                f"refund:{task_id}",
+                task_id,
+            )
+        await self.tasks.mark_settled(task_id, cost)
+        log.info("task %s settled: %s CPT to %s", task_id, format_cpt(cost), worker or "nobody")
+        return cost
+
+    async def tip(self, source: str, project: str, amount: int, key: str) -> Entry:
+        if await self.ledger.kind(project) != "project":
+            raise errors.InvalidInput(f"{project} is not a registered project account")
+        await self.ledger.open_account(source, "user")
+        return await self.ledger.transfer(
+            source, project, amount, f"tip to {project}", key or f"tip:{secrets.token_hex(8)}"
+        )

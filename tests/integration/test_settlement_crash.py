@@ -1,0 +1,117 @@
+"""Crash safety of settlement: kill -9 mid-way, restart, everything settled exactly once;
+then restart Redis from its AOF and lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from hivemind_cluster.mesh import store
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool.accounting import Accounting
+from hivemind_cluster.pool.ledger import AsyncLedger, Ledger
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.pool.taskstore import TaskStore
+from hivemind_cluster.protos import pool_pb2 as pb
+from tests.conftest import free_port, require
+from tests.settle_outstanding import RATES
+
+pytestmark = pytest.mark.privileged
+TASKS = 100
+SPEC = TaskSpec(
+    "op", "", "hivemind/busybox:latest", ["x"], {}, Resources(1000, 1 << 28, 0), 60, 0, 2, False
+)
+
+
+async def prepare(server: RedisServer, data_dir: Path) -> list[str]:
+    """100 tasks with escrow held, run and finished, none settled yet."""
+    db = aioredis.Redis(
+        host=server.bind, port=server.port, password=server.password, decode_responses=True
+    )
+    tasks = TaskStore(db, data_dir, 1 << 20)
+    accounting = Accounting(AsyncLedger(db), RATES, tasks)
+    await accounting.ledger.genesis()
+    await accounting.open("w1", "worker")
+    ids = []
+    for n in range(TASKS):
+        task_id = f"t{n:012x}"
+        cap = RATES.price_cap(SPEC.request, SPEC.timeout_seconds)
+        await accounting.hold("op", task_id, cap)
+        await tasks.submit(SPEC, b"", task_id=task_id, price_cap=cap)
+        await tasks.assign_many([(task_id, 1, "w1")])
+        usage = pb.Usage(cpu_seconds=1 + n / 100, peak_memory_bytes=10**8, wall_seconds=2)
+        result = pb.TaskResult(task_id=task_id, attempt=1, status="succeeded", usage=usage)
+        await tasks.finish("w1", result)
+        ids.append(task_id)
+    await db.aclose()
+    return ids
+
+
+def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
+    tmp_path: Path,
+) -> None:
+    require(
+        subprocess.run(["which", "redis-server"], capture_output=True).returncode == 0,
+        "redis-server is not installed",
+    )
+    server = RedisServer(tmp_path / "redis", "127.0.0.1", free_port(), secrets.token_hex(8))
+    server.start()
+    try:
+        client = store.connect(server.bind, server.port, server.password)
+        client.close()
+        ids = asyncio.run(prepare(server, tmp_path / "tasks"))
+        command = [
+            sys.executable,
+            "-m",
+            "tests.settle_outstanding",
+            server.bind,
+            str(server.port),
+            server.password,
+            str(tmp_path / "tasks"),
+        ]
+        settler = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert settler.stdout is not None
+        for _ in range(30):
+            settler.stdout.readline()
+        settler.send_signal(signal.SIGKILL)
+        settler.wait()
+        client = store.connect(server.bind, server.port, server.password)
+        ledger = Ledger(client)
+        partly = sum(1 for t in ids if client.hget(f"hm:task:{t}", "settled") == "1")
+        assert 30 <= partly < TASKS, "the kill must land in the middle of the settlement"
+        assert ledger.audit()["ok"]
+        subprocess.run(command, check=True, capture_output=True)  # the restart
+        assert all(client.hget(f"hm:task:{t}", "settled") == "1" for t in ids)
+        moves = Counter((e.task, e.key.split(":")[0]) for e in ledger.journal() if e.task)
+        assert all(
+            moves[(t, "escrow")] == moves[(t, "pay")] == moves[(t, "refund")] == 1 for t in ids
+        )
+        report = ledger.audit()
+        assert report["ok"], report
+        earned = ledger.balance("w1")
+        expected = sum(
+            RATES.cost({"cpu_seconds": 1 + n / 100, "peak_memory_bytes": 10**8, "wall_seconds": 2})
+            for n in range(TASKS)
+        )
+        assert earned - 150_000_000 == expected
+        balances = {a["account"]: a["balance"] for a in ledger.accounts()}
+        client.close()
+        # Restart Redis from its AOF: nothing lost.
+        server.stop()
+        server.start()
+        client = store.connect(server.bind, server.port, server.password)
+        ledger = Ledger(client)
+        assert {a["account"]: a["balance"] for a in ledger.accounts()} == balances
+        assert ledger.audit() == report
+        client.close()
+    finally:
+        server.stop()

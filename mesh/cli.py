@@ -1,4 +1,5 @@
-"""``hivemind-hub``: create and run a hub, make join tokens, list and revoke nodes."""
+"""``hivemind-hub``: create and run a hub, make join tokens, list and revoke nodes, audit
+the CPT ledger."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hivemind_cluster.mesh.enrollment import retire_node
 from hivemind_cluster.mesh.hub import init_hub, load_settings, serve
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
+from hivemind_cluster.pool.ledger import Ledger, format_cpt
 
 DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
 
@@ -67,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut a node off WireGuard and refuse its certificate",
     )
     p.add_argument("id", help="node id (or unambiguous name)")
+
+    ledger = sub.add_parser("ledger", help="the CPT ledger").add_subparsers(
+        dest="action", required=True
+    )
+    ledger.add_parser(
+        "audit", parents=[state, as_json], help="recompute every balance from the journal"
+    )
+    p = ledger.add_parser("history", parents=[state, as_json], help="an account's movements")
+    p.add_argument("account")
+    p.add_argument("--limit", type=int, default=100)
+    account = sub.add_parser("account", help="ledger accounts").add_subparsers(
+        dest="action", required=True
+    )
+    account.add_parser("list", parents=[state, as_json], help="every account with its balance")
+    p = account.add_parser(
+        "create", parents=[state, as_json], help="open an account (projects receive tips)"
+    )
+    p.add_argument("name")
+    p.add_argument("--kind", default="project", choices=["project", "user"])
     return parser
 
 
@@ -186,7 +207,49 @@ def main(argv: list[str]) -> int:
         return cmd_token(args, settings)
     if args.command == "nodes":
         return cmd_nodes(args, settings)
+    if args.command in ("ledger", "account"):
+        return cmd_ledger(args, settings)
     return cmd_node_revoke(args, settings)
+
+
+def cmd_ledger(args: argparse.Namespace, settings: HubSettings) -> int:
+    book = Ledger(store.connect_hub(settings))
+    if args.command == "ledger" and args.action == "audit":
+        report = book.audit()
+        if args.json:
+            print_json(report)
+        else:
+            verdict = "ok" if report["ok"] else "NOT OK"
+            print(
+                f"{verdict}: {report['journal_entries']} journal entries, "
+                f"{report['accounts']} accounts, balances sum to "
+                f"{format_cpt(report['sum_of_balances'])} of "
+                f"{format_cpt(report['total_supply'])} CPT"
+            )
+            for problem in ("mismatched_accounts", "negative_accounts"):
+                if report[problem]:
+                    print(f"{problem.replace('_', ' ')}: {', '.join(report[problem])}")
+        return 0 if report["ok"] else 1
+    if args.command == "ledger":
+        entries = [e.as_json() for e in book.history(args.account, args.limit)]
+        if args.json:
+            print_json(entries)
+        else:
+            print_table(entries, ["id", "from", "to", "amount_cpt", "reason", "task"])
+        return 0
+    if args.action == "create":
+        book.open_account(args.name, args.kind)
+        row = next(a for a in book.accounts() if a["account"] == args.name)
+        print_json(row) if args.json else print(
+            f"account {args.name} ({row['kind']}): {row['balance_cpt']} CPT"
+        )
+        return 0
+    rows = book.accounts()
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(rows, ["account", "kind", "balance_cpt"])
+    return 0
 
 
 def entry() -> int:

@@ -25,6 +25,7 @@ from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.pool.bundles import bundle_from_path, check_bundle, unpack_bundle
 from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, SUCCEEDED
+from hivemind_cluster.pool.ledger import format_cpt, parse_cpt
 from hivemind_cluster.pool.resources import Resources, format_bytes, parse_cpus, parse_size
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", action="store_true", help="ask for network access")
     p.add_argument("--name", default="")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--max-cost", default="", help="CPT held in escrow (default: rate card)")
     p.add_argument("--wait", action="store_true", help="wait for the task to end")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
 
@@ -72,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="append", default=[], choices=ALL_STATES)
     p.add_argument("--limit", type=int, default=20)
     sub.add_parser("nodes", parents=[common], help="the pool's nodes with live state")
+    p = sub.add_parser("balance", parents=[common], help="your CPT balance")
+    p.add_argument("--account", default="", help="another account (the hub only)")
+    p = sub.add_parser("history", parents=[common], help="your ledger movements")
+    p.add_argument("--account", default="", help="another account (the hub only)")
+    p.add_argument("--limit", type=int, default=50)
+    p = sub.add_parser("tip", parents=[common], help="tip a project: hivemind tip PROJECT 2.5")
+    p.add_argument("project")
+    p.add_argument("amount", help="CPT, up to 6 decimals")
+    sub.add_parser("rates", parents=[common], help="the rate card")
     return parser
 
 
@@ -114,6 +125,9 @@ def task_json(task: pb.Task) -> dict[str, Any]:
             for a in task.attempts
         ],
         "output_bytes": task.output_bytes,
+        "price_cap": format_cpt(task.price_cap),
+        "cost": format_cpt(task.cost) if task.settled else None,
+        "settled": task.settled,
     }
 
 
@@ -129,6 +143,10 @@ def describe(task: pb.Task) -> str:
         f"request   {Resources.from_proto(task.resources).describe()}, "
         f"timeout {task.timeout_seconds}s",
     ]
+    money = f"price cap {format_cpt(task.price_cap)} CPT"
+    if task.settled:
+        money += f", cost {format_cpt(task.cost)} CPT"
+    lines.append(f"money     {money}")
     if task.status in FINAL_STATES:
         u = task.usage
         lines.append(
@@ -169,6 +187,7 @@ def submit_request(args: argparse.Namespace) -> pb.SubmitRequest:
         network=args.network,
         input_bundle=bundle,
         name=args.name,
+        max_cost=parse_cpt(args.max_cost) if args.max_cost else 0,
     )
 
 
@@ -324,7 +343,53 @@ def dispatch(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
                 ["id", "status", "node", "attempt", "exit_code", "image", "command"],
             )
         return 0
-    return cmd_nodes(args, stub)
+    if args.command == "nodes":
+        return cmd_nodes(args, stub)
+    return cmd_ledger(args, stub)
+
+
+def cmd_ledger(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
+    if args.command == "balance":
+        found = rpc("balance", lambda: stub.Balance(pb.AccountRef(account=args.account)))
+        row = {"account": found.account, "balance": format_cpt(found.balance)}
+        print_json(row | {"balance_micro": found.balance}) if args.json else print(
+            f"{row['balance']} CPT ({found.account})"
+        )
+    elif args.command == "history":
+        query = pb.HistoryRequest(account=args.account, limit=args.limit)
+        entries = rpc("history", lambda: stub.History(query)).entries
+        rows = [
+            {
+                "id": e.id,
+                "from": e.source,
+                "to": e.target,
+                "amount": format_cpt(e.amount),
+                "reason": e.reason,
+                "task": e.task,
+            }
+            for e in entries
+        ]
+        print_json(rows) if args.json else print_table(
+            rows, ["id", "from", "to", "amount", "reason"]
+        )
+    elif args.command == "tip":
+        tip = pb.TipRequest(project=args.project, amount=parse_cpt(args.amount))
+        entry = rpc("tip", lambda: stub.Tip(tip))
+        print_json({"id": entry.id, "to": entry.target, "amount": format_cpt(entry.amount)}) if (
+            args.json
+        ) else print(f"tipped {format_cpt(entry.amount)} CPT to {entry.target}")
+    else:
+        card = rpc("rates", lambda: stub.GetRateCard(pb.RateCardRequest()))
+        rates = {
+            "cpu_second": format_cpt(card.cpu_second),
+            "gb_second": format_cpt(card.gb_second),
+            "gpu_second": format_cpt(card.gpu_second),
+            "registration_grant": format_cpt(card.registration_grant),
+        }
+        print_json(rates) if args.json else print(
+            "\n".join(f"{name:<20}{value} CPT" for name, value in rates.items())
+        )
+    return 0
 
 
 def entry() -> int:

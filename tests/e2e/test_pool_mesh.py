@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,45 @@ def test_tasks_spread_over_workers_by_capacity(world: PoolWorld) -> None:
     assert all(t["status"] == "succeeded" for t in tasks), tasks
     per_node = sorted(t["node"] for t in tasks)
     assert per_node == ["w1", "w1", "w2"], "w1 has 2 CPUs, w2 one: exactly 2 + 1 fit at once"
+
+
+def test_the_user_pays_exactly_the_cost_and_the_worker_earns_it(world: PoolWorld) -> None:
+    def balance(*account: str) -> int:
+        host = world.hub if account else world.op
+        extra = ["--account", account[0]] if account else []
+        return int(world.cli_json(host, "balance", *extra)["balance_micro"])
+
+    user_before = balance()
+    earned_before = {h.name: balance(world.node_id(h)) for h in (world.w1, world.w2)}
+    task = world.cli_json(
+        world.op,
+        "submit",
+        "--image",
+        "hivemind/busybox:latest",
+        "--cpu",
+        "1",
+        "--memory",
+        "64M",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+    )
+    deadline = time.monotonic() + 10
+    while not task["settled"]:
+        assert time.monotonic() < deadline, task
+        time.sleep(0.2)
+        task = world.status(task["id"])
+    cost = int(Decimal(task["cost"]) * 1_000_000)
+    assert cost > 0
+    assert balance() == user_before - cost
+    earned = {
+        h.name: balance(world.node_id(h)) - earned_before[h.name] for h in (world.w1, world.w2)
+    }
+    assert earned[task["node"]] == cost and sum(earned.values()) == cost
+    audit = world.mesh.hub_cli("ledger", "audit", "--json")
+    assert json.loads(audit.stdout)["ok"] is True
 
 
 def test_a_task_that_could_never_fit_is_refused_at_submission(world: PoolWorld) -> None:

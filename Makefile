@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/scheduling.py
 	$(PY) bench/heartbeats.py
 	$(PY) bench/docker_overhead.py
+	$(PY) bench/ledger.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache artifacts

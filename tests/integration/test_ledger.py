@@ -2,30 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hivemind_cluster.mesh import errors, store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import (
+    ESCROW,
     MICRO,
     REGISTRATION_GRANT,
     TOTAL_SUPPLY,
     TREASURY,
+    AsyncLedger,
     Ledger,
     format_cpt,
     parse_cpt,
 )
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.pool.taskstore import TaskStore
+from hivemind_cluster.protos import pool_pb2 as pb
+from tests.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
+SPEC = TaskSpec(
+    owner="u1",
+    name="",
+    image="hivemind/busybox:latest",
+    command=["x"],
+    env={},
+    request=Resources(1000, 1 << 28, 0),
+    timeout_seconds=60,
+    priority=0,
+    max_attempts=2,
+    network=False,
+)
 
 
 @pytest.fixture
@@ -203,3 +227,85 @@ def test_eight_processes_of_random_transfers_conserve_everything(
     assert report["sum_of_balances"] == TOTAL_SUPPLY
     assert all(a["balance"] >= 0 for a in ledger.accounts())
     assert report["journal_entries"] > 1 + 50 + 1000  # most transfers went through
+
+
+task_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.sampled_from(["u1", "u2"]), st.integers(1, 80 * MICRO)),
+        st.tuples(
+            st.just("finish"),
+            st.integers(0, 9),
+            st.sampled_from(["succeeded", "failed", "cancelled", "timed_out"]),
+            st.floats(0, 5000, allow_nan=False),
+        ),
+        st.tuples(st.just("cancel"), st.integers(0, 9)),
+        st.tuples(st.just("settle"), st.integers(0, 9)),  # duplicate deliveries
+        st.tuples(st.just("tip"), st.sampled_from(["u1", "u2"]), st.integers(1, 30 * MICRO)),
+    ),
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=task_operations)
+def test_submissions_settlements_refunds_and_tips_conserve_everything(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[Any, ...]]
+) -> None:
+    client = store.connect(redis_server.bind, redis_server.port, redis_server.password)
+    client.flushall()
+    asyncio.run(_play(redis_server, tmp_path_factory.mktemp("tasks"), ops))
+    book = Ledger(client)
+    report = book.audit()
+    assert report["ok"], report
+    balances = {a["account"]: a["balance"] for a in book.accounts()}
+    assert all(v >= 0 for v in balances.values())
+    unsettled_caps = 0
+    for task_id in client.zrange(keys.TASKS, 0, -1):
+        raw = client.hgetall(f"hm:task:{task_id}")
+        if raw.get("settled") != "1":
+            unsettled_caps += int(raw["price_cap"])
+        else:
+            assert 0 <= int(raw["cost"]) <= int(raw["price_cap"])
+    assert balances[ESCROW] == unsettled_caps  # escrow holds exactly the open price caps
+    client.close()
+
+
+async def _play(server: RedisServer, data_dir: Path, ops: list[tuple[Any, ...]]) -> None:
+    db = aioredis.Redis(
+        host=server.bind, port=server.port, password=server.password, decode_responses=True
+    )
+    tasks = TaskStore(db, data_dir, 1 << 20)
+    accounting = Accounting(AsyncLedger(db), RATES, tasks)
+    await accounting.start()
+    await accounting.open("w1", "worker")
+    await accounting.open("proj", "project")
+    submitted: list[str] = []
+    for op in ops:
+        kind = op[0]
+        with contextlib.suppress(errors.HiveMindError):
+            if kind == "submit":
+                task_id = f"t{len(submitted):012x}"
+                await accounting.hold(op[1], task_id, op[2])
+                spec = dataclasses.replace(SPEC, owner=op[1])
+                await tasks.submit(spec, b"", task_id=task_id, price_cap=op[2])
+                submitted.append(task_id)
+            elif kind == "finish" and op[1] < len(submitted):
+                task_id = submitted[op[1]]
+                record = await tasks.get(task_id)
+                await tasks.assign_many([(task_id, record.attempt, "w1")])
+                usage = pb.Usage(cpu_seconds=op[3], peak_memory_bytes=10**9, wall_seconds=op[3])
+                result = pb.TaskResult(
+                    task_id=task_id, attempt=record.attempt, status=op[2], usage=usage
+                )
+                await tasks.finish("w1", result)
+                await accounting.settle(task_id)
+            elif kind == "cancel" and op[1] < len(submitted):
+                await tasks.cancel(submitted[op[1]])
+                await accounting.settle(submitted[op[1]])
+            elif kind == "settle" and op[1] < len(submitted):
+                await accounting.settle(submitted[op[1]])
+            elif kind == "tip":
+                await accounting.tip(op[1], "proj", op[2], key="")
+    await db.aclose()

@@ -19,7 +19,7 @@ ask for 1 CPU and 256 MiB.
   run uses a fresh Redis database and a fresh ``Pool``; the median of the runs is reported,
   with the CPU seconds this process and redis-server used meanwhile (Python vs Redis).
 * Latency: with the agents connected, tasks are submitted at a steady rate, and for each
-  the time from calling ``pool.submit()`` to its ``Assign`` being put in the agent's outbox
+  the time from calling ``operations.submit()`` to its ``Assign`` being put in the agent's outbox
   is recorded (p50/p99). At most ``--in-flight`` submissions are outstanding at once;
   when the pool cannot keep up the achieved rate falls below the asked one.
 
@@ -56,7 +56,9 @@ import redis.asyncio as aioredis
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.ledger import TREASURY
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -118,6 +120,11 @@ class Harness:
         )
         self.pool = Pool(settings, db, self.redis(False), self.data_dir / "tasks")
         await self.pool.start()
+        # Enough CPT for every task's escrow (each submission holds its price cap).
+        await self.pool.ledger.open_account(OPERATOR.node_id, "user")
+        await self.pool.ledger.transfer(
+            TREASURY, OPERATOR.node_id, 10**15, "benchmark funds", key="benchmark-funds"
+        )
         return self.pool
 
     async def stop(self) -> None:
@@ -179,7 +186,7 @@ async def submit_all(pool: Pool, count: int, concurrency: int = 50) -> list[str]
     ids: list[str] = []
     for start in range(0, count, concurrency):
         batch = [
-            pool.submit(OPERATOR, task_request(i))
+            operations.submit(pool, OPERATOR, task_request(i))
             for i in range(start, min(count, start + concurrency))
         ]
         ids.extend(record.id for record in await asyncio.gather(*batch))
@@ -253,7 +260,7 @@ async def latency_run(
     async def submit_one(index: int) -> None:
         try:
             began = time.perf_counter()
-            record = await pool.submit(OPERATOR, task_request(index))
+            record = await operations.submit(pool, OPERATOR, task_request(index))
             submitted_at[record.id] = began
         finally:
             in_flight.release()

@@ -31,6 +31,7 @@ class Accounting:
         self.ledger = ledger
         self.rates = rates
         self.tasks = tasks
+        self._opened: set[str] = set()
 
     async def start(self) -> None:
         """Create the supply once, then finish every settlement a crash interrupted."""
@@ -39,11 +40,14 @@ class Accounting:
             await self.settle(task_id)
 
     async def open(self, account: str, kind: str) -> None:
-        await self.ledger.open_account(account, kind)
+        """Open an account once (with its grant); remembered, so later calls cost nothing."""
+        if account not in self._opened:
+            await self.ledger.open_account(account, kind)
+            self._opened.add(account)
 
     async def hold(self, owner: str, task_id: str, price_cap: int) -> None:
         """Move a task's price cap from its submitter into escrow, or refuse the task."""
-        await self.ledger.open_account(owner, "user")
+        await self.open(owner, "user")
         try:
             await self.ledger.transfer(
                 owner, ESCROW, price_cap, f"escrow for task {task_id}", f"escrow:{task_id}", task_id
@@ -63,35 +67,24 @@ class Accounting:
 
     async def settle(self, task_id: str) -> int:
         """Pay the worker and refund the submitter for an ended task; returns the cost."""
-        record = await self.tasks.get(task_id)
+        record, attempts = await self.tasks.get_with_attempts(task_id)
         if record.status not in keys.FINAL_STATES or record.settled:
             return record.cost
-        attempts = await self.tasks.attempts(task_id)
         final = attempts[-1] if attempts else {}
         worker = str(final.get("node_id", "")) if final.get("status") in keys.FINAL_STATES else ""
         cost = min(self.rates.cost(record.usage), record.price_cap) if worker else 0
         if cost > 0:
-            await self.ledger.open_account(worker, "worker")
-            await self.ledger.transfer(
-                ESCROW, worker, cost, f"task {task_id} ({record.status})", f"pay:{task_id}", task_id
-            )
-        if record.price_cap - cost > 0:
-            await self.ledger.transfer(
-                ESCROW,
-                record.owner,
-                record.price_cap - cost,
-                f"task {task_id}: unused price cap",
-                f"refund:{task_id}",
-                task_id,
-            )
-        await self.tasks.mark_settled(task_id, cost)
-        log.info("task %s settled: %s CPT to %s", task_id, format_cpt(cost), worker or "nobody")
-        return cost
+            await self.open(worker, "worker")
+        paid = await self.ledger.settle(
+            task_id, worker, cost, record.owner, record.price_cap - cost
+        )
+        log.debug("task %s settled: %s CPT to %s", task_id, format_cpt(paid), worker or "nobody")
+        return paid
 
     async def tip(self, source: str, project: str, amount: int, key: str) -> Entry:
         if await self.ledger.kind(project) != "project":
             raise errors.InvalidInput(f"{project} is not a registered project account")
-        await self.ledger.open_account(source, "user")
+        await self.open(source, "user")
         return await self.ledger.transfer(
             source, project, amount, f"tip to {project}", key or f"tip:{secrets.token_hex(8)}"
         )

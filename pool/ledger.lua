@@ -75,3 +75,30 @@ end)
 redis.register_function('hm_ledger_transfer', function(keys, args)
   return transfer(keys, args[1], args[2], args[3], args[4], args[5], args[6], args[7])
 end)
+
+-- Settle an ended task in one step: pay the worker, refund the rest, mark the task settled.
+-- KEYS: the five ledger keys, then the task hash.
+-- ARGV: task id, worker ('' for none), cost, owner, refund, now. Returns the cost paid.
+redis.register_function('hm_ledger_settle', function(keys, args)
+  local settled = redis.call('HMGET', keys[6], 'settled', 'cost')
+  if settled[1] == '1' then
+    return settled[2]
+  end
+  local task = args[1]
+  if args[3] ~= '0' then
+    local paid = transfer(keys, 'escrow', args[2], args[3], 'task ' .. task, task,
+      'pay:' .. task, args[6])
+    if paid.err then
+      return paid
+    end
+  end
+  if args[5] ~= '0' then
+    local refunded = transfer(keys, 'escrow', args[4], args[5],
+      'task ' .. task .. ': unused price cap', task, 'refund:' .. task, args[6])
+    if refunded.err then
+      return refunded
+    end
+  end
+  redis.call('HSET', keys[6], 'settled', 1, 'cost', args[3])
+  return args[3]
+end)

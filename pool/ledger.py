@@ -264,6 +264,19 @@ class AsyncLedger:
         call = _transfer_args(source, target, amount, reason, key, task)
         return Entry.from_reply(await self._call(*call))
 
+    async def settle(self, task_id: str, worker: str, cost: int, owner: str, refund: int) -> int:
+        """Pay ``cost`` to the worker and ``refund`` to the owner from escrow, and mark the
+        task settled — one atomic step, done at most once per task."""
+        task_key = keys.TASK.format(id=task_id)
+        args = [task_id, worker, str(cost), owner, str(refund), time.time()]
+        try:
+            paid = await self.client.fcall(
+                "hm_ledger_settle", len(KEYS) + 1, *KEYS, task_key, *args
+            )
+        except redis.ResponseError as exc:
+            raise lua_error(exc, _LUA_ERRORS) from None
+        return int(paid)
+
     async def balance(self, account: str) -> int:
         raw = await self.client.hget(keys.LEDGER_BALANCES, account)
         if raw is None:

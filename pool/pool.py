@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,7 @@ from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.errors import (
     HiveMindError,
     InvalidInput,
-    PermissionDenied,
     StaleAttempt,
-    Unschedulable,
 )
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import constants as keys
@@ -37,14 +34,13 @@ from hivemind_cluster.pool import registry
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.bundles import MAX_OUTPUT_BYTES
-from hivemind_cluster.pool.ledger import MAX_AMOUNT, AsyncLedger
+from hivemind_cluster.pool.ledger import AsyncLedger
 from hivemind_cluster.pool.pricing import RateCard
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.scheduler import Scheduler, Worker
-from hivemind_cluster.pool.spec import check_submission
-from hivemind_cluster.pool.taskstore import LogRecord, TaskStore, check_task_id, new_task_id
+from hivemind_cluster.pool.scheduler import Scheduler
+from hivemind_cluster.pool.taskstore import TaskStore, check_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
 log = logging.getLogger("hivemind.pool")
@@ -54,6 +50,7 @@ REDIS_CONNECTIONS = 256
 FLUSH_CHUNK = 500
 # How often silent workers are looked for: a lost one is noticed within timeout + this.
 REAP_INTERVAL = 0.25
+SETTLE_BATCH = 20  # ended tasks settled concurrently (each uses one Redis connection)
 RECONCILE_EVERY = 20  # reaper passes (5 s)
 START_DEADLINE = 60  # seconds an assigned attempt may take to start
 ATTEMPT_GRACE = 60  # seconds past its timeout before the pool gives up on an attempt
@@ -87,6 +84,9 @@ class Pool:
         self._assigned_at: dict[tuple[str, int], tuple[float, int]] = {}
         self._started: set[tuple[str, int]] = set()
         self._passes = 0
+        self._to_settle: asyncio.Queue[str] = asyncio.Queue()
+        # Which known workers are still members, and when that was read (operations.py).
+        self.member_cache: tuple[float, dict[str, bool]] = (0.0, {})
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -121,7 +121,8 @@ class Pool:
     async def start(self) -> None:
         await self.accounting.start()
         await self.restore()
-        for loop in (self._schedule_forever, self._reap_forever, self._flush_forever):
+        loops = (self._schedule_forever, self._reap_forever, self._flush_forever)
+        for loop in (*loops, self._settle_forever):
             self._loops.append(asyncio.create_task(loop(), name=loop.__name__))
 
     async def stop(self) -> None:
@@ -153,99 +154,10 @@ class Pool:
             if running:
                 self.last_seen[node_id] = now  # it has until the timeout to come back
         for record in await self.tasks.queued():
-            self._enqueue(record)
+            self.enqueue(record)
         self.wake.set()
 
-    # ---- tasks API -----------------------------------------------------------------------
-
-    async def submit(self, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
-        if caller.role == "hub":
-            owner = request.owner or caller.node_id
-        elif request.owner and request.owner != caller.node_id:
-            raise PermissionDenied("only the hub may submit tasks on behalf of someone else")
-        else:
-            owner = caller.node_id
-        spec = await asyncio.to_thread(check_submission, request, owner, self.settings)
-        members = await self._member_workers()
-        if members and not any(spec.request.fits_in(w.capacity) for w in members):
-            largest = Resources(
-                max(w.capacity.cpu_millis for w in members),
-                max(w.capacity.memory_bytes for w in members),
-                max(w.capacity.gpus for w in members),
-            )
-            raise Unschedulable(
-                f"no node could ever run this task: it asks for {spec.request.describe()}, "
-                f"the largest node offers {largest.describe()}"
-            )
-
-        if request.max_cost < 0 or request.max_cost > MAX_AMOUNT:
-            raise InvalidInput("max cost must be a positive number of micro-CPT")
-        price_cap = request.max_cost or self.rates.price_cap(spec.request, spec.timeout_seconds)
-        task_id = new_task_id()
-
-        async def pay_store_and_queue() -> TaskRecord:
-            await self.accounting.hold(owner, task_id, price_cap)
-            record = await self.tasks.submit(
-                spec, request.input_bundle, request.idempotency_key, task_id, price_cap
-            )
-            if record.id != task_id:  # an earlier submission with this key: not a new task
-                await self.accounting.give_back(owner, task_id, price_cap)
-            if record.status in keys.PENDING_STATES:
-                self._enqueue(record)
-            return record
-
-        # Shielded: a caller that goes away mid-call must not leave money or a task halfway.
-        return await asyncio.shield(pay_store_and_queue())
-
-    async def _member_workers(self) -> list[Worker]:
-        """Known workers that are still members (revoked and departed ones do not count)."""
-        workers = list(self.scheduler.workers.values())
-        pipe = self.db.pipeline(transaction=False)
-        for worker in workers:
-            pipe.hget(mesh_keys.NODE.format(id=worker.node_id), "state")
-        states = await pipe.execute() if workers else []
-        return [w for w, state in zip(workers, states, strict=True) if state == "active"]
-
-    async def visible_task(self, caller: Caller, task_id: str) -> TaskRecord:
-        record = await self.tasks.get(task_id)
-        if caller.role != "hub" and record.owner != caller.node_id:
-            raise PermissionDenied(f"task {task_id} belongs to someone else")
-        return record
-
-    async def describe(self, record: TaskRecord) -> pb.Task:
-        attempts = await self.tasks.attempts(record.id)
-        node_id = record.node_id or (str(attempts[-1].get("node_id", "")) if attempts else "")
-        worker = self.scheduler.workers.get(node_id)
-        return record.to_proto(attempts, worker.name if worker else "")
-
-    async def cancel(self, caller: Caller, task_id: str) -> TaskRecord:
-        await self.visible_task(caller, task_id)
-        state, node_id, attempt = await self.tasks.cancel(task_id)
-        if state == keys.CANCELLED:
-            self.scheduler.dequeue(task_id)
-            self.queued.pop(task_id, None)
-            await self._settle(task_id)
-        else:
-            session = self.sessions.get(node_id)
-            if session is not None:
-                session.send(_cancel(task_id, attempt))
-        return await self.tasks.get(task_id)
-
-    async def logs(self, caller: Caller, task_id: str, follow: bool) -> AsyncIterator[LogRecord]:
-        await self.visible_task(caller, task_id)
-        after = "0"
-        while True:
-            block = 1000 if follow else None
-            batch = await self.tasks.read_logs(self.raw_db, task_id, after, block)
-            for record in batch:
-                after = record.entry_id
-                yield record
-            if batch:
-                continue
-            if not follow or (await self.tasks.get(task_id)).status in keys.FINAL_STATES:
-                for record in await self.tasks.read_logs(self.raw_db, task_id, after, None):
-                    yield record
-                return
+    # ---- queries -------------------------------------------------------------------------
 
     async def nodes(self) -> list[pb.NodeState]:
         return await registry.node_states(self.db, self.sessions, self.scheduler)
@@ -285,7 +197,7 @@ class Pool:
                 recognised.add((record.id, record.attempt))
                 self.scheduler.allocate(record.id, caller.node_id, record.request, record.attempt)
                 if record.cancel_requested:
-                    session.send(_cancel(record.id, record.attempt))
+                    session.send(cancel_message(record.id, record.attempt))
             else:
                 await self._requeue(record, caller.node_id, "its agent restarted without it")
         superseded = [
@@ -387,22 +299,32 @@ class Pool:
             )
         )
         if status in keys.PENDING_STATES:
-            self._enqueue(await self.tasks.get(result.task_id))
+            self.enqueue(await self.tasks.get(result.task_id))
         else:
-            await self._settle(result.task_id)
+            await self.settle(result.task_id)
         log.info("task %s attempt %d: %s", result.task_id, result.attempt, status)
         self.wake.set()
 
-    async def _settle(self, task_id: str) -> None:
-        """Settle an ended task now; if that fails, the next pool start finishes it."""
-        try:
-            await self.accounting.settle(task_id)
-        except Exception:
-            log.exception("task %s: settlement failed; retried at the next start", task_id)
+    async def settle(self, task_id: str) -> None:
+        """Have an ended task settled soon, off the scheduling path (in batches)."""
+        self._to_settle.put_nowait(task_id)
+
+    async def _settle_forever(self) -> None:
+        """Settle ended tasks, up to SETTLE_BATCH at once; a failure is retried at start."""
+        while True:
+            batch = [await self._to_settle.get()]
+            while len(batch) < SETTLE_BATCH and not self._to_settle.empty():
+                batch.append(self._to_settle.get_nowait())
+            outcomes = await asyncio.gather(
+                *(self.accounting.settle(task_id) for task_id in batch), return_exceptions=True
+            )
+            for task_id, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.error("task %s: settlement failed (%s); retried at start", task_id, outcome)
 
     # ---- scheduling ----------------------------------------------------------------------
 
-    def _enqueue(self, record: TaskRecord) -> None:
+    def enqueue(self, record: TaskRecord) -> None:
         self.queued[record.id] = record
         self.scheduler.enqueue(record.id, record.score, record.attempt, record.request)
         self.wake.set()
@@ -466,9 +388,9 @@ class Pool:
         self._forget_attempt(record.id, record.attempt)
         log.warning("task %s attempt %d: %s; now %s", record.id, record.attempt, reason, status)
         if status in keys.PENDING_STATES:
-            self._enqueue(await self.tasks.get(record.id))
+            self.enqueue(await self.tasks.get(record.id))
         else:
-            await self._settle(record.id)
+            await self.settle(record.id)
 
     async def lose(self, node_id: str, only_if_silent: bool = False) -> None:
         """Requeue the worker's attempts and stop scheduling on it (silent, or revoked)."""
@@ -520,7 +442,7 @@ class Pool:
             node_id = held[0] if held else ""
             session = self.sessions.get(node_id)
             if session is not None:
-                session.send(_cancel(task_id, attempt))
+                session.send(cancel_message(task_id, attempt))
             if started:
                 reason = f"no result {ATTEMPT_GRACE}s after its {timeout}s timeout"
                 overdue = pb.TaskResult(
@@ -529,14 +451,13 @@ class Pool:
                 with contextlib.suppress(StaleAttempt):
                     await self.tasks.finish(node_id, overdue)
                 self._forget_attempt(task_id, attempt)
-                await self._settle(task_id)
+                await self.settle(task_id)
             else:
                 reason = f"not started {START_DEADLINE}s after it was assigned to {node_id}"
                 record = await self.tasks.get(task_id)
                 if record.attempt == attempt:
                     await self._requeue(record, node_id, reason)
-                else:
-                    self._forget_attempt(task_id, attempt)
+                self._forget_attempt(task_id, attempt)  # requeued, or it had moved on
             log.warning("task %s attempt %d: %s", task_id, attempt, reason)
 
     async def _reconcile_queue(self) -> None:
@@ -551,11 +472,11 @@ class Pool:
             for t in queued
             if t not in self.scheduler.pending and t not in self.scheduler.allocations
         ]
-        settled = time.time() - 5  # newer ones may be between their Lua call and _enqueue
+        settled = time.time() - 5  # newer ones may be between their Lua call and enqueue
         for record in await self.tasks.by_ids(missing):
             if record.status in keys.PENDING_STATES and record.submitted_at < settled:
                 log.warning("task %s was queued in Redis only: queueing it", record.id)
-                self._enqueue(record)
+                self.enqueue(record)
 
     def _forget_attempt(self, task_id: str, attempt: int) -> None:
         """An attempt ended: its capacity comes back, the watchdog stops watching it."""
@@ -602,7 +523,7 @@ class Pool:
                 log.exception("heartbeat flush failed")
 
 
-def _cancel(task_id: str, attempt: int) -> pb.PoolMessage:
+def cancel_message(task_id: str, attempt: int) -> pb.PoolMessage:
     return pb.PoolMessage(cancel=pb.CancelTask(task_id=task_id, attempt=attempt))
 
 

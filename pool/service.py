@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied
 from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
 from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import PoolAuthorizer, current_caller
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, Entry, check_account
@@ -79,12 +80,12 @@ class TasksService(pb_grpc.TasksServicer):
         self.pool = pool
 
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.Task:
-        record = await self.pool.submit(current_caller(), request)
-        return await self.pool.describe(record)
+        record = await operations.submit(self.pool, current_caller(), request)
+        return await operations.describe(self.pool, record)
 
     async def Get(self, request: pb.TaskRef, context: Context) -> pb.Task:
-        return await self.pool.describe(
-            await self.pool.visible_task(current_caller(), request.task_id)
+        return await operations.describe(
+            self.pool, await operations.visible_task(self.pool, current_caller(), request.task_id)
         )
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.TaskList:
@@ -97,21 +98,25 @@ class TasksService(pb_grpc.TasksServicer):
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be between 1 and 1000")
         records = await self.pool.tasks.list_tasks(set(request.status), owner, limit)
-        return pb.TaskList(tasks=[await self.pool.describe(r) for r in records])
+        return pb.TaskList(tasks=[await operations.describe(self.pool, r) for r in records])
 
     async def Cancel(self, request: pb.TaskRef, context: Context) -> pb.Task:
-        return await self.pool.describe(await self.pool.cancel(current_caller(), request.task_id))
+        return await operations.describe(
+            self.pool, await operations.cancel(self.pool, current_caller(), request.task_id)
+        )
 
     async def StreamLogs(
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogEntry]:
-        async for record in self.pool.logs(current_caller(), request.task_id, request.follow):
+        async for record in operations.logs(
+            self.pool, current_caller(), request.task_id, request.follow
+        ):
             yield pb.LogEntry(
                 stream=record.stream, data=record.data, attempt=record.attempt, time=record.time
             )
 
     async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:
-        record = await self.pool.visible_task(current_caller(), request.task_id)
+        record = await operations.visible_task(self.pool, current_caller(), request.task_id)
         if record.status not in keys.FINAL_STATES:
             raise InvalidInput(f"task {record.id} is {record.status}: no result yet")
         bundle = await asyncio.to_thread(self.pool.tasks.output_bundle, record)

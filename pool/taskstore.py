@@ -122,6 +122,16 @@ class TaskStore:
             raise errors.NotFound(f"no task {task_id!r}")
         return TaskRecord.from_hash(raw)
 
+    async def get_with_attempts(self, task_id: str) -> tuple[TaskRecord, list[dict[str, Any]]]:
+        """A task and its finished attempts, in one round trip."""
+        pipe = self.db.pipeline(transaction=False)
+        pipe.hgetall(keys.TASK.format(id=task_id))
+        pipe.lrange(keys.TASK_ATTEMPTS.format(id=task_id), 0, -1)
+        raw, attempts = await pipe.execute()
+        if not raw:
+            raise errors.NotFound(f"no task {task_id!r}")
+        return TaskRecord.from_hash(raw), [json.loads(item) for item in attempts]
+
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
         raw = await self.db.lrange(keys.TASK_ATTEMPTS.format(id=task_id), 0, -1)
         return [json.loads(item) for item in raw]
@@ -232,9 +242,6 @@ class TaskStore:
                 (self.data_dir / result.task_id / output_name).unlink(missing_ok=True)
             raise
         return status
-
-    async def mark_settled(self, task_id: str, cost: int) -> None:
-        await self.db.hset(keys.TASK.format(id=task_id), mapping={"settled": 1, "cost": cost})
 
     async def unsettled(self) -> list[str]:
         """Ended tasks whose escrow has not been settled yet (after a crash, say)."""

@@ -116,8 +116,8 @@ def test_a_cancelled_queued_task_is_refunded_in_full(
         assert task.price_cap == 5_000_000
         assert await balance(user) == REGISTRATION_GRANT - 5_000_000
         await user.Cancel(pb.TaskRef(task_id=task.id))
+        assert (await wait_settled(user, task.id)).cost == 0
         assert await balance(user) == REGISTRATION_GRANT
-        assert (await user.Get(pb.TaskRef(task_id=task.id))).settled
 
     run(redis_server, tmp_path, body)
 

@@ -22,6 +22,7 @@ from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool import operations
 from hivemind_cluster.pool import pool as pool_module
 from hivemind_cluster.pool.client import Identity, aio_channel
 from hivemind_cluster.pool.resources import Resources
@@ -450,6 +451,7 @@ def test_only_current_members_count_for_could_never_fit(
         assert "largest node offers 8 CPU, 8 GiB memory" in (refused.value.details() or "")
         assert (await stub.Submit(submit(["x"], cpu=4000))).id
         await cluster.pool.db.hset(mesh_keys.NODE.format(id="big"), "state", "revoked")
+        await asyncio.sleep(operations.MEMBERS_TTL + 0.1)  # membership is re-read this often
         with pytest.raises(grpc.aio.AioRpcError) as gone:
             await stub.Submit(submit(["x"], cpu=4000))
         assert "largest node offers 1 CPU" in (gone.value.details() or "")

@@ -10,6 +10,7 @@ import pytest
 
 from hivemind_cluster.mesh.errors import Conflict, InvalidInput, StaleAttempt
 from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.spec import TaskSpec
@@ -153,7 +154,7 @@ def test_queued_and_running_tasks_survive_a_pool_restart(
         assert cluster.pool is not None
         operator = Caller("op", "op", "operator", "127.0.0.1", 1)
         request = pb.SubmitRequest(image="hivemind/busybox:latest", command=["echo", "hi"])
-        task = await cluster.pool.submit(operator, request)
+        task = await operations.submit(cluster.pool, operator, request)
         await cluster.restart_pool()
         assert task.id in cluster.pool.scheduler.pending
         await cluster.start_worker("w1", ScriptedExecutor(echo))

@@ -1,0 +1,130 @@
+"""What operators ask of the pool: submit (paying into escrow), see, cancel, follow logs.
+
+Functions over the ``Pool``; the gRPC ``Tasks`` service calls them with the
+authenticated caller. Operators see and act on their own tasks, the hub on all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied, Unschedulable
+from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.ledger import MAX_AMOUNT
+from hivemind_cluster.pool.pool import Pool, cancel_message
+from hivemind_cluster.pool.records import TaskRecord
+from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.pool.scheduler import Worker
+from hivemind_cluster.pool.spec import check_submission
+from hivemind_cluster.pool.taskstore import LogRecord, new_task_id
+from hivemind_cluster.protos import pool_pb2 as pb
+
+MEMBERS_TTL = 2.0  # seconds a membership check of the workers is reused
+
+
+async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
+    """Check a submission, hold its price cap in escrow, store and queue it."""
+    if caller.role == "hub":
+        owner = request.owner or caller.node_id
+    elif request.owner and request.owner != caller.node_id:
+        raise PermissionDenied("only the hub may submit tasks on behalf of someone else")
+    else:
+        owner = caller.node_id
+    spec = await asyncio.to_thread(check_submission, request, owner, pool.settings)
+    members = await member_workers(pool)
+    if members and not any(spec.request.fits_in(w.capacity) for w in members):
+        largest = Resources(
+            max(w.capacity.cpu_millis for w in members),
+            max(w.capacity.memory_bytes for w in members),
+            max(w.capacity.gpus for w in members),
+        )
+        raise Unschedulable(
+            f"no node could ever run this task: it asks for {spec.request.describe()}, "
+            f"the largest node offers {largest.describe()}"
+        )
+
+    if request.max_cost < 0 or request.max_cost > MAX_AMOUNT:
+        raise InvalidInput("max cost must be a positive number of micro-CPT")
+    price_cap = request.max_cost or pool.rates.price_cap(spec.request, spec.timeout_seconds)
+    task_id = new_task_id()
+
+    async def pay_store_and_queue() -> TaskRecord:
+        await pool.accounting.hold(owner, task_id, price_cap)
+        record = await pool.tasks.submit(
+            spec, request.input_bundle, request.idempotency_key, task_id, price_cap
+        )
+        if record.id != task_id:  # an earlier submission with this key: not a new task
+            await pool.accounting.give_back(owner, task_id, price_cap)
+        if record.status in keys.PENDING_STATES:
+            pool.enqueue(record)
+        return record
+
+    # Shielded: a caller that goes away mid-call must not leave money or a task halfway.
+    return await asyncio.shield(pay_store_and_queue())
+
+
+async def member_workers(pool: Pool) -> list[Worker]:
+    """Known workers that are still members (revoked and departed ones do not count).
+
+    Membership is read from Redis at most every MEMBERS_TTL seconds, not per submission.
+    """
+    checked_at, active = pool.member_cache
+    workers = list(pool.scheduler.workers.values())
+    if time.monotonic() - checked_at > MEMBERS_TTL or any(w.node_id not in active for w in workers):
+        pipe = pool.db.pipeline(transaction=False)
+        for worker in workers:
+            pipe.hget(mesh_keys.NODE.format(id=worker.node_id), "state")
+        states = await pipe.execute() if workers else []
+        active = {w.node_id: state == "active" for w, state in zip(workers, states, strict=True)}
+        pool.member_cache = (time.monotonic(), active)
+    return [w for w in workers if active.get(w.node_id)]
+
+
+async def visible_task(pool: Pool, caller: Caller, task_id: str) -> TaskRecord:
+    """A task the caller may see: its own, or any for the hub."""
+    record = await pool.tasks.get(task_id)
+    if caller.role != "hub" and record.owner != caller.node_id:
+        raise PermissionDenied(f"task {task_id} belongs to someone else")
+    return record
+
+
+async def describe(pool: Pool, record: TaskRecord) -> pb.Task:
+    attempts = await pool.tasks.attempts(record.id)
+    node_id = record.node_id or (str(attempts[-1].get("node_id", "")) if attempts else "")
+    worker = pool.scheduler.workers.get(node_id)
+    return record.to_proto(attempts, worker.name if worker else "")
+
+
+async def cancel(pool: Pool, caller: Caller, task_id: str) -> TaskRecord:
+    await visible_task(pool, caller, task_id)
+    state, node_id, attempt = await pool.tasks.cancel(task_id)
+    if state == keys.CANCELLED:
+        pool.scheduler.dequeue(task_id)
+        pool.queued.pop(task_id, None)
+        await pool.settle(task_id)
+    else:
+        session = pool.sessions.get(node_id)
+        if session is not None:
+            session.send(cancel_message(task_id, attempt))
+    return await pool.tasks.get(task_id)
+
+
+async def logs(pool: Pool, caller: Caller, task_id: str, follow: bool) -> AsyncIterator[LogRecord]:
+    await visible_task(pool, caller, task_id)
+    after = "0"
+    while True:
+        block = 1000 if follow else None
+        batch = await pool.tasks.read_logs(pool.raw_db, task_id, after, block)
+        for record in batch:
+            after = record.entry_id
+            yield record
+        if batch:
+            continue
+        if not follow or (await pool.tasks.get(task_id)).status in keys.FINAL_STATES:
+            for record in await pool.tasks.read_logs(pool.raw_db, task_id, after, None):
+                yield record
+            return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import random
@@ -37,27 +38,15 @@ from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import KEYS, AsyncLedger, Ledger
-from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.spec import TaskSpec
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.conftest import free_port
+from tests.poolkit import BUSYBOX_SPEC
 from tests.settle_outstanding import RATES
 
 ACCOUNTS = 1000
 BATCH = 200
-SPEC = TaskSpec(
-    owner="user",
-    name="",
-    image="hivemind/busybox:latest",
-    command=["x"],
-    env={},
-    request=Resources(1000, 1 << 28, 0),
-    timeout_seconds=60,
-    priority=0,
-    max_attempts=2,
-    network=False,
-)
+SPEC = dataclasses.replace(BUSYBOX_SPEC, owner="user")
 
 
 def send_transfers(address: tuple[str, int, str], worker: int, count: int, run: int) -> None:

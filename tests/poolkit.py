@@ -32,11 +32,25 @@ from hivemind_cluster.pool.client import Identity, aio_channel
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.service import create_server
+from hivemind_cluster.pool.spec import TaskSpec
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 LOOPBACK = "127.0.0.1"
 GiB = 1 << 30
+# A checked task of 1 CPU, 256 MiB, 60 s, for tests that drive the task store directly.
+BUSYBOX_SPEC = TaskSpec(
+    owner="op",
+    name="",
+    image="hivemind/busybox:latest",
+    command=["x"],
+    env={},
+    request=Resources(1000, 1 << 28, 0),
+    timeout_seconds=60,
+    priority=0,
+    max_attempts=2,
+    network=False,
+)
 TWO_CPUS = Resources(2000, 4 * GiB, 0)
 
 

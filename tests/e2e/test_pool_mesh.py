@@ -53,6 +53,12 @@ class PoolWorld:
     def cli_json(self, host: Host, *args: str) -> Any:
         return json.loads(self.cli(host, args[0], "--json", *args[1:]).stdout)
 
+    def submit_busybox(self, *command: str, options: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``hivemind submit`` from the operator: 1 CPU, 64M, the busybox image."""
+        image = ("--image", "hivemind/busybox:latest", "--cpu", "1", "--memory", "64M")
+        task: dict[str, Any] = self.cli_json(self.op, "submit", *image, *options, "--", *command)
+        return task
+
     def status(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.cli_json(self.hub, "status", task_id)
         return result
@@ -153,22 +159,7 @@ def test_operator_runs_a_python_bundle_and_gets_logs_and_output(
 
 
 def test_tasks_spread_over_workers_by_capacity(world: PoolWorld) -> None:
-    ids = [
-        world.cli_json(
-            world.op,
-            "submit",
-            "--image",
-            "hivemind/busybox:latest",
-            "--cpu",
-            "1",
-            "--memory",
-            "64M",
-            "--",
-            "sleep",
-            "2",
-        )["id"]
-        for _ in range(3)
-    ]
+    ids = [world.submit_busybox("sleep", "2")["id"] for _ in range(3)]
     tasks = [world.cli_json(world.op, "wait", task_id, "--timeout", "60") for task_id in ids]
     assert all(t["status"] == "succeeded" for t in tasks), tasks
     per_node = sorted(t["node"] for t in tasks)
@@ -183,20 +174,8 @@ def test_the_user_pays_exactly_the_cost_and_the_worker_earns_it(world: PoolWorld
 
     user_before = balance()
     earned_before = {h.name: balance(world.node_id(h)) for h in (world.w1, world.w2)}
-    task = world.cli_json(
-        world.op,
-        "submit",
-        "--image",
-        "hivemind/busybox:latest",
-        "--cpu",
-        "1",
-        "--memory",
-        "64M",
-        "--wait",
-        "--",
-        "sh",
-        "-c",
-        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+    task = world.submit_busybox(
+        "sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done", options=("--wait",)
     )
     deadline = time.monotonic() + 10
     while not task["settled"]:
@@ -277,21 +256,14 @@ def test_the_pool_port_does_not_answer_on_the_underlay(world: PoolWorld) -> None
 def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> None:
     w1_id = world.node_id(world.w1)
     # w1 has the most free CPU, so the task lands there.
-    task_id = world.cli_json(
-        world.op,
-        "submit",
-        "--image",
-        "hivemind/busybox:latest",
-        "--cpu",
-        "1",
-        "--memory",
-        "64M",
-        "--max-attempts",
-        "3",
-        "--",
+    task_id = world.submit_busybox(
         "sh",
         "-c",
         "sleep 6; echo finished",
+        options=(
+            "--max-attempts",
+            "3",
+        ),
     )["id"]
     deadline = time.monotonic() + 30
     while world.status(task_id)["status"] != "running":
@@ -341,20 +313,7 @@ def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> No
 
 
 def test_sigterm_drains_a_worker_letting_its_task_finish(world: PoolWorld) -> None:
-    task_id = world.cli_json(
-        world.op,
-        "submit",
-        "--image",
-        "hivemind/busybox:latest",
-        "--cpu",
-        "1",
-        "--memory",
-        "64M",
-        "--",
-        "sh",
-        "-c",
-        "sleep 2; echo drained",
-    )["id"]
+    task_id = world.submit_busybox("sh", "-c", "sleep 2; echo drained")["id"]
     deadline = time.monotonic() + 30
     while world.status(task_id)["status"] != "running":
         assert time.monotonic() < deadline, world.status(task_id)

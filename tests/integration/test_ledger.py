@@ -31,25 +31,13 @@ from hivemind_cluster.pool.ledger import (
     format_cpt,
     parse_cpt,
 )
-from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.spec import TaskSpec
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
+from tests.poolkit import BUSYBOX_SPEC
 from tests.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
-SPEC = TaskSpec(
-    owner="u1",
-    name="",
-    image="hivemind/busybox:latest",
-    command=["x"],
-    env={},
-    request=Resources(1000, 1 << 28, 0),
-    timeout_seconds=60,
-    priority=0,
-    max_attempts=2,
-    network=False,
-)
+SPEC = dataclasses.replace(BUSYBOX_SPEC, owner="u1")
 
 
 @pytest.fixture

@@ -18,18 +18,15 @@ from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import AsyncLedger, Ledger
-from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.spec import TaskSpec
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.conftest import free_port, require
+from tests.poolkit import BUSYBOX_SPEC
 from tests.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
 TASKS = 100
-SPEC = TaskSpec(
-    "op", "", "hivemind/busybox:latest", ["x"], {}, Resources(1000, 1 << 28, 0), 60, 0, 2, False
-)
+SPEC = BUSYBOX_SPEC
 
 
 async def prepare(server: RedisServer, data_dir: Path) -> list[str]:

@@ -12,26 +12,13 @@ from hivemind_cluster.mesh.errors import Conflict, InvalidInput, StaleAttempt
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
-from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.spec import TaskSpec
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.poolkit import Cluster, ScriptedExecutor, echo
+from tests.poolkit import BUSYBOX_SPEC, Cluster, ScriptedExecutor, echo
 
 pytestmark = pytest.mark.privileged
 
-SPEC = TaskSpec(
-    owner="op",
-    name="",
-    image="hivemind/busybox:latest",
-    command=["true"],
-    env={},
-    request=Resources(1000, 1 << 28, 0),
-    timeout_seconds=60,
-    priority=0,
-    max_attempts=2,
-    network=False,
-)
+SPEC = BUSYBOX_SPEC
 
 
 def with_store(

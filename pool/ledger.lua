@@ -78,7 +78,8 @@ end)
 
 -- Settle an ended task in one step: pay the worker, refund the rest, mark the task settled.
 -- KEYS: the five ledger keys, then the task hash.
--- ARGV: task id, worker ('' for none), cost, owner, refund, now. Returns the cost paid.
+-- ARGV: task id, worker ('' for none), cost, owner, refund, now, escrow account.
+-- Returns the cost paid.
 redis.register_function('hm_ledger_settle', function(keys, args)
   local settled = redis.call('HMGET', keys[6], 'settled', 'cost')
   if settled[1] == '1' then
@@ -86,14 +87,14 @@ redis.register_function('hm_ledger_settle', function(keys, args)
   end
   local task = args[1]
   if args[3] ~= '0' then
-    local paid = transfer(keys, 'escrow', args[2], args[3], 'task ' .. task, task,
+    local paid = transfer(keys, args[7], args[2], args[3], 'task ' .. task, task,
       'pay:' .. task, args[6])
     if paid.err then
       return paid
     end
   end
   if args[5] ~= '0' then
-    local refunded = transfer(keys, 'escrow', args[4], args[5],
+    local refunded = transfer(keys, args[7], args[4], args[5],
       'task ' .. task .. ': unused price cap', task, 'refund:' .. task, args[6])
     if refunded.err then
       return refunded

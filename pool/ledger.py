@@ -28,6 +28,7 @@ REGISTRATION_GRANT = 150 * MICRO
 TREASURY = "treasury"
 ACCOUNT_KINDS = ("user", "worker", "project")  # treasury and escrow exist from genesis
 MAX_AMOUNT = 10**18 - 1
+HISTORY_SCAN = 10_000  # newest journal entries looked through for an account's history
 _ACCOUNT = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _LUA_ERRORS: LuaErrors = {
     "INVALID": (errors.InvalidInput, "{detail}"),
@@ -206,9 +207,10 @@ class Ledger:
             start = "(" + chunk[-1][0]
 
     def history(self, account: str, limit: int = 100) -> list[Entry]:
+        """The account's most recent movements (among the newest HISTORY_SCAN entries)."""
         self.balance(account)
-        moves = [e for e in self.journal() if account in (e.source, e.target)]
-        return moves[-limit:]
+        newest = self.client.xrevrange(keys.LEDGER_JOURNAL, count=HISTORY_SCAN)
+        return _movements_of(account, newest, limit)
 
     def audit(self) -> dict[str, Any]:
         """Recompute every balance from the journal and compare with the stored ones."""
@@ -234,6 +236,17 @@ class Ledger:
             "negative_accounts": negative,
             "ok": supply == TOTAL_SUPPLY and total == supply and not mismatched and not negative,
         }
+
+
+def _movements_of(account: str, newest: list[Any], limit: int) -> list[Entry]:
+    """From journal entries newest first: the account's last ``limit``, oldest first."""
+    found: list[Entry] = []
+    for entry_id, fields in newest:
+        if account in (fields["from"], fields["to"]):
+            found.append(Entry.from_reply([entry_id, _flatten(fields)]))
+            if len(found) >= limit:
+                break
+    return found[::-1]
 
 
 def _flatten(fields: dict[str, str]) -> list[str]:
@@ -268,7 +281,7 @@ class AsyncLedger:
         """Pay ``cost`` to the worker and ``refund`` to the owner from escrow, and mark the
         task settled — one atomic step, done at most once per task."""
         task_key = keys.TASK.format(id=task_id)
-        args = [task_id, worker, str(cost), owner, str(refund), time.time()]
+        args = [task_id, worker, str(cost), owner, str(refund), time.time(), ESCROW]
         try:
             paid = await self.client.fcall(
                 "hm_ledger_settle", len(KEYS) + 1, *KEYS, task_key, *args
@@ -290,12 +303,7 @@ class AsyncLedger:
         return str(json.loads(raw)["kind"])
 
     async def history(self, account: str, limit: int) -> list[Entry]:
-        """The account's most recent movements (scans the newest 10,000 journal entries)."""
+        """The account's most recent movements (among the newest HISTORY_SCAN entries)."""
         await self.balance(account)
-        found: list[Entry] = []
-        for entry_id, fields in await self.client.xrevrange(keys.LEDGER_JOURNAL, count=10_000):
-            if account in (fields["from"], fields["to"]):
-                found.append(Entry.from_reply([entry_id, _flatten(fields)]))
-                if len(found) >= limit:
-                    break
-        return found[::-1]
+        newest = await self.client.xrevrange(keys.LEDGER_JOURNAL, count=HISTORY_SCAN)
+        return _movements_of(account, newest, limit)

@@ -37,11 +37,7 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
     spec = await asyncio.to_thread(check_submission, request, owner, pool.settings)
     members = await member_workers(pool)
     if members and not any(spec.request.fits_in(w.capacity) for w in members):
-        largest = Resources(
-            max(w.capacity.cpu_millis for w in members),
-            max(w.capacity.memory_bytes for w in members),
-            max(w.capacity.gpus for w in members),
-        )
+        largest = Resources.largest(w.capacity for w in members)
         raise Unschedulable(
             f"no node could ever run this task: it asks for {spec.request.describe()}, "
             f"the largest node offers {largest.describe()}"

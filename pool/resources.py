@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hivemind_cluster.mesh.errors import InvalidInput
@@ -38,6 +39,16 @@ class Resources:
             self.memory_bytes - other.memory_bytes,
             self.gpus - other.gpus,
         )
+
+    @classmethod
+    def largest(cls, items: Iterable[Resources]) -> Resources:
+        """Component-wise maximum (no single item need have all three)."""
+        cpu = memory = gpus = 0
+        for item in items:
+            cpu = max(cpu, item.cpu_millis)
+            memory = max(memory, item.memory_bytes)
+            gpus = max(gpus, item.gpus)
+        return cls(cpu, memory, gpus)
 
     def to_proto(self) -> pb.Resources:
         return pb.Resources(

@@ -168,13 +168,7 @@ class Scheduler:
 
 def _ceiling(workers: list[Worker]) -> Resources:
     """Component-wise largest free capacity: a request above it fits nowhere."""
-    cpu = memory = gpus = 0
-    for worker in workers:
-        free = worker.free
-        cpu = max(cpu, free.cpu_millis)
-        memory = max(memory, free.memory_bytes)
-        gpus = max(gpus, free.gpus)
-    return Resources(cpu, memory, gpus)
+    return Resources.largest(w.free for w in workers)
 
 
 def _roomiest(workers: list[Worker], request: Resources) -> Worker | None:

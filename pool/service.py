@@ -129,7 +129,7 @@ class TasksService(pb_grpc.TasksServicer):
         account = own_account(request.account)
         ledger = self.pool.ledger
         if account == current_caller().node_id:
-            await ledger.open_account(account, "user")  # every member starts with its grant
+            await self.pool.accounting.open(account, "user")  # every member starts with its grant
         return pb.AccountBalance(
             account=account, kind=await ledger.kind(account), balance=await ledger.balance(account)
         )

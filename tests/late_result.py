@@ -21,19 +21,22 @@ from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 
-async def report(identity: Identity, task_id: str, attempt: int) -> dict[str, str]:
+async def report(
+    identity: Identity, task_id: str, attempt: int, status: str = "succeeded"
+) -> pb.PoolMessage:
+    """Register over a fresh stream, send the result, return the pool's answer to it."""
     async with aio_channel(identity) as channel:
         call = pb_grpc.PoolStub(channel).Connect()
         capacity = pb.Resources(cpu_millis=1000, memory_bytes=1 << 30)
         await call.write(pb.AgentMessage(register=pb.Register(capacity=capacity)))
-        await call.read()
-        result = pb.TaskResult(task_id=task_id, attempt=attempt, status="succeeded")
+        registered = await call.read()
+        assert isinstance(registered, pb.PoolMessage) and registered.HasField("registered")
+        result = pb.TaskResult(task_id=task_id, attempt=attempt, status=status)
         await call.write(pb.AgentMessage(result=result))
         reply = await call.read()
         call.cancel()
     assert isinstance(reply, pb.PoolMessage)
-    kind = reply.WhichOneof("kind") or ""
-    return {"kind": kind, "reason": reply.rejected.reason if kind == "rejected" else ""}
+    return reply
 
 
 def main(state_dir: str, task_id: str, attempt: str) -> int:
@@ -44,8 +47,10 @@ def main(state_dir: str, task_id: str, attempt: str) -> int:
         if not wait_until_hub_answers(enrollment, 20):
             print(json.dumps({"kind": "unreachable"}))
             return 1
-        answer = asyncio.run(report(Identity.load(state_dir), task_id, int(attempt)))
-        print(json.dumps(answer))
+        reply = asyncio.run(report(Identity.load(state_dir), task_id, int(attempt)))
+        kind = reply.WhichOneof("kind") or ""
+        reason = reply.rejected.reason if kind == "rejected" else ""
+        print(json.dumps({"kind": kind, "reason": reason}))
     finally:
         interface.down()
     return 0

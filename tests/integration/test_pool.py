@@ -28,6 +28,7 @@ from hivemind_cluster.pool.client import Identity, aio_channel
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+from tests.late_result import report as late_result
 from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled, echo
 
 pytestmark = pytest.mark.privileged
@@ -158,32 +159,13 @@ def test_a_lost_worker_is_requeued_once_and_its_late_result_refused(
         assert len(survivor.started) == 1
         # The killed attempt reports late over a fresh stream: refused, nothing changes.
         identity = await cluster.add_node("doomed", "worker")
-        reply = await late_result(identity, task.id, attempt=1)
+        reply = await late_result(identity, task.id, attempt=1, status="failed")
         assert reply.WhichOneof("kind") == "rejected"
         assert "no longer current" in reply.rejected.reason
         after = await stub.Get(pb.TaskRef(task_id=task.id))
         assert after.status == "succeeded" and after.attempt == 2 and after.node_id == "survivor"
 
     run_in_cluster(redis_server, tmp_path, body)
-
-
-async def late_result(identity: Identity, task_id: str, attempt: int) -> pb.PoolMessage:
-    async with aio_channel(identity) as channel:
-        call = pb_grpc.PoolStub(channel).Connect()
-        await call.write(
-            pb.AgentMessage(
-                register=pb.Register(capacity=pb.Resources(cpu_millis=1000, memory_bytes=GiB))
-            )
-        )
-        registered = await call.read()
-        assert isinstance(registered, pb.PoolMessage) and registered.HasField("registered")
-        await call.write(
-            pb.AgentMessage(result=pb.TaskResult(task_id=task_id, attempt=attempt, status="failed"))
-        )
-        reply = await call.read()
-        call.cancel()
-        assert isinstance(reply, pb.PoolMessage)
-        return reply
 
 
 def test_cancel_stops_a_running_task_and_a_queued_one(

@@ -1,4 +1,7 @@
-"""``hivemind``: submit and follow tasks on the pool, from any operator node (or the hub).
+"""``hivemind-pool``: the pool's own client, over gRPC with a node certificate.
+
+Users run ``hivemind`` (web/cli.py), which speaks the web API with an account. This tool
+is for the hub's administrator and for operator nodes without an account.
 
 It speaks the pool's gRPC API over the overlay with this machine's node certificate
 (``--identity DIR``: an agent or hub state directory; default ``$HIVEMIND_IDENTITY``, then
@@ -14,19 +17,35 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from hivemind_cluster import __version__
-from hivemind_cluster.mesh.console import age, print_json, print_table, run_main
+from hivemind_cluster.mesh.console import print_json, print_table, run_main
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
 from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.pool.bundles import bundle_from_path, check_bundle, unpack_bundle
 from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, SUCCEEDED
-from hivemind_cluster.pool.ledger import format_cpt, parse_cpt
-from hivemind_cluster.pool.resources import Resources, format_bytes, parse_cpus, parse_size
+from hivemind_cluster.pool.ledger import parse_cpt
+from hivemind_cluster.pool.resources import parse_cpus, parse_size
+from hivemind_cluster.pool.views import (
+    ENTRY_COLUMNS,
+    NODE_COLUMNS,
+    TASK_COLUMNS,
+    amount_text,
+    balance_view,
+    describe_task,
+    entry_rows,
+    entry_view,
+    node_rows,
+    node_view,
+    rates_text,
+    rates_view,
+    task_rows,
+    task_view,
+)
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
@@ -34,7 +53,9 @@ T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hivemind", description="Run tasks on a HiveMind pool.")
+    parser = argparse.ArgumentParser(
+        prog="hivemind-pool", description="Run tasks on a HiveMind pool (node certificate)."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--identity", help="agent or hub state directory holding the certificate")
@@ -93,72 +114,9 @@ def rpc(what: str, call: Callable[[], T]) -> T:
         raise error_from_rpc(exc, what) from None
 
 
-def task_json(task: pb.Task) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "name": task.name,
-        "status": task.status,
-        "node": task.node_name or task.node_id,
-        "node_id": task.node_id,
-        "attempt": task.attempt,
-        "max_attempts": task.max_attempts,
-        "exit_code": task.exit_code if task.has_exit_code else None,
-        "error": task.error,
-        "image": task.image,
-        "command": list(task.command),
-        "resources": {
-            "cpu_millis": task.resources.cpu_millis,
-            "memory_bytes": task.resources.memory_bytes,
-            "gpus": task.resources.gpus,
-        },
-        "usage": {
-            "cpu_seconds": task.usage.cpu_seconds,
-            "peak_memory_bytes": task.usage.peak_memory_bytes,
-            "wall_seconds": task.usage.wall_seconds,
-            "gpu_seconds": task.usage.gpu_seconds,
-        },
-        "submitted_at": task.submitted_at,
-        "started_at": task.started_at or None,
-        "ended_at": task.ended_at or None,
-        "attempts": [
-            {"attempt": a.attempt, "node_id": a.node_id, "status": a.status, "error": a.error}
-            for a in task.attempts
-        ],
-        "output_bytes": task.output_bytes,
-        "price_cap": format_cpt(task.price_cap),
-        "cost": format_cpt(task.cost) if task.settled else None,
-        "settled": task.settled,
-    }
-
-
-def describe(task: pb.Task) -> str:
-    lines = [
-        f"task      {task.id}{' (' + task.name + ')' if task.name else ''}",
-        f"status    {task.status}"
-        + (f", exit code {task.exit_code}" if task.has_exit_code else "")
-        + (f" — {task.error}" if task.error else ""),
-        f"attempt   {task.attempt} of {task.max_attempts}"
-        + (f" on {task.node_name or task.node_id}" if task.node_id else ""),
-        f"image     {task.image}  {' '.join(task.command)}",
-        f"request   {Resources.from_proto(task.resources).describe()}, "
-        f"timeout {task.timeout_seconds}s",
-    ]
-    money = f"price cap {format_cpt(task.price_cap)} CPT"
-    if task.settled:
-        money += f", cost {format_cpt(task.cost)} CPT"
-    lines.append(f"money     {money}")
-    if task.status in FINAL_STATES:
-        u = task.usage
-        lines.append(
-            f"usage     {u.cpu_seconds:.2f} CPU-s, peak {format_bytes(u.peak_memory_bytes)}, "
-            f"{u.wall_seconds:.2f}s wall"
-            + (f", {u.gpu_seconds:.1f} GPU-s" if u.gpu_seconds else "")
-        )
-    return "\n".join(lines)
-
-
 def show(args: argparse.Namespace, task: pb.Task) -> None:
-    print_json(task_json(task)) if args.json else print(describe(task))
+    view = task_view(task)
+    print_json(view) if args.json else print(describe_task(view))
 
 
 def submit_request(args: argparse.Namespace) -> pb.SubmitRequest:
@@ -256,46 +214,8 @@ def cmd_result(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
 
 def cmd_nodes(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
     nodes = rpc("nodes", lambda: stub.ListNodes(pb.ListNodesRequest(), timeout=10)).nodes
-    rows = [
-        {
-            "id": n.id,
-            "name": n.name,
-            "role": n.role,
-            "overlay_ip": n.overlay_ip,
-            "state": n.state,
-            "connected": n.connected,
-            "last_heartbeat": n.last_heartbeat or None,
-            "capacity": Resources.from_proto(n.capacity).__dict__,
-            "allocated": Resources.from_proto(n.allocated).__dict__,
-            "gpus": [{"model": g.model, "memory_bytes": g.memory_bytes} for g in n.gpus],
-            "cpu_percent": n.cpu_percent,
-            "memory_used_bytes": n.memory_used_bytes,
-            "running": list(n.running),
-            "docker_version": n.docker_version,
-            "labels": dict(n.labels),
-        }
-        for n in nodes
-    ]
-    if args.json:
-        print_json(rows)
-        return 0
-    now = time.time()
-    for row, n in zip(rows, nodes, strict=True):
-        row["heartbeat"] = age(now - n.last_heartbeat) if n.last_heartbeat else "-"
-        row["cpu"] = (
-            f"{n.allocated.cpu_millis / 1000:g}/{n.capacity.cpu_millis / 1000:g}"
-            if n.role == "worker"
-            else "-"
-        )
-        row["memory"] = (
-            f"{format_bytes(n.allocated.memory_bytes)}/{format_bytes(n.capacity.memory_bytes)}"
-            if n.role == "worker"
-            else "-"
-        )
-        row["tasks"] = len(n.running)
-    print_table(
-        rows, ["id", "name", "role", "overlay_ip", "state", "heartbeat", "cpu", "memory", "tasks"]
-    )
+    views = [node_view(n) for n in nodes]
+    print_json(views) if args.json else print_table(node_rows(views), NODE_COLUMNS)
     return 0
 
 
@@ -313,7 +233,7 @@ def dispatch(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
         request = submit_request(args)
         task = rpc("submit", lambda: stub.Submit(request, timeout=60))
         if not args.wait:
-            print_json(task_json(task)) if args.json else print(task.id)
+            print_json(task_view(task)) if args.json else print(task.id)
             return 0
         if progress:
             print(f"submitted {task.id}", file=sys.stderr)
@@ -335,13 +255,8 @@ def dispatch(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
     if args.command == "list":
         query = pb.ListRequest(status=args.status, limit=args.limit)
         tasks = rpc("list", lambda: stub.List(query, timeout=10)).tasks
-        if args.json:
-            print_json([task_json(t) for t in tasks])
-        else:
-            print_table(
-                [task_json(t) | {"command": " ".join(t.command)[:40]} for t in tasks],
-                ["id", "status", "node", "attempt", "exit_code", "image", "command"],
-            )
+        views = [task_view(t) for t in tasks]
+        print_json(views) if args.json else print_table(task_rows(views), TASK_COLUMNS)
         return 0
     if args.command == "nodes":
         return cmd_nodes(args, stub)
@@ -350,45 +265,25 @@ def dispatch(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
 
 def cmd_ledger(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
     if args.command == "balance":
-        found = rpc("balance", lambda: stub.Balance(pb.AccountRef(account=args.account)))
-        row = {"account": found.account, "balance": format_cpt(found.balance)}
-        print_json(row | {"balance_micro": found.balance}) if args.json else print(
-            f"{row['balance']} CPT ({found.account})"
+        found = balance_view(
+            rpc("balance", lambda: stub.Balance(pb.AccountRef(account=args.account)))
+        )
+        print_json(found) if args.json else print(
+            f"{amount_text(found['balance_micro'])} ({found['account']})"
         )
     elif args.command == "history":
         query = pb.HistoryRequest(account=args.account, limit=args.limit)
-        entries = rpc("history", lambda: stub.History(query)).entries
-        rows = [
-            {
-                "id": e.id,
-                "from": e.source,
-                "to": e.target,
-                "amount": format_cpt(e.amount),
-                "reason": e.reason,
-                "task": e.task,
-            }
-            for e in entries
-        ]
-        print_json(rows) if args.json else print_table(
-            rows, ["id", "from", "to", "amount", "reason"]
-        )
+        entries = [entry_view(e) for e in rpc("history", lambda: stub.History(query)).entries]
+        print_json(entries) if args.json else print_table(entry_rows(entries), ENTRY_COLUMNS)
     elif args.command == "tip":
         tip = pb.TipRequest(project=args.project, amount=parse_cpt(args.amount))
-        entry = rpc("tip", lambda: stub.Tip(tip))
-        print_json({"id": entry.id, "to": entry.target, "amount": format_cpt(entry.amount)}) if (
-            args.json
-        ) else print(f"tipped {format_cpt(entry.amount)} CPT to {entry.target}")
-    else:
-        card = rpc("rates", lambda: stub.GetRateCard(pb.RateCardRequest()))
-        rates = {
-            "cpu_second": format_cpt(card.cpu_second),
-            "gb_second": format_cpt(card.gb_second),
-            "gpu_second": format_cpt(card.gpu_second),
-            "registration_grant": format_cpt(card.registration_grant),
-        }
-        print_json(rates) if args.json else print(
-            "\n".join(f"{name:<20}{value} CPT" for name, value in rates.items())
+        entry = entry_view(rpc("tip", lambda: stub.Tip(tip)))
+        print_json(entry) if args.json else print(
+            f"tipped {amount_text(entry['amount_micro'])} to {entry['to']}"
         )
+    else:
+        rates = rates_view(rpc("rates", lambda: stub.GetRateCard(pb.RateCardRequest())))
+        print_json(rates) if args.json else print(rates_text(rates))
     return 0
 
 

@@ -82,7 +82,7 @@ def main() -> int:
 def hivemind(mesh: Mesh, host: Host, *args: str) -> str:
     command, *rest = args
     return host.run(
-        tool("hivemind"), command, "--identity", str(mesh.hub_dir), *rest, timeout=180
+        tool("hivemind-pool"), command, "--identity", str(mesh.hub_dir), *rest, timeout=180
     ).stdout
 
 

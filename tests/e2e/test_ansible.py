@@ -213,7 +213,7 @@ def test_workers_register_with_the_pool_ready_for_docker_tasks(site: Site) -> No
     while True:
         nodes = json.loads(
             site.hub.run(
-                tool("hivemind"), "nodes", "--identity", str(site.work / "hub-state"), "--json"
+                tool("hivemind-pool"), "nodes", "--identity", str(site.work / "hub-state"), "--json"
             ).stdout
         )
         workers = {n["name"]: n for n in nodes if n["role"] == "worker" and n["connected"]}

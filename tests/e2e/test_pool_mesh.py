@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,13 @@ class PoolWorld:
         identity = self.mesh.hub_dir if host is self.hub else self.mesh.agent_dir(host)
         command, *rest = args
         return host.run(
-            tool("hivemind"), command, "--identity", str(identity), *rest, check=check, timeout=120
+            tool("hivemind-pool"),
+            command,
+            "--identity",
+            str(identity),
+            *rest,
+            check=check,
+            timeout=120,
         )
 
     def cli_json(self, host: Host, *args: str) -> Any:
@@ -182,7 +187,7 @@ def test_the_user_pays_exactly_the_cost_and_the_worker_earns_it(world: PoolWorld
         assert time.monotonic() < deadline, task
         time.sleep(0.2)
         task = world.status(task["id"])
-    cost = int(Decimal(task["cost"]) * 1_000_000)
+    cost = int(task["cost_micro"])
     assert cost > 0
     assert balance() == user_before - cost
     earned = {
@@ -213,7 +218,7 @@ def test_a_task_that_could_never_fit_is_refused_at_submission(world: PoolWorld) 
 def test_the_pool_refuses_a_certificate_used_from_another_address(world: PoolWorld) -> None:
     # op's certificate, presented from w2's overlay address.
     borrowed = world.w2.run(
-        tool("hivemind"),
+        tool("hivemind-pool"),
         "list",
         "--identity",
         str(world.mesh.agent_dir(world.op)),

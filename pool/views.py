@@ -1,0 +1,208 @@
+"""The JSON shapes of tasks, nodes and ledger entries, and their text rendering.
+
+One place turns the pool's protobuf messages into plain dicts: the web API returns them,
+the ``hivemind`` CLI (over the API) and ``hivemind-pool`` (over gRPC) print them. CPT
+amounts are JSON numbers; each has an exact integer ``*_micro`` twin.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hivemind_cluster.mesh.console import age
+from hivemind_cluster.pool.constants import FINAL_STATES
+from hivemind_cluster.pool.ledger import MICRO, format_cpt
+from hivemind_cluster.pool.resources import Resources, format_bytes
+from hivemind_cluster.protos import pool_pb2 as pb
+
+View = dict[str, Any]
+
+
+def cpt(micro: int) -> float:
+    """Micro-CPT as a JSON number of CPT (the ``*_micro`` field keeps the exact value)."""
+    return micro / MICRO
+
+
+def resources_view(resources: pb.Resources) -> View:
+    return {
+        "cpu_millis": resources.cpu_millis,
+        "memory_bytes": resources.memory_bytes,
+        "gpus": resources.gpus,
+    }
+
+
+def task_view(task: pb.Task) -> View:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "owner": task.owner,
+        "status": task.status,
+        "node": task.node_name or task.node_id,
+        "node_id": task.node_id,
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "exit_code": task.exit_code if task.has_exit_code else None,
+        "error": task.error,
+        "image": task.image,
+        "command": list(task.command),
+        "resources": resources_view(task.resources),
+        "timeout_seconds": task.timeout_seconds,
+        "priority": task.priority,
+        "network": task.network,
+        "usage": {
+            "cpu_seconds": task.usage.cpu_seconds,
+            "peak_memory_bytes": task.usage.peak_memory_bytes,
+            "wall_seconds": task.usage.wall_seconds,
+            "gpu_seconds": task.usage.gpu_seconds,
+        },
+        "submitted_at": task.submitted_at,
+        "started_at": task.started_at or None,
+        "ended_at": task.ended_at or None,
+        "attempts": [
+            {
+                "attempt": a.attempt,
+                "node_id": a.node_id,
+                "status": a.status,
+                "started_at": a.started_at or None,
+                "ended_at": a.ended_at or None,
+                "error": a.error,
+            }
+            for a in task.attempts
+        ],
+        "output_bytes": task.output_bytes,
+        "price_cap": cpt(task.price_cap),
+        "price_cap_micro": task.price_cap,
+        "cost": cpt(task.cost) if task.settled else None,
+        "cost_micro": task.cost if task.settled else None,
+        "settled": task.settled,
+    }
+
+
+def node_view(node: pb.NodeState) -> View:
+    return {
+        "id": node.id,
+        "name": node.name,
+        "role": node.role,
+        "overlay_ip": node.overlay_ip,
+        "state": node.state,
+        "connected": node.connected,
+        "last_heartbeat": node.last_heartbeat or None,
+        "capacity": resources_view(node.capacity),
+        "allocated": resources_view(node.allocated),
+        "gpus": [{"model": g.model, "memory_bytes": g.memory_bytes} for g in node.gpus],
+        "cpu_percent": node.cpu_percent,
+        "memory_used_bytes": node.memory_used_bytes,
+        "running": list(node.running),
+        "docker_version": node.docker_version,
+        "labels": dict(node.labels),
+    }
+
+
+def entry_view(entry: pb.LedgerEntry) -> View:
+    return {
+        "id": entry.id,
+        "time": entry.time,
+        "from": entry.source,
+        "to": entry.target,
+        "amount": cpt(entry.amount),
+        "amount_micro": entry.amount,
+        "reason": entry.reason,
+        "task": entry.task,
+    }
+
+
+def balance_view(balance: pb.AccountBalance) -> View:
+    return {
+        "account": balance.account,
+        "kind": balance.kind,
+        "balance": cpt(balance.balance),
+        "balance_micro": balance.balance,
+    }
+
+
+def rates_view(card: pb.RateCard) -> View:
+    """The rate card in CPT (per CPU-second, GB-second, GPU-second) plus the grant."""
+    return {
+        "cpu_second": cpt(card.cpu_second),
+        "gb_second": cpt(card.gb_second),
+        "gpu_second": cpt(card.gpu_second),
+        "registration_grant": cpt(card.registration_grant),
+    }
+
+
+# Text rendering (for terminals), from the views above.
+
+
+def amount_text(micro: int | None) -> str:
+    return "-" if micro is None else f"{format_cpt(micro)} CPT"
+
+
+def describe_task(task: View) -> str:
+    resources = Resources(**task["resources"])
+    lines = [
+        f"task      {task['id']}{' (' + task['name'] + ')' if task['name'] else ''}",
+        f"status    {task['status']}"
+        + (f", exit code {task['exit_code']}" if task["exit_code"] is not None else "")
+        + (f" — {task['error']}" if task["error"] else ""),
+        f"attempt   {task['attempt']} of {task['max_attempts']}"
+        + (f" on {task['node']}" if task["node"] else ""),
+        f"image     {task['image']}  {' '.join(task['command'])}",
+        f"request   {resources.describe()}, timeout {task['timeout_seconds']}s",
+    ]
+    money = f"price cap {amount_text(task['price_cap_micro'])}"
+    if task["settled"]:
+        money += f", cost {amount_text(task['cost_micro'])}"
+    lines.append(f"money     {money}")
+    if task["status"] in FINAL_STATES:
+        u = task["usage"]
+        lines.append(
+            f"usage     {u['cpu_seconds']:.2f} CPU-s, peak {format_bytes(u['peak_memory_bytes'])}, "
+            f"{u['wall_seconds']:.2f}s wall"
+            + (f", {u['gpu_seconds']:.1f} GPU-s" if u["gpu_seconds"] else "")
+        )
+    return "\n".join(lines)
+
+
+TASK_COLUMNS = ["id", "status", "node", "attempt", "exit_code", "image", "command"]
+
+
+def task_rows(tasks: list[View]) -> list[View]:
+    return [t | {"command": " ".join(t["command"])[:40]} for t in tasks]
+
+
+NODE_COLUMNS = ["id", "name", "role", "overlay_ip", "state", "heartbeat", "cpu", "memory", "tasks"]
+
+
+def node_rows(nodes: list[View]) -> list[View]:
+    now = time.time()
+    rows = []
+    for n in nodes:
+        worker = n["role"] == "worker"
+        used, total = n["allocated"], n["capacity"]
+        rows.append(
+            n
+            | {
+                "heartbeat": age(now - n["last_heartbeat"]) if n["last_heartbeat"] else "-",
+                "cpu": f"{used['cpu_millis'] / 1000:g}/{total['cpu_millis'] / 1000:g}"
+                if worker
+                else "-",
+                "memory": f"{format_bytes(used['memory_bytes'])}/"
+                f"{format_bytes(total['memory_bytes'])}"
+                if worker
+                else "-",
+                "tasks": len(n["running"]),
+            }
+        )
+    return rows
+
+
+ENTRY_COLUMNS = ["id", "from", "to", "amount", "reason"]
+
+
+def entry_rows(entries: list[View]) -> list[View]:
+    return [e | {"amount": format_cpt(e["amount_micro"])} for e in entries]
+
+
+def rates_text(rates: View) -> str:
+    return "\n".join(f"{name:<20}{amount_text(round(v * MICRO))}" for name, v in rates.items())

@@ -1,1 +1,83 @@
-"""The master web UI and JSON API (see DESIGN.md section 6)."""
+"""The master web UI and JSON API (DESIGN.md section 6), a Flask app.
+
+``create_app(test_config=None)`` builds it from the hub's state directory
+(``HIVEMIND_STATE_DIR``, default /var/lib/hivemind-hub): the hub's Redis for users, the
+pool over gRPC with the hub's own certificate. Tests pass ``SETTINGS``, ``REDIS`` and
+``GATEWAY`` in ``test_config`` instead. One blueprint per area: ``auth`` (register, log
+in and out), ``tasks``, ``ledger``, ``mesh`` (pages) and ``api`` (``/api/v1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from hivemind_cluster.mesh import store
+from hivemind_cluster.mesh.keys import write_private
+from hivemind_cluster.mesh.wireguard import WireGuardInterface
+from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.pool.client import Identity
+from hivemind_cluster.web.services import Services
+from hivemind_cluster.web.users import UserStore
+
+DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
+SECRET_FILE = "web-secret.key"
+# A 16 MiB bundle, base64 in JSON (4/3) plus the rest of the body.
+MAX_BODY = MAX_INPUT_BYTES * 4 // 3 + (1 << 20)
+csrf = CSRFProtect()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
+        JSON_SORT_KEYS=False,
+    )
+    if test_config is not None:
+        app.config.update(test_config)
+    app.extensions["hivemind"] = _services(app)
+    csrf.init_app(app)
+
+    from hivemind_cluster.web import api, auth, errorpages, filters, ledger, mesh, tasks
+
+    errorpages.init_app(app)
+    filters.init_app(app)
+    auth.init_app(app)
+    for blueprint in (auth.bp, tasks.bp, ledger.bp, mesh.bp, api.bp):
+        app.register_blueprint(blueprint)
+    csrf.exempt(api.bp)  # the API checks CSRF itself for browser sessions (api.authenticate)
+    return app
+
+
+def _services(app: Flask) -> Services:
+    """The hub's real services, unless the test config brings its own."""
+    from hivemind_cluster.mesh.hub import load_settings
+    from hivemind_cluster.web.gateway import PoolGateway
+
+    config = app.config
+    state_dir = config.get("STATE_DIR") or os.environ.get("HIVEMIND_STATE_DIR", DEFAULT_STATE_DIR)
+    settings = config.get("SETTINGS") or load_settings(state_dir)
+    if "SECRET_KEY" not in config or not config["SECRET_KEY"]:
+        config["SECRET_KEY"] = _secret_key(Path(settings.state_dir))
+    db = config.get("REDIS") or store.connect_hub(settings)
+    gateway = config.get("GATEWAY") or PoolGateway(Identity.load(settings.state_dir))
+    interface = WireGuardInterface(settings.interface)
+    peers = config.get("WIREGUARD_PEERS") or interface.peers
+    return Services(settings, db, UserStore(db, config.get("PASSWORD_HASHER")), gateway, peers)
+
+
+def _secret_key(state_dir: Path) -> str:
+    """The session signing key, created once per hub (sessions survive restarts)."""
+    path = state_dir / SECRET_FILE
+    if not path.exists():
+        import secrets
+
+        write_private(path, secrets.token_hex(32) + "\n")
+    return path.read_text().strip()

@@ -1,0 +1,251 @@
+"""The JSON API under /api/v1 (the ``hivemind`` CLI uses it; see openapi.py).
+
+Callers authenticate with ``Authorization: Bearer <token>`` (from ``POST /tokens``) or,
+from the UI's own scripts, with the browser session — then a state-changing request
+must carry the CSRF token (``X-CSRFToken``), exactly like the forms.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from flask import Blueprint, Response, g, request
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError, validate_csrf
+from wtforms import ValidationError
+
+from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES
+from hivemind_cluster.pool.ledger import check_account, parse_cpt
+from hivemind_cluster.pool.views import cpt, rates_view
+from hivemind_cluster.web import mesh, openapi, submission
+from hivemind_cluster.web.auth import client_address
+from hivemind_cluster.web.errors import Unauthenticated
+from hivemind_cluster.web.services import services
+from hivemind_cluster.web.users import User
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+P = ParamSpec("P")
+R = TypeVar("R")
+MAX_LIMIT = 1000
+
+
+def authenticate() -> User:
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("use Authorization: Bearer <token>")
+        return services().users.user_of_token(token.strip())
+    user: User | None = g.get("user")
+    if user is None:
+        raise Unauthenticated("log in first: POST /api/v1/tokens, then send the token")
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        try:
+            validate_csrf(request.headers.get("X-CSRFToken", ""))
+        except ValidationError as exc:
+            raise CSRFError(str(exc)) from None
+    return user
+
+
+def authenticated(view: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(view)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        g.api_user = authenticate()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def api_user() -> User:
+    user: User = g.api_user
+    return user
+
+
+def json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return body
+
+
+def text_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name}: required text")
+    return value
+
+
+def limit_arg(default: int) -> int:
+    text = request.args.get("limit", "")
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise InvalidInput(f"limit: a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+# Accounts and tokens
+
+
+@bp.post("/register")
+def register() -> ResponseReturnValue:
+    body = json_body()
+    users = services().users
+    user = users.register(
+        text_field(body, "username"), text_field(body, "password"), client_address()
+    )
+    balance = services().pool.balance(user.account)
+    return {"username": user.name, "account": user.account, "balance": balance["balance"]}, 201
+
+
+@bp.post("/tokens")
+def login() -> ResponseReturnValue:
+    body = json_body()
+    user = services().users.authenticate(
+        text_field(body, "username"), text_field(body, "password"), client_address()
+    )
+    return {"token": services().users.issue_token(user), "username": user.name}, 201
+
+
+@bp.delete("/tokens/current")
+@authenticated
+def logout() -> ResponseReturnValue:
+    _scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if not token:
+        raise InvalidInput("only an API token can be revoked here (browsers: POST /logout)")
+    services().users.revoke_token(token.strip())
+    return Response(status=204)
+
+
+@bp.get("/me")
+@authenticated
+def me() -> ResponseReturnValue:
+    user = api_user()
+    balance = services().pool.balance(user.account)
+    return {"username": user.name, "account": user.account} | {
+        k: balance[k] for k in ("balance", "balance_micro")
+    }
+
+
+# Tasks
+
+
+@bp.get("/tasks")
+@authenticated
+def list_tasks() -> ResponseReturnValue:
+    statuses = request.args.getlist("status")
+    unknown = [s for s in statuses if s not in ALL_STATES]
+    if unknown:
+        raise InvalidInput(f"status {unknown[0][:30]!r}: one of {', '.join(ALL_STATES)}")
+    return {"tasks": services().pool.tasks(api_user().account, statuses, limit_arg(100))}
+
+
+@bp.post("/tasks")
+@authenticated
+def submit() -> ResponseReturnValue:
+    submitted = submission.from_json(request.get_json(silent=True))
+    return services().pool.submit(api_user().account, submitted), 201
+
+
+@bp.post("/tasks/quote")
+@authenticated
+def quote() -> ResponseReturnValue:
+    submitted = submission.from_json(request.get_json(silent=True))
+    found = services()
+    cap = submission.price_cap(submitted, found.pool.rates(), found.settings)
+    return {"price_cap": cpt(cap), "price_cap_micro": cap}
+
+
+@bp.get("/tasks/<task_id>")
+@authenticated
+def task(task_id: str) -> ResponseReturnValue:
+    return services().pool.task(api_user().account, task_id)
+
+
+@bp.post("/tasks/<task_id>/cancel")
+@authenticated
+def cancel(task_id: str) -> ResponseReturnValue:
+    return services().pool.cancel(api_user().account, task_id)
+
+
+@bp.get("/tasks/<task_id>/logs")
+@authenticated
+def logs(task_id: str) -> ResponseReturnValue:
+    after = request.args.get("after", "0")
+    if not after.isdigit():
+        raise InvalidInput("after: a whole number of entries already seen")
+    pool = services().pool
+    account = api_user().account
+    status = pool.task(account, task_id)["status"]  # read first: no entry can be missed
+    entries = pool.logs(account, task_id)
+    return {
+        "entries": entries[int(after) :],
+        "next": len(entries),
+        "done": status in FINAL_STATES,
+    }
+
+
+@bp.get("/tasks/<task_id>/result")
+@authenticated
+def result(task_id: str) -> ResponseReturnValue:
+    bundle = services().pool.result(api_user().account, task_id)
+    return Response(
+        bundle,
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{task_id}-output.zip"'},
+    )
+
+
+# Ledger
+
+
+@bp.get("/balance")
+@authenticated
+def balance() -> ResponseReturnValue:
+    return services().pool.balance(api_user().account)
+
+
+@bp.get("/history")
+@authenticated
+def history() -> ResponseReturnValue:
+    return {"entries": services().pool.history(api_user().account, limit_arg(100))}
+
+
+@bp.post("/tips")
+@authenticated
+def tip() -> ResponseReturnValue:
+    body = json_body()
+    project = check_account(text_field(body, "project"))
+    amount = body.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, str | int | float):
+        raise InvalidInput("amount: CPT, as a number or text like \"2.5\"")
+    return services().pool.tip(api_user().account, project, parse_cpt(str(amount))), 201
+
+
+@bp.get("/rates")
+def rates() -> ResponseReturnValue:
+    return rates_view(services().pool.rates())
+
+
+# The pool and the mesh
+
+
+@bp.get("/nodes")
+@authenticated
+def nodes() -> ResponseReturnValue:
+    return {"nodes": services().pool.nodes()}
+
+
+@bp.get("/mesh")
+@authenticated
+def mesh_status() -> ResponseReturnValue:
+    return mesh.snapshot()
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> ResponseReturnValue:
+    document: dict[str, object] = openapi.DOCUMENT
+    return document

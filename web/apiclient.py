@@ -1,0 +1,210 @@
+"""``TaskClient`` over the web's JSON API (``/api/v1``), for the ``hivemind`` CLI.
+
+Plain ``urllib``; proxies from the environment are ignored (the API answers only on the
+overlay, which no proxy can reach). An error the API sends, ``{"error": {"code",
+"message"}}``, becomes the matching ``HiveMindError`` with the server's message; a server
+that cannot be reached or does not answer is one ``Unavailable`` line naming the URL.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from hivemind_cluster.mesh import errors
+from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, Unavailable
+from hivemind_cluster.pool.ledger import format_cpt
+from hivemind_cluster.pool.views import View
+from hivemind_cluster.web.errors import RateLimited, TooLarge, Unauthenticated
+
+API_PATH = "/api/v1"
+DEFAULT_PORT = 5001
+CALL_TIMEOUT = 30.0
+RESULT_TIMEOUT = 120.0
+LOG_POLL_SECONDS = 0.5
+# The class for a code the server sent; codes of mesh/errors.py are rebuilt as over gRPC.
+_WEB_ERRORS = {cls.code: cls for cls in (Unauthenticated, RateLimited, TooLarge)}
+# For codes this client does not know (Flask's own errors, a newer server): by HTTP status.
+_BY_STATUS: dict[int, type[HiveMindError]] = {
+    400: InvalidInput,
+    401: Unauthenticated,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    405: InvalidInput,
+    409: errors.Conflict,
+    413: TooLarge,
+    429: RateLimited,
+    502: Unavailable,
+    503: Unavailable,
+    504: Unavailable,
+}
+
+
+def api_url(text: str) -> str:
+    """``100.64.0.1`` → ``http://100.64.0.1:5001/api/v1``; a full URL keeps its port and path."""
+    text = text.strip().rstrip("/")
+    if "://" not in text:
+        text = f"http://{text}"
+        if urlsplit(text).port is None:
+            text += f":{DEFAULT_PORT}"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        raise InvalidInput(f"API URL {text[:80]!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise InvalidInput(f"API URL {text[:80]!r}: use http://HOST:PORT (the hub's web UI)")
+    return text if parts.path.endswith(API_PATH) else text + API_PATH
+
+
+def api_error(status: int, payload: bytes, url: str) -> HiveMindError:
+    """The error for an HTTP error answer: the server's own, or one naming the status."""
+    try:
+        error = json.loads(payload)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return HiveMindError(f"{url} answered HTTP {status} without an API error (not HiveMind?)")
+    if code in _WEB_ERRORS:
+        return _WEB_ERRORS[code](message)
+    known = errors.from_grpc_details(f"{code}: {message}")
+    return known or _BY_STATUS.get(status, HiveMindError)(message)
+
+
+class ApiClient:
+    def __init__(self, api: str, token: str = "", timeout: float = CALL_TIMEOUT) -> None:
+        self.api = api_url(api)
+        self.token = token
+        self.timeout = timeout
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        timeout: float = 0,
+    ) -> bytes:
+        """The body of a successful answer; an error answer raises its ``HiveMindError``."""
+        url = self.api + path + (f"?{urlencode(query, doseq=True)}" if query else "")
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        call = urllib.request.Request(url, data=data, headers=headers, method=method)
+        timeout = timeout or self.timeout
+        try:
+            with self.opener.open(call, timeout=timeout) as answer:
+                payload: bytes = answer.read()
+                return payload
+        except urllib.error.HTTPError as exc:
+            raise api_error(exc.code, exc.read(), self.api) from None
+        except urllib.error.URLError as exc:
+            raise self._unreachable(exc.reason, timeout) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc, timeout) from None
+
+    def _unreachable(self, reason: object, timeout: float) -> Unavailable:
+        if isinstance(reason, TimeoutError):
+            what = f"did not answer within {timeout:g}s"
+        elif isinstance(reason, ConnectionRefusedError):
+            what = "refused the connection (is the hub's web server running?)"
+        else:
+            what = f"cannot be reached: {getattr(reason, 'strerror', None) or reason}"
+        return Unavailable(f"the HiveMind API at {self.api} {what}")
+
+    def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        """A JSON answer (``None`` for an empty one)."""
+        payload = self.request(method, path, body, {k: v for k, v in query.items() if v})
+        try:
+            return json.loads(payload) if payload else None
+        except ValueError:
+            raise HiveMindError(f"{self.api}{path} did not answer JSON (not HiveMind?)") from None
+
+    # Accounts
+
+    def register(self, username: str, password: str) -> View:
+        found: View = self.call("POST", "/register", {"username": username, "password": password})
+        return found
+
+    def login(self, username: str, password: str) -> str:
+        """A new API token for the account."""
+        found = self.call("POST", "/tokens", {"username": username, "password": password})
+        token: str = found["token"]
+        return token
+
+    def logout(self) -> None:
+        self.call("DELETE", "/tokens/current")
+
+    # TaskClient
+
+    def submit(self, body: View) -> View:
+        found: View = self.call("POST", "/tasks", body)
+        return found
+
+    def get(self, task_id: str) -> View:
+        found: View = self.call("GET", task_path(task_id))
+        return found
+
+    def cancel(self, task_id: str) -> View:
+        found: View = self.call("POST", task_path(task_id, "/cancel"))
+        return found
+
+    def tasks(self, statuses: list[str], limit: int) -> list[View]:
+        found: list[View] = self.call("GET", "/tasks", status=statuses, limit=limit)["tasks"]
+        return found
+
+    def logs(self, task_id: str, follow: bool) -> Iterator[View]:
+        """Pages of ``GET /tasks/{id}/logs?after=N``; with ``follow``, until ``done``."""
+        seen = 0
+        while True:
+            page = self.call("GET", task_path(task_id, "/logs"), after=seen)
+            yield from page["entries"]
+            seen = max(seen, int(page["next"]))
+            if page["done"] or not follow:  # done: the status was read before the entries
+                return
+            if not page["entries"]:
+                time.sleep(LOG_POLL_SECONDS)
+
+    def result(self, task_id: str) -> bytes:
+        return self.request("GET", task_path(task_id, "/result"), timeout=RESULT_TIMEOUT)
+
+    def nodes(self) -> list[View]:
+        found: list[View] = self.call("GET", "/nodes")["nodes"]
+        return found
+
+    def balance(self, account: str) -> View:
+        if account:
+            raise InvalidInput("the API shows your own balance only (no --account)")
+        found: View = self.call("GET", "/balance")
+        return found
+
+    def history(self, account: str, limit: int) -> list[View]:
+        if account:
+            raise InvalidInput("the API shows your own history only (no --account)")
+        found: list[View] = self.call("GET", "/history", limit=limit)["entries"]
+        return found
+
+    def tip(self, project: str, amount_micro: int) -> View:
+        body = {"project": project, "amount": format_cpt(amount_micro)}
+        found: View = self.call("POST", "/tips", body)
+        return found
+
+    def rates(self) -> View:
+        found: View = self.call("GET", "/rates")
+        return found
+
+
+def task_path(task_id: str, rest: str = "") -> str:
+    if not task_id:
+        raise InvalidInput("a task id is required")
+    return f"/tasks/{quote(task_id, safe='')}{rest}"

@@ -1,0 +1,99 @@
+"""Register, log in, log out (pages), and who the current user is.
+
+A browser session holds the username (a signed cookie, CSRF-protected forms); the API
+also takes ``Authorization: Bearer <token>`` (see api.py). Failed logins are rate
+limited per username and per address (users.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, flash, g, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+
+from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
+from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.web.services import services
+from hivemind_cluster.web.users import User
+
+bp = Blueprint("auth", __name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(load_session_user)
+    app.context_processor(lambda: {"user": g.get("user")})
+
+
+def load_session_user() -> None:
+    name = session.get("user")
+    g.user = services().users.get(name) if isinstance(name, str) else None
+
+
+def current_user() -> User:
+    user: User | None = g.get("user")
+    assert user is not None, "use @login_required"
+    return user
+
+
+def login_required(view: Callable[P, R]) -> Callable[P, R | ResponseReturnValue]:
+    @functools.wraps(view)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R | ResponseReturnValue:
+        if g.get("user") is None:
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths: a login link must not send anyone to another site."""
+    parts = urlsplit(target or "")
+    if not target or parts.scheme or parts.netloc or not target.startswith("/"):
+        return url_for("tasks.dashboard")
+    return target
+
+
+def _form_page(template: str, action: Callable[[str, str], User]) -> ResponseReturnValue:
+    if request.method == "GET":
+        return render_template(template)
+    username = request.form.get("username", "").strip().lower()
+    password = request.form.get("password", "")
+    try:
+        if template == "register.html" and password != request.form.get("confirm", ""):
+            raise InvalidInput("the two passwords differ")
+        user = action(username, password)
+    except HiveMindError as exc:
+        flash(exc.message, "error")
+        return render_template(template, username=username), http_status(exc)
+    session.clear()
+    session["user"] = user.name
+    return redirect(_safe_next(request.args.get("next")))
+
+
+@bp.route("/register", methods=["GET", "POST"])
+def register() -> ResponseReturnValue:
+    users = services().users
+    return _form_page("register.html", lambda u, p: users.register(u, p, client_address()))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    users = services().users
+    return _form_page("login.html", lambda u, p: users.authenticate(u, p, client_address()))
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> ResponseReturnValue:
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"))

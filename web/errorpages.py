@@ -1,0 +1,61 @@
+"""Error handlers: JSON under /api, a page elsewhere; never a traceback.
+
+A ``HiveMindError`` raised by a view is answered with its HTTP status (errors.py);
+Flask's own HTTP errors (404, 405, 413, a failed CSRF check) get the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template, request
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from hivemind_cluster.mesh.errors import HiveMindError
+from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.web.errors import error_body, http_status
+
+log = logging.getLogger("hivemind.web")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HiveMindError, _hivemind_error)
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def respond(status: int, code: str, message: str) -> ResponseReturnValue:
+    if request.path.startswith("/api/"):
+        return {"error": {"code": code, "message": message}}, status
+    return render_template("error.html", status=status, message=message), status
+
+
+def _hivemind_error(error: HiveMindError) -> ResponseReturnValue:
+    status = http_status(error)
+    if status >= 500:
+        log.warning("%s %s: %s", request.method, request.path, error.message)
+    body = error_body(error)["error"]
+    return respond(status, body["code"], body["message"])
+
+
+def _csrf_error(error: CSRFError) -> ResponseReturnValue:
+    return respond(400, "csrf_failed", f"{error.description} Reload the page and try again.")
+
+
+def _too_large(error: RequestEntityTooLarge) -> ResponseReturnValue:
+    limit = MAX_INPUT_BYTES >> 20
+    return respond(413, "too_large", f"the request is too large (bundles up to {limit} MiB)")
+
+
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    code = (error.name or "error").lower().replace(" ", "_")
+    return respond(error.code or 500, code, error.description or error.name)
+
+
+def _unexpected(error: Exception) -> ResponseReturnValue:
+    log.exception("%s %s failed", request.method, request.path)
+    return respond(500, "internal", "an internal error happened; it has been logged")

@@ -1,0 +1,48 @@
+"""The web's own errors, and the one place that maps every HiveMind error to HTTP.
+
+API routes answer ``{"error": {"code": ..., "message": ...}}``; pages show the message.
+"""
+
+from __future__ import annotations
+
+from hivemind_cluster.mesh import errors
+from hivemind_cluster.mesh.errors import HiveMindError
+
+
+class Unauthenticated(HiveMindError):
+    code = "unauthenticated"
+
+
+class RateLimited(HiveMindError):
+    code = "rate_limited"
+
+
+class TooLarge(errors.InvalidInput):
+    code = "too_large"
+
+
+_HTTP_STATUS: dict[type[HiveMindError], int] = {
+    errors.InvalidInput: 400,
+    errors.Unschedulable: 409,
+    TooLarge: 413,
+    Unauthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.TokenRejected: 403,
+    errors.NotFound: 404,
+    errors.AlreadyExists: 409,
+    errors.Conflict: 409,
+    RateLimited: 429,
+    errors.Unavailable: 503,
+}
+
+
+def http_status(error: HiveMindError) -> int:
+    for cls in type(error).__mro__:
+        status = _HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def error_body(error: HiveMindError) -> dict[str, dict[str, str]]:
+    return {"error": {"code": error.code, "message": error.message}}

@@ -1,0 +1,40 @@
+"""Template filters: amounts, sizes, ages, CPU shares, times — the way the CLIs print them."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask
+
+from hivemind_cluster.mesh.console import age
+from hivemind_cluster.pool.ledger import format_cpt
+from hivemind_cluster.pool.resources import format_bytes
+
+
+def cpt(micro: int | None) -> str:
+    return "-" if micro is None else f"{format_cpt(micro)} CPT"
+
+
+def size(value: int | None) -> str:
+    return "-" if value is None else format_bytes(value)
+
+
+def ago(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{age(seconds)} ago"
+
+
+def since(timestamp: float | None) -> str:
+    return "-" if not timestamp else ago(time.time() - timestamp)
+
+
+def cores(millis: int) -> str:
+    return f"{millis / 1000:g}"
+
+
+def clock(timestamp: float | None) -> str:
+    return "-" if not timestamp else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+def init_app(app: Flask) -> None:
+    for function in (cpt, size, ago, since, cores, clock):
+        app.add_template_filter(function)

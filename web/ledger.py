@@ -1,0 +1,46 @@
+"""Pages for money: ledger history with the balance, tipping a project, the rate card."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from hivemind_cluster.mesh.errors import HiveMindError
+from hivemind_cluster.pool.ledger import check_account, parse_cpt
+from hivemind_cluster.pool.views import rates_view
+from hivemind_cluster.web.auth import current_user, login_required
+from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.web.services import services
+
+bp = Blueprint("ledger", __name__)
+
+
+@bp.get("/ledger")
+@login_required
+def history() -> ResponseReturnValue:
+    pool, account = services().pool, current_user().account
+    return render_template(
+        "ledger.html", balance=pool.balance(account), entries=pool.history(account, 200)
+    )
+
+
+@bp.route("/tip", methods=["GET", "POST"])
+@login_required
+def tip() -> ResponseReturnValue:
+    if request.method == "GET":
+        return render_template("tip.html", form={})
+    form = request.form
+    try:
+        project = check_account(form.get("project", "").strip())
+        amount = parse_cpt(form.get("amount", "").strip())
+        entry = services().pool.tip(current_user().account, project, amount)
+    except HiveMindError as exc:
+        flash(exc.message, "error")
+        return render_template("tip.html", form=form), http_status(exc)
+    flash(f"Thank you: {entry['amount']:g} CPT sent to {entry['to']}.", "info")
+    return redirect(url_for("ledger.history"))
+
+
+@bp.get("/rates")
+def rates() -> ResponseReturnValue:
+    return render_template("rates.html", rates=rates_view(services().pool.rates()))

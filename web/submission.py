@@ -1,0 +1,147 @@
+"""A task submission from an API body or the submit form, checked, as a ``SubmitRequest``.
+
+Both sources give the same fields (see the OpenAPI document); the form sends the command
+as one shell-like line and the bundle as a file, the API a list and base64. Shapes and
+types are checked here; ranges (timeout, resources, image names) by the pool itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES, check_bundle
+from hivemind_cluster.pool.ledger import parse_cpt
+from hivemind_cluster.pool.pricing import RateCard
+from hivemind_cluster.pool.resources import Resources, parse_cpus, parse_size
+from hivemind_cluster.protos import pool_pb2 as pb
+
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "image": str,
+    "command": list,
+    "env": dict,
+    "cpu": (str, int, float),
+    "memory": (str, int),
+    "gpus": int,
+    "timeout": int,
+    "priority": int,
+    "max_attempts": int,
+    "network": bool,
+    "name": str,
+    "max_cost": (str, int, float),
+    "bundle": str,
+    "idempotency_key": str,
+}
+MAX_TEXT = 4096
+MAX_COMMAND_ITEMS = 256
+MAX_ENV = 64
+
+
+def from_json(body: Any) -> pb.SubmitRequest:
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0][:40]!r}")
+    for field, kind in FIELDS.items():
+        value = body.get(field)
+        wrong_bool = isinstance(value, bool) and kind is not bool
+        if value is not None and (wrong_bool or not isinstance(value, kind)):
+            raise InvalidInput(f"{field}: wrong type")
+    command = body.get("command") or []
+    if not all(isinstance(part, str) for part in command):
+        raise InvalidInput("command: a list of strings")
+    env = body.get("env") or {}
+    if not all(isinstance(v, str) for v in env.values()):
+        raise InvalidInput("env: values must be strings")
+    bundle = _decode_bundle(body.get("bundle") or "")
+    return _request(body, command, env, bundle)
+
+
+def from_form(form: Mapping[str, str], bundle: bytes) -> pb.SubmitRequest:
+    """From the submit form: every field is text; empty means the hub's default."""
+    fields: dict[str, Any] = {k: v.strip() for k, v in form.items() if k in FIELDS and v.strip()}
+    for number in ("gpus", "timeout", "priority", "max_attempts"):
+        if number in fields:
+            try:
+                fields[number] = int(fields[number])
+            except ValueError:
+                raise InvalidInput(f"{number}: a whole number") from None
+    try:
+        command = shlex.split(fields.pop("command", ""))
+    except ValueError as exc:
+        raise InvalidInput(f"command: {exc}") from None
+    fields["network"] = form.get("network") in ("on", "true", "1")
+    if bundle:
+        check_bundle(bundle)
+    return _request(fields, command, {}, bundle)
+
+
+def _decode_bundle(text: str) -> bytes:
+    if not text:
+        return b""
+    if len(text) > (MAX_INPUT_BYTES * 4) // 3 + 4:
+        raise InvalidInput(f"bundle: larger than {MAX_INPUT_BYTES >> 20} MiB")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("bundle: not base64") from None
+    check_bundle(data)
+    return data
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str:
+    value = str(fields.get(name) or "")
+    if len(value) > MAX_TEXT or "\x00" in value:
+        raise InvalidInput(f"{name}: too long or not text")
+    return value
+
+
+def _request(
+    fields: Mapping[str, Any], command: list[str], env: dict[str, str], bundle: bytes
+) -> pb.SubmitRequest:
+    if len(command) > MAX_COMMAND_ITEMS or any(len(p) > MAX_TEXT or "\x00" in p for p in command):
+        raise InvalidInput("command: too long or not text")
+    if len(env) > MAX_ENV or any(len(k) + len(v) > MAX_TEXT for k, v in env.items()):
+        raise InvalidInput("env: too many or too long entries")
+    numbers = {n: fields.get(n) or 0 for n in ("gpus", "timeout", "priority", "max_attempts")}
+    if any(not 0 <= v <= 10**7 for v in numbers.values()):
+        raise InvalidInput("gpus, timeout, priority and max_attempts: 0 or more, within reason")
+    cpu, memory, max_cost = fields.get("cpu"), fields.get("memory"), fields.get("max_cost")
+    return pb.SubmitRequest(
+        image=_text(fields, "image"),
+        command=command,
+        env=env,
+        resources=pb.Resources(
+            cpu_millis=parse_cpus(str(cpu)) if cpu else 0,
+            memory_bytes=parse_size(str(memory)) if memory else 0,
+            gpus=numbers["gpus"],
+        ),
+        timeout_seconds=numbers["timeout"],
+        priority=numbers["priority"],
+        max_attempts=numbers["max_attempts"],
+        network=bool(fields.get("network")),
+        input_bundle=bundle,
+        name=_text(fields, "name")[:200],
+        idempotency_key=_text(fields, "idempotency_key")[:200],
+        max_cost=parse_cpt(str(max_cost)) if max_cost else 0,
+    )
+
+
+def price_cap(request: pb.SubmitRequest, card: pb.RateCard, settings: HubSettings) -> int:
+    """What the pool will hold in escrow for this request (its ``max_cost`` if given)."""
+    if request.max_cost:
+        return request.max_cost
+    asked = request.resources
+    resources = Resources(
+        asked.cpu_millis or settings.task_cpu_millis,
+        asked.memory_bytes or settings.task_memory_bytes,
+        asked.gpus,
+    )
+    rates = RateCard(card.cpu_second, card.gb_second, card.gpu_second)
+    return rates.price_cap(resources, request.timeout_seconds or settings.task_timeout)

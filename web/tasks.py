@@ -1,0 +1,99 @@
+"""Pages for tasks: the dashboard, the list, submitting (with the price cap shown first),
+and a task's detail page with live status and logs (its script polls the API)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
+from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.pool.constants import ALL_STATES
+from hivemind_cluster.web import submission
+from hivemind_cluster.web.auth import current_user, login_required
+from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.web.services import services
+
+bp = Blueprint("tasks", __name__)
+IMAGES = ("hivemind/python:3.11", "hivemind/busybox:latest")
+
+
+@bp.get("/")
+@login_required
+def dashboard() -> ResponseReturnValue:
+    pool, account = services().pool, current_user().account
+    return render_template(
+        "dashboard.html", balance=pool.balance(account), tasks=pool.tasks(account, [], 10)
+    )
+
+
+@bp.get("/tasks")
+@login_required
+def task_list() -> ResponseReturnValue:
+    status = request.args.get("status", "")
+    if status and status not in ALL_STATES:
+        raise InvalidInput(f"unknown status {status[:30]!r}")
+    tasks = services().pool.tasks(current_user().account, [status] if status else [], 200)
+    return render_template("tasks.html", tasks=tasks, status=status, states=ALL_STATES)
+
+
+def _uploaded_bundle() -> bytes:
+    upload = request.files.get("bundle")
+    if upload is None or not upload.filename:
+        return b""
+    data: bytes = upload.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInput(f"the bundle is larger than {MAX_INPUT_BYTES >> 20} MiB")
+    return data
+
+
+@bp.route("/tasks/new", methods=["GET", "POST"])
+@login_required
+def new_task() -> ResponseReturnValue:
+    found = services()
+    rates = found.pool.rates()
+    form = request.form
+    if request.method == "GET":
+        default = submission.price_cap(submission.from_form({}, b""), rates, found.settings)
+        return render_template("task_new.html", form={}, images=IMAGES, price_cap=default)
+    try:
+        submitted = submission.from_form(form, _uploaded_bundle())
+        price_cap = submission.price_cap(submitted, rates, found.settings)
+        if form.get("action") == "quote":  # without JavaScript: show the price, then submit
+            return render_template("task_new.html", form=form, images=IMAGES, price_cap=price_cap)
+        task = found.pool.submit(current_user().account, submitted)
+    except HiveMindError as exc:
+        flash(exc.message, "error")
+        return render_template(
+            "task_new.html", form=form, images=IMAGES, price_cap=None
+        ), http_status(exc)
+    flash(f"Task {task['id']} submitted; {task['price_cap']:g} CPT held in escrow.", "info")
+    return redirect(url_for("tasks.detail", task_id=task["id"]))
+
+
+@bp.get("/tasks/<task_id>")
+@login_required
+def detail(task_id: str) -> ResponseReturnValue:
+    """The page, or with ``?partial=1`` only its live status panel (the page's script)."""
+    task = services().pool.task(current_user().account, task_id)
+    template = "_task_live.html" if request.args.get("partial") else "task.html"
+    return render_template(template, task=task)
+
+
+@bp.post("/tasks/<task_id>/cancel")
+@login_required
+def cancel(task_id: str) -> ResponseReturnValue:
+    services().pool.cancel(current_user().account, task_id)
+    flash(f"Cancel requested for {task_id}.", "info")
+    return redirect(url_for("tasks.detail", task_id=task_id))
+
+
+@bp.get("/tasks/<task_id>/result")
+@login_required
+def result(task_id: str) -> ResponseReturnValue:
+    bundle = services().pool.result(current_user().account, task_id)
+    return Response(
+        bundle,
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{task_id}-output.zip"'},
+    )

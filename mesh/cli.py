@@ -16,6 +16,7 @@ from hivemind_cluster.mesh.hub import init_hub, load_settings, serve
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.ledger import Ledger, format_cpt
+from hivemind_cluster.web import server as web_server
 
 DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
 
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", parents=[state], help="run the hub in the foreground")
     p.add_argument("--backend", default="auto", choices=["auto", "kernel", "userspace"])
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser(
+        "web", parents=[state], help="run only the web UI (`up` starts and supervises it)"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(dest="action", required=True)
@@ -202,6 +208,10 @@ def main(argv: list[str]) -> int:
         return cmd_init(args)
     if args.command == "up":
         return cmd_up(args)
+    if args.command == "web":
+        setup_logging(args.verbose)
+        web_server.serve(load_settings(args.state_dir))
+        return 0
     settings = load_settings(args.state_dir)
     if args.command == "token":
         return cmd_token(args, settings)
@@ -254,3 +264,7 @@ def cmd_ledger(args: argparse.Namespace, settings: HubSettings) -> int:
 
 def entry() -> int:
     return run_main(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(entry())

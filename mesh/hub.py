@@ -36,6 +36,7 @@ from hivemind_cluster.pool.auth import HUB_NODE_ID
 from hivemind_cluster.pool.client import HUB_CLIENT_CERT, HUB_CLIENT_KEY
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.service import create_server as create_pool_server
+from hivemind_cluster.web.server import WebProcess
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,16 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
         server, port = await create_server(
             enroller, settings.enroll_listen, server_cert, server_key
         )
-        pool_server = pool = None
+        pool_server = pool = web_supervisor = None
+        web = WebProcess(settings)
         try:
             ensure_hub_client_certificate(settings, ca)
             pool = await Pool.open(settings, password)
             pool_server, _ = await create_pool_server(
                 pool, f"{settings.hub_ip}:{settings.pool_port}", server_cert, server_key, ca.pem
             )
+            await asyncio.to_thread(web.start)
+            web_supervisor = asyncio.create_task(web.supervise())
             write_public(
                 root / RUN_FILE,
                 json.dumps(
@@ -186,12 +190,13 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
                         "hub_ip": settings.hub_ip,
                         "enroll_port": port,
                         "pool_address": f"{settings.hub_ip}:{settings.pool_port}",
+                        "web_url": f"http://{settings.hub_ip}:{settings.web_port}",
                     }
                 ),
             )
             log.info(
                 "hub up: %s/%d on %s (%s WireGuard, port %d); enrollment on %s; "
-                "Redis on %s:%d; pool on %s:%d",
+                "Redis on %s:%d; pool on %s:%d; web on http://%s:%d",
                 settings.hub_ip,
                 settings.network.prefixlen,
                 settings.interface,
@@ -202,11 +207,16 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
                 settings.redis_port,
                 settings.hub_ip,
                 settings.pool_port,
+                settings.hub_ip,
+                settings.web_port,
             )
             await stop.wait()
             log.info("hub stopping")
         finally:
             (root / RUN_FILE).unlink(missing_ok=True)
+            web.stop()
+            if web_supervisor is not None:
+                web_supervisor.cancel()
             if pool_server is not None:
                 await pool_server.stop(grace=2)
             if pool is not None:

@@ -39,7 +39,7 @@ class WebCluster:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.peers: list[PeerStatus] = []
-        self.gateway: PoolGateway | None = None
+        self.gateways: list[PoolGateway] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the pool's loop and wait for its result."""
@@ -50,8 +50,8 @@ class WebCluster:
         self.run(self.cluster.start())
 
     def stop(self) -> None:
-        if self.gateway is not None:
-            self.gateway.close()
+        for gateway in self.gateways:
+            gateway.close()
         try:
             self.run(self.cluster.stop())
         finally:
@@ -63,22 +63,25 @@ class WebCluster:
 
     def hub_identity(self) -> Identity:
         cert, key = self.cluster.ca.issue_client_certificate(HUB_NODE_ID, LOOPBACK)
-        return Identity(HUB_NODE_ID, cert, key, self.cluster.ca.pem, f"{LOOPBACK}:{self.cluster.port}")
+        return Identity(
+            HUB_NODE_ID, cert, key, self.cluster.ca.pem, f"{LOOPBACK}:{self.cluster.port}"
+        )
 
     def db(self) -> redis.Redis:
         server = self.cluster.redis_server
         return store.connect(server.bind, server.port, server.password)
 
     def app(self, **config: Any) -> Flask:
-        self.gateway = PoolGateway(self.hub_identity())
+        self.gateways.append(PoolGateway(self.hub_identity()))
         return create_app(
             {
                 "TESTING": True,
                 "SECRET_KEY": "test",
                 "SETTINGS": self.cluster.settings,
                 "REDIS": self.db(),
-                "GATEWAY": self.gateway,
+                "GATEWAY": self.gateways[-1],
                 "PASSWORD_HASHER": FAST_HASHER,
+                "REGISTRATIONS_PER_HOUR": 10_000,  # every test user registers from 127.0.0.1
                 "WIREGUARD_PEERS": lambda: self.peers,
                 **config,
             }
@@ -86,7 +89,9 @@ class WebCluster:
 
 
 @contextmanager
-def web_cluster(redis_server: RedisServer, state_dir: Path, **settings: Any) -> Iterator[WebCluster]:
+def web_cluster(
+    redis_server: RedisServer, state_dir: Path, **settings: Any
+) -> Iterator[WebCluster]:
     world = WebCluster(redis_server, state_dir, **settings)
     world.start()
     try:
@@ -117,7 +122,8 @@ def register_in_browser(client: FlaskClient, username: str, password: str = PASS
 
 def api_login(client: FlaskClient, username: str, password: str = PASSWORD) -> dict[str, str]:
     """Register through the API and return the Authorization header of a fresh token."""
-    client.post("/api/v1/register", json={"username": username, "password": password})
+    registered = client.post("/api/v1/register", json={"username": username, "password": password})
+    assert registered.status_code in (201, 409), registered.get_json()
     reply = client.post("/api/v1/tokens", json={"username": username, "password": password})
     assert reply.status_code == 201, reply.get_json()
     return {"Authorization": f"Bearer {reply.get_json()['token']}"}

@@ -21,6 +21,7 @@ from hivemind_cluster.mesh.keys import write_private
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.client import Identity
+from hivemind_cluster.web.constants import MAX_REGISTRATIONS_PER_ADDRESS
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
 
@@ -70,7 +71,12 @@ def _services(app: Flask) -> Services:
     gateway = config.get("GATEWAY") or PoolGateway(Identity.load(settings.state_dir))
     interface = WireGuardInterface(settings.interface)
     peers = config.get("WIREGUARD_PEERS") or interface.peers
-    return Services(settings, db, UserStore(db, config.get("PASSWORD_HASHER")), gateway, peers)
+    users = UserStore(
+        db,
+        config.get("PASSWORD_HASHER"),
+        config.get("REGISTRATIONS_PER_HOUR", MAX_REGISTRATIONS_PER_ADDRESS),
+    )
+    return Services(settings, db, users, gateway, peers)
 
 
 def _secret_key(state_dir: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hivemind_cluster.mesh.errors import InvalidInput
@@ -118,8 +118,8 @@ def _request(
         command=command,
         env=env,
         resources=pb.Resources(
-            cpu_millis=parse_cpus(str(cpu)) if cpu else 0,
-            memory_bytes=parse_size(str(memory)) if memory else 0,
+            cpu_millis=_parsed("cpu", parse_cpus, cpu),
+            memory_bytes=_parsed("memory", parse_size, memory),
             gpus=numbers["gpus"],
         ),
         timeout_seconds=numbers["timeout"],
@@ -129,8 +129,18 @@ def _request(
         input_bundle=bundle,
         name=_text(fields, "name")[:200],
         idempotency_key=_text(fields, "idempotency_key")[:200],
-        max_cost=parse_cpt(str(max_cost)) if max_cost else 0,
+        max_cost=_parsed("max_cost", parse_cpt, max_cost),
     )
+
+
+def _parsed(name: str, parse: Callable[[str], int], value: Any) -> int:
+    """``parse(value)`` (0 when absent), its error naming the field."""
+    if not value:
+        return 0
+    try:
+        return parse(str(value))
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name}: {exc.message}") from None
 
 
 def price_cap(request: pb.SubmitRequest, card: pb.RateCard, settings: HubSettings) -> int:

@@ -58,16 +58,22 @@ def token_digest(token: str) -> str:
 
 
 class UserStore:
-    def __init__(self, db: redis.Redis, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        db: redis.Redis,
+        hasher: PasswordHasher | None = None,
+        registrations_per_hour: int = keys.MAX_REGISTRATIONS_PER_ADDRESS,
+    ) -> None:
         self.db = db
         self.hasher = hasher or PasswordHasher()
+        self.registrations_per_hour = registrations_per_hour
         # A hash to verify against for unknown users, so both cases take the same time.
         self._decoy = self.hasher.hash(secrets.token_hex(16))
 
     def register(self, username: str, password: str, address: str) -> User:
         """Create a user and open its ledger account (with the registration grant)."""
         name = check_username(username)
-        self._count(keys.REGISTRATIONS.format(ip=address), 3600, keys.MAX_REGISTRATIONS_PER_ADDRESS)
+        self._count(keys.REGISTRATIONS.format(ip=address), 3600, self.registrations_per_hour)
         account = account_of(name)
         password_hash = self.hasher.hash(check_password(password))
         if not self.db.hsetnx(keys.USER.format(name=name), "account", account):

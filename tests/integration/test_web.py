@@ -1,0 +1,455 @@
+"""The web app through Flask's test client, over a real pool and Redis (tests/webkit.py).
+
+Every route: pages and API, the happy path, authentication failures, CSRF, bad forms and
+bodies, oversized uploads; and that a refused input changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.mesh.errors import SystemFailure
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.mesh.wireguard import PeerStatus
+from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.pool.ledger import Ledger
+from hivemind_cluster.web import constants as keys
+from tests.poolkit import block_until_cancelled
+from tests.webkit import (
+    PASSWORD,
+    WebCluster,
+    api_login,
+    csrf_token,
+    register_in_browser,
+    web_cluster,
+)
+
+pytestmark = pytest.mark.privileged
+BUSYBOX = {"image": "hivemind/busybox:latest", "cpu": "1", "memory": "64M", "timeout": 60}
+
+
+def write_output(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
+    """Prints to both streams and leaves a file in /out, like a real task."""
+    on_output("stdout", b"hello from the task\n")
+    on_output("stderr", b"a warning\n")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("answer.txt", "42\n")
+    return Outcome("succeeded", 0, "", Usage(2.0, 32 << 20, 2.5, 0.0), archive.getvalue())
+
+
+def behaviour(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
+    if task.command[:1] == ["block"]:
+        return block_until_cancelled(task, on_output, cancel)
+    return write_output(task, on_output, cancel)
+
+
+@pytest.fixture(scope="module")
+def world(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebCluster]:
+    with web_cluster(redis_server, tmp_path_factory.mktemp("web")) as found:
+        found.start_worker("w1", behaviour)
+        Ledger(found.db()).open_account("project:numpy", "project")
+        yield found
+
+
+@pytest.fixture(scope="module")
+def app(world: WebCluster) -> Flask:
+    return world.app()
+
+
+@pytest.fixture
+def browser(app: Flask) -> FlaskClient:
+    """A logged-in browser session of a fresh user."""
+    client = app.test_client()
+    register_in_browser(client, f"u{time.monotonic_ns() % 10**9}")
+    return client
+
+
+def fresh_name() -> str:
+    return f"a{time.monotonic_ns() % 10**10}"
+
+
+def wait_settled(client: FlaskClient, headers: dict[str, str], task_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while True:
+        task: dict[str, Any] = client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()
+        if task["settled"]:
+            return task
+        assert time.monotonic() < deadline, task
+        time.sleep(0.05)
+
+
+# Accounts
+
+
+def test_register_log_in_and_out_in_the_browser(app: Flask) -> None:
+    client = app.test_client()
+    assert client.get("/").status_code == 302  # pages need a login
+    name = fresh_name()
+    register_in_browser(client, name)
+    page = client.get("/").get_data(as_text=True)
+    assert f"Hello, {name}" in page and 'id="balance"' in page and "150 CPT" in page
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    assert client.get("/").status_code == 302
+    token = csrf_token(client)
+    reply = client.post(
+        "/login?next=/mesh",
+        data={"username": name, "password": PASSWORD, "csrf_token": token},
+    )
+    assert reply.status_code == 302 and reply.headers["Location"] == "/mesh"
+
+
+def test_a_login_never_redirects_to_another_site(app: Flask) -> None:
+    client = app.test_client()
+    name = fresh_name()
+    api_login(client, name)
+    token = csrf_token(client)
+    reply = client.post(
+        "/login?next=//evil.example/x",
+        data={"username": name, "password": PASSWORD, "csrf_token": token},
+    )
+    assert reply.headers["Location"] == "/"
+
+
+def test_forms_without_a_csrf_token_are_refused(app: Flask, world: WebCluster) -> None:
+    client = app.test_client()
+    name = fresh_name()
+    reply = client.post(
+        "/register", data={"username": name, "password": PASSWORD, "confirm": PASSWORD}
+    )
+    assert reply.status_code == 400 and "CSRF" in reply.get_data(as_text=True)
+    assert not world.db().exists(keys.USER.format(name=name))
+
+
+def test_bad_registrations_say_why_and_create_nothing(app: Flask, world: WebCluster) -> None:
+    client = app.test_client()
+    cases = [
+        ({"username": "Bad Name!", "password": PASSWORD, "confirm": PASSWORD}, "username"),
+        ({"username": "shorty", "password": "short", "confirm": "short"}, "password"),
+        ({"username": "mismatch", "password": PASSWORD, "confirm": PASSWORD + "x"}, "differ"),
+    ]
+    for form, why in cases:
+        reply = client.post(
+            "/register", data=form | {"csrf_token": csrf_token(client, "/register")}
+        )
+        assert reply.status_code == 400 and why in reply.get_data(as_text=True)
+    assert not world.db().keys("hm:web:user:shorty") + world.db().keys("hm:web:user:mismatch")
+    taken = fresh_name()
+    register_in_browser(app.test_client(), taken)
+    reply = client.post(
+        "/register",
+        data={"username": taken, "password": PASSWORD, "confirm": PASSWORD}
+        | {"csrf_token": csrf_token(client, "/register")},
+    )
+    assert reply.status_code == 409 and "taken" in reply.get_data(as_text=True)
+
+
+def test_failed_logins_are_rate_limited(app: Flask) -> None:
+    client = app.test_client()
+    name = fresh_name()
+    api_login(client, name)
+    wrong = {"username": name, "password": "not the password"}
+    codes = [client.post("/api/v1/tokens", json=wrong).status_code for _ in range(6)]
+    assert codes == [401] * 5 + [429]
+    # Even the right password waits now; the message says for how long.
+    reply = client.post("/api/v1/tokens", json={"username": name, "password": PASSWORD})
+    assert reply.status_code == 429 and "try again in" in reply.get_json()["error"]["message"]
+
+
+def test_api_tokens_authenticate_and_logout_revokes_them(app: Flask) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    me = client.get("/api/v1/me", headers=headers).get_json()
+    assert me["balance"] == 150 and me["account"].startswith("user:")
+    assert client.delete("/api/v1/tokens/current", headers=headers).status_code == 204
+    reply = client.get("/api/v1/me", headers=headers)
+    assert reply.status_code == 401 and reply.get_json()["error"]["code"] == "unauthenticated"
+    for bad in ("Bearer", "Basic abc", "Bearer hm_forged"):
+        assert client.get("/api/v1/me", headers={"Authorization": bad}).status_code == 401
+    assert client.get("/api/v1/tasks").status_code == 401
+
+
+def test_the_browser_session_may_use_the_api_but_must_send_its_csrf_token(
+    browser: FlaskClient,
+) -> None:
+    assert browser.get("/api/v1/me").status_code == 200
+    assert browser.post("/api/v1/tasks/quote", json={}).status_code == 400
+    token = csrf_token(browser, "/tasks/new")
+    reply = browser.post("/api/v1/tasks/quote", json={}, headers={"X-CSRFToken": token})
+    assert reply.status_code == 200 and reply.get_json()["price_cap"] > 0
+
+
+# Tasks through the API
+
+
+def test_submit_wait_logs_result_and_pay_exactly_the_cost(app: Flask) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    quote = client.post("/api/v1/tasks/quote", headers=headers, json=BUSYBOX).get_json()
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as z:
+        z.writestr("input.txt", "data")
+    body = BUSYBOX | {"command": ["echo"], "bundle": base64.b64encode(bundle.getvalue()).decode()}
+    reply = client.post("/api/v1/tasks", headers=headers, json=body)
+    assert reply.status_code == 201, reply.get_json()
+    task = reply.get_json()
+    assert task["price_cap_micro"] == quote["price_cap_micro"]
+    task = wait_settled(client, headers, task["id"])
+    assert task["status"] == "succeeded" and task["exit_code"] == 0 and task["node"]
+    logs = client.get(f"/api/v1/tasks/{task['id']}/logs", headers=headers).get_json()
+    streams = {e["stream"]: e["data"] for e in logs["entries"] if e["stream"] != "system"}
+    assert streams == {"stdout": "hello from the task\n", "stderr": "a warning\n"}
+    assert logs["done"] is True
+    later = client.get(f"/api/v1/tasks/{task['id']}/logs?after={logs['next']}", headers=headers)
+    assert later.get_json()["entries"] == []
+    result = client.get(f"/api/v1/tasks/{task['id']}/result", headers=headers)
+    assert result.mimetype == "application/zip"
+    assert zipfile.ZipFile(io.BytesIO(result.data)).read("answer.txt") == b"42\n"
+    balance = client.get("/api/v1/balance", headers=headers).get_json()
+    assert balance["balance_micro"] == 150_000_000 - task["cost_micro"] and task["cost_micro"] > 0
+    history = client.get("/api/v1/history", headers=headers).get_json()["entries"]
+    assert {e["reason"].split()[0] for e in history} >= {"escrow"}
+    listed = client.get("/api/v1/tasks?status=succeeded", headers=headers).get_json()["tasks"]
+    assert [t["id"] for t in listed] == [task["id"]]
+
+
+def test_cancel_a_running_task_and_see_it_end(app: Flask) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    task = client.post(
+        "/api/v1/tasks", headers=headers, json=BUSYBOX | {"command": ["block"]}
+    ).get_json()
+    deadline = time.monotonic() + 10
+    while client.get(f"/api/v1/tasks/{task['id']}", headers=headers).get_json()["status"] != (
+        "running"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    early = client.get(f"/api/v1/tasks/{task['id']}/result", headers=headers)
+    assert early.status_code == 400 and "no result yet" in early.get_json()["error"]["message"]
+    cancelled = client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=headers)
+    assert cancelled.status_code == 200
+    assert wait_settled(client, headers, task["id"])["status"] == "cancelled"
+
+
+def test_other_users_tasks_are_invisible(app: Flask) -> None:
+    client = app.test_client()
+    alice, bob = api_login(client, fresh_name()), api_login(client, fresh_name())
+    task = client.post("/api/v1/tasks", headers=alice, json=BUSYBOX | {"command": ["x"]})
+    task_id = task.get_json()["id"]
+    for method, path in (
+        ("get", f"/api/v1/tasks/{task_id}"),
+        ("get", f"/api/v1/tasks/{task_id}/logs"),
+        ("get", f"/api/v1/tasks/{task_id}/result"),
+        ("post", f"/api/v1/tasks/{task_id}/cancel"),
+    ):
+        reply = getattr(client, method)(path, headers=bob)
+        assert reply.status_code == 404, (path, reply.get_json())
+    assert client.get("/api/v1/tasks", headers=bob).get_json()["tasks"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ([], "JSON object"),
+        ({"command": "echo hi"}, "command: wrong type"),
+        ({"command": [1, 2]}, "list of strings"),
+        ({"cpu": True}, "cpu: wrong type"),
+        ({"surprise": 1}, "unknown field"),
+        ({"memory": "lots"}, "memory"),
+        ({"bundle": "not base64!"}, "not base64"),
+        ({"bundle": base64.b64encode(b"not a zip").decode()}, "zip"),
+        ({"max_cost": "-3"}, "positive"),
+        ({"timeout": -1}, "0 or more"),
+        ({"image": "Not An Image!!"}, "image"),
+        ({"command": ["x"]}, "no image"),
+        (BUSYBOX | {"cpu": "64"}, "could ever run"),
+        (BUSYBOX | {"max_cost": "1000"}, "insufficient balance"),
+    ],
+)
+def test_bad_submissions_are_refused_and_cost_nothing(app: Flask, body: Any, why: str) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    reply = client.post("/api/v1/tasks", headers=headers, json=body)
+    error = reply.get_json()["error"]
+    assert 400 <= reply.status_code < 500 and why in error["message"], error
+    assert client.get("/api/v1/tasks", headers=headers).get_json()["tasks"] == []
+    assert client.get("/api/v1/balance", headers=headers).get_json()["balance"] == 150
+
+
+def test_oversized_bodies_get_413(app: Flask, browser: FlaskClient) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    huge = {"bundle": "A" * (app.config["MAX_CONTENT_LENGTH"] + 10)}
+    reply = client.post("/api/v1/tasks", headers=headers, json=huge)
+    assert reply.status_code == 413 and reply.get_json()["error"]["code"] == "too_large"
+    upload = {
+        "csrf_token": csrf_token(browser, "/tasks/new"),
+        "command": "true",
+        "bundle": (io.BytesIO(b"x" * (MAX_INPUT_BYTES + 1)), "big.zip"),
+    }
+    page = browser.post("/tasks/new", data=upload, content_type="multipart/form-data")
+    assert page.status_code == 400 and "larger than 16 MiB" in page.get_data(as_text=True)
+
+
+def test_unknown_routes_and_methods_answer_json_under_the_api(app: Flask) -> None:
+    client = app.test_client()
+    missing = client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+    wrong = client.put("/api/v1/rates")
+    assert wrong.status_code == 405 and "error" in wrong.get_json()
+    assert client.get("/nothing-here").status_code == 404
+
+
+# Ledger
+
+
+def test_tips_go_to_projects_only(app: Flask, browser: FlaskClient) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    reply = client.post(
+        "/api/v1/tips", headers=headers, json={"project": "project:numpy", "amount": "2.5"}
+    )
+    assert reply.status_code == 201 and reply.get_json()["amount"] == 2.5
+    for body in (
+        {"project": "project:numpy", "amount": "abc"},
+        {"project": "project:numpy", "amount": True},
+        {"project": "NOT valid", "amount": 1},
+        {"project": "user:someone", "amount": 1},
+        {"project": "project:numpy"},
+    ):
+        assert client.post("/api/v1/tips", headers=headers, json=body).status_code in (400, 404)
+    assert client.get("/api/v1/balance", headers=headers).get_json()["balance"] == 147.5
+    form = {"project": "project:numpy", "amount": "1", "csrf_token": csrf_token(browser, "/tip")}
+    assert browser.post("/tip", data=form).status_code == 302
+    assert "147.5" not in browser.get("/ledger").get_data(as_text=True)
+    assert "149 CPT" in browser.get("/ledger").get_data(as_text=True)
+    bad = browser.post("/tip", data=form | {"amount": "-1"})
+    assert bad.status_code == 400 and "positive" in bad.get_data(as_text=True)
+
+
+def test_rates_are_public(app: Flask) -> None:
+    client = app.test_client()
+    rates = client.get("/api/v1/rates").get_json()
+    assert rates["registration_grant"] == 150 and rates["cpu_second"] > 0
+    assert "Rate card" in client.get("/rates").get_data(as_text=True)
+
+
+# Pages
+
+
+def test_submit_through_the_form_then_follow_the_task_page(browser: FlaskClient) -> None:
+    page = browser.get("/tasks/new").get_data(as_text=True)
+    assert 'id="price-cap"' in page and "CPT" in page
+    form = {"csrf_token": csrf_token(browser, "/tasks/new"), "command": "echo 'hello world'"}
+    form |= {k: str(v) for k, v in BUSYBOX.items()}
+    quoted = browser.post("/tasks/new", data=form | {"action": "quote"})
+    assert quoted.status_code == 200 and "0.0" in quoted.get_data(as_text=True)
+    reply = browser.post("/tasks/new", data=form | {"action": "submit"})
+    assert reply.status_code == 302
+    location = reply.headers["Location"]
+    task_id = location.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 15
+    while 'data-status="succeeded"' not in (
+        panel := browser.get(f"{location}?partial=1").get_data(as_text=True)
+    ):
+        assert time.monotonic() < deadline, panel
+        time.sleep(0.05)
+    assert 'id="result-link"' in panel
+    detail = browser.get(location).get_data(as_text=True)
+    assert 'id="logs"' in detail and task_id in detail
+    assert browser.get(f"/tasks/{task_id}/result").mimetype == "application/zip"
+    assert task_id in browser.get("/tasks").get_data(as_text=True)
+    assert task_id in browser.get("/").get_data(as_text=True)
+
+
+def test_a_bad_form_is_shown_again_with_the_reason(browser: FlaskClient) -> None:
+    form = {"csrf_token": csrf_token(browser, "/tasks/new"), "command": "x", "timeout": "soon"}
+    reply = browser.post("/tasks/new", data=form)
+    page = reply.get_data(as_text=True)
+    assert reply.status_code == 400 and "timeout: a whole number" in page
+    assert 'value="soon"' in page  # what the user typed is kept
+
+
+def test_the_task_page_of_an_unknown_task_is_404(browser: FlaskClient) -> None:
+    assert browser.get("/tasks/tdoesnotexist").status_code == 404
+    assert (
+        browser.post(
+            "/tasks/tdoesnotexist/cancel", data={"csrf_token": csrf_token(browser, "/")}
+        ).status_code
+        == 404
+    )
+
+
+def test_the_mesh_page_shows_every_node_with_wireguard_figures(
+    world: WebCluster, browser: FlaskClient
+) -> None:
+    world.peers = [
+        PeerStatus(
+            "w1", "198.51.100.3:51820", ("127.0.0.1/32",), int(time.time()) - 7, 1 << 20, 2 << 20
+        )
+    ]
+    mesh = browser.get("/api/v1/mesh").get_json()
+    by_name = {n["name"]: n for n in mesh["nodes"]}
+    worker = by_name["name-w1"]
+    assert worker["online"] is True and worker["role"] == "worker"
+    assert 6 <= worker["handshake_age"] < 30 and worker["rx_bytes"] == 1 << 20
+    assert worker["capacity"]["cpu_millis"] == 2000 and worker["heartbeat_age"] < 5
+    assert mesh["totals"]["workers_online"] == 1 and mesh["wireguard"] is True
+    page = browser.get("/mesh").get_data(as_text=True)
+    assert 'data-name="name-w1"' in page and 'data-online="true"' in page
+    assert "1.0 MiB" in page or "1 MiB" in page
+    assert 'id="mesh-live"' in page and "data-refresh" in page
+    assert browser.get("/mesh?partial=1").get_data(as_text=True).count('class="node') == 2
+
+
+def test_the_mesh_page_survives_an_unreadable_wireguard_interface(world: WebCluster) -> None:
+    def broken() -> list[PeerStatus]:
+        raise SystemFailure("wg: no such device")
+
+    client = world.app(WIREGUARD_PEERS=broken).test_client()
+    register_in_browser(client, fresh_name())
+    mesh = client.get("/api/v1/mesh").get_json()
+    assert mesh["wireguard"] is False and mesh["totals"]["workers_online"] == 1
+    assert "could not be read" in client.get("/mesh").get_data(as_text=True)
+
+
+def test_escaping_keeps_user_text_inert(browser: FlaskClient) -> None:
+    form = {k: str(v) for k, v in BUSYBOX.items()} | {
+        "csrf_token": csrf_token(browser, "/tasks/new")
+    }
+    form["command"] = "echo '<script>alert(1)</script>'"
+    reply = browser.post("/tasks/new", data=form)
+    assert reply.status_code == 302, reply.get_data(as_text=True)
+    location = reply.headers["Location"]
+    page = browser.get(location).get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+
+
+def test_static_assets_are_served(app: Flask) -> None:
+    client = app.test_client()
+    assert b"data-refresh" in client.get("/static/live.js").data
+    assert client.get("/static/style.css").status_code == 200
+    document = client.get("/api/v1/openapi.json").get_json()
+    assert document["openapi"].startswith("3.") and "/tasks" in document["paths"]
+
+
+def test_the_session_secret_is_created_once_per_hub(tmp_path: Path) -> None:
+    from hivemind_cluster.web import _secret_key
+
+    first = _secret_key(tmp_path)
+    assert first == _secret_key(tmp_path) and len(first) == 64
+    assert (tmp_path / "web-secret.key").stat().st_mode & 0o777 == 0o600

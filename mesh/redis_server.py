@@ -12,6 +12,7 @@ import redis
 
 from hivemind_cluster.mesh.errors import SystemFailure
 from hivemind_cluster.mesh.keys import write_private
+from hivemind_cluster.mesh.system import stop_process
 
 
 class RedisServer:
@@ -75,11 +76,4 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)

@@ -34,3 +34,15 @@ def write_sysctl(name: str, value: str) -> None:
             handle.write(value)
     except OSError as exc:
         raise SystemFailure(f"cannot set {name}={value}: {exc.strerror}") from None
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -24,6 +24,7 @@ from hivemind_cluster.web import mesh, openapi, submission
 from hivemind_cluster.web.auth import client_address
 from hivemind_cluster.web.errors import Unauthenticated
 from hivemind_cluster.web.services import services
+from hivemind_cluster.web.tasks import zip_download
 from hivemind_cluster.web.users import User
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -191,12 +192,7 @@ def logs(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/result")
 @authenticated
 def result(task_id: str) -> ResponseReturnValue:
-    bundle = services().pool.result(api_user().account, task_id)
-    return Response(
-        bundle,
-        mimetype="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{task_id}-output.zip"'},
-    )
+    return zip_download(task_id, services().pool.result(api_user().account, task_id))
 
 
 # Ledger

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hivemind_cluster.mesh.errors import SystemFailure
 from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.mesh.system import stop_process
 
 log = logging.getLogger("hivemind.web")
 LOG_FILE = "web.log"
@@ -117,11 +118,4 @@ class WebProcess:
 
     def stop(self) -> None:
         self.stopping = True
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)

@@ -91,7 +91,11 @@ def cancel(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/result")
 @login_required
 def result(task_id: str) -> ResponseReturnValue:
-    bundle = services().pool.result(current_user().account, task_id)
+    return zip_download(task_id, services().pool.result(current_user().account, task_id))
+
+
+def zip_download(task_id: str, bundle: bytes) -> Response:
+    """A task's output zip as a file download (the page and the API)."""
     return Response(
         bundle,
         mimetype="application/zip",

@@ -103,6 +103,8 @@ def cmd_status(args: argparse.Namespace, settings: AgentSettings) -> int:
         print_json(info)
         return 0
     handshake = info["last_handshake"]
+    serving = info["service_pid"] and info["status_page"]
+    page = f", status page {info['status_page']}" if serving else ""
     print(
         f"node       {info['node_id']} ({info['name']}, {info['role']})\n"
         f"overlay    {info['overlay_ip']} on {info['interface']} ({info['backend']}), "
@@ -112,6 +114,7 @@ def cmd_status(args: argparse.Namespace, settings: AgentSettings) -> int:
         f"handshake  {age(time.time() - handshake) if handshake else 'never'} ago, "
         f"rx {info['rx_bytes']} B, tx {info['tx_bytes']} B\n"
         f"service    {'pid ' + str(info['service_pid']) if info['service_pid'] else 'stopped'}"
+        f"{page}"
     )
     return 0
 

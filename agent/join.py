@@ -254,4 +254,6 @@ def status(settings: AgentSettings, probe: bool = True) -> dict[str, Any]:
             peer and probe and hub_answers(enrollment.hub_ip, enrollment.pool_port)
         ),
         "state_dir": str(Path(settings.state_dir).resolve()),
+        # Where the running service serves its status page (None: turned off).
+        "status_page": f"http://{settings.status_listen}/" if settings.status_listen else None,
     }

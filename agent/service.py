@@ -2,7 +2,8 @@
 
 It owns the WireGuard interface while it runs: it brings it up from saved state (after a
 reboot, say), recreates it if it disappears, and removes it when stopped. On a worker it
-also runs the pool ``Worker`` (agent/worker.py) in a thread of its own.
+also runs the pool ``Worker`` (agent/worker.py) in a thread of its own, and on every node
+the local status page (agent/statuspage.py, ``status_listen``, default 127.0.0.1:5000).
 
 Signals: the first SIGTERM/SIGINT drains the worker (running tasks get ``drain_seconds``),
 a second one stops it at once; the interface goes down when the worker has stopped.
@@ -19,6 +20,7 @@ from types import FrameType
 from hivemind_cluster.agent.facts import worker_facts
 from hivemind_cluster.agent.overlay import bring_up, hub_answers
 from hivemind_cluster.agent.state import PID_FILE, AgentSettings, Enrollment
+from hivemind_cluster.agent.statuspage import start_status_server
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.mesh.errors import AlreadyExists
 from hivemind_cluster.mesh.keys import write_public
@@ -75,7 +77,11 @@ def run_service(settings: AgentSettings, stop: threading.Event | None = None) ->
             target=_run_worker, args=(worker, stop), name="pool-worker", daemon=True
         )
         worker_thread.start()
+    status_server = None
     try:
+        status_server = start_status_server(
+            settings.status_listen, enrollment, worker, settings.path
+        )
         while not stop.wait(CHECK_INTERVAL):
             ticks += 1
             if not interface.exists():
@@ -92,6 +98,8 @@ def run_service(settings: AgentSettings, stop: threading.Event | None = None) ->
                 interface.reset_peer(enrollment.hub_peer)
                 silent_probes = 0
     finally:
+        if status_server is not None:
+            status_server.stop()
         if worker is not None and worker_thread is not None:
             worker.halt()
             worker_thread.join(timeout=15)

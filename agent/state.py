@@ -45,6 +45,9 @@ class AgentSettings:
     labels: str = ""
     # On SIGTERM, running tasks get this many seconds to finish before they are requeued.
     drain_seconds: int = 30
+    # host:port of the local status page (`hivemind-agent run`); "" turns it off. Loopback
+    # by default: it shows the node's identity and earnings, and has no login.
+    status_listen: str = "127.0.0.1:5000"
 
     @property
     def path(self) -> Path:

@@ -10,6 +10,10 @@ Shutdown, as in rq: ``drain()`` (first SIGTERM) takes no new work — the heartb
 ``draining`` — and lets running tasks finish for ``drain_seconds``; then, or at once on
 ``halt()`` (second signal), it stops them and reports them ``interrupted`` so the pool
 requeues them.
+
+``snapshot()`` is the one way other threads (the agent's status page) read its state: a
+copy of the running attempts, the recently finished ones and the stream's state, taken
+under a lock, since the event loop changes them meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +44,7 @@ log = logging.getLogger("hivemind.agent.worker")
 LOG_PIECE = 64 * 1024
 MAX_BACKLOG = 10_000  # messages kept while disconnected; older log chunks are dropped
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+RECENT_ATTEMPTS = 20  # finished attempts kept for the status page
 Stream = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.PoolMessage]
 
 
@@ -52,6 +58,43 @@ class RunningAttempt:
     attempt: int
     cancel: threading.Event = field(default_factory=threading.Event)
     interrupted: bool = False
+    image: str = ""
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """A running attempt, as read from another thread (times are unix seconds)."""
+
+    task_id: str
+    attempt: int
+    image: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class FinishedAttempt:
+    task_id: str
+    attempt: int
+    status: str
+    exit_code: int
+    ended_at: float
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """The worker at one instant. ``since`` is when ``connected`` last changed (None: never
+    connected yet); ``last_received`` is the pool's last message (it sends none while idle:
+    heartbeats go up only), ``last_sent`` the last one written to the stream."""
+
+    connected: bool
+    since: float | None
+    last_received: float | None
+    last_sent: float | None
+    draining: bool
+    completed: int
+    running: tuple[AttemptView, ...]
+    recent: tuple[FinishedAttempt, ...]  # newest first
 
 
 class Worker:
@@ -69,6 +112,14 @@ class Worker:
         self.unacknowledged: dict[tuple[str, int], pb.TaskResult] = {}
         self.connected = False
         self.completed = 0
+        # For snapshot(): what the event loop changes and other threads read.
+        self.recent: collections.deque[FinishedAttempt] = collections.deque(
+            maxlen=RECENT_ATTEMPTS
+        )
+        self._view_lock = threading.Lock()
+        self._link_since: float | None = None
+        self._last_received: float | None = None
+        self._last_sent: float | None = None
         self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
@@ -104,6 +155,31 @@ class Worker:
             with contextlib.suppress(RuntimeError):  # closed in between: it has stopped anyway
                 loop.call_soon_threadsafe(action)
 
+    def snapshot(self) -> WorkerSnapshot:
+        """A consistent copy of what the worker is doing; callable from any thread."""
+        with self._view_lock:
+            running = sorted(self.running.values(), key=lambda r: r.started_at)
+            views = tuple(AttemptView(r.task_id, r.attempt, r.image, r.started_at) for r in running)
+            recent, completed = tuple(self.recent), self.completed
+            connected, since = self.connected, self._link_since
+        draining = self._draining is not None and self._draining.is_set()
+        return WorkerSnapshot(
+            connected=connected,
+            since=since,
+            last_received=self._last_received,
+            last_sent=self._last_sent,
+            draining=draining,
+            completed=completed,
+            running=views,
+            recent=recent,
+        )
+
+    def _set_connected(self, connected: bool) -> None:
+        with self._view_lock:
+            if connected != self.connected:
+                self._link_since = time.time()
+            self.connected = connected
+
     # ---- main loop -----------------------------------------------------------------------
 
     def run_forever(self) -> None:
@@ -128,6 +204,7 @@ class Worker:
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connection
+            self._set_connected(False)
             self._interrupt_all()  # killed: nothing is reported, but no thread is left waiting
             self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped (%d tasks completed)", self.completed)
@@ -159,7 +236,7 @@ class Worker:
                 if current is not None and current.cancelling():
                     raise  # grpc can turn our cancellation into another error: stop anyway
                 log.exception("pool stream failed")
-            self.connected = False
+            self._set_connected(False)
             await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
             failures += 1
 
@@ -171,7 +248,8 @@ class Worker:
             first = await call.read()
             if not isinstance(first, pb.PoolMessage) or first.WhichOneof("kind") != "registered":
                 raise ConnectionError("the pool did not acknowledge the registration")
-            self.connected = True
+            self._last_received = time.time()
+            self._set_connected(True)
             interval = first.registered.heartbeat_interval or 1.0
             for gone in first.registered.superseded:
                 self._abandon(gone.task_id, gone.attempt, "the pool superseded it")
@@ -181,6 +259,7 @@ class Worker:
             writer = asyncio.create_task(self._write(call, interval))
             try:
                 while isinstance(message := await call.read(), pb.PoolMessage):
+                    self._last_received = time.time()
                     self._dispatch(message)
             finally:
                 writer.cancel()
@@ -197,6 +276,7 @@ class Worker:
             await call.write(message)
             if message.WhichOneof("kind") != "heartbeat" and self._outbox.empty():
                 await call.write(pb.AgentMessage(heartbeat=self._heartbeat()))
+            self._last_sent = time.time()
 
     def _dispatch(self, message: pb.PoolMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -265,8 +345,9 @@ class Worker:
         key = (assign.task_id, assign.attempt)
         if key in self.running or key in self.unacknowledged:
             return
-        running = RunningAttempt(assign.task_id, assign.attempt)
-        self.running[key] = running
+        running = RunningAttempt(assign.task_id, assign.attempt, image=assign.image)
+        with self._view_lock:
+            self.running[key] = running
         if self._draining.is_set():  # raced with drain: hand it straight back
             running.interrupted = True
             running.cancel.set()
@@ -338,8 +419,12 @@ class Worker:
         else:
             result.exit_code = -1
         self._free_gpus.extend(task.gpu_ids)
-        del self.running[(task_id, attempt)]
-        self.completed += 1
+        with self._view_lock:
+            del self.running[(task_id, attempt)]
+            self.recent.appendleft(
+                FinishedAttempt(task_id, attempt, status, result.exit_code, time.time())
+            )
+            self.completed += 1
         self.unacknowledged[(task_id, attempt)] = result
         self._send(pb.AgentMessage(result=result))
         log.info("task %s attempt %d: %s %s", task_id, attempt, status, error)

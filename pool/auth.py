@@ -22,10 +22,17 @@ from hivemind_cluster.mesh.ca import NODE_URI_PREFIX
 from hivemind_cluster.mesh.errors import PermissionDenied
 
 HUB_NODE_ID = "hub"
-# gRPC method prefix -> roles allowed to call it.
-ROLES_FOR_SERVICE = {
+_USERS = frozenset({"operator", "hub"})
+# Who may call what: a whole service ("/package.Service/") or one method of it
+# ("/package.Service/Method"); a method's own entry overrides its service's. Workers use
+# the pool stream, and may read their own account (the agent's status page shows their
+# earnings; ``own_account`` in pool/service.py refuses anyone else's) but nothing else of
+# the tasks API.
+ROLES_FOR_METHOD = {
     "/hivemind.pool.Pool/": frozenset({"worker"}),
-    "/hivemind.pool.Tasks/": frozenset({"operator", "hub"}),
+    "/hivemind.pool.Tasks/": _USERS,
+    "/hivemind.pool.Tasks/Balance": _USERS | {"worker"},
+    "/hivemind.pool.Tasks/History": _USERS | {"worker"},
     "/grpc.health.v1.Health/": frozenset({"worker", "operator", "hub"}),
 }
 
@@ -68,6 +75,13 @@ def identity_of(pem: bytes) -> CertificateIdentity:
     return CertificateIdentity(node_ids[0], str(ips[0]), certificate.serial_number)
 
 
+def roles_for(method: str) -> frozenset[str]:
+    """The roles that may call ``/package.Service/Method``; none for anything unlisted."""
+    if method in ROLES_FOR_METHOD:
+        return ROLES_FOR_METHOD[method]
+    return ROLES_FOR_METHOD.get(method.rpartition("/")[0] + "/", frozenset())
+
+
 def peer_address(peer: str) -> str:
     """``ipv4:100.64.0.2:41234`` → ``100.64.0.2`` (also ``ipv6:[::1]:5``)."""
     kind, _, rest = peer.partition(":")
@@ -87,11 +101,7 @@ class PoolAuthorizer:
         self, context: grpc.aio.ServicerContext[object, object], method: str
     ) -> None:
         caller = await self.authenticate(context)
-        allowed = next(
-            (roles for prefix, roles in ROLES_FOR_SERVICE.items() if method.startswith(prefix)),
-            frozenset(),
-        )
-        if caller.role not in allowed:
+        if caller.role not in roles_for(method):
             raise PermissionDenied(f"a {caller.role} node may not call {method}")
         _current_caller.set(caller)
 

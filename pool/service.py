@@ -126,10 +126,16 @@ class TasksService(pb_grpc.TasksServicer):
         return pb.NodeList(nodes=await self.pool.nodes())
 
     async def Balance(self, request: pb.AccountRef, context: Context) -> pb.AccountBalance:
+        caller = current_caller()
         account = own_account(request.account)
         ledger = self.pool.ledger
-        if account == current_caller().node_id:
-            await self.pool.accounting.open(account, "user")  # every member starts with its grant
+        if account == caller.node_id:
+            # Every member starts with its grant. Opening is idempotent (the kind is set only
+            # when the account is created, the grant has its own idempotency key), but the
+            # kind must be right for whoever comes first: a worker's status page may ask
+            # before its stream has connected (where the pool opens it as "worker").
+            kind = "worker" if caller.role == "worker" else "user"
+            await self.pool.accounting.open(account, kind)
         return pb.AccountBalance(
             account=account, kind=await ledger.kind(account), balance=await ledger.balance(account)
         )

@@ -258,6 +258,28 @@ def test_the_pool_port_does_not_answer_on_the_underlay(world: PoolWorld) -> None
     assert answer.startswith("closed")
 
 
+def test_the_agent_status_page_answers_on_the_workers_loopback(world: PoolWorld) -> None:
+    fetch = (
+        "import json, sys, urllib.request\n"
+        "with urllib.request.urlopen(sys.argv[1], timeout=10) as answer:\n"
+        "    print(answer.read().decode())\n"
+    )
+    page = json.loads(
+        world.w1.run(sys.executable, "-c", fetch, "http://127.0.0.1:5000/status.json").stdout
+    )
+    agent = json.loads(world.mesh.agent(world.w1, "status", "--json").stdout)
+    assert page["node"]["id"] == agent["node_id"] and page["node"]["role"] == "worker"
+    assert page["node"]["overlay_ip"] == agent["overlay_ip"]
+    assert page["overlay"]["up"] and page["overlay"]["rx_bytes"] > 0
+    assert page["generated_at"] - page["overlay"]["last_handshake"] < 180, page["overlay"]
+    assert page["hub"]["connected"] is True, page["hub"]
+    assert page["ledger"]["available"] and page["ledger"]["account"] == agent["node_id"], page
+    assert agent["status_page"] == "http://127.0.0.1:5000/"
+    # Loopback only: the overlay does not reach it.
+    probe = "import socket, sys; socket.create_connection((sys.argv[1], 5000), timeout=2)"
+    assert world.hub.run(sys.executable, "-c", probe, agent["overlay_ip"], check=False).returncode
+
+
 def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> None:
     w1_id = world.node_id(world.w1)
     # w1 has the most free CPU, so the task lands there.

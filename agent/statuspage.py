@@ -1,0 +1,556 @@
+"""The agent's local status page: ``http://127.0.0.1:5000/`` (HTML) and ``/status.json``.
+
+What someone at the machine (or a script) wants to know without the hub: which node this
+is, whether the overlay is up (the hub peer's last handshake and traffic), whether the
+worker's stream to the pool is connected, what runs now and what ran lately, and what the
+node has earned. The HTML is rendered from the JSON document, so both always agree.
+
+The stdlib ``ThreadingHTTPServer`` in a daemon thread serves it: one small read-only page
+does not justify a web framework on every agent. It binds loopback by default and refuses
+requests whose ``Host`` is a DNS name other than ``localhost``, so a web site cannot read
+it through DNS rebinding. The HTML refreshes itself with a meta tag (no JavaScript) and
+every value in it is escaped.
+
+Ledger figures come from the pool (``Tasks.Balance`` and ``Tasks.History`` with the node's
+own certificate), cached for a few seconds so a page left open does not keep asking the
+hub; when the pool cannot answer, the page says "unavailable" and shows everything else.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
+
+import grpc
+
+from hivemind_cluster.agent.overlay import hub_peer_status
+from hivemind_cluster.agent.state import Enrollment
+from hivemind_cluster.agent.worker import Worker, WorkerSnapshot
+from hivemind_cluster.mesh.console import age
+from hivemind_cluster.mesh.errors import HiveMindError
+from hivemind_cluster.mesh.grpcutil import error_from_rpc
+from hivemind_cluster.mesh.settings import split_host_port
+from hivemind_cluster.pool.client import Identity, sync_channel
+from hivemind_cluster.pool.ledger import format_cpt
+from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+
+log = logging.getLogger("hivemind.agent.status")
+DEFAULT_PORT = 5000
+REFRESH_SECONDS = 5
+LEDGER_TTL = 5.0
+RPC_TIMEOUT = 3.0
+HISTORY_LIMIT = 1000  # the most movements the pool returns at once
+# Idempotency keys given by pool/ledger.lua: an account's registration grant (its first
+# movement) and a task's payment to the worker that ran it (``hm_ledger_settle``).
+GRANT_KEY = "grant:{account}"
+PAYMENT_PREFIX = "pay:"
+JSON_PATH = "/status.json"
+
+
+@dataclass(frozen=True)
+class Overlay:
+    interface: str
+    up: bool
+    hub_endpoint: str
+    last_handshake: float | None  # unix seconds
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """The node's account. ``earned`` adds up the task payments in its history, which the
+    pool returns only as far back as ``HISTORY_LIMIT`` movements: ``complete`` says the
+    history reached the account's opening grant, so no older payment was missed."""
+
+    available: bool
+    error: str = ""
+    fetched_at: float | None = None
+    account: str = ""
+    kind: str = ""
+    balance: int = 0
+    earned: int = 0
+    complete: bool = False
+    payments: Mapping[str, int] = field(default_factory=dict)  # task -> micro-CPT
+
+
+@dataclass(frozen=True)
+class Status:
+    generated_at: float
+    enrollment: Enrollment
+    overlay: Overlay
+    worker: WorkerSnapshot | None  # None: not a worker (an operator runs no tasks)
+    ledger: LedgerView
+
+
+class Source(Protocol):
+    """What the server serves: ``StatusPage``, or a fixed status in tests."""
+
+    def status(self) -> Status: ...
+
+    def close(self) -> None: ...
+
+
+# ---- collecting -----------------------------------------------------------------------
+
+
+def overlay_state(enrollment: Enrollment) -> Overlay:
+    """The hub peer as WireGuard reports it (one ``wg show``)."""
+    try:
+        peer = hub_peer_status(enrollment)
+    except HiveMindError as exc:  # the interface vanished between the check and `wg show`
+        log.debug("no overlay state: %s", exc.message)
+        peer = None
+    return Overlay(
+        interface=enrollment.interface,
+        up=peer is not None,
+        hub_endpoint=(peer.endpoint if peer else "") or enrollment.hub_endpoint,
+        last_handshake=float(peer.latest_handshake) if peer and peer.latest_handshake else None,
+        rx_bytes=peer.rx_bytes if peer else 0,
+        tx_bytes=peer.tx_bytes if peer else 0,
+    )
+
+
+def fetch_ledger(channel: grpc.Channel, timeout: float = RPC_TIMEOUT) -> LedgerView:
+    """The caller's own balance and earnings, or why the pool could not say."""
+    stub = pb_grpc.TasksStub(channel)
+    try:
+        balance = stub.Balance(pb.AccountRef(), timeout=timeout)
+        history = stub.History(pb.HistoryRequest(limit=HISTORY_LIMIT), timeout=timeout)
+    except grpc.RpcError as exc:
+        message = error_from_rpc(exc, "the pool").message
+        return LedgerView(available=False, error=message, fetched_at=time.time())
+    account = balance.account
+    payments = {
+        e.task: e.amount
+        for e in history.entries
+        if e.target == account and e.idempotency_key.startswith(PAYMENT_PREFIX)
+    }
+    grant = GRANT_KEY.format(account=account)
+    return LedgerView(
+        available=True,
+        fetched_at=time.time(),
+        account=account,
+        kind=balance.kind,
+        balance=balance.balance,
+        earned=sum(payments.values()),
+        complete=any(e.idempotency_key == grant for e in history.entries),
+        payments=payments,
+    )
+
+
+class StatusPage:
+    """Collects a ``Status`` on request: enrollment and worker state are local and cheap,
+    the overlay is one ``wg show``, the ledger two RPCs made at most every ``ledger_ttl``."""
+
+    def __init__(
+        self,
+        enrollment: Enrollment,
+        identity: Identity,
+        worker: Worker | None,
+        ledger_ttl: float = LEDGER_TTL,
+    ) -> None:
+        self.enrollment = enrollment
+        self.worker = worker
+        self.ledger_ttl = ledger_ttl
+        self._channel = sync_channel(identity)
+        self._lock = threading.Lock()
+        self._ledger: LedgerView | None = None
+        self._ledger_at = 0.0  # monotonic
+
+    def status(self) -> Status:
+        return Status(
+            generated_at=time.time(),
+            enrollment=self.enrollment,
+            overlay=overlay_state(self.enrollment),
+            worker=self.worker.snapshot() if self.worker is not None else None,
+            ledger=self.ledger(),
+        )
+
+    def ledger(self) -> LedgerView:
+        """Cached; concurrent requests wait for one fetch rather than each making their own."""
+        with self._lock:
+            stale = time.monotonic() - self._ledger_at >= self.ledger_ttl
+            if self._ledger is None or stale:
+                self._ledger = fetch_ledger(self._channel)
+                self._ledger_at = time.monotonic()
+            return self._ledger
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+# ---- the document ---------------------------------------------------------------------
+
+
+def status_json(status: Status) -> dict[str, Any]:
+    """The JSON document (``/status.json``); amounts in micro-CPT and as CPT text."""
+    node, worker, ledger = status.enrollment, status.worker, status.ledger
+
+    def money(name: str, micro: int | None) -> dict[str, Any]:
+        """``{name}_micro`` exact, ``{name}_cpt`` as text; both null when unknown."""
+        text = None if micro is None else format_cpt(micro)
+        return {f"{name}_micro": micro, f"{name}_cpt": text}
+
+    return {
+        "generated_at": status.generated_at,
+        "node": {
+            "id": node.node_id,
+            "name": node.name,
+            "role": node.role,
+            "overlay_ip": node.overlay_ip,
+        },
+        "overlay": {
+            "interface": status.overlay.interface,
+            "up": status.overlay.up,
+            "hub_endpoint": status.overlay.hub_endpoint,
+            "last_handshake": status.overlay.last_handshake,
+            "rx_bytes": status.overlay.rx_bytes,
+            "tx_bytes": status.overlay.tx_bytes,
+        },
+        "hub": {
+            "ip": node.hub_ip,
+            "pool_address": node.pool_address,
+            # The worker's stream to the pool; None on a node that has none (an operator).
+            "connected": worker.connected if worker else None,
+            "since": worker.since if worker else None,
+            "last_received": worker.last_received if worker else None,
+            "last_sent": worker.last_sent if worker else None,
+            "draining": worker.draining if worker else False,
+        },
+        "tasks": {
+            "running": [
+                {
+                    "task_id": a.task_id,
+                    "attempt": a.attempt,
+                    "image": a.image,
+                    "started_at": a.started_at,
+                }
+                for a in (worker.running if worker else ())
+            ],
+            "recent": [
+                {
+                    "task_id": a.task_id,
+                    "attempt": a.attempt,
+                    "status": a.status,
+                    "exit_code": a.exit_code,
+                    "ended_at": a.ended_at,
+                    **money("earned", ledger.payments.get(a.task_id)),
+                }
+                for a in (worker.recent if worker else ())
+            ],
+            "completed": worker.completed if worker else 0,
+        },
+        "ledger": {
+            "available": ledger.available,
+            "error": ledger.error,
+            "fetched_at": ledger.fetched_at,
+            "account": ledger.account,
+            "kind": ledger.kind,
+            **money("balance", ledger.balance if ledger.available else None),
+            **money("earned", ledger.earned if ledger.available else None),
+            "paid_tasks": len(ledger.payments),
+            "complete": ledger.complete,
+        },
+    }
+
+
+# ---- HTML -----------------------------------------------------------------------------
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:0 auto;padding:.75rem;max-width:46rem;"
+    "line-height:1.4}h1{font-size:1.3rem}h2{font-size:1.05rem;margin:1.2rem 0 .3rem}"
+    "table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25rem .4rem;"
+    "border-bottom:1px solid #ddd;vertical-align:top}th{font-weight:600;color:#444;"
+    "white-space:nowrap}.id{overflow-wrap:anywhere}.ok{color:#06702f}.bad{color:#b00020}"
+    "footer{margin-top:1.5rem;color:#666;font-size:.85rem}"
+)
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _utc(then: float) -> datetime:
+    return datetime.fromtimestamp(then, UTC)
+
+
+def _when(then: float | None, now: float) -> str:
+    """``<time>`` with the age as text and the UTC time as its title."""
+    if then is None:
+        return "never"
+    iso, shown = _utc(then).strftime("%Y-%m-%dT%H:%M:%SZ"), _utc(then).strftime("%c UTC")
+    return f'<time datetime="{iso}" title="{_e(shown)}">{_e(age(now - then))} ago</time>'
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _flag(good: bool, markup: str) -> str:
+    """``markup`` (already escaped) in green or red."""
+    return f'<span class="{"ok" if good else "bad"}">{markup}</span>'
+
+
+def _rows(rows: list[tuple[str, str]]) -> str:
+    """A two-column table; the values are HTML already escaped by the caller."""
+    body = "".join(f'<tr><th>{_e(k)}</th><td class="id">{v}</td></tr>' for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _table(headers: list[str], rows: list[list[str]], long: int) -> str:
+    """Rows of escaped cells; the first ``long`` columns hold long unbroken values (ids,
+    image names) that may wrap anywhere on a narrow screen."""
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    cells = ['<td class="id">'] * long + ["<td>"] * (len(headers) - long)
+    body = "".join(
+        "<tr>" + "".join(f"{td}{c}</td>" for td, c in zip(cells, row, strict=True)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _hub_rows(hub: dict[str, Any], now: float) -> list[tuple[str, str]]:
+    rows = [("pool", _e(hub["pool_address"]))]
+    if hub["connected"] is None:
+        return [*rows, ("stream", "none (this node runs no tasks)")]
+    state = "connected" if hub["connected"] else "disconnected"
+    since = f" since {_when(hub['since'], now)}" if hub["since"] is not None else " (never yet)"
+    return [
+        *rows,
+        ("stream", _flag(hub["connected"], state) + since),
+        ("last from pool", _when(hub["last_received"], now)),
+        ("last to pool", _when(hub["last_sent"], now)),
+        *([("draining", "yes: taking no new tasks")] if hub["draining"] else []),
+    ]
+
+
+def _ledger_html(ledger: dict[str, Any]) -> str:
+    if not ledger["available"]:
+        return f"<p>{_flag(False, 'unavailable')}: {_e(ledger['error'])}</p>"
+    earned = f"{_e(ledger['earned_cpt'])} CPT from {_e(ledger['paid_tasks'])} tasks"
+    if not ledger["complete"]:
+        earned = f"at least {earned} (older history not counted)"
+    return _rows(
+        [
+            ("account", f"{_e(ledger['account'])} ({_e(ledger['kind'])})"),
+            ("balance", f"{_e(ledger['balance_cpt'])} CPT"),
+            ("earned", earned),
+        ]
+    )
+
+
+def render_html(document: dict[str, Any]) -> str:
+    """The page for a ``status_json`` document; every value escaped."""
+    now = document["generated_at"]
+    node, overlay, hub = document["node"], document["overlay"], document["hub"]
+    tasks = document["tasks"]
+    running = [
+        [_e(t["task_id"]), _e(t["image"]), _e(t["attempt"]), _when(t["started_at"], now)]
+        for t in tasks["running"]
+    ]
+    recent = [
+        [
+            _e(t["task_id"]),
+            _e(t["attempt"]),
+            _flag(t["status"] == "succeeded", _e(t["status"])),
+            _e(t["exit_code"]),
+            _when(t["ended_at"], now),
+            _e(t["earned_cpt"] or "-"),
+        ]
+        for t in tasks["recent"]
+    ]
+    handshake = overlay["last_handshake"]
+    fresh = handshake is not None and now - handshake < 180  # WireGuard re-keys every 2 min
+    node_rows = [
+        ("id", _e(node["id"])),
+        ("name", _e(node["name"])),
+        ("role", _e(node["role"])),
+        ("overlay IP", _e(node["overlay_ip"])),
+    ]
+    link = _flag(overlay["up"], "up" if overlay["up"] else "DOWN")
+    overlay_rows = [
+        ("interface", f"{_e(overlay['interface'])} {link}"),
+        ("hub peer", f"{_e(hub['ip'])} via {_e(overlay['hub_endpoint'] or '?')}"),
+        ("handshake", _flag(fresh, _when(handshake, now))),
+        ("received", _e(_size(overlay["rx_bytes"]))),
+        ("sent", _e(_size(overlay["tx_bytes"]))),
+    ]
+    sections = [
+        ("Node", _rows(node_rows)),
+        ("Overlay", _rows(overlay_rows)),
+        ("Hub", _rows(_hub_rows(hub, now))),
+        ("Running tasks", _table(["task", "image", "try", "started"], running, long=2)),
+        (
+            "Recent tasks",
+            _table(["task", "try", "status", "exit", "ended", "CPT"], recent, long=1),
+        ),
+        ("CPT", _ledger_html(document["ledger"])),
+    ]
+    body = "".join(f"<section><h2>{_e(name)}</h2>{part}</section>" for name, part in sections)
+    title = f"HiveMind agent {node['name'] or node['id']}"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{_e(title)}</h1>{body}"
+        f"<footer>generated {_utc(now).strftime('%H:%M:%S UTC')}, "
+        f"refreshes every {REFRESH_SECONDS} s · "
+        f'<a href="{JSON_PATH}">{JSON_PATH}</a></footer></body></html>'
+    )
+
+
+# ---- serving --------------------------------------------------------------------------
+
+
+def host_allowed(header: str) -> bool:
+    """A ``Host`` that is an IP literal or ``localhost`` (or none): DNS rebinding, the way a
+    web site could read a page on 127.0.0.1, needs a DNS name of the attacker's."""
+    if not header:
+        return True
+    name = header[1:].partition("]")[0] if header.startswith("[") else header.rpartition(":")[0]
+    name = name or header  # no port given
+    if name.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], page: Source) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.page = page
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "hivemind-agent"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        if not host_allowed(self.headers.get("Host", "")):
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", b"unknown host\n", send_body)
+            return
+        path = urlsplit(self.path).path
+        if path not in ("/", JSON_PATH):
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", send_body)
+            return
+        try:
+            document = status_json(cast(_Server, self.server).page.status())
+        except Exception:  # a bug must cost one page, not the agent's thread
+            log.exception("the status page failed")
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"error\n", send_body)
+            return
+        if path == JSON_PATH:
+            data = json.dumps(document, indent=2, sort_keys=True) + "\n"
+            self._send(HTTPStatus.OK, "application/json", data.encode(), send_body)
+        else:
+            page = render_html(document).encode()
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", page, send_body)
+
+    def _send(self, code: HTTPStatus, kind: str, body: bytes, send_body: bool) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        )
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class StatusServer:
+    """The page's HTTP server on ``host:port`` (port 0 picks one), served by a daemon
+    thread from ``start()`` until ``stop()``."""
+
+    def __init__(self, page: Source, host: str, port: int) -> None:
+        self.host = host
+        self.page = page
+        self._httpd = _Server((host, port), page)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="status-page", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked, for port 0)."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> StatusServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+        self._httpd.server_close()
+        self.page.close()
+
+
+def start_status_server(
+    listen: str, enrollment: Enrollment, worker: Worker | None, state_dir: Path
+) -> StatusServer | None:
+    """The agent service's status page, or None when turned off or it cannot be served
+    (the address is taken, say): the page is a convenience and must never keep the
+    overlay or the worker down."""
+    if not listen:
+        return None
+    page: StatusPage | None = None
+    try:
+        identity = worker.identity if worker is not None else Identity.load(state_dir)
+        host, port = split_host_port(listen, DEFAULT_PORT)
+        page = StatusPage(enrollment, identity, worker)
+        server = StatusServer(page, host, port)
+    except (OSError, HiveMindError) as exc:
+        if page is not None:
+            page.close()
+        message = exc.message if isinstance(exc, HiveMindError) else str(exc)
+        log.error("no status page on %s: %s", listen, message)
+        return None
+    log.info("status page at %s", server.url)
+    return server.start()

@@ -1,68 +1,69 @@
-"""``hivemind-pool``: the pool's own client, over gRPC with a node certificate.
+"""The task commands of ``hivemind`` and ``hivemind-pool``: one parser, one dispatch.
 
-Users run ``hivemind`` (web/cli.py), which speaks the web API with an account. This tool
-is for the hub's administrator and for operator nodes without an account.
-
-It speaks the pool's gRPC API over the overlay with this machine's node certificate
-(``--identity DIR``: an agent or hub state directory; default ``$HIVEMIND_IDENTITY``, then
-/var/lib/hivemind-agent, then /var/lib/hivemind-hub). Every command takes ``--json``.
+Both tools run the same commands (submit, status, wait, logs, result, cancel, list, nodes,
+balance, history, tip, rates) over a ``TaskClient`` and print the same ``pool/views.py``
+dicts: ``hivemind`` (web/cli.py) over the web API with an account, and ``hivemind-pool``,
+defined here, over gRPC with this machine's node certificate (``--identity DIR``: an agent or
+hub state directory; default ``$HIVEMIND_IDENTITY``, then /var/lib/hivemind-agent, then
+/var/lib/hivemind-hub), for the hub's administrator and operator nodes without an account.
+Every command takes ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
+import os
+import signal
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-import grpc
+from typing import TYPE_CHECKING
 
 from hivemind_cluster import __version__
 from hivemind_cluster.mesh.console import print_json, print_table, run_main
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
-from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.pool.bundles import bundle_from_path, check_bundle, unpack_bundle
 from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, SUCCEEDED
+from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.pool.ledger import parse_cpt
-from hivemind_cluster.pool.resources import parse_cpus, parse_size
+from hivemind_cluster.pool.taskclient import TaskClient
 from hivemind_cluster.pool.views import (
     ENTRY_COLUMNS,
     NODE_COLUMNS,
     TASK_COLUMNS,
+    View,
     amount_text,
-    balance_view,
     describe_task,
     entry_rows,
-    entry_view,
     node_rows,
-    node_view,
     rates_text,
-    rates_view,
     task_rows,
-    task_view,
 )
-from hivemind_cluster.protos import pool_pb2 as pb
-from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+POLL_SECONDS = 0.25
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hivemind-pool", description="Run tasks on a HiveMind pool (node certificate)."
-    )
+def build_parser(
+    prog: str, description: str, common: argparse.ArgumentParser, other_accounts: bool
+) -> tuple[argparse.ArgumentParser, Subcommands]:
+    """The task commands; ``common`` holds each tool's own options (how to reach the pool).
+
+    ``other_accounts`` adds ``--account`` to balance and history (the hub may look at any).
+    Returns the parser and its subcommands, to which a tool may add its own.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--identity", help="agent or hub state directory holding the certificate")
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("submit", parents=[common], help="submit a task: hivemind submit -- CMD…")
+    p = sub.add_parser("submit", parents=[common], help=f"submit a task: {prog} submit -- CMD…")
     p.add_argument("--image", default="", help="Docker image (default: Python, for main.py)")
     p.add_argument("--cpu", default="", help="CPUs: 1, 0.5, 500m (default: the hub's, 1)")
     p.add_argument("--memory", default="", help="memory: 512M, 2G (default: the hub's, 512M)")
@@ -96,115 +97,112 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     sub.add_parser("nodes", parents=[common], help="the pool's nodes with live state")
     p = sub.add_parser("balance", parents=[common], help="your CPT balance")
-    p.add_argument("--account", default="", help="another account (the hub only)")
+    account_option(p, other_accounts)
     p = sub.add_parser("history", parents=[common], help="your ledger movements")
-    p.add_argument("--account", default="", help="another account (the hub only)")
+    account_option(p, other_accounts)
     p.add_argument("--limit", type=int, default=50)
-    p = sub.add_parser("tip", parents=[common], help="tip a project: hivemind tip PROJECT 2.5")
+    p = sub.add_parser("tip", parents=[common], help=f"tip a project: {prog} tip PROJECT 2.5")
     p.add_argument("project")
     p.add_argument("amount", help="CPT, up to 6 decimals")
     sub.add_parser("rates", parents=[common], help="the rate card")
-    return parser
+    return parser, sub
 
 
-def rpc(what: str, call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except grpc.RpcError as exc:
-        raise error_from_rpc(exc, what) from None
+def account_option(parser: argparse.ArgumentParser, offered: bool) -> None:
+    if offered:
+        parser.add_argument("--account", default="", help="another account (the hub only)")
+    else:
+        parser.set_defaults(account="")
 
 
-def show(args: argparse.Namespace, task: pb.Task) -> None:
-    view = task_view(task)
-    print_json(view) if args.json else print(describe_task(view))
-
-
-def submit_request(args: argparse.Namespace) -> pb.SubmitRequest:
-    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+def submit_body(args: argparse.Namespace) -> View:
+    """The JSON of ``POST /api/v1/tasks`` from ``submit``'s options (defaults left out)."""
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep:
             raise InvalidInput(f"--env {item!r} is not KEY=VALUE")
         env[key] = value
-    bundle = bundle_from_path(Path(args.bundle)) if args.bundle else b""
-    if bundle:
+    body: View = {
+        "image": args.image,
+        "env": env,
+        "cpu": args.cpu,
+        "memory": args.memory,
+        "gpus": args.gpus,
+        "timeout": args.timeout,
+        "priority": args.priority,
+        "max_attempts": args.max_attempts,
+        "network": args.network,
+        "name": args.name,
+        "max_cost": args.max_cost,
+    }
+    if args.bundle:
+        bundle = bundle_from_path(Path(args.bundle))
         check_bundle(bundle)
-    return pb.SubmitRequest(
-        image=args.image,
-        command=command,
-        env=env,
-        resources=pb.Resources(
-            cpu_millis=parse_cpus(args.cpu) if args.cpu else 0,
-            memory_bytes=parse_size(args.memory) if args.memory else 0,
-            gpus=args.gpus,
-        ),
-        timeout_seconds=args.timeout,
-        priority=args.priority,
-        max_attempts=args.max_attempts,
-        network=args.network,
-        input_bundle=bundle,
-        name=args.name,
-        max_cost=parse_cpt(args.max_cost) if args.max_cost else 0,
-    )
+        body["bundle"] = base64.b64encode(bundle).decode()
+    body = {key: value for key, value in body.items() if value}
+    body["command"] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    return body
 
 
-def wait_for(stub: pb_grpc.TasksStub, task_id: str, timeout: float, progress: bool) -> pb.Task:
+def wait_for(client: TaskClient, task_id: str, timeout: float, progress: bool) -> View:
+    """Poll until the task ends; with ``progress``, a line on stderr at each change."""
     started = time.monotonic()
     last = ""
     while True:
-        task = rpc("status", lambda: stub.Get(pb.TaskRef(task_id=task_id), timeout=10))
-        if progress and task.status != last:
-            where = f" on {task.node_name or task.node_id}" if task.node_id else ""
+        task = client.get(task_id)
+        if progress and task["status"] != last:
+            where = f" on {task['node']}" if task["node"] else ""
             print(
-                f"[{time.monotonic() - started:6.1f}s] {task.id} {task.status}"
-                f" (attempt {task.attempt}){where}",
+                f"[{time.monotonic() - started:6.1f}s] {task['id']} {task['status']}"
+                f" (attempt {task['attempt']}){where}",
                 file=sys.stderr,
             )
-            last = task.status
-        if task.status in FINAL_STATES:
+            last = task["status"]
+        if task["status"] in FINAL_STATES:
             return task
         if timeout and time.monotonic() - started > timeout:
-            raise HiveMindError(f"task {task_id} is still {task.status} after {timeout:g}s")
-        time.sleep(0.25)
+            raise HiveMindError(f"task {task_id} is still {task['status']} after {timeout:g}s")
+        time.sleep(POLL_SECONDS)
 
 
-def stream_logs(stub: pb_grpc.TasksStub, task_id: str, follow: bool) -> Iterator[pb.LogEntry]:
-    try:
-        yield from stub.StreamLogs(pb.LogsRequest(task_id=task_id, follow=follow))
-    except grpc.RpcError as exc:
-        raise error_from_rpc(exc, "logs") from None
+def show(args: argparse.Namespace, task: View) -> int:
+    """Print a task; the exit status of ``wait``: 0 only if it succeeded."""
+    print_json(task) if args.json else print(describe_task(task))
+    return 0 if task["status"] == SUCCEEDED else 1
 
 
-def cmd_logs(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
-    for entry in stream_logs(stub, args.id, args.follow):
+def cmd_submit(args: argparse.Namespace, client: TaskClient, progress: bool) -> int:
+    task = client.submit(submit_body(args))
+    if not args.wait:
+        print_json(task) if args.json else print(task["id"])
+        return 0
+    if progress:
+        print(f"submitted {task['id']}", file=sys.stderr)
+    return show(args, wait_for(client, task["id"], 0, progress))
+
+
+def cmd_logs(args: argparse.Namespace, client: TaskClient) -> int:
+    for entry in client.logs(args.id, args.follow):
         if args.json:
-            print_json(
-                {
-                    "stream": entry.stream,
-                    "attempt": entry.attempt,
-                    "time": entry.time,
-                    "data": entry.data.decode(errors="replace"),
-                }
-            )
-            continue
-        out = sys.stderr if entry.stream == "stderr" else sys.stdout
-        if entry.stream == "system":
-            print(f"--- {entry.data.decode(errors='replace')}", file=sys.stderr, flush=True)
+            print_json(entry)
+        elif entry["stream"] == "system":
+            print(f"--- {entry['data']}", file=sys.stderr, flush=True)
         else:
-            out.buffer.write(entry.data)
+            out = sys.stderr if entry["stream"] == "stderr" else sys.stdout
+            out.write(entry["data"])
             out.flush()
     return 0
 
 
-def cmd_result(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
-    bundle = rpc("result", lambda: stub.FetchResult(pb.TaskRef(task_id=args.id), timeout=60))
+def cmd_result(args: argparse.Namespace, client: TaskClient) -> int:
+    bundle = client.result(args.id)
     target = Path(args.output)
     names: list[str] = []
-    if bundle.output_bundle:
+    if bundle:
         target.mkdir(parents=True, exist_ok=True)
-        unpack_bundle(bundle.output_bundle, target)
-        names = zipfile.ZipFile(io.BytesIO(bundle.output_bundle)).namelist()
+        unpack_bundle(bundle, target)
+        names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
     if args.json:
         print_json({"id": args.id, "directory": str(target), "files": names})
     else:
@@ -212,83 +210,80 @@ def cmd_result(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
     return 0
 
 
-def cmd_nodes(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
-    nodes = rpc("nodes", lambda: stub.ListNodes(pb.ListNodesRequest(), timeout=10)).nodes
-    views = [node_view(n) for n in nodes]
-    print_json(views) if args.json else print_table(node_rows(views), NODE_COLUMNS)
+def print_rows(
+    args: argparse.Namespace, views: list[View], rows: list[View], columns: list[str]
+) -> int:
+    print_json(views) if args.json else print_table(rows, columns)
+    return 0
+
+
+def run_command(args: argparse.Namespace, client: TaskClient) -> int:
+    """Run one of the task commands of ``build_parser`` and print its result."""
+    progress = sys.stderr.isatty() and not args.json
+    if args.command == "submit":
+        return cmd_submit(args, client, progress)
+    if args.command == "status":
+        show(args, client.get(args.id))
+        return 0
+    if args.command == "cancel":
+        show(args, client.cancel(args.id))
+        return 0
+    if args.command == "wait":
+        return show(args, wait_for(client, args.id, args.timeout, progress))
+    if args.command == "logs":
+        return cmd_logs(args, client)
+    if args.command == "result":
+        return cmd_result(args, client)
+    if args.command == "list":
+        tasks = client.tasks(args.status, args.limit)
+        return print_rows(args, tasks, task_rows(tasks), TASK_COLUMNS)
+    if args.command == "nodes":
+        nodes = client.nodes()
+        return print_rows(args, nodes, node_rows(nodes), NODE_COLUMNS)
+    if args.command == "history":
+        entries = client.history(args.account, args.limit)
+        return print_rows(args, entries, entry_rows(entries), ENTRY_COLUMNS)
+    return cmd_ledger(args, client)
+
+
+def cmd_ledger(args: argparse.Namespace, client: TaskClient) -> int:
+    if args.command == "balance":
+        found = client.balance(args.account)
+        text = f"{amount_text(found['balance_micro'])} ({found['account']})"
+    elif args.command == "tip":
+        found = client.tip(args.project, parse_cpt(args.amount))
+        text = f"tipped {amount_text(found['amount_micro'])} to {found['to']}"
+    else:
+        found = client.rates()
+        text = rates_text(found)
+    print_json(found) if args.json else print(text)
     return 0
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--identity", help="agent or hub state directory holding the certificate")
+    parser, _ = build_parser(
+        "hivemind-pool", "Run tasks on a HiveMind pool (node certificate).", common, True
+    )
+    args = parser.parse_args(argv)
     identity = Identity.load(args.identity)
     with sync_channel(identity) as channel:
-        stub = pb_grpc.TasksStub(channel)
-        return dispatch(args, stub)
+        return run_command(args, GrpcTaskClient(channel))
 
 
-def dispatch(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
-    progress = sys.stderr.isatty() and not args.json
-    if args.command == "submit":
-        request = submit_request(args)
-        task = rpc("submit", lambda: stub.Submit(request, timeout=60))
-        if not args.wait:
-            print_json(task_view(task)) if args.json else print(task.id)
-            return 0
-        if progress:
-            print(f"submitted {task.id}", file=sys.stderr)
-        task = wait_for(stub, task.id, 0, progress)
-        show(args, task)
-        return 0 if task.status == SUCCEEDED else 1
-    if args.command in ("status", "cancel"):
-        method = stub.Get if args.command == "status" else stub.Cancel
-        show(args, rpc(args.command, lambda: method(pb.TaskRef(task_id=args.id), timeout=10)))
-        return 0
-    if args.command == "wait":
-        task = wait_for(stub, args.id, args.timeout, progress)
-        show(args, task)
-        return 0 if task.status == SUCCEEDED else 1
-    if args.command == "logs":
-        return cmd_logs(args, stub)
-    if args.command == "result":
-        return cmd_result(args, stub)
-    if args.command == "list":
-        query = pb.ListRequest(status=args.status, limit=args.limit)
-        tasks = rpc("list", lambda: stub.List(query, timeout=10)).tasks
-        views = [task_view(t) for t in tasks]
-        print_json(views) if args.json else print_table(task_rows(views), TASK_COLUMNS)
-        return 0
-    if args.command == "nodes":
-        return cmd_nodes(args, stub)
-    return cmd_ledger(args, stub)
-
-
-def cmd_ledger(args: argparse.Namespace, stub: pb_grpc.TasksStub) -> int:
-    if args.command == "balance":
-        found = balance_view(
-            rpc("balance", lambda: stub.Balance(pb.AccountRef(account=args.account)))
-        )
-        print_json(found) if args.json else print(
-            f"{amount_text(found['balance_micro'])} ({found['account']})"
-        )
-    elif args.command == "history":
-        query = pb.HistoryRequest(account=args.account, limit=args.limit)
-        entries = [entry_view(e) for e in rpc("history", lambda: stub.History(query)).entries]
-        print_json(entries) if args.json else print_table(entry_rows(entries), ENTRY_COLUMNS)
-    elif args.command == "tip":
-        tip = pb.TipRequest(project=args.project, amount=parse_cpt(args.amount))
-        entry = entry_view(rpc("tip", lambda: stub.Tip(tip)))
-        print_json(entry) if args.json else print(
-            f"tipped {amount_text(entry['amount_micro'])} to {entry['to']}"
-        )
-    else:
-        rates = rates_view(rpc("rates", lambda: stub.GetRateCard(pb.RateCardRequest())))
-        print_json(rates) if args.json else print(rates_text(rates))
-    return 0
+def run_cli(main: Callable[[list[str]], int]) -> int:
+    """``run_main``, also quiet when the reader of the output goes away (``… | head``)."""
+    try:
+        return run_main(main)
+    except BrokenPipeError:
+        # Python would fail again flushing stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def entry() -> int:
-    return run_main(main)
+    return run_cli(main)
 
 
 if __name__ == "__main__":

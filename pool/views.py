@@ -131,6 +131,16 @@ def rates_view(card: pb.RateCard) -> View:
     }
 
 
+def log_view(entry: pb.LogEntry) -> View:
+    """One chunk of a task's output (``data`` decoded as UTF-8, bad bytes replaced)."""
+    return {
+        "stream": entry.stream,
+        "attempt": entry.attempt,
+        "time": entry.time,
+        "data": entry.data.decode(errors="replace"),
+    }
+
+
 # Text rendering (for terminals), from the views above.
 
 

@@ -19,10 +19,12 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from hivemind_cluster.mesh.console import print_json, run_main
+from hivemind_cluster.mesh.console import print_json
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
 from hivemind_cluster.mesh.keys import write_private
-from hivemind_cluster.pool.cli import build_parser, run_command
+from hivemind_cluster.pool.cli import build_parser, run_cli, run_command
+from hivemind_cluster.pool.ledger import MICRO
+from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.apiclient import ApiClient, api_url
 from hivemind_cluster.web.errors import Unauthenticated
 
@@ -119,7 +121,8 @@ def cmd_login(args: argparse.Namespace, path: Path, config: Config) -> int:
         print_json({"username": username, "api": client.api, "config": str(path)} | account)
         return 0
     if account:
-        print(f"registered {username}: account {account['account']}, {account['balance']} CPT")
+        grant = amount_text(round(account["balance"] * MICRO))
+        print(f"registered {username}: account {account['account']}, {grant}")
     print(f"logged in as {username} at {client.api} (token saved in {path})")
     return 0
 
@@ -145,7 +148,10 @@ def cmd_logout(args: argparse.Namespace, path: Path, config: Config) -> int:
 def build_hivemind_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--api", default="", metavar="URL", help="the hub's web API, http://HUB:5001 (default: the saved one)"
+        "--api",
+        default="",
+        metavar="URL",
+        help="the hub's web API, http://HUB:5001 (default: the saved one)",
     )
     parser, sub = build_parser(
         "hivemind", "Run tasks on a HiveMind cluster with your account.", common, False
@@ -172,7 +178,7 @@ def main(argv: list[str]) -> int:
 
 
 def entry() -> int:
-    return run_main(main)
+    return run_cli(main)
 
 
 if __name__ == "__main__":

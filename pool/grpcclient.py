@@ -1,0 +1,101 @@
+"""``TaskClient`` over the pool's gRPC API with a node certificate.
+
+``hivemind-pool`` uses it as the node itself. With ``account``, it acts on behalf of that
+ledger account, which only the hub's certificate may do (the web API, for its users):
+tasks are submitted, listed and paid for as the account, and a task of anyone else is
+reported as not found, as the pool does for operator nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from hivemind_cluster.mesh.errors import NotFound
+from hivemind_cluster.mesh.grpcutil import error_from_rpc
+from hivemind_cluster.pool import views
+from hivemind_cluster.pool.views import View
+from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+from hivemind_cluster.web.submission import from_json
+
+T = TypeVar("T")
+CALL_TIMEOUT = 30.0
+RESULT_TIMEOUT = 120.0
+
+
+class GrpcTaskClient:
+    def __init__(self, channel: grpc.Channel, account: str = "") -> None:
+        self.stub = pb_grpc.TasksStub(channel)
+        self.account = account
+
+    @staticmethod
+    def _call(
+        what: str, method: Callable[..., T], request: Any, timeout: float = CALL_TIMEOUT
+    ) -> T:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, what) from None
+
+    def task(self, task_id: str) -> pb.Task:
+        """The task, if it is the account's (any visible task without an account)."""
+        task = self._call("task", self.stub.Get, pb.TaskRef(task_id=task_id))
+        if self.account and task.owner != self.account:
+            raise NotFound(f"no task {task_id}")
+        return task
+
+    def _own(self, task_id: str) -> pb.TaskRef:
+        if self.account:
+            self.task(task_id)
+        return pb.TaskRef(task_id=task_id)
+
+    def submit(self, body: View) -> View:
+        # The API's own reading of a body, so both CLIs accept exactly the same submissions.
+        request = from_json(body)
+        request.owner = self.account
+        return views.task_view(self._call("submit", self.stub.Submit, request))
+
+    def get(self, task_id: str) -> View:
+        return views.task_view(self.task(task_id))
+
+    def cancel(self, task_id: str) -> View:
+        return views.task_view(self._call("cancel", self.stub.Cancel, self._own(task_id)))
+
+    def tasks(self, statuses: list[str], limit: int) -> list[View]:
+        query = pb.ListRequest(status=statuses, limit=limit, owner=self.account)
+        return [views.task_view(t) for t in self._call("list", self.stub.List, query).tasks]
+
+    def logs(self, task_id: str, follow: bool) -> Iterator[View]:
+        request = pb.LogsRequest(task_id=self._own(task_id).task_id, follow=follow)
+        try:
+            for entry in self.stub.StreamLogs(request, timeout=None if follow else CALL_TIMEOUT):
+                yield views.log_view(entry)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, "logs") from None
+
+    def result(self, task_id: str) -> bytes:
+        found = self._call("result", self.stub.FetchResult, self._own(task_id), RESULT_TIMEOUT)
+        return found.output_bundle
+
+    def nodes(self) -> list[View]:
+        found = self._call("nodes", self.stub.ListNodes, pb.ListNodesRequest())
+        return [views.node_view(n) for n in found.nodes]
+
+    def balance(self, account: str) -> View:
+        ref = pb.AccountRef(account=account or self.account)
+        return views.balance_view(self._call("balance", self.stub.Balance, ref))
+
+    def history(self, account: str, limit: int) -> list[View]:
+        query = pb.HistoryRequest(account=account or self.account, limit=limit)
+        found = self._call("history", self.stub.History, query)
+        return [views.entry_view(e) for e in found.entries]
+
+    def tip(self, project: str, amount_micro: int) -> View:
+        request = pb.TipRequest(project=project, amount=amount_micro, source=self.account)
+        return views.entry_view(self._call("tip", self.stub.Tip, request))
+
+    def rates(self) -> View:
+        return views.rates_view(self._call("rates", self.stub.GetRateCard, pb.RateCardRequest()))

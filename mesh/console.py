@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +22,10 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`… | head`): quietly, like SIGPIPE
+        # Python would fail again flushing stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def setup_logging(verbose: bool = False) -> None:

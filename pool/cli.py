@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
-import signal
 import sys
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -272,18 +269,8 @@ def main(argv: list[str]) -> int:
         return run_command(args, GrpcTaskClient(channel))
 
 
-def run_cli(main: Callable[[list[str]], int]) -> int:
-    """``run_main``, also quiet when the reader of the output goes away (``… | head``)."""
-    try:
-        return run_main(main)
-    except BrokenPipeError:
-        # Python would fail again flushing stdout at exit: point it at /dev/null first.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
-
-
 def entry() -> int:
-    return run_cli(main)
+    return run_main(main)
 
 
 if __name__ == "__main__":

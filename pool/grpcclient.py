@@ -16,10 +16,10 @@ import grpc
 from hivemind_cluster.mesh.errors import NotFound
 from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.pool import views
+from hivemind_cluster.pool.submission import from_json
 from hivemind_cluster.pool.views import View
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from hivemind_cluster.web.submission import from_json
 
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
@@ -54,7 +54,9 @@ class GrpcTaskClient:
 
     def submit(self, body: View) -> View:
         # The API's own reading of a body, so both CLIs accept exactly the same submissions.
-        request = from_json(body)
+        return self.submit_request(from_json(body))
+
+    def submit_request(self, request: pb.SubmitRequest) -> View:
         request.owner = self.account
         return views.task_view(self._call("submit", self.stub.Submit, request))
 
@@ -97,5 +99,8 @@ class GrpcTaskClient:
         request = pb.TipRequest(project=project, amount=amount_micro, source=self.account)
         return views.entry_view(self._call("tip", self.stub.Tip, request))
 
+    def rate_card(self) -> pb.RateCard:
+        return self._call("rates", self.stub.GetRateCard, pb.RateCardRequest())
+
     def rates(self) -> View:
-        return views.rates_view(self._call("rates", self.stub.GetRateCard, pb.RateCardRequest()))
+        return views.rates_view(self.rate_card())

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied
+from hivemind_cluster.mesh.errors import Conflict, InvalidInput, PermissionDenied
 from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import operations
@@ -118,7 +118,7 @@ class TasksService(pb_grpc.TasksServicer):
     async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:
         record = await operations.visible_task(self.pool, current_caller(), request.task_id)
         if record.status not in keys.FINAL_STATES:
-            raise InvalidInput(f"task {record.id} is {record.status}: no result yet")
+            raise Conflict(f"task {record.id} is {record.status}: no result yet")
         bundle = await asyncio.to_thread(self.pool.tasks.output_bundle, record)
         return pb.ResultBundle(task_id=record.id, output_bundle=bundle)
 

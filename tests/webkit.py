@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import redis
 from argon2 import PasswordHasher
 from flask import Flask
@@ -22,9 +23,8 @@ from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.mesh.wireguard import PeerStatus
 from hivemind_cluster.pool.auth import HUB_NODE_ID
-from hivemind_cluster.pool.client import Identity
+from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.web import create_app
-from hivemind_cluster.web.gateway import PoolGateway
 from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ class WebCluster:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.peers: list[PeerStatus] = []
-        self.gateways: list[PoolGateway] = []
+        self.channels: list[grpc.Channel] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the pool's loop and wait for its result."""
@@ -50,8 +50,8 @@ class WebCluster:
         self.run(self.cluster.start())
 
     def stop(self) -> None:
-        for gateway in self.gateways:
-            gateway.close()
+        for channel in self.channels:
+            channel.close()
         try:
             self.run(self.cluster.stop())
         finally:
@@ -72,14 +72,14 @@ class WebCluster:
         return store.connect(server.bind, server.port, server.password)
 
     def app(self, **config: Any) -> Flask:
-        self.gateways.append(PoolGateway(self.hub_identity()))
+        self.channels.append(sync_channel(self.hub_identity()))
         return create_app(
             {
                 "TESTING": True,
                 "SECRET_KEY": "test",
                 "SETTINGS": self.cluster.settings,
                 "REDIS": self.db(),
-                "GATEWAY": self.gateways[-1],
+                "CHANNEL": self.channels[-1],
                 "PASSWORD_HASHER": FAST_HASHER,
                 "REGISTRATIONS_PER_HOUR": 10_000,  # every test user registers from 127.0.0.1
                 "WIREGUARD_PEERS": lambda: self.peers,

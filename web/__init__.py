@@ -3,8 +3,8 @@
 ``create_app(test_config=None)`` builds it from the hub's state directory
 (``HIVEMIND_STATE_DIR``, default /var/lib/hivemind-hub): the hub's Redis for users, the
 pool over gRPC with the hub's own certificate. Tests pass ``SETTINGS``, ``REDIS`` and
-``GATEWAY`` in ``test_config`` instead. One blueprint per area: ``auth`` (register, log
-in and out), ``tasks``, ``ledger``, ``mesh`` (pages) and ``api`` (``/api/v1``).
+``CHANNEL`` (to the pool) in ``test_config`` instead. One blueprint per area: ``auth``
+(register, log in and out), ``tasks``, ``ledger``, ``mesh`` (pages) and ``api`` (/api/v1).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.keys import write_private
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
-from hivemind_cluster.pool.client import Identity
+from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.web.constants import MAX_REGISTRATIONS_PER_ADDRESS
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
@@ -60,7 +60,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 def _services(app: Flask) -> Services:
     """The hub's real services, unless the test config brings its own."""
     from hivemind_cluster.mesh.hub import load_settings
-    from hivemind_cluster.web.gateway import PoolGateway
 
     config = app.config
     state_dir = config.get("STATE_DIR") or os.environ.get("HIVEMIND_STATE_DIR", DEFAULT_STATE_DIR)
@@ -68,7 +67,7 @@ def _services(app: Flask) -> Services:
     if "SECRET_KEY" not in config or not config["SECRET_KEY"]:
         config["SECRET_KEY"] = _secret_key(Path(settings.state_dir))
     db = config.get("REDIS") or store.connect_hub(settings)
-    gateway = config.get("GATEWAY") or PoolGateway(Identity.load(settings.state_dir))
+    channel = config.get("CHANNEL") or sync_channel(Identity.load(settings.state_dir))
     interface = WireGuardInterface(settings.interface)
     peers = config.get("WIREGUARD_PEERS") or interface.peers
     users = UserStore(
@@ -76,7 +75,7 @@ def _services(app: Flask) -> Services:
         config.get("PASSWORD_HASHER"),
         config.get("REGISTRATIONS_PER_HOUR", MAX_REGISTRATIONS_PER_ADDRESS),
     )
-    return Services(settings, db, users, gateway, peers)
+    return Services(settings, db, users, channel, peers)
 
 
 def _secret_key(state_dir: Path) -> str:

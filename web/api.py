@@ -17,10 +17,12 @@ from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError
 
 from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.pool import submission
 from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES
+from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.pool.ledger import check_account, parse_cpt
-from hivemind_cluster.pool.views import cpt, rates_view
-from hivemind_cluster.web import mesh, openapi, submission
+from hivemind_cluster.pool.views import cpt
+from hivemind_cluster.web import mesh, openapi
 from hivemind_cluster.web.auth import client_address
 from hivemind_cluster.web.errors import Unauthenticated
 from hivemind_cluster.web.services import services
@@ -65,6 +67,10 @@ def api_user() -> User:
     return user
 
 
+def my_pool() -> GrpcTaskClient:
+    return services().pool(api_user().account)
+
+
 def json_body() -> dict[str, Any]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -98,7 +104,7 @@ def register() -> ResponseReturnValue:
     user = users.register(
         text_field(body, "username"), text_field(body, "password"), client_address()
     )
-    balance = services().pool.balance(user.account)
+    balance = services().pool(user.account).balance("")
     return {"username": user.name, "account": user.account, "balance": balance["balance"]}, 201
 
 
@@ -125,7 +131,7 @@ def logout() -> ResponseReturnValue:
 @authenticated
 def me() -> ResponseReturnValue:
     user = api_user()
-    balance = services().pool.balance(user.account)
+    balance = services().pool(user.account).balance("")
     return {"username": user.name, "account": user.account} | {
         k: balance[k] for k in ("balance", "balance_micro")
     }
@@ -141,14 +147,14 @@ def list_tasks() -> ResponseReturnValue:
     unknown = [s for s in statuses if s not in ALL_STATES]
     if unknown:
         raise InvalidInput(f"status {unknown[0][:30]!r}: one of {', '.join(ALL_STATES)}")
-    return {"tasks": services().pool.tasks(api_user().account, statuses, limit_arg(100))}
+    return {"tasks": my_pool().tasks(statuses, limit_arg(100))}
 
 
 @bp.post("/tasks")
 @authenticated
 def submit() -> ResponseReturnValue:
     submitted = submission.from_json(request.get_json(silent=True))
-    return services().pool.submit(api_user().account, submitted), 201
+    return my_pool().submit_request(submitted), 201
 
 
 @bp.post("/tasks/quote")
@@ -156,20 +162,20 @@ def submit() -> ResponseReturnValue:
 def quote() -> ResponseReturnValue:
     submitted = submission.from_json(request.get_json(silent=True))
     found = services()
-    cap = submission.price_cap(submitted, found.pool.rates(), found.settings)
+    cap = submission.price_cap(submitted, found.pool().rate_card(), found.settings)
     return {"price_cap": cpt(cap), "price_cap_micro": cap}
 
 
 @bp.get("/tasks/<task_id>")
 @authenticated
 def task(task_id: str) -> ResponseReturnValue:
-    return services().pool.task(api_user().account, task_id)
+    return my_pool().get(task_id)
 
 
 @bp.post("/tasks/<task_id>/cancel")
 @authenticated
 def cancel(task_id: str) -> ResponseReturnValue:
-    return services().pool.cancel(api_user().account, task_id)
+    return my_pool().cancel(task_id)
 
 
 @bp.get("/tasks/<task_id>/logs")
@@ -178,10 +184,9 @@ def logs(task_id: str) -> ResponseReturnValue:
     after = request.args.get("after", "0")
     if not after.isdigit():
         raise InvalidInput("after: a whole number of entries already seen")
-    pool = services().pool
-    account = api_user().account
-    status = pool.task(account, task_id)["status"]  # read first: no entry can be missed
-    entries = pool.logs(account, task_id)
+    pool = my_pool()
+    status = pool.get(task_id)["status"]  # read first: no entry can be missed
+    entries = list(pool.logs(task_id, follow=False))
     return {
         "entries": entries[int(after) :],
         "next": len(entries),
@@ -192,7 +197,7 @@ def logs(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/result")
 @authenticated
 def result(task_id: str) -> ResponseReturnValue:
-    return zip_download(task_id, services().pool.result(api_user().account, task_id))
+    return zip_download(task_id, my_pool().result(task_id))
 
 
 # Ledger
@@ -201,13 +206,13 @@ def result(task_id: str) -> ResponseReturnValue:
 @bp.get("/balance")
 @authenticated
 def balance() -> ResponseReturnValue:
-    return services().pool.balance(api_user().account)
+    return my_pool().balance("")
 
 
 @bp.get("/history")
 @authenticated
 def history() -> ResponseReturnValue:
-    return {"entries": services().pool.history(api_user().account, limit_arg(100))}
+    return {"entries": my_pool().history("", limit_arg(100))}
 
 
 @bp.post("/tips")
@@ -218,12 +223,12 @@ def tip() -> ResponseReturnValue:
     amount = body.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, str | int | float):
         raise InvalidInput("amount: CPT, as a number or text like \"2.5\"")
-    return services().pool.tip(api_user().account, project, parse_cpt(str(amount))), 201
+    return my_pool().tip(project, parse_cpt(str(amount))), 201
 
 
 @bp.get("/rates")
 def rates() -> ResponseReturnValue:
-    return rates_view(services().pool.rates())
+    return services().pool().rates()
 
 
 # The pool and the mesh
@@ -232,7 +237,7 @@ def rates() -> ResponseReturnValue:
 @bp.get("/nodes")
 @authenticated
 def nodes() -> ResponseReturnValue:
-    return {"nodes": services().pool.nodes()}
+    return {"nodes": services().pool().nodes()}
 
 
 @bp.get("/mesh")

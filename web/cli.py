@@ -19,10 +19,10 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from hivemind_cluster.mesh.console import print_json
+from hivemind_cluster.mesh.console import print_json, run_main
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
 from hivemind_cluster.mesh.keys import write_private
-from hivemind_cluster.pool.cli import build_parser, run_cli, run_command
+from hivemind_cluster.pool.cli import build_parser, run_command
 from hivemind_cluster.pool.ledger import MICRO
 from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.apiclient import ApiClient, api_url
@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
 
 
 def entry() -> int:
-    return run_cli(main)
+    return run_main(main)
 
 
 if __name__ == "__main__":

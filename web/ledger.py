@@ -7,7 +7,6 @@ from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.mesh.errors import HiveMindError
 from hivemind_cluster.pool.ledger import check_account, parse_cpt
-from hivemind_cluster.pool.views import rates_view
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.errors import http_status
 from hivemind_cluster.web.services import services
@@ -18,10 +17,8 @@ bp = Blueprint("ledger", __name__)
 @bp.get("/ledger")
 @login_required
 def history() -> ResponseReturnValue:
-    pool, account = services().pool, current_user().account
-    return render_template(
-        "ledger.html", balance=pool.balance(account), entries=pool.history(account, 200)
-    )
+    pool = services().pool(current_user().account)
+    return render_template("ledger.html", balance=pool.balance(""), entries=pool.history("", 200))
 
 
 @bp.route("/tip", methods=["GET", "POST"])
@@ -33,7 +30,7 @@ def tip() -> ResponseReturnValue:
     try:
         project = check_account(form.get("project", "").strip())
         amount = parse_cpt(form.get("amount", "").strip())
-        entry = services().pool.tip(current_user().account, project, amount)
+        entry = services().pool(current_user().account).tip(project, amount)
     except HiveMindError as exc:
         flash(exc.message, "error")
         return render_template("tip.html", form=form), http_status(exc)
@@ -43,4 +40,4 @@ def tip() -> ResponseReturnValue:
 
 @bp.get("/rates")
 def rates() -> ResponseReturnValue:
-    return render_template("rates.html", rates=rates_view(services().pool.rates()))
+    return render_template("rates.html", rates=services().pool().rates())

@@ -38,7 +38,7 @@ def snapshot() -> dict[str, Any]:
         log.warning("cannot read WireGuard peers: %s", exc.message)
         peers, wireguard_ok = {}, False
     rows = [_hub_row(found.settings.name or "hub", found.settings.hub_ip)]
-    for node in found.pool.nodes():
+    for node in found.pool().nodes():
         peer = peers.get(keys.get(node["id"], ""))
         handshake = peer.latest_handshake if peer and peer.latest_handshake else None
         handshake_age = now - handshake if handshake else None

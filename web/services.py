@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
 import redis
 from flask import current_app
 
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.mesh.wireguard import PeerStatus
-from hivemind_cluster.web.gateway import Gateway
+from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.web.users import UserStore
 
 
@@ -19,9 +20,14 @@ class Services:
     settings: HubSettings
     db: redis.Redis
     users: UserStore
-    pool: Gateway
+    # To the pool with the hub's certificate (only the hub may act for user accounts).
+    channel: grpc.Channel
     # The hub's WireGuard peers (handshakes, rx/tx) for the mesh page.
     wireguard_peers: Callable[[], list[PeerStatus]]
+
+    def pool(self, account: str = "") -> GrpcTaskClient:
+        """The pool as ``account`` sees it: its tasks, its balance, paying from it."""
+        return GrpcTaskClient(self.channel, account)
 
 
 def services() -> Services:

@@ -7,9 +7,9 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
+from hivemind_cluster.pool import submission
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.constants import ALL_STATES
-from hivemind_cluster.web import submission
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.errors import http_status
 from hivemind_cluster.web.services import services
@@ -21,10 +21,8 @@ IMAGES = ("hivemind/python:3.11", "hivemind/busybox:latest")
 @bp.get("/")
 @login_required
 def dashboard() -> ResponseReturnValue:
-    pool, account = services().pool, current_user().account
-    return render_template(
-        "dashboard.html", balance=pool.balance(account), tasks=pool.tasks(account, [], 10)
-    )
+    pool = services().pool(current_user().account)
+    return render_template("dashboard.html", balance=pool.balance(""), tasks=pool.tasks([], 10))
 
 
 @bp.get("/tasks")
@@ -33,7 +31,7 @@ def task_list() -> ResponseReturnValue:
     status = request.args.get("status", "")
     if status and status not in ALL_STATES:
         raise InvalidInput(f"unknown status {status[:30]!r}")
-    tasks = services().pool.tasks(current_user().account, [status] if status else [], 200)
+    tasks = services().pool(current_user().account).tasks([status] if status else [], 200)
     return render_template("tasks.html", tasks=tasks, status=status, states=ALL_STATES)
 
 
@@ -51,7 +49,8 @@ def _uploaded_bundle() -> bytes:
 @login_required
 def new_task() -> ResponseReturnValue:
     found = services()
-    rates = found.pool.rates()
+    pool = found.pool(current_user().account)
+    rates = pool.rate_card()
     form = request.form
     if request.method == "GET":
         default = submission.price_cap(submission.from_form({}, b""), rates, found.settings)
@@ -61,7 +60,7 @@ def new_task() -> ResponseReturnValue:
         price_cap = submission.price_cap(submitted, rates, found.settings)
         if form.get("action") == "quote":  # without JavaScript: show the price, then submit
             return render_template("task_new.html", form=form, images=IMAGES, price_cap=price_cap)
-        task = found.pool.submit(current_user().account, submitted)
+        task = pool.submit_request(submitted)
     except HiveMindError as exc:
         flash(exc.message, "error")
         return render_template(
@@ -75,7 +74,7 @@ def new_task() -> ResponseReturnValue:
 @login_required
 def detail(task_id: str) -> ResponseReturnValue:
     """The page, or with ``?partial=1`` only its live status panel (the page's script)."""
-    task = services().pool.task(current_user().account, task_id)
+    task = services().pool(current_user().account).get(task_id)
     template = "_task_live.html" if request.args.get("partial") else "task.html"
     return render_template(template, task=task)
 
@@ -83,7 +82,7 @@ def detail(task_id: str) -> ResponseReturnValue:
 @bp.post("/tasks/<task_id>/cancel")
 @login_required
 def cancel(task_id: str) -> ResponseReturnValue:
-    services().pool.cancel(current_user().account, task_id)
+    services().pool(current_user().account).cancel(task_id)
     flash(f"Cancel requested for {task_id}.", "info")
     return redirect(url_for("tasks.detail", task_id=task_id))
 
@@ -91,7 +90,7 @@ def cancel(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/result")
 @login_required
 def result(task_id: str) -> ResponseReturnValue:
-    return zip_download(task_id, services().pool.result(current_user().account, task_id))
+    return zip_download(task_id, services().pool(current_user().account).result(task_id))
 
 
 def zip_download(task_id: str, bundle: bytes) -> Response:

@@ -239,7 +239,7 @@ def test_cancel_a_running_task_and_see_it_end(app: Flask) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     early = client.get(f"/api/v1/tasks/{task['id']}/result", headers=headers)
-    assert early.status_code == 400 and "no result yet" in early.get_json()["error"]["message"]
+    assert early.status_code == 409 and "no result yet" in early.get_json()["error"]["message"]
     cancelled = client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=headers)
     assert cancelled.status_code == 200
     assert wait_settled(client, headers, task["id"])["status"] == "cancelled"

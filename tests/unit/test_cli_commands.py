@@ -17,10 +17,10 @@ import pytest
 
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, NotFound
 from hivemind_cluster.pool import cli, views
+from hivemind_cluster.pool.submission import from_json
 from hivemind_cluster.pool.views import View
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.web.cli import build_hivemind_parser
-from hivemind_cluster.web.submission import from_json
 
 
 def task(status: str, **fields: object) -> View:
@@ -252,12 +252,12 @@ def test_hivemind_pool_offers_other_accounts_and_hivemind_does_not() -> None:
 
 def test_a_reader_that_goes_away_ends_quietly() -> None:
     script = (
-        "from hivemind_cluster.pool.cli import run_cli\n"
+        "from hivemind_cluster.mesh.console import run_main\n"
         "def main(argv):\n"
         "    for i in range(10**6):\n"
         "        print('line', i)\n"
         "    return 0\n"
-        "raise SystemExit(run_cli(main))\n"
+        "raise SystemExit(run_main(main))\n"
     )
     writer = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -1,10 +1,12 @@
-"""`make demo`: a hub and two workers in network namespaces over a real WireGuard overlay.
+"""`make demo`: a hub, two workers and a laptop in network namespaces over a real WireGuard
+overlay.
 
-Creates the hub, joins both workers with one-time tokens, prints the hub's node list,
-proves every member reaches every other over the overlay, runs real tasks in Docker on
-the workers through the pool (a Python bundle with output files, and shell tasks spread
-by capacity), tears everything down and prints a summary. Exits non-zero if any step
-fails. Needs root (run `make demo`).
+Creates the hub, joins both workers and an operator "laptop" with one-time tokens, prints
+the hub's node list, proves every member reaches every other over the overlay, then — as
+user alice of the web UI, from the laptop, with the `hivemind` CLI over the JSON API —
+runs real tasks in Docker on the workers (a Python bundle with output files, and shell
+tasks spread by capacity), pays for them in CPT and reads the mesh status. Tears
+everything down and prints a summary. Exits non-zero if any step fails. Needs root.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lab import Host, Lab, Mesh, tool
+
+HUB_API = "http://100.64.0.1:5001"
 
 
 def step(text: str) -> None:
@@ -31,8 +36,8 @@ def main() -> int:
         return 1
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hivemind-demo-") as tmp, Lab(Path(tmp)) as lab:
-        step("creating hosts: hub, worker-a, worker-b (namespaces on a 198.51.100.0/24 bridge)")
-        hub, a, b = (lab.add_host(n) for n in ("hub", "worker-a", "worker-b"))
+        step("creating hosts: hub, worker-a, worker-b, laptop (namespaces on 198.51.100.0/24)")
+        hub, a, b, laptop = (lab.add_host(n) for n in ("hub", "worker-a", "worker-b", "laptop"))
         mesh = Mesh(lab, hub)
         step(f"hivemind-hub init --endpoint {hub.ip}:7443 && hivemind-hub up")
         mesh.start_hub()
@@ -47,16 +52,18 @@ def main() -> int:
                 f"    {worker.name}: node {result['node_id']} at {result['overlay_ip']} "
                 f"({result['backend']} WireGuard) in {joins[worker.name]:.2f}s"
             )
+        step("hivemind-agent join --role operator token on laptop (a user's machine)")
+        mesh.join(laptop, mesh.token(role="operator"))
         step("hivemind-hub nodes")
         print(mesh.hub_cli("nodes").stdout, end="")
         step("overlay reachability (ping over WireGuard; spokes are routed through the hub)")
         addresses = {"hub": "100.64.0.1"}
-        for worker in (a, b):
-            addresses[worker.name] = json.loads(mesh.agent(worker, "status", "--json").stdout)[
+        for member in (a, b, laptop):
+            addresses[member.name] = json.loads(mesh.agent(member, "status", "--json").stdout)[
                 "overlay_ip"
             ]
         checks = ok = 0
-        for source in (hub, a, b):
+        for source in (hub, a, b, laptop):
             for name, address in addresses.items():
                 if name == source.name:
                     continue
@@ -67,63 +74,102 @@ def main() -> int:
                     f"    {source.name:>8} -> {name:<8} {address:<12} "
                     f"{'ok' if reached else 'UNREACHABLE'}"
                 )
-        tasks_ok, tasks_total, placement = run_tasks(mesh, hub, Path(tmp))
+        user = User(laptop, Path(tmp) / "alice.json")
+        wait_for_workers(mesh, hub)
+        spent_before = user.balance()
+        tasks_ok, tasks_total, placement = run_tasks(user, Path(tmp))
+        spent = spent_before - user.settled_balance()
+        online = show_mesh(user)
         step("stopping the hub and removing every namespace")
         mesh.stop_hub()
     print(
         f"\nsummary: 2 workers joined (fastest {min(joins.values()):.2f}s, slowest "
         f"{max(joins.values()):.2f}s), overlay reachability {ok}/{checks}, "
         f"tasks {tasks_ok}/{tasks_total} succeeded in Docker ({placement}), "
+        f"alice paid {spent / 1e6:.6f} CPT through the web API, mesh page {online}, "
         f"cleaned up; {time.monotonic() - started:.1f}s in all"
     )
-    return 0 if ok == checks and tasks_ok == tasks_total else 1
+    return 0 if ok == checks and tasks_ok == tasks_total and spent > 0 else 1
 
 
-def hivemind(mesh: Mesh, host: Host, *args: str) -> str:
+def hivemind_pool(mesh: Mesh, host: Host, *args: str) -> str:
     command, *rest = args
     return host.run(
         tool("hivemind-pool"), command, "--identity", str(mesh.hub_dir), *rest, timeout=180
     ).stdout
 
 
-def run_tasks(mesh: Mesh, hub: Host, tmp: Path) -> tuple[int, int, str]:
-    """Submit tasks from the hub over the overlay; they run in Docker on the workers."""
-    step("hivemind nodes (workers registered with the pool: capacity, Docker)")
+def wait_for_workers(mesh: Mesh, hub: Host) -> None:
+    step("hivemind-pool nodes   (on the hub: workers registered with the pool, Docker)")
     deadline = time.monotonic() + 30
-    while sum(n["connected"] for n in json.loads(hivemind(mesh, hub, "nodes", "--json"))) < 2:
+    while sum(n["connected"] for n in json.loads(hivemind_pool(mesh, hub, "nodes", "--json"))) < 2:
         if time.monotonic() > deadline:
             raise SystemExit("workers did not connect to the pool")
         time.sleep(0.3)
-    print(hivemind(mesh, hub, "nodes"), end="")
+    print(hivemind_pool(mesh, hub, "nodes"), end="")
+
+
+class User:
+    """alice on the laptop: the `hivemind` CLI, her API token in her own config file."""
+
+    def __init__(self, host: Host, config: Path) -> None:
+        self.host = host
+        self.env = {**os.environ, "HIVEMIND_CONFIG": str(config)}
+        step("hivemind register --api 100.64.0.1 --user alice   (the web UI's JSON API)")
+        answer = self.run(
+            "register", "--api", HUB_API, "--user", "alice", "--password-stdin", stdin="pass 1234\n"
+        )
+        print("    " + answer.strip().replace("\n", "\n    "))
+
+    def run(self, *args: str, stdin: str | None = None) -> str:
+        return self.host.run(tool("hivemind"), *args, env=self.env, input=stdin, timeout=180).stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(args[0], "--json", *args[1:]))
+
+    def balance(self) -> int:
+        """In micro-CPT (exact)."""
+        return int(self.json("balance")["balance_micro"])
+
+    def settled_balance(self) -> int:
+        """The balance once every task has been paid for (settlement is asynchronous)."""
+        deadline = time.monotonic() + 15
+        while not all(t["settled"] for t in self.json("list")):
+            if time.monotonic() > deadline:
+                raise SystemExit("tasks were not settled")
+            time.sleep(0.3)
+        step("hivemind balance   and   hivemind history")
+        print("    " + self.run("balance").strip())
+        print("    " + self.run("history", "--limit", "4").strip().replace("\n", "\n    "))
+        return self.balance()
+
+
+def run_tasks(user: User, tmp: Path) -> tuple[int, int, str]:
+    """Submit tasks from the laptop over the overlay; they run in Docker on the workers."""
     bundle = tmp / "estimate-pi"
     bundle.mkdir()
     (bundle / "main.py").write_text(PI_TASK)
-    step("hivemind submit --bundle estimate-pi/ --wait   (main.py runs in hivemind/python:3.11)")
-    ids = [json.loads(hivemind(mesh, hub, "submit", "--json", "--bundle", str(bundle)))["id"]]
+    step("hivemind submit --bundle estimate-pi/   (main.py runs in hivemind/python:3.11)")
+    ids = [user.json("submit", "--bundle", str(bundle))["id"]]
     step("hivemind submit --cpu 1 --memory 64M -- sh -c '…'   (x4, spread by free capacity)")
     for n in range(4):
         script = f"echo task {n} on $(hostname); sleep 1; echo done > /out/result-{n}.txt"
         ids.append(
-            json.loads(
-                hivemind(
-                    mesh,
-                    hub,
-                    "submit",
-                    "--json",
-                    "--image",
-                    "hivemind/busybox:latest",
-                    "--cpu",
-                    "1",
-                    "--memory",
-                    "64M",
-                    "--",
-                    "sh",
-                    "-c",
-                    script,
-                )
+            user.json(
+                "submit",
+                "--image",
+                "hivemind/busybox:latest",
+                "--cpu",
+                "1",
+                "--memory",
+                "64M",
+                "--",
+                "sh",
+                "-c",
+                script,
             )["id"]
         )
-    done = [json.loads(hivemind(mesh, hub, "wait", "--json", task_id)) for task_id in ids]
+    done = [user.json("wait", task_id) for task_id in ids]
     for task in done:
         print(
             f"    {task['id']}  {task['status']:<9} on {task['node']:<8} "
@@ -131,14 +177,38 @@ def run_tasks(mesh: Mesh, hub: Host, tmp: Path) -> tuple[int, int, str]:
             f"{' '.join(task['command'])[:50]}"
         )
     step(f"hivemind logs {ids[0]}   and   hivemind result {ids[0]} -o out/")
-    print("    " + hivemind(mesh, hub, "logs", ids[0]).strip().replace("\n", "\n    "))
-    hivemind(mesh, hub, "result", ids[0], "-o", str(tmp / "out"))
+    print("    " + user.run("logs", ids[0]).strip().replace("\n", "\n    "))
+    user.run("result", ids[0], "-o", str(tmp / "out"))
     print("    out/estimate.txt: " + (tmp / "out" / "estimate.txt").read_text().strip())
     per_node: dict[str, int] = {}
     for task in done:
         per_node[task["node"]] = per_node.get(task["node"], 0) + 1
     placement = ", ".join(f"{count} on {node}" for node, count in sorted(per_node.items()))
     return sum(t["status"] == "succeeded" for t in done), len(done), placement
+
+
+def show_mesh(user: User) -> str:
+    """What the mesh status page shows (its JSON twin, GET /api/v1/mesh)."""
+    step(f"the mesh status page: {HUB_API}/mesh   (its JSON: GET /api/v1/mesh)")
+    token = json.loads((Path(user.env["HIVEMIND_CONFIG"])).read_text())["token"]
+    fetch = (
+        "import json, sys, urllib.request as u;"
+        "r = u.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]});"
+        "print(u.urlopen(r, timeout=10).read().decode())"
+    )
+    mesh = json.loads(
+        user.host.run(sys.executable, "-c", fetch, f"{HUB_API}/api/v1/mesh", token).stdout
+    )
+    for node in mesh["nodes"]:
+        handshake = node["handshake_age"]
+        print(
+            f"    {node['name']:<9} {node['role']:<8} {node['overlay_ip']:<12} "
+            f"{'online ' if node['online'] else 'OFFLINE'} handshake "
+            f"{'-' if handshake is None else f'{handshake:.0f}s ago':<8} "
+            f"rx/tx {node['rx_bytes'] or 0}/{node['tx_bytes'] or 0} B"
+        )
+    totals = mesh["totals"]
+    return f"{totals['workers_online']}/{totals['workers']} workers online"
 
 
 PI_TASK = """\

@@ -1,7 +1,7 @@
 """End to end, as root: the pool over a real WireGuard overlay, tasks in real Docker.
 
 Hosts: ``hub``; workers ``w1`` (2 CPUs) and ``w2`` (1 CPU), each running the real agent
-service; operator ``op`` using the ``hivemind`` CLI with its node certificate;
+service; operator ``op`` using the ``hivemind-pool`` CLI with its node certificate;
 ``outsider`` on the underlay only. Tests share one mesh and run in file order; the
 destructive one (killing w1) comes last.
 """
@@ -9,123 +9,22 @@ destructive one (killing w1) comes last.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import require, require_root_network
-from tests.lab import Host, Lab, Mesh, tool
-
-IMAGES = ("hivemind/busybox:latest", "hivemind/python:3.11")
-
-
-class PoolWorld:
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.hub, self.w1, self.w2, self.op, self.outsider = (
-            lab.add_host(name) for name in ("hub", "w1", "w2", "op", "outsider")
-        )
-        self.mesh = Mesh(lab, self.hub)
-
-    def join_worker(self, host: Host, cpus: str, memory: str) -> None:
-        state = self.mesh.agent_dir(host)
-        state.mkdir(parents=True, exist_ok=True)
-        (state / "agent.toml").write_text(
-            f'cpus = "{cpus}"\nmemory = "{memory}"\nlabels = "lab={host.name}"\ndrain_seconds = 5\n'
-        )
-        self.mesh.join(host, self.mesh.token())
-
-    def cli(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``hivemind COMMAND --identity <host's state dir> ARGS…`` in the host's namespace."""
-        identity = self.mesh.hub_dir if host is self.hub else self.mesh.agent_dir(host)
-        command, *rest = args
-        return host.run(
-            tool("hivemind-pool"),
-            command,
-            "--identity",
-            str(identity),
-            *rest,
-            check=check,
-            timeout=120,
-        )
-
-    def cli_json(self, host: Host, *args: str) -> Any:
-        return json.loads(self.cli(host, args[0], "--json", *args[1:]).stdout)
-
-    def submit_busybox(self, *command: str, options: tuple[str, ...] = ()) -> dict[str, Any]:
-        """``hivemind submit`` from the operator: 1 CPU, 64M, the busybox image."""
-        image = ("--image", "hivemind/busybox:latest", "--cpu", "1", "--memory", "64M")
-        task: dict[str, Any] = self.cli_json(self.op, "submit", *image, *options, "--", *command)
-        return task
-
-    def status(self, task_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.cli_json(self.hub, "status", task_id)
-        return result
-
-    def node_id(self, host: Host) -> str:
-        return str(json.loads(self.mesh.agent(host, "status", "--json").stdout)["node_id"])
-
-    def wait_for_workers(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            nodes = self.cli_json(self.hub, "nodes")
-            ready = [n for n in nodes if n["role"] == "worker" and n["connected"]]
-            if len(ready) >= count:
-                return ready
-            if time.monotonic() > deadline:
-                raise AssertionError(f"workers not connected: {nodes}\n{self.logs()}")
-            time.sleep(0.2)
-
-    def logs(self) -> str:
-        texts = [self.mesh.hub_log()[-4000:]]
-        for host in (self.w1, self.w2):
-            log = self.mesh.agent_dir(host) / "agent.log"
-            if log.exists():
-                texts.append(f"--- {host.name}\n" + log.read_text()[-4000:])
-        return "\n".join(texts)
-
-
-def remove_containers(node_id: str) -> None:
-    listed = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=hivemind.node={node_id}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    for container in listed.stdout.split():
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
+from tests.lab import tool
+from tests.poolworld import PoolWorld, pool_world, remove_containers
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolWorld]:
-    require_root_network()
-    require(shutil.which("docker") is not None, "docker is not installed (make setup)")
-    info = subprocess.run(["docker", "info"], capture_output=True, check=False)
-    require(info.returncode == 0, "dockerd is not running (make setup)")
-    for image in IMAGES:
-        found = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
-        require(found.returncode == 0, f"image {image} is missing (make images)")
-    lab = Lab(tmp_path_factory.mktemp("poollab"))
-    node_ids: list[str] = []
-    try:
-        world = PoolWorld(lab)
-        world.mesh.start_hub()
-        world.join_worker(world.w1, "2", "2G")
-        world.join_worker(world.w2, "1", "1G")
-        world.mesh.join(world.op, world.mesh.token(role="operator"))
-        node_ids = [world.node_id(h) for h in (world.w1, world.w2)]
-        world.wait_for_workers(2)
-        yield world
-    finally:
-        lab.close()
-        for node_id in node_ids:
-            remove_containers(node_id)
+    with pool_world(tmp_path_factory.mktemp("poollab")) as found:
+        yield found
 
 
 def test_workers_register_capacity_docker_and_labels(world: PoolWorld) -> None:

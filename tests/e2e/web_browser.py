@@ -1,0 +1,149 @@
+"""The browser half of tests/e2e/test_web_mesh.py: run inside the operator's namespace.
+
+``python -m tests.e2e.web_browser URL SHOTS USERNAME PASSWORD`` drives headless Chromium
+through the web UI over the overlay: register, log out, log in, submit a task through the
+form, watch it finish on its page without reloading, open /mesh and wait for both workers
+online — with screenshots (desktop and phone) in SHOTS. Prints one JSON line (see
+tests/browser.py ``runner_main``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.browser import (
+    MOBILE,
+    HeadlessChromium,
+    headless_chromium,
+    runner_main,
+    screenshot,
+    wait_for,
+    wait_for_text,
+)
+
+COMMAND = "sh -c 'echo from the browser; sleep 2; echo bye > /out/bye.txt'"
+
+
+def fill(driver: HeadlessChromium, form: str, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        field = driver.find_element(By.CSS_SELECTOR, f"{form} [name={name}]")
+        if field.tag_name == "select":
+            Select(field).select_by_value(value)
+        else:
+            field.clear()
+            field.send_keys(value)
+
+
+def register_and_log_in(driver: HeadlessChromium, url: str, user: str, password: str) -> None:
+    driver.get(f"{url}/register")
+    fill(driver, "#register-form", {"username": user, "password": password, "confirm": password})
+    screenshot(driver, "01-register")
+    driver.find_element(By.ID, "register-submit").click()
+    wait_for_text(driver, By.TAG_NAME, "h1", f"Hello, {user}")
+    driver.find_element(By.ID, "logout").click()
+    wait_for(driver, By.ID, "login-form")
+    fill(driver, "#login-form", {"username": user, "password": password})
+    driver.find_element(By.ID, "login-submit").click()
+    wait_for_text(driver, By.ID, "balance", "150 CPT")
+    screenshot(driver, "02-dashboard")
+
+
+def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str, Any]:
+    driver.find_element(By.ID, "nav-submit").click()
+    wait_for(driver, By.ID, "submit-form")
+    before = driver.find_element(By.ID, "price-cap").text
+    fill(
+        driver,
+        "#submit-form",
+        {
+            "image": "hivemind/busybox:latest",
+            "command": COMMAND,
+            "cpu": "1",
+            "memory": "64M",
+            "timeout": "60",
+        },
+    )
+    # The price cap follows the fields as they are typed (the page's script asks the API).
+    WebDriverWait(driver, 10).until(
+        lambda d: d.find_element(By.ID, "price-cap").text not in ("", before)
+    )
+    price_cap = driver.find_element(By.ID, "price-cap").text
+    screenshot(driver, "03-submit-form")
+    driver.find_element(By.ID, "submit-task").click()
+    status = wait_for(driver, By.ID, "task-status")
+    task_id = driver.current_url.rstrip("/").rsplit("/", 1)[1]
+    # A marker that a reload would wipe: the status must change under it.
+    driver.execute_script("window.hivemindNoReload = true;")
+    seen = [status.get_attribute("data-status")]
+    deadline = time.monotonic() + timeout
+    while seen[-1] != "succeeded":
+        assert time.monotonic() < deadline, f"task {task_id} stayed {seen}"
+        assert seen[-1] not in ("failed", "cancelled", "timed_out"), seen
+        time.sleep(0.25)
+        current = driver.find_element(By.ID, "task-status").get_attribute("data-status")
+        if current != seen[-1]:
+            seen.append(current)
+    WebDriverWait(driver, 20).until(
+        expected_conditions.text_to_be_present_in_element((By.ID, "logs"), "from the browser")
+    )
+    wait_for(driver, By.ID, "result-link", timeout=20)
+    no_reload = driver.execute_script("return window.hivemindNoReload === true;")
+    screenshot(driver, "04-task-succeeded")
+    return {
+        "task_id": task_id,
+        "price_cap": price_cap,
+        "statuses": seen,
+        "node": driver.find_element(By.ID, "task-node").text,
+        "logs": driver.find_element(By.ID, "logs").text,
+        "updated_without_reload": no_reload,
+    }
+
+
+def mesh_page(driver: HeadlessChromium, timeout: float = 30) -> dict[str, Any]:
+    driver.find_element(By.ID, "nav-mesh").click()
+    wait_for(driver, By.ID, "mesh-nodes")
+
+    def online_workers(d: Any) -> list[str]:
+        rows = d.find_elements(By.CSS_SELECTOR, "tr.node[data-role=worker][data-online=true]")
+        return [r.get_attribute("data-name") for r in rows]
+
+    WebDriverWait(driver, timeout).until(lambda d: len(online_workers(d)) >= 2)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#mesh-nodes tr.node")
+    screenshot(driver, "05-mesh")
+    nodes = [
+        {
+            "name": r.get_attribute("data-name"),
+            "role": r.get_attribute("data-role"),
+            "online": r.get_attribute("data-online") == "true",
+            "text": r.text,
+        }
+        for r in rows
+    ]
+    totals = driver.find_element(By.ID, "mesh-totals").text
+    return {"online_workers": sorted(online_workers(driver)), "nodes": nodes, "totals": totals}
+
+
+def browse(args: list[str]) -> dict[str, Any]:
+    url, shots, user, password = args
+    with headless_chromium(Path(shots), timeout=30) as driver:
+        register_and_log_in(driver, url, user, password)
+        task = submit_and_watch(driver)
+        mesh = mesh_page(driver)
+    with headless_chromium(Path(shots), mobile=True, timeout=30) as phone:
+        register_and_log_in(phone, url, user + "m", password)
+        phone.get(f"{url}/mesh")
+        wait_for(phone, By.ID, "mesh-nodes")
+        screenshot(phone, "06-mesh-phone", size=MOBILE)
+        widest = phone.execute_script("return document.documentElement.scrollWidth;")
+    return {"task": task, "mesh": mesh, "phone_page_width": widest}
+
+
+if __name__ == "__main__":
+    runner_main(browse, sys.argv[1:])

@@ -45,6 +45,12 @@ class PinMismatch(HiveMindError):
     code = "ca_pin_mismatch"
 
 
+class TooLarge(InvalidInput):
+    """An upload or message over its size limit."""
+
+    code = "too_large"
+
+
 class NotFound(HiveMindError):
     code = "not_found"
 
@@ -91,6 +97,7 @@ _GRPC_STATUS: dict[type[HiveMindError], grpc.StatusCode] = {
     TokenMalformed: grpc.StatusCode.INVALID_ARGUMENT,
     CsrRejected: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    TooLarge: grpc.StatusCode.INVALID_ARGUMENT,
     TokenRejected: grpc.StatusCode.PERMISSION_DENIED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     AddressRangeExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,

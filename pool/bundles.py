@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound
+from hivemind_cluster.mesh.errors import InvalidInput, NotFound, TooLarge
 
 MIB = 1024 * 1024
 MAX_INPUT_BYTES = 16 * MIB
@@ -71,7 +71,7 @@ def check_member(info: zipfile.ZipInfo) -> None:
 
 def open_zip(data: bytes) -> zipfile.ZipFile:
     if len(data) > MAX_INPUT_BYTES:
-        raise InvalidInput(f"bundle is larger than {describe_size(MAX_INPUT_BYTES)}")
+        raise TooLarge(f"bundle is larger than {describe_size(MAX_INPUT_BYTES)}")
     try:
         return zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):

@@ -44,7 +44,7 @@ class GrpcTaskClient:
         """The task, if it is the account's (any visible task without an account)."""
         task = self._call("task", self.stub.Get, pb.TaskRef(task_id=task_id))
         if self.account and task.owner != self.account:
-            raise NotFound(f"no task {task_id}")
+            raise NotFound(f"no task {task_id!r}")  # as for a task that does not exist
         return task
 
     def _own(self, task_id: str) -> pb.TaskRef:
@@ -70,13 +70,17 @@ class GrpcTaskClient:
         query = pb.ListRequest(status=statuses, limit=limit, owner=self.account)
         return [views.task_view(t) for t in self._call("list", self.stub.List, query).tasks]
 
-    def logs(self, task_id: str, follow: bool) -> Iterator[View]:
-        request = pb.LogsRequest(task_id=self._own(task_id).task_id, follow=follow)
+    def logs(self, task_id: str, follow: bool, after: str = "") -> Iterator[View]:
+        """Entries after the entry id ``after``; stop reading early and the call is cancelled."""
+        request = pb.LogsRequest(task_id=self._own(task_id).task_id, follow=follow, after=after)
+        call = self.stub.StreamLogs(request, timeout=None if follow else CALL_TIMEOUT)
         try:
-            for entry in self.stub.StreamLogs(request, timeout=None if follow else CALL_TIMEOUT):
+            for entry in call:
                 yield views.log_view(entry)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, "logs") from None
+        finally:
+            call.cancel()
 
     def result(self, task_id: str) -> bytes:
         found = self._call("result", self.stub.FetchResult, self._own(task_id), RESULT_TIMEOUT)

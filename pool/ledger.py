@@ -13,7 +13,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException, InvalidOperation
 from typing import Any
 
 import redis
@@ -95,11 +95,15 @@ def format_cpt(micro: int) -> str:
 def parse_cpt(text: str) -> int:
     """``"1.5"`` → ``1500000``; more than 6 decimals, signs or garbage are refused."""
     try:
+        if len(text) > 60:
+            raise InvalidOperation
         value = Decimal(text.strip())
-    except InvalidOperation:
+        if not value.is_finite() or abs(value.adjusted()) > 30:  # NaN, inf, 1e999999999
+            raise InvalidOperation
+        micro = value * MICRO
+    except DecimalException:
         raise errors.InvalidInput(f"amount {text[:30]!r} is not a number of CPT") from None
-    micro = value * MICRO
-    if not value.is_finite() or micro != micro.to_integral_value():
+    if micro != micro.to_integral_value():
         raise errors.InvalidInput(f"amount {text[:30]!r} has more than 6 decimals")
     if not 0 < micro <= MAX_AMOUNT:
         raise errors.InvalidInput(f"amount {text[:30]!r} must be positive")

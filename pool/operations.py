@@ -7,6 +7,7 @@ authenticated caller. Operators see and act on their own tasks, the hub on all.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,7 @@ from hivemind_cluster.pool.taskstore import LogRecord, new_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
 MEMBERS_TTL = 2.0  # seconds a membership check of the workers is reused
+LOG_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
@@ -109,9 +111,14 @@ async def cancel(pool: Pool, caller: Caller, task_id: str) -> TaskRecord:
     return await pool.tasks.get(task_id)
 
 
-async def logs(pool: Pool, caller: Caller, task_id: str, follow: bool) -> AsyncIterator[LogRecord]:
+async def logs(
+    pool: Pool, caller: Caller, task_id: str, follow: bool, after: str = ""
+) -> AsyncIterator[LogRecord]:
+    """The task's log entries after the entry id ``after`` (all of them when empty)."""
     await visible_task(pool, caller, task_id)
-    after = "0"
+    if after and not LOG_ENTRY_ID.fullmatch(after):
+        raise InvalidInput(f"after {after[:40]!r} is not a log entry id like 1712345678901-0")
+    after = after or "0"
     while True:
         block = 1000 if follow else None
         batch = await pool.tasks.read_logs(pool.raw_db, task_id, after, block)

@@ -64,12 +64,19 @@ class Resources:
         return text + (f", {self.gpus} GPU" if self.gpus else "")
 
 
+MAX_BYTES = 1 << 60  # an exbibyte: far beyond any machine, well inside int64
+MAX_CPU_MILLIS = 1 << 40
+
+
 def parse_size(text: str) -> int:
     """``512M``, ``2G``, ``1.5GiB``, ``1048576`` → bytes (binary units)."""
     match = _SIZE.match(text)
     if not match:
-        raise InvalidInput(f"size {text!r} is not like 512M, 2G or 1048576")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+        raise InvalidInput(f"size {text[:30]!r} is not like 512M, 2G or 1048576")
+    size = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not size < MAX_BYTES:
+        raise InvalidInput(f"size {text[:30]!r} is more than any machine has")
+    return int(size)
 
 
 def parse_cpus(text: str) -> int:
@@ -77,10 +84,10 @@ def parse_cpus(text: str) -> int:
     value = text.strip()
     try:
         millis = int(value[:-1]) if value.endswith("m") else round(float(value) * 1000)
-    except ValueError:
-        raise InvalidInput(f"CPU amount {text!r} is not like 2, 0.5 or 500m") from None
-    if millis <= 0:
-        raise InvalidInput(f"CPU amount {text!r} must be positive")
+    except (ValueError, OverflowError):  # OverflowError: inf
+        raise InvalidInput(f"CPU amount {text[:30]!r} is not like 2, 0.5 or 500m") from None
+    if not 0 < millis < MAX_CPU_MILLIS:
+        raise InvalidInput(f"CPU amount {text[:30]!r} must be positive, within reason")
     return millis
 
 

@@ -109,10 +109,14 @@ class TasksService(pb_grpc.TasksServicer):
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogEntry]:
         async for record in operations.logs(
-            self.pool, current_caller(), request.task_id, request.follow
+            self.pool, current_caller(), request.task_id, request.follow, request.after
         ):
             yield pb.LogEntry(
-                stream=record.stream, data=record.data, attempt=record.attempt, time=record.time
+                stream=record.stream,
+                data=record.data,
+                attempt=record.attempt,
+                time=record.time,
+                id=record.entry_id,
             )
 
     async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.mesh.errors import InvalidInput, TooLarge
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES, check_bundle
 from hivemind_cluster.pool.ledger import parse_cpt
@@ -38,6 +39,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "idempotency_key": str,
 }
 MAX_TEXT = 4096
+_DIGITS = re.compile(r"[0-9]{1,10}")
 MAX_COMMAND_ITEMS = 256
 MAX_ENV = 64
 
@@ -68,10 +70,7 @@ def from_form(form: Mapping[str, str], bundle: bytes) -> pb.SubmitRequest:
     fields: dict[str, Any] = {k: v.strip() for k, v in form.items() if k in FIELDS and v.strip()}
     for number in ("gpus", "timeout", "priority", "max_attempts"):
         if number in fields:
-            try:
-                fields[number] = int(fields[number])
-            except ValueError:
-                raise InvalidInput(f"{number}: a whole number") from None
+            fields[number] = whole_number(fields[number], number)
     try:
         command = shlex.split(fields.pop("command", ""))
     except ValueError as exc:
@@ -86,7 +85,7 @@ def _decode_bundle(text: str) -> bytes:
     if not text:
         return b""
     if len(text) > (MAX_INPUT_BYTES * 4) // 3 + 4:
-        raise InvalidInput(f"bundle: larger than {MAX_INPUT_BYTES >> 20} MiB")
+        raise TooLarge(f"bundle: larger than {MAX_INPUT_BYTES >> 20} MiB")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -95,20 +94,39 @@ def _decode_bundle(text: str) -> bytes:
     return data
 
 
-def _text(fields: Mapping[str, Any], name: str) -> str:
-    value = str(fields.get(name) or "")
-    if len(value) > MAX_TEXT or "\x00" in value:
+def whole_number(text: str, name: str, maximum: int = 10**7) -> int:
+    """``"42"`` → 42: ASCII digits only (``str.isdigit`` also takes ``²``), at most ``maximum``."""
+    if not _DIGITS.fullmatch(text) or int(text) > maximum:
+        raise InvalidInput(f"{name}: a whole number from 0 to {maximum}")
+    return int(text)
+
+
+def check_text(value: str, name: str, limit: int = MAX_TEXT) -> str:
+    """Text that fits and can be sent on: no NUL, no lone surrogates (JSON allows both)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{name}: not valid Unicode text") from None
+    if len(value) > limit or "\x00" in value:
         raise InvalidInput(f"{name}: too long or not text")
     return value
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str:
+    return check_text(str(fields.get(name) or ""), name)
 
 
 def _request(
     fields: Mapping[str, Any], command: list[str], env: dict[str, str], bundle: bytes
 ) -> pb.SubmitRequest:
-    if len(command) > MAX_COMMAND_ITEMS or any(len(p) > MAX_TEXT or "\x00" in p for p in command):
-        raise InvalidInput("command: too long or not text")
-    if len(env) > MAX_ENV or any(len(k) + len(v) > MAX_TEXT for k, v in env.items()):
-        raise InvalidInput("env: too many or too long entries")
+    if len(command) > MAX_COMMAND_ITEMS:
+        raise InvalidInput(f"command: at most {MAX_COMMAND_ITEMS} words")
+    for part in command:
+        check_text(part, "command")
+    if len(env) > MAX_ENV:
+        raise InvalidInput(f"env: at most {MAX_ENV} variables")
+    for key, value in env.items():
+        check_text(key + value, "env")
     numbers = {n: fields.get(n) or 0 for n in ("gpus", "timeout", "priority", "max_attempts")}
     if any(not 0 <= v <= 10**7 for v in numbers.values()):
         raise InvalidInput("gpus, timeout, priority and max_attempts: 0 or more, within reason")

@@ -123,17 +123,19 @@ def balance_view(balance: pb.AccountBalance) -> View:
 
 def rates_view(card: pb.RateCard) -> View:
     """The rate card in CPT (per CPU-second, GB-second, GPU-second) plus the grant."""
-    return {
-        "cpu_second": cpt(card.cpu_second),
-        "gb_second": cpt(card.gb_second),
-        "gpu_second": cpt(card.gpu_second),
-        "registration_grant": cpt(card.registration_grant),
+    prices = {
+        "cpu_second": card.cpu_second,
+        "gb_second": card.gb_second,
+        "gpu_second": card.gpu_second,
+        "registration_grant": card.registration_grant,
     }
+    return {k: cpt(v) for k, v in prices.items()} | {f"{k}_micro": v for k, v in prices.items()}
 
 
 def log_view(entry: pb.LogEntry) -> View:
     """One chunk of a task's output (``data`` decoded as UTF-8, bad bytes replaced)."""
     return {
+        "id": entry.id,
         "stream": entry.stream,
         "attempt": entry.attempt,
         "time": entry.time,
@@ -215,4 +217,5 @@ def entry_rows(entries: list[View]) -> list[View]:
 
 
 def rates_text(rates: View) -> str:
-    return "\n".join(f"{name:<20}{amount_text(round(v * MICRO))}" for name, v in rates.items())
+    exact = {k.removesuffix("_micro"): v for k, v in rates.items() if k.endswith("_micro")}
+    return "\n".join(f"{name:<20}{amount_text(micro)}" for name, micro in exact.items())

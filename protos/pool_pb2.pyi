@@ -857,17 +857,21 @@ class LogsRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     follow: _builtins.bool
+    after: _builtins.str
+    """a LogEntry id: only later entries ("": from the start)"""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         follow: _builtins.bool = ...,
+        after: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "follow", b"follow", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -881,11 +885,14 @@ class LogEntry(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     stream: _builtins.str
     """stdout | stderr | system"""
     data: _builtins.bytes
     attempt: _builtins.int
     time: _builtins.float
+    id: _builtins.str
+    """the entry's id (a Redis stream id), for LogsRequest.after"""
     def __init__(
         self,
         *,
@@ -893,10 +900,11 @@ class LogEntry(_message.Message):
         data: _builtins.bytes = ...,
         attempt: _builtins.int = ...,
         time: _builtins.float = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "stream", b"stream", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "id", b"id", "stream", b"stream", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,6 +25,7 @@ from hivemind_cluster.mesh.wireguard import PeerStatus
 from hivemind_cluster.pool.auth import HUB_NODE_ID
 from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.web import create_app
+from hivemind_cluster.web.users import Limits
 from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo
 
 T = TypeVar("T")
@@ -81,7 +82,8 @@ class WebCluster:
                 "REDIS": self.db(),
                 "CHANNEL": self.channels[-1],
                 "PASSWORD_HASHER": FAST_HASHER,
-                "REGISTRATIONS_PER_HOUR": 10_000,  # every test user registers from 127.0.0.1
+                # Every test user comes from 127.0.0.1: only the per-user limit applies.
+                "LIMITS": Limits(logins_per_address=10**6, registrations_per_hour=10**6),
                 "WIREGUARD_PEERS": lambda: self.peers,
                 **config,
             }

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
 
 from hivemind_cluster.mesh import store
@@ -21,7 +21,6 @@ from hivemind_cluster.mesh.keys import write_private
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.client import Identity, sync_channel
-from hivemind_cluster.web.constants import MAX_REGISTRATIONS_PER_ADDRESS
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
 
@@ -30,6 +29,10 @@ SECRET_FILE = "web-secret.key"
 # A 16 MiB bundle, base64 in JSON (4/3) plus the rest of the body.
 MAX_BODY = MAX_INPUT_BYTES * 4 // 3 + (1 << 20)
 csrf = CSRFProtect()
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -54,7 +57,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     for blueprint in (auth.bp, tasks.bp, ledger.bp, mesh.bp, api.bp):
         app.register_blueprint(blueprint)
     csrf.exempt(api.bp)  # the API checks CSRF itself for browser sessions (api.authenticate)
+    app.after_request(_security_headers)
     return app
+
+
+def _security_headers(response: Response) -> Response:
+    """Scripts, styles and frames from this origin only: no injected script would run, and
+    no other site can frame a page to trick a click on its buttons."""
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
 
 
 def _services(app: Flask) -> Services:
@@ -73,7 +87,7 @@ def _services(app: Flask) -> Services:
     users = UserStore(
         db,
         config.get("PASSWORD_HASHER"),
-        config.get("REGISTRATIONS_PER_HOUR", MAX_REGISTRATIONS_PER_ADDRESS),
+        config.get("LIMITS"),
     )
     return Services(settings, db, users, channel, peers)
 

@@ -8,6 +8,7 @@ must carry the CSRF token (``X-CSRFToken``), exactly like the forms.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -20,19 +21,22 @@ from hivemind_cluster.mesh.errors import InvalidInput
 from hivemind_cluster.pool import submission
 from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES
 from hivemind_cluster.pool.grpcclient import GrpcTaskClient
-from hivemind_cluster.pool.ledger import check_account, parse_cpt
+from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, check_account, parse_cpt
+from hivemind_cluster.pool.submission import check_text, whole_number
 from hivemind_cluster.pool.views import cpt
 from hivemind_cluster.web import mesh, openapi
 from hivemind_cluster.web.auth import client_address
+from hivemind_cluster.web.downloads import zip_download
 from hivemind_cluster.web.errors import Unauthenticated
 from hivemind_cluster.web.services import services
-from hivemind_cluster.web.tasks import zip_download
 from hivemind_cluster.web.users import User
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 P = ParamSpec("P")
 R = TypeVar("R")
 MAX_LIMIT = 1000
+MAX_FIELD = 256  # usernames, passwords, project names
+LOG_PAGE = 1000  # log entries per page
 
 
 def authenticate() -> User:
@@ -71,8 +75,16 @@ def my_pool() -> GrpcTaskClient:
     return services().pool(api_user().account)
 
 
+def read_json() -> Any:
+    """The parsed body, or None when it is not JSON (or nested past Python's recursion)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidInput("the request body is nested too deeply") from None
+
+
 def json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    body = read_json()
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     return body
@@ -82,16 +94,15 @@ def text_field(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
         raise InvalidInput(f"{name}: required text")
-    return value
+    return check_text(value, name, MAX_FIELD)
 
 
 def limit_arg(default: int) -> int:
     text = request.args.get("limit", "")
-    if not text:
-        return default
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    limit = whole_number(text, "limit", MAX_LIMIT) if text else default
+    if limit < 1:
         raise InvalidInput(f"limit: a whole number from 1 to {MAX_LIMIT}")
-    return int(text)
+    return limit
 
 
 # Accounts and tokens
@@ -104,8 +115,14 @@ def register() -> ResponseReturnValue:
     user = users.register(
         text_field(body, "username"), text_field(body, "password"), client_address()
     )
-    balance = services().pool(user.account).balance("")
-    return {"username": user.name, "account": user.account, "balance": balance["balance"]}, 201
+    # The grant, not a pool call: a pool that is down must not turn a done registration
+    # into an error that a retry then reports as "taken".
+    return {
+        "username": user.name,
+        "account": user.account,
+        "balance": cpt(REGISTRATION_GRANT),
+        "balance_micro": REGISTRATION_GRANT,
+    }, 201
 
 
 @bp.post("/tokens")
@@ -153,14 +170,14 @@ def list_tasks() -> ResponseReturnValue:
 @bp.post("/tasks")
 @authenticated
 def submit() -> ResponseReturnValue:
-    submitted = submission.from_json(request.get_json(silent=True))
+    submitted = submission.from_json(read_json())
     return my_pool().submit_request(submitted), 201
 
 
 @bp.post("/tasks/quote")
 @authenticated
 def quote() -> ResponseReturnValue:
-    submitted = submission.from_json(request.get_json(silent=True))
+    submitted = submission.from_json(read_json())
     found = services()
     cap = submission.price_cap(submitted, found.pool().rate_card(), found.settings)
     return {"price_cap": cpt(cap), "price_cap_micro": cap}
@@ -181,16 +198,15 @@ def cancel(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/logs")
 @authenticated
 def logs(task_id: str) -> ResponseReturnValue:
-    after = request.args.get("after", "0")
-    if not after.isdigit():
-        raise InvalidInput("after: a whole number of entries already seen")
+    """A page of entries after the entry id ``after`` (``next`` of the previous page)."""
+    after = request.args.get("after", "")
     pool = my_pool()
     status = pool.get(task_id)["status"]  # read first: no entry can be missed
-    entries = list(pool.logs(task_id, follow=False))
+    entries = list(itertools.islice(pool.logs(task_id, False, after), LOG_PAGE))
     return {
-        "entries": entries[int(after) :],
-        "next": len(entries),
-        "done": status in FINAL_STATES,
+        "entries": entries,
+        "next": entries[-1]["id"] if entries else after,
+        "done": status in FINAL_STATES and len(entries) < LOG_PAGE,
     }
 
 

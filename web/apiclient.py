@@ -21,29 +21,17 @@ from hivemind_cluster.mesh import errors
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, Unavailable
 from hivemind_cluster.pool.ledger import format_cpt
 from hivemind_cluster.pool.views import View
-from hivemind_cluster.web.errors import RateLimited, TooLarge, Unauthenticated
+from hivemind_cluster.web.errors import WEB_ERRORS
 
 API_PATH = "/api/v1"
 DEFAULT_PORT = 5001
 CALL_TIMEOUT = 30.0
 RESULT_TIMEOUT = 120.0
 LOG_POLL_SECONDS = 0.5
-# The class for a code the server sent; codes of mesh/errors.py are rebuilt as over gRPC.
-_WEB_ERRORS = {cls.code: cls for cls in (Unauthenticated, RateLimited, TooLarge)}
-# For codes this client does not know (Flask's own errors, a newer server): by HTTP status.
-_BY_STATUS: dict[int, type[HiveMindError]] = {
-    400: InvalidInput,
-    401: Unauthenticated,
-    403: errors.PermissionDenied,
-    404: errors.NotFound,
-    405: InvalidInput,
-    409: errors.Conflict,
-    413: TooLarge,
-    429: RateLimited,
-    502: Unavailable,
-    503: Unavailable,
-    504: Unavailable,
-}
+# The class for a code the server sent (codes of mesh/errors.py are rebuilt as over gRPC);
+# an unknown code (Flask's own errors, a newer server) keeps its message, its class from
+# the status (``_by_status``).
+_WEB_ERRORS = {cls.code: cls for cls in WEB_ERRORS}
 
 
 def api_url(text: str) -> str:
@@ -73,7 +61,18 @@ def api_error(status: int, payload: bytes, url: str) -> HiveMindError:
     if code in _WEB_ERRORS:
         return _WEB_ERRORS[code](message)
     known = errors.from_grpc_details(f"{code}: {message}")
-    return known or _BY_STATUS.get(status, HiveMindError)(message)
+    return known or _by_status(status)(message)
+
+
+def _by_status(status: int) -> type[HiveMindError]:
+    if status in (502, 503, 504):
+        return Unavailable
+    return InvalidInput if 400 <= status < 500 else HiveMindError
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx answer then surfaces as an HTTPError: "not HiveMind?"
 
 
 class ApiClient:
@@ -81,7 +80,9 @@ class ApiClient:
         self.api = api_url(api)
         self.token = token
         self.timeout = timeout
-        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # No proxies (the overlay is not behind one) and no redirects (urllib would resend
+        # the Authorization header to wherever a redirect points).
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
 
     def request(
         self,
@@ -107,7 +108,11 @@ class ApiClient:
                 payload: bytes = answer.read()
                 return payload
         except urllib.error.HTTPError as exc:
-            raise api_error(exc.code, exc.read(), self.api) from None
+            try:
+                payload = exc.read()
+            except (OSError, http.client.HTTPException):
+                payload = b""
+            raise api_error(exc.code, payload, self.api) from None
         except urllib.error.URLError as exc:
             raise self._unreachable(exc.reason, timeout) from None
         except (OSError, http.client.HTTPException) as exc:
@@ -164,13 +169,14 @@ class ApiClient:
         return found
 
     def logs(self, task_id: str, follow: bool) -> Iterator[View]:
-        """Pages of ``GET /tasks/{id}/logs?after=N``; with ``follow``, until ``done``."""
-        seen = 0
+        """Pages of ``GET /tasks/{id}/logs?after=ID``: all there is now, or with ``follow``
+        until ``done`` (the status is read before the entries, so nothing is missed)."""
+        after = ""
         while True:
-            page = self.call("GET", task_path(task_id, "/logs"), after=seen)
+            page = self.call("GET", task_path(task_id, "/logs"), after=after)
             yield from page["entries"]
-            seen = max(seen, int(page["next"]))
-            if page["done"] or not follow:  # done: the status was read before the entries
+            after = str(page["next"])
+            if page["done"] or (not follow and not page["entries"]):
                 return
             if not page["entries"]:
                 time.sleep(LOG_POLL_SECONDS)

@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, flash, g, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
-from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.web.errorpages import form_failed
 from hivemind_cluster.web.services import services
 from hivemind_cluster.web.users import User
 
@@ -58,24 +58,22 @@ def client_address() -> str:
 def _safe_next(target: str | None) -> str:
     """Only local paths: a login link must not send anyone to another site."""
     parts = urlsplit(target or "")
-    if not target or parts.scheme or parts.netloc or not target.startswith("/"):
+    local = target and target.startswith("/") and not target.startswith("//")
+    if not local or "\\" in (target or "") or parts.scheme or parts.netloc:
         return url_for("tasks.dashboard")
-    return target
+    return str(target)
 
 
 def _form_page(template: str, action: Callable[[str, str], User]) -> ResponseReturnValue:
+    """Register and log in: the form, or the user's session and on to ``next``."""
     if request.method == "GET":
         return render_template(template)
-    username = request.form.get("username", "").strip().lower()
-    password = request.form.get("password", "")
+    username = request.form.get("username", "")
     try:
-        if template == "register.html" and password != request.form.get("confirm", ""):
-            raise InvalidInput("the two passwords differ")
-        user = action(username, password)
+        user = action(username, request.form.get("password", ""))
     except HiveMindError as exc:
-        flash(exc.message, "error")
-        return render_template(template, username=username), http_status(exc)
-    session.clear()
+        return form_failed(exc, template, username=username.strip()[:64])
+    session.clear()  # a new session for the new login (no fixation)
     session["user"] = user.name
     return redirect(_safe_next(request.args.get("next")))
 
@@ -83,7 +81,13 @@ def _form_page(template: str, action: Callable[[str, str], User]) -> ResponseRet
 @bp.route("/register", methods=["GET", "POST"])
 def register() -> ResponseReturnValue:
     users = services().users
-    return _form_page("register.html", lambda u, p: users.register(u, p, client_address()))
+
+    def create(username: str, password: str) -> User:
+        if password != request.form.get("confirm", ""):
+            raise InvalidInput("the two passwords differ")
+        return users.register(username, password, client_address())
+
+    return _form_page("register.html", create)
 
 
 @bp.route("/login", methods=["GET", "POST"])

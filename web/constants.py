@@ -8,6 +8,3 @@ REGISTRATIONS = "hm:web:registrations:{ip}"  # counter with a TTL (rate limiting
 
 TOKEN_TTL = 30 * 86400  # API tokens last 30 days
 LOGIN_WINDOW = 300  # seconds over which failed logins are counted
-MAX_FAILURES_PER_USER = 5
-MAX_FAILURES_PER_ADDRESS = 20
-MAX_REGISTRATIONS_PER_ADDRESS = 20  # per hour

@@ -7,14 +7,15 @@ Flask's own HTTP errors (404, 405, 413, a failed CSRF check) get the same JSON s
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from flask import Flask, render_template, request
+import redis
+from flask import Flask, current_app, flash, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from hivemind_cluster.mesh.errors import HiveMindError
-from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.mesh.errors import HiveMindError, Unavailable
 from hivemind_cluster.web.errors import error_body, http_status
 
 log = logging.getLogger("hivemind.web")
@@ -22,6 +23,7 @@ log = logging.getLogger("hivemind.web")
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(HiveMindError, _hivemind_error)
+    app.register_error_handler(redis.RedisError, _redis_error)
     app.register_error_handler(CSRFError, _csrf_error)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(HTTPException, _http_error)
@@ -42,13 +44,24 @@ def _hivemind_error(error: HiveMindError) -> ResponseReturnValue:
     return respond(status, body["code"], body["message"])
 
 
+def form_failed(error: HiveMindError, template: str, **context: Any) -> ResponseReturnValue:
+    """A form that was refused: shown again, with what was typed and the reason."""
+    flash(error.message, "error")
+    return render_template(template, **context), http_status(error)
+
+
+def _redis_error(error: redis.RedisError) -> ResponseReturnValue:
+    log.warning("%s %s: Redis: %s", request.method, request.path, error)
+    return _hivemind_error(Unavailable("the hub's database is not answering; try again shortly"))
+
+
 def _csrf_error(error: CSRFError) -> ResponseReturnValue:
     return respond(400, "csrf_failed", f"{error.description} Reload the page and try again.")
 
 
 def _too_large(error: RequestEntityTooLarge) -> ResponseReturnValue:
-    limit = MAX_INPUT_BYTES >> 20
-    return respond(413, "too_large", f"the request is too large (bundles up to {limit} MiB)")
+    limit = int(current_app.config["MAX_CONTENT_LENGTH"]) >> 20
+    return respond(413, "too_large", f"the request is larger than {limit} MiB")
 
 
 def _http_error(error: HTTPException) -> ResponseReturnValue:

@@ -17,14 +17,13 @@ class RateLimited(HiveMindError):
     code = "rate_limited"
 
 
-class TooLarge(errors.InvalidInput):
-    code = "too_large"
-
+# The web's own errors, for clients rebuilding them from an answer's code.
+WEB_ERRORS: tuple[type[HiveMindError], ...] = (Unauthenticated, RateLimited)
 
 _HTTP_STATUS: dict[type[HiveMindError], int] = {
     errors.InvalidInput: 400,
     errors.Unschedulable: 409,
-    TooLarge: 413,
+    errors.TooLarge: 413,
     Unauthenticated: 401,
     errors.PermissionDenied: 403,
     errors.TokenRejected: 403,

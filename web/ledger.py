@@ -8,7 +8,8 @@ from flask.typing import ResponseReturnValue
 from hivemind_cluster.mesh.errors import HiveMindError
 from hivemind_cluster.pool.ledger import check_account, parse_cpt
 from hivemind_cluster.web.auth import current_user, login_required
-from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.web.errorpages import form_failed
+from hivemind_cluster.web.filters import cpt
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("ledger", __name__)
@@ -32,9 +33,8 @@ def tip() -> ResponseReturnValue:
         amount = parse_cpt(form.get("amount", "").strip())
         entry = services().pool(current_user().account).tip(project, amount)
     except HiveMindError as exc:
-        flash(exc.message, "error")
-        return render_template("tip.html", form=form), http_status(exc)
-    flash(f"Thank you: {entry['amount']:g} CPT sent to {entry['to']}.", "info")
+        return form_failed(exc, "tip.html", form=form)
+    flash(f"Thank you: {cpt(entry['amount_micro'])} sent to {entry['to']}.", "info")
     return redirect(url_for("ledger.history"))
 
 

@@ -58,7 +58,9 @@ SCHEMAS: dict[str, Schema] = {
             "password": {"type": "string", "minLength": 1, "maxLength": 256},
         }
     ),
-    "Registered": obj({"username": STRING, "account": STRING, "balance": NUMBER}),
+    "Registered": obj(
+        {"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER}
+    ),
     "Token": obj({"token": STRING, "username": STRING}),
     "Me": obj({"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER}),
     "Balance": obj(
@@ -72,15 +74,15 @@ SCHEMAS: dict[str, Schema] = {
             "image": {"type": "string", "description": "default: the Python image"},
             "command": {"type": "array", "items": STRING},
             "env": {"type": "object", "additionalProperties": STRING},
-            "cpu": {"type": "string", "description": "1, 0.5 or 500m"},
-            "memory": {"type": "string", "description": "512M, 2G"},
+            "cpu": {"oneOf": [STRING, NUMBER], "description": "1, 0.5 or 500m"},
+            "memory": {"oneOf": [STRING, INTEGER], "description": "512M, 2G or bytes"},
             "gpus": {"type": "integer", "minimum": 0},
             "timeout": {"type": "integer", "minimum": 0, "description": "seconds"},
             "priority": {"type": "integer", "minimum": 0, "maximum": 9},
             "max_attempts": {"type": "integer", "minimum": 0},
             "network": BOOLEAN,
             "name": STRING,
-            "max_cost": {"type": "string", "description": "CPT held in escrow, e.g. 2.5"},
+            "max_cost": {"oneOf": [STRING, NUMBER], "description": "CPT held in escrow: 2.5"},
             "bundle": {"type": "string", "format": "byte", "description": "a zip, base64"},
             "idempotency_key": STRING,
         },
@@ -141,6 +143,7 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "array",
                 "items": obj(
                     {
+                        "id": {"type": "string", "description": "pass as `after` for later ones"},
                         "stream": {"type": "string", "enum": ["stdout", "stderr", "system"]},
                         "attempt": INTEGER,
                         "time": NUMBER,
@@ -148,8 +151,8 @@ SCHEMAS: dict[str, Schema] = {
                     }
                 ),
             },
-            "next": INTEGER,
-            "done": BOOLEAN,
+            "next": {"type": "string", "description": "`after` for the next page"},
+            "done": {"type": "boolean", "description": "the task has ended, no more entries"},
         }
     ),
     "Entry": obj(
@@ -173,10 +176,9 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Rates": obj(
         {
-            "cpu_second": NUMBER,
-            "gb_second": NUMBER,
-            "gpu_second": NUMBER,
-            "registration_grant": NUMBER,
+            f"{name}{suffix}": kind
+            for name in ("cpu_second", "gb_second", "gpu_second", "registration_grant")
+            for suffix, kind in (("", NUMBER), ("_micro", INTEGER))
         }
     ),
     "Node": {"type": "object", "required": ["id", "name", "role", "overlay_ip", "state"]},
@@ -216,9 +218,11 @@ def operation(
     parameters: list[Schema] | None = None,
     secured: bool = True,
 ) -> Schema:
+    # Any route may meet a pool or Redis that is down (503), any body may be too large (413).
+    always = ("503", "413") if body else ("503",)
     found: Schema = {
         "summary": summary,
-        "responses": {ok[0]: ok[1], **{code: ERROR for code in errors}},
+        "responses": {ok[0]: ok[1], **{code: ERROR for code in (*errors, *always)}},
     }
     if body:
         found["requestBody"] = {
@@ -295,11 +299,15 @@ PATHS: dict[str, Schema] = {
     },
     "/tasks/{task_id}/logs": {
         "get": operation(
-            "Log entries after the first `after` ones",
+            "Up to 1,000 log entries after the entry `after`",
             ("200", reply("Logs")),
             parameters=[
                 TASK_ID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^([0-9]{1,20}-[0-9]{1,20})?$"},
+                },
             ],
         )
     },
@@ -315,6 +323,7 @@ PATHS: dict[str, Schema] = {
                     },
                 },
             ),
+            ("400", "401", "404", "409"),
             parameters=[TASK_ID],
         )
     },

@@ -3,15 +3,17 @@ and a task's detail page with live status and logs (its script polls the API).""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
+from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, TooLarge
 from hivemind_cluster.pool import submission
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.constants import ALL_STATES
 from hivemind_cluster.web.auth import current_user, login_required
-from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.web.downloads import zip_download
+from hivemind_cluster.web.errorpages import form_failed
+from hivemind_cluster.web.filters import cpt
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("tasks", __name__)
@@ -41,7 +43,7 @@ def _uploaded_bundle() -> bytes:
         return b""
     data: bytes = upload.read(MAX_INPUT_BYTES + 1)
     if len(data) > MAX_INPUT_BYTES:
-        raise InvalidInput(f"the bundle is larger than {MAX_INPUT_BYTES >> 20} MiB")
+        raise TooLarge(f"the bundle is larger than {MAX_INPUT_BYTES >> 20} MiB")
     return data
 
 
@@ -62,11 +64,8 @@ def new_task() -> ResponseReturnValue:
             return render_template("task_new.html", form=form, images=IMAGES, price_cap=price_cap)
         task = pool.submit_request(submitted)
     except HiveMindError as exc:
-        flash(exc.message, "error")
-        return render_template(
-            "task_new.html", form=form, images=IMAGES, price_cap=None
-        ), http_status(exc)
-    flash(f"Task {task['id']} submitted; {task['price_cap']:g} CPT held in escrow.", "info")
+        return form_failed(exc, "task_new.html", form=form, images=IMAGES, price_cap=None)
+    flash(f"Task {task['id']} submitted; {cpt(task['price_cap_micro'])} held in escrow.", "info")
     return redirect(url_for("tasks.detail", task_id=task["id"]))
 
 
@@ -91,12 +90,3 @@ def cancel(task_id: str) -> ResponseReturnValue:
 @login_required
 def result(task_id: str) -> ResponseReturnValue:
     return zip_download(task_id, services().pool(current_user().account).result(task_id))
-
-
-def zip_download(task_id: str, bundle: bytes) -> Response:
-    """A task's output zip as a file download (the page and the API)."""
-    return Response(
-        bundle,
-        mimetype="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{task_id}-output.zip"'},
-    )

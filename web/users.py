@@ -12,6 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from argon2 import PasswordHasher
@@ -26,6 +27,16 @@ USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 TOKEN_PREFIX = "hm_"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Login attempts per username and per address in ``LOGIN_WINDOW``; registrations per
+    address and hour. (Tests raise the per-address ones: all their users share 127.0.0.1.)"""
+
+    logins_per_user: int = 5
+    logins_per_address: int = 20
+    registrations_per_hour: int = 20
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,23 @@ def check_username(name: str) -> str:
 
 
 def check_password(password: str) -> str:
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD or not _encodes(password):
         raise InvalidInput(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     return password
+
+
+def normal_username(name: str) -> str:
+    """The one spelling of a username: ``" Alice "`` is ``alice`` (form, API and CLI alike)."""
+    return name.strip().lower()[: MAX_PASSWORD + 1]
+
+
+def _encodes(text: str) -> bool:
+    """Not too long for a hash, and valid Unicode (JSON may carry lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return len(text) <= MAX_PASSWORD
 
 
 def token_digest(token: str) -> str:
@@ -62,26 +87,39 @@ class UserStore:
         self,
         db: redis.Redis,
         hasher: PasswordHasher | None = None,
-        registrations_per_hour: int = keys.MAX_REGISTRATIONS_PER_ADDRESS,
+        limits: Limits | None = None,
     ) -> None:
         self.db = db
         self.hasher = hasher or PasswordHasher()
-        self.registrations_per_hour = registrations_per_hour
+        self.limits = limits or Limits()
         # A hash to verify against for unknown users, so both cases take the same time.
         self._decoy = self.hasher.hash(secrets.token_hex(16))
 
     def register(self, username: str, password: str, address: str) -> User:
-        """Create a user and open its ledger account (with the registration grant)."""
-        name = check_username(username)
-        self._count(keys.REGISTRATIONS.format(ip=address), 3600, self.registrations_per_hour)
-        account = account_of(name)
+        """Create a user and open its ledger account (with the registration grant).
+
+        The user record is written in one step (``WATCH``/``MULTI``), so it is there whole
+        or not at all. Should opening the account fail, the first submission opens it.
+        """
+        name = check_username(normal_username(username))
         password_hash = self.hasher.hash(check_password(password))
-        if not self.db.hsetnx(keys.USER.format(name=name), "account", account):
-            raise AlreadyExists(f"the username {name!r} is taken")
-        self.db.hset(
-            keys.USER.format(name=name),
-            mapping={"password_hash": password_hash, "created_at": time.time()},
-        )
+        self._count(keys.REGISTRATIONS.format(ip=address), 3600, self.limits.registrations_per_hour)
+        account, key = account_of(name), keys.USER.format(name=name)
+        record: dict[Any, Any] = {  # (redis-py types mapping keys invariantly)
+            "account": account,
+            "password_hash": password_hash,
+            "created_at": time.time(),
+        }
+        try:
+            with self.db.pipeline() as pipe:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                if pipe.exists(key):
+                    raise redis.WatchError
+                pipe.multi()
+                pipe.hset(key, mapping=record)
+                pipe.execute()
+        except redis.WatchError:
+            raise AlreadyExists(f"the username {name!r} is taken") from None
         Ledger(self.db).open_account(account, "user")
         return User(name, account)
 
@@ -90,25 +128,36 @@ class UserStore:
         return User(username, str(account)) if account else None
 
     def authenticate(self, username: str, password: str, address: str) -> User:
-        """The user, if the password is right; counts failures per user and per address."""
-        per_user = keys.LOGIN_FAILURES.format(who=f"user:{username[:64]}")
-        per_address = keys.LOGIN_FAILURES.format(who=f"ip:{address}")
-        for key, limit in (
-            (per_user, keys.MAX_FAILURES_PER_USER),
-            (per_address, keys.MAX_FAILURES_PER_ADDRESS),
-        ):
-            if int(self.db.get(key) or 0) >= limit:
+        """The user, if the password is right.
+
+        Every attempt is counted first (per username and per address) and forgiven only
+        when it succeeds, so parallel guesses cannot outrun the limit.
+        """
+        name = normal_username(username)
+        valid = USERNAME.match(name) is not None and _encodes(password)
+        per_address = self.limits.logins_per_address
+        counters = [(keys.LOGIN_FAILURES.format(who=f"ip:{address}"), per_address)]
+        if valid:
+            per_user = self.limits.logins_per_user
+            counters.append((keys.LOGIN_FAILURES.format(who=f"user:{name}"), per_user))
+        pipe = self.db.pipeline()
+        for key, _ in counters:
+            pipe.incr(key)
+            pipe.expire(key, keys.LOGIN_WINDOW, nx=True)
+        counts = pipe.execute()[::2]
+        for (key, limit), count in zip(counters, counts, strict=True):
+            if int(count) > limit:
                 wait = max(int(self.db.ttl(key)), 1)
                 raise RateLimited(f"too many failed logins: try again in {wait} s")
-        stored = self.db.hget(keys.USER.format(name=username), "password_hash")
+        stored = self.db.hget(keys.USER.format(name=name), "password_hash") if valid else None
         try:
-            self.hasher.verify(str(stored or self._decoy), password)
+            self.hasher.verify(str(stored or self._decoy), password if valid else "")
             if stored:
-                return User(username, account_of(username))
+                self.db.delete(*(key for key, _ in counters[1:]))  # this user starts afresh
+                self.db.decr(counters[0][0])
+                return User(name, account_of(name))
         except (VerificationError, InvalidHashError):
             pass
-        for key in (per_user, per_address):
-            self._count(key, keys.LOGIN_WINDOW, None)
         raise Unauthenticated("wrong username or password")
 
     def _count(self, key: str, window: int, limit: int | None) -> None:

@@ -52,6 +52,10 @@ def write_output(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
 def behaviour(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
     if task.command[:1] == ["block"]:
         return block_until_cancelled(task, on_output, cancel)
+    if task.command[:1] == ["chatty"]:
+        for n in range(2500):
+            on_output("stdout", f"line {n}\n".encode())
+        return Outcome("succeeded", 0, "", Usage(0.1, 1 << 20, 0.2, 0.0), b"")
     return write_output(task, on_output, cancel)
 
 
@@ -226,6 +230,29 @@ def test_submit_wait_logs_result_and_pay_exactly_the_cost(app: Flask) -> None:
     assert [t["id"] for t in listed] == [task["id"]]
 
 
+def test_long_logs_come_in_pages_by_entry_id_without_gaps(app: Flask) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    task = client.post("/api/v1/tasks", headers=headers, json=BUSYBOX | {"command": ["chatty"]})
+    wait_settled(client, headers, task.get_json()["id"])
+    after, pages, lines = "", [], []
+    while True:
+        page = client.get(
+            f"/api/v1/tasks/{task.get_json()['id']}/logs",
+            headers=headers,
+            query_string={"after": after},
+        ).get_json()
+        pages.append(len(page["entries"]))
+        lines += [e["data"] for e in page["entries"] if e["stream"] == "stdout"]
+        after = page["next"]
+        if page["done"]:
+            break
+    assert pages[:2] == [1000, 1000] and len(pages) == 3  # 2,500 lines and the system ones
+    assert lines == [f"line {n}\n" for n in range(2500)]
+    bad = client.get(f"/api/v1/tasks/{task.get_json()['id']}/logs?after=yesterday", headers=headers)
+    assert bad.status_code == 400 and "log entry id" in bad.get_json()["error"]["message"]
+
+
 def test_cancel_a_running_task_and_see_it_end(app: Flask) -> None:
     client = app.test_client()
     headers = api_login(client, fresh_name())
@@ -290,6 +317,87 @@ def test_bad_submissions_are_refused_and_cost_nothing(app: Flask, body: Any, why
     assert client.get("/api/v1/balance", headers=headers).get_json()["balance"] == 150
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "why"),
+    [
+        ("get", "/api/v1/tasks?limit=²", None, "limit"),
+        ("get", "/api/v1/history?limit=99999999999", None, "limit"),
+        ("get", "/api/v1/tasks/tx/logs?after=²", None, ""),
+        ("get", f"/api/v1/tasks/tx/logs?after={'9' * 5000}", None, ""),
+        ("post", "/api/v1/tasks", "[" * 100_000 + "]" * 100_000, "nested"),
+        ("post", "/api/v1/tokens", "[" * 100_000 + "]" * 100_000, "nested"),
+        ("post", "/api/v1/tasks", {"image": "x", "name": "\ud800"}, "Unicode"),
+        ("post", "/api/v1/tasks", {"command": ["\ud800"]}, "Unicode"),
+        ("post", "/api/v1/tasks", {"env": {"A": "\ud800"}}, "Unicode"),
+        ("post", "/api/v1/tasks", BUSYBOX | {"cpu": float("inf")}, "cpu"),
+        ("post", "/api/v1/tasks", BUSYBOX | {"cpu": "1e30"}, "cpu"),
+        ("post", "/api/v1/tasks", BUSYBOX | {"memory": 10**29}, "memory"),
+        ("post", "/api/v1/tasks", BUSYBOX | {"max_cost": "sNaN"}, "max_cost"),
+        ("post", "/api/v1/tasks", BUSYBOX | {"max_cost": "1e999999999"}, "max_cost"),
+        ("post", "/api/v1/tips", {"project": "project:numpy", "amount": "sNaN"}, "amount"),
+    ],
+)
+def test_hostile_input_gets_a_clear_4xx_never_a_500(
+    app: Flask, method: str, path: str, body: Any, why: str
+) -> None:
+    client = app.test_client()
+    headers = api_login(client, fresh_name())
+    send = getattr(client, method)
+    if isinstance(body, str):  # raw text: the JSON encoder would refuse it
+        reply = send(path, headers=headers, data=body, content_type="application/json")
+    else:
+        reply = send(path, headers=headers, json=body)
+    assert 400 <= reply.status_code < 500, (reply.status_code, reply.get_data(as_text=True))
+    assert why in reply.get_json()["error"]["message"]
+    assert client.get("/api/v1/balance", headers=headers).get_json()["balance"] == 150
+
+
+def test_odd_usernames_and_passwords_are_refused_like_wrong_ones(app: Flask) -> None:
+    client = app.test_client()
+    name = fresh_name()
+    api_login(client, name)
+    for username, password in (("\ud800", PASSWORD), (name, "\ud800"), ("x" * 100_000, "p")):
+        reply = client.post("/api/v1/tokens", json={"username": username, "password": password})
+        assert reply.status_code in (400, 401), reply.get_json()  # never 500
+    form = {"username": "x" * 100_000, "password": "p", "csrf_token": csrf_token(client)}
+    assert client.post("/login", data=form).status_code == 401
+    same = client.post(
+        "/api/v1/tokens", json={"username": f" {name.upper()} ", "password": PASSWORD}
+    )
+    assert same.status_code == 201  # one spelling of a name, for the API as for the form
+
+
+def test_parallel_guesses_cannot_outrun_the_login_limit(app: Flask) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = fresh_name()
+    api_login(app.test_client(), name)
+    wrong = {"username": name, "password": "not the password"}
+
+    def guess(_: int) -> int:
+        return int(app.test_client().post("/api/v1/tokens", json=wrong).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(guess, range(24)))
+    assert codes.count(401) == 5 and codes.count(429) == 19
+
+
+def test_pages_forbid_framing_and_foreign_scripts(app: Flask) -> None:
+    reply = app.test_client().get("/login")
+    assert reply.headers["X-Frame-Options"] == "DENY"
+    assert "script-src" not in reply.headers["Content-Security-Policy"]  # default-src 'self'
+    assert "default-src 'self'" in reply.headers["Content-Security-Policy"]
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_hub_database_outage_is_a_503(world: WebCluster) -> None:
+    import redis
+
+    app = world.app(REDIS=redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    reply = app.test_client().get("/api/v1/me", headers={"Authorization": "Bearer hm_x"})
+    assert reply.status_code == 503 and "not answering" in reply.get_json()["error"]["message"]
+
+
 def test_oversized_bodies_get_413(app: Flask, browser: FlaskClient) -> None:
     client = app.test_client()
     headers = api_login(client, fresh_name())
@@ -302,7 +410,10 @@ def test_oversized_bodies_get_413(app: Flask, browser: FlaskClient) -> None:
         "bundle": (io.BytesIO(b"x" * (MAX_INPUT_BYTES + 1)), "big.zip"),
     }
     page = browser.post("/tasks/new", data=upload, content_type="multipart/form-data")
-    assert page.status_code == 400 and "larger than 16 MiB" in page.get_data(as_text=True)
+    assert page.status_code == 413 and "larger than 16 MiB" in page.get_data(as_text=True)
+    just_over = {"bundle": base64.b64encode(b"x" * (MAX_INPUT_BYTES + 1)).decode()}
+    reply = client.post("/api/v1/tasks", headers=headers, json=just_over)
+    assert reply.status_code == 413 and "larger than 16 MiB" in reply.get_json()["error"]["message"]
 
 
 def test_unknown_routes_and_methods_answer_json_under_the_api(app: Flask) -> None:

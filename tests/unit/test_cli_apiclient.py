@@ -14,11 +14,11 @@ import pytest
 
 from hivemind_cluster.mesh import errors
 from hivemind_cluster.mesh.console import run_main
-from hivemind_cluster.mesh.errors import HiveMindError, Unavailable
+from hivemind_cluster.mesh.errors import HiveMindError, TooLarge, Unavailable
 from hivemind_cluster.web import cli
 from hivemind_cluster.web.apiclient import ApiClient, api_error
 from hivemind_cluster.web.cli import Config, save_config
-from hivemind_cluster.web.errors import RateLimited, TooLarge, Unauthenticated
+from hivemind_cluster.web.errors import RateLimited, Unauthenticated
 
 Answer = tuple[int, str, bytes]  # status, content type, body
 
@@ -197,11 +197,14 @@ def test_logs_follow_polls_until_done(
     ]
 
 
-def test_logs_without_follow_is_one_request(server: tuple[str, Script]) -> None:
+def test_logs_without_follow_reads_the_pages_there_are(server: tuple[str, Script]) -> None:
     url, script = server
-    script.answers.append(page(["so far"], 0, False))
-    assert [e["data"] for e in ApiClient(url, "t").logs("t1", follow=False)] == ["so far"]
-    assert len(script.seen) == 1
+    script.answers += [page(["so far"], 0, False), page(["more"], 1, False), page([], 2, False)]
+    assert [e["data"] for e in ApiClient(url, "t").logs("t1", follow=False)] == ["so far", "more"]
+    assert [s["path"] for s in script.seen][1:] == [
+        "/api/v1/tasks/t1/logs?after=1",
+        "/api/v1/tasks/t1/logs?after=2",
+    ]
 
 
 def test_result_is_the_raw_zip(server: tuple[str, Script]) -> None:

@@ -10,6 +10,8 @@
     const tick = async () => {
       try {
         const reply = await fetch(box.dataset.refresh, { credentials: "same-origin" });
+        // A redirect means the session ended: reload, so the login page shows (not in here).
+        if (reply.redirected) { window.location.reload(); return; }
         if (reply.ok) box.innerHTML = await reply.text();
       } catch (e) { /* the hub is restarting or the network blipped: try again */ }
       if (box.dataset.untilFinal && !box.querySelector("#cancel-task")) return;
@@ -21,12 +23,14 @@
   // <pre data-logs="URL">: append new log entries until the task has ended.
   const logs = document.querySelector("pre[data-logs]");
   if (logs) {
-    let next = 0;
+    let next = "";
     logs.textContent = "";
     const poll = async () => {
       let done = false;
       try {
-        const reply = await fetch(`${logs.dataset.logs}?after=${next}`, { credentials: "same-origin" });
+        const reply = await fetch(`${logs.dataset.logs}?after=${encodeURIComponent(next)}`,
+                                  { credentials: "same-origin" });
+        if (reply.status === 401) return;  // logged out elsewhere: stop asking
         if (reply.ok) {
           const body = await reply.json();
           const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;

@@ -38,6 +38,7 @@ bench: setup
 	$(PY) bench/heartbeats.py
 	$(PY) bench/docker_overhead.py
 	$(PY) bench/ledger.py
+	$(PY) bench/web.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache artifacts

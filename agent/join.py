@@ -30,6 +30,7 @@ from hivemind_cluster.agent.state import (
     AgentSettings,
     Enrollment,
 )
+from hivemind_cluster.agent.statuspage import configured_url
 from hivemind_cluster.mesh.ca import check_hostname
 from hivemind_cluster.mesh.errors import HiveMindError, SystemFailure, Unavailable
 from hivemind_cluster.mesh.keys import (
@@ -255,5 +256,5 @@ def status(settings: AgentSettings, probe: bool = True) -> dict[str, Any]:
         ),
         "state_dir": str(Path(settings.state_dir).resolve()),
         # Where the running service serves its status page (None: turned off).
-        "status_page": f"http://{settings.status_listen}/" if settings.status_listen else None,
+        "status_page": configured_url(settings.status_listen),
     }

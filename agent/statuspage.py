@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -108,8 +109,9 @@ def overlay_state(enrollment: Enrollment) -> Overlay:
     """The hub peer as WireGuard reports it (one ``wg show``)."""
     try:
         peer = hub_peer_status(enrollment)
-    except HiveMindError as exc:  # the interface vanished between the check and `wg show`
-        log.debug("no overlay state: %s", exc.message)
+    except (HiveMindError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        # The interface vanished between the check and `wg show`, or `wg` misbehaved.
+        log.debug("no overlay state: %s", exc)
         peer = None
     return Overlay(
         interface=enrollment.interface,
@@ -151,7 +153,8 @@ def fetch_ledger(channel: grpc.Channel, timeout: float = RPC_TIMEOUT) -> LedgerV
 
 class StatusPage:
     """Collects a ``Status`` on request: enrollment and worker state are local and cheap,
-    the overlay is one ``wg show``, the ledger two RPCs made at most every ``ledger_ttl``."""
+    the overlay is one ``wg show``, the ledger two RPCs made at most every ``ledger_ttl``
+    (in the background)."""
 
     def __init__(
         self,
@@ -167,6 +170,7 @@ class StatusPage:
         self._lock = threading.Lock()
         self._ledger: LedgerView | None = None
         self._ledger_at = 0.0  # monotonic
+        self._fetching = False
 
     def status(self) -> Status:
         return Status(
@@ -178,13 +182,30 @@ class StatusPage:
         )
 
     def ledger(self) -> LedgerView:
-        """Cached; concurrent requests wait for one fetch rather than each making their own."""
+        """The cached figures. Only the very first request waits for the pool; after that a
+        stale cache is refreshed in the background (one fetch at a time), so a silent hub
+        never holds up the page — it is what someone looks at when the hub is in trouble."""
         with self._lock:
-            stale = time.monotonic() - self._ledger_at >= self.ledger_ttl
-            if self._ledger is None or stale:
-                self._ledger = fetch_ledger(self._channel)
-                self._ledger_at = time.monotonic()
+            if self._ledger is None:
+                self._refresh()
+            elif time.monotonic() - self._ledger_at >= self.ledger_ttl and not self._fetching:
+                self._fetching = True
+                threading.Thread(target=self._refresh_in_background, daemon=True).start()
+            assert self._ledger is not None
             return self._ledger
+
+    def _refresh(self) -> None:
+        self._ledger = fetch_ledger(self._channel)
+        self._ledger_at = time.monotonic()
+
+    def _refresh_in_background(self) -> None:
+        try:
+            fresh = fetch_ledger(self._channel)
+            with self._lock:
+                self._ledger, self._ledger_at = fresh, time.monotonic()
+        finally:
+            with self._lock:
+                self._fetching = False
 
     def close(self) -> None:
         self._channel.close()
@@ -296,6 +317,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "hivemind-agent"
     sys_version = ""
+    timeout = 10  # seconds a client may take to send its request (no idle sockets held)
 
     def do_GET(self) -> None:
         self._answer(send_body=True)
@@ -361,8 +383,7 @@ class StatusServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return page_url(self.host, self.port)
 
     def start(self) -> StatusServer:
         self._thread.start()
@@ -373,6 +394,18 @@ class StatusServer:
             self._httpd.shutdown()
         self._httpd.server_close()
         self.page.close()
+
+
+def page_url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def configured_url(listen: str) -> str | None:
+    """Where ``status_listen`` puts the page (None: turned off or not an address)."""
+    try:
+        return page_url(*split_host_port(listen, DEFAULT_PORT)) if listen else None
+    except HiveMindError:
+        return None
 
 
 def start_status_server(

@@ -18,7 +18,7 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except HiveMindError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {one_line(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -26,6 +26,12 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
         # Python would fail again flushing stdout at exit: point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+def one_line(text: str) -> str:
+    """Text from elsewhere (a server's message) made safe for a terminal: one line, no
+    control characters (no escape sequences)."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
+import os
+import shutil
 import sys
+import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,24 @@ from hivemind_cluster.pool.views import (
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 POLL_SECONDS = 0.25
+
+
+def limit(text: str) -> int:
+    """``--limit``: how many rows, 1 to 1000 (the pool's bound)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError("a whole number from 1 to 1000")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    """``--timeout``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError("a number of seconds, 0 or more")
+    return value
 
 
 def build_parser(
@@ -82,7 +101,9 @@ def build_parser(
         "wait", parents=[common], help="wait for a task; non-zero unless it succeeded"
     )
     p.add_argument("id")
-    p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds")
+    p.add_argument(
+        "--timeout", type=seconds, default=0, help="give up after this many seconds (0: never)"
+    )
     p = sub.add_parser("logs", parents=[common], help="a task's output")
     p.add_argument("id")
     p.add_argument("-f", "--follow", action="store_true", help="keep streaming until it ends")
@@ -91,13 +112,13 @@ def build_parser(
     p.add_argument("-o", "--output", required=True, help="directory to unpack into")
     p = sub.add_parser("list", parents=[common], help="recent tasks")
     p.add_argument("--status", action="append", default=[], choices=ALL_STATES)
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=limit, default=20, help="1-1000")
     sub.add_parser("nodes", parents=[common], help="the pool's nodes with live state")
     p = sub.add_parser("balance", parents=[common], help="your CPT balance")
     account_option(p, other_accounts)
     p = sub.add_parser("history", parents=[common], help="your ledger movements")
     account_option(p, other_accounts)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=limit, default=50, help="1-1000")
     p = sub.add_parser("tip", parents=[common], help=f"tip a project: {prog} tip PROJECT 2.5")
     p.add_argument("project")
     p.add_argument("amount", help="CPT, up to 6 decimals")
@@ -195,16 +216,40 @@ def cmd_logs(args: argparse.Namespace, client: TaskClient) -> int:
 def cmd_result(args: argparse.Namespace, client: TaskClient) -> int:
     bundle = client.result(args.id)
     target = Path(args.output)
-    names: list[str] = []
-    if bundle:
-        target.mkdir(parents=True, exist_ok=True)
-        unpack_bundle(bundle, target)
-        names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
+    names = save_result(bundle, target) if bundle else []
     if args.json:
         print_json({"id": args.id, "directory": str(target), "files": names})
     else:
         print(f"{len(names)} files from {args.id} in {target}" if names else "no output files")
     return 0
+
+
+def save_result(bundle: bytes, target: Path) -> list[str]:
+    """Unpack an output zip into ``target``, all or nothing, never over existing files.
+
+    It is unpacked next to ``target`` first (the bundle is checked entry by entry there),
+    then its top-level entries are moved in; a name already in ``target`` stops it before
+    anything is moved.
+    """
+    names = check_bundle(bundle)
+    tops = sorted({name.split("/", 1)[0] for name in names})
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        taken = [name for name in tops if (target / name).exists() or (target / name).is_symlink()]
+        if taken:
+            raise InvalidInput(
+                f"{target} already has {taken[0]!r}: give -o an empty or new directory"
+            )
+        staging = Path(tempfile.mkdtemp(prefix=".hivemind-result-", dir=target))
+        try:
+            unpack_bundle(bundle, staging)
+            for name in tops:
+                os.replace(staging / name, target / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise HiveMindError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
+    return names
 
 
 def print_rows(
@@ -250,9 +295,11 @@ def cmd_ledger(args: argparse.Namespace, client: TaskClient) -> int:
     elif args.command == "tip":
         found = client.tip(args.project, parse_cpt(args.amount))
         text = f"tipped {amount_text(found['amount_micro'])} to {found['to']}"
-    else:
+    elif args.command == "rates":
         found = client.rates()
         text = rates_text(found)
+    else:
+        raise AssertionError(f"no handler for the command {args.command!r}")
     print_json(found) if args.json else print(text)
     return 0
 

@@ -105,8 +105,10 @@ def parse_cpt(text: str) -> int:
         raise errors.InvalidInput(f"amount {text[:30]!r} is not a number of CPT") from None
     if micro != micro.to_integral_value():
         raise errors.InvalidInput(f"amount {text[:30]!r} has more than 6 decimals")
-    if not 0 < micro <= MAX_AMOUNT:
+    if micro <= 0:
         raise errors.InvalidInput(f"amount {text[:30]!r} must be positive")
+    if micro > MAX_AMOUNT:
+        raise errors.InvalidInput(f"amount {text[:30]!r} is more than the whole supply")
     return int(micro)
 
 

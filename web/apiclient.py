@@ -36,17 +36,20 @@ _WEB_ERRORS = {cls.code: cls for cls in WEB_ERRORS}
 
 def api_url(text: str) -> str:
     """``100.64.0.1`` → ``http://100.64.0.1:5001/api/v1``; a full URL keeps its port and path."""
+    if not isinstance(text, str):  # a config file edited by hand
+        raise InvalidInput("the API URL must be text like http://100.64.0.1:5001")
     text = text.strip().rstrip("/")
-    if "://" not in text:
-        text = f"http://{text}"
-        if urlsplit(text).port is None:
-            text += f":{DEFAULT_PORT}"
     try:
+        if "://" not in text:
+            text = f"http://{text}"
+            if urlsplit(text).port is None:
+                text += f":{DEFAULT_PORT}"
         parts = urlsplit(text)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError:
         raise InvalidInput(f"API URL {text[:80]!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+    odd = parts.query or parts.fragment or "@" in parts.netloc or not text.isprintable()
+    if parts.scheme not in ("http", "https") or not parts.hostname or odd or " " in text:
         raise InvalidInput(f"API URL {text[:80]!r}: use http://HOST:PORT (the hub's web UI)")
     return text if parts.path.endswith(API_PATH) else text + API_PATH
 

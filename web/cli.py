@@ -23,7 +23,6 @@ from hivemind_cluster.mesh.console import print_json, run_main
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
 from hivemind_cluster.mesh.keys import write_private
 from hivemind_cluster.pool.cli import build_parser, run_command
-from hivemind_cluster.pool.ledger import MICRO
 from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.apiclient import ApiClient, api_url
 from hivemind_cluster.web.errors import Unauthenticated
@@ -121,7 +120,7 @@ def cmd_login(args: argparse.Namespace, path: Path, config: Config) -> int:
         print_json({"username": username, "api": client.api, "config": str(path)} | account)
         return 0
     if account:
-        grant = amount_text(round(account["balance"] * MICRO))
+        grant = amount_text(account["balance_micro"])
         print(f"registered {username}: account {account['account']}, {grant}")
     print(f"logged in as {username} at {client.api} (token saved in {path})")
     return 0
@@ -170,11 +169,19 @@ def main(argv: list[str]) -> int:
     args = build_hivemind_parser().parse_args(argv)
     path = config_path()
     config = load_config(path)
-    if args.command in ("register", "login"):
-        return cmd_login(args, path, config)
-    if args.command == "logout":
-        return cmd_logout(args, path, config)
-    return run_command(args, session(args, config))
+    try:
+        if args.command in ("register", "login"):
+            return cmd_login(args, path, config)
+        if args.command == "logout":
+            return cmd_logout(args, path, config)
+        return run_command(args, session(args, config))
+    except (KeyError, TypeError, AttributeError) as exc:
+        # The one place a well-formed answer of the wrong shape lands (another server
+        # on the port, or a hub of another version): one line, not a traceback.
+        api = args.api or config.api
+        raise HiveMindError(
+            f"{api} answered something unexpected ({exc!r}; not HiveMind?)"
+        ) from None
 
 
 def entry() -> int:

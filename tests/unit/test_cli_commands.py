@@ -210,6 +210,29 @@ def test_result_unpacks_into_the_directory(
     assert json.loads(empty[1])["files"] == [] and not (tmp_path / "e").exists()
 
 
+def test_result_never_writes_over_files_and_is_all_or_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = FakeClient(output=zipped({"x": b"new", "z": b"also new"}))
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "x").write_bytes(b"mine")
+    with pytest.raises(InvalidInput, match="already has 'x'"):
+        run(client, capsys, "result", "t1", "-o", str(target))
+    assert sorted(p.name for p in target.iterdir()) == ["x"]  # nothing moved in, no leftovers
+    assert (target / "x").read_bytes() == b"mine"
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(HiveMindError, match="cannot write the result to"):
+        run(client, capsys, "result", "t1", "-o", str(tmp_path / "a-file"))
+
+
+def test_limits_and_timeouts_are_checked_before_any_call() -> None:
+    for argv in (("list", "--limit", "0"), ("history", "--limit", "1099511627776"),
+                 ("wait", "t1", "--timeout", "nan"), ("wait", "t1", "--timeout", "-1")):
+        with pytest.raises(SystemExit):
+            parse(*argv)
+
+
 def test_tables_and_their_json(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(FakeClient(), capsys, "list", "--status", "running")
     assert status == 0 and out.splitlines()[0].split() == [c.upper() for c in cli.TASK_COLUMNS]

@@ -1,0 +1,164 @@
+"""Web benchmark: what the hub's web server answers per second, and how fast.
+
+    python bench/web.py [--seconds 5] [--clients 8] [--runs 3] [--json]
+
+No target in the issue; the figures are here to notice regressions. Method: a real
+redis-server and the pool on loopback (``tests/webkit.py``: real gRPC with mTLS, one
+scripted worker), the web app served by waitress with the same 8 threads ``hivemind-hub
+web`` uses, and ``--clients`` client threads in this process (on the same 2 cores, so the
+server gets at most what they leave). Each scenario runs for ``--seconds``: requests per
+second and p50/p99 latency, median of ``--runs``. Scenarios: GET a task (one token
+check in Redis, one gRPC call), a log page (a task with 300 lines), the mesh page (HTML:
+registry, WireGuard, pool), and submissions (escrow, store, queue, run, settle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import waitress.server
+
+from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.web.server import THREADS
+from tests.conftest import free_port
+from tests.poolkit import echo
+from tests.webkit import PASSWORD, csrf_token, web_cluster
+
+Request = Callable[[http.client.HTTPConnection], int]
+
+
+def chatty(task: Any, on_output: Any, cancel: Any) -> Any:
+    for n in range(300):
+        on_output("stdout", f"line {n}\n".encode())
+    return echo(task, on_output, cancel)
+
+
+def measure(port: int, request: Request, seconds: float, clients: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = [0]
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        while time.monotonic() < stop:
+            began = time.perf_counter()
+            status = request(connection)
+            mine.append(time.perf_counter() - began)
+            if status >= 400:
+                errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    latencies.sort()
+    return {
+        "requests_per_second": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "errors": errors[0],
+    }
+
+
+def call(method: str, path: str, headers: dict[str, str], body: Any = None) -> Request:
+    payload = json.dumps(body) if body is not None else None
+    sent = headers | ({"Content-Type": "application/json"} if payload else {})
+
+    def send(connection: http.client.HTTPConnection) -> int:
+        connection.request(method, path, body=payload, headers=sent)
+        answer = connection.getresponse()
+        answer.read()
+        return answer.status
+
+    return send
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hivemind-bench-web-") as tmp:
+        redis_server = RedisServer(Path(tmp) / "redis", "127.0.0.1", free_port(), "bench")
+        redis_server.start()
+        try:
+            with web_cluster(redis_server, Path(tmp) / "state") as world:
+                world.start_worker("w1", chatty)
+                app = world.app()
+                server = waitress.server.create_server(
+                    app, host="127.0.0.1", port=0, threads=THREADS, ident="hivemind"
+                )
+                threading.Thread(target=server.run, daemon=True).start()
+                try:
+                    results = run(app, int(server.effective_port), args)
+                finally:
+                    server.close()
+        finally:
+            redis_server.stop()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, figures in results.items():
+            print(
+                f"{name:<14} {figures['requests_per_second']:7.0f} req/s   "
+                f"p50 {figures['p50_ms']:6.1f} ms   p99 {figures['p99_ms']:6.1f} ms   "
+                f"(median of {args.runs} runs of {args.seconds:g} s, {args.clients} clients)"
+            )
+    return 0
+
+
+def run(app: Any, port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    client = app.test_client()
+    client.post("/api/v1/register", json={"username": "bench", "password": PASSWORD})
+    login = {"username": "bench", "password": PASSWORD}
+    token = client.post("/api/v1/tokens", json=login).get_json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    task_id = client.post(
+        "/api/v1/tasks", headers=headers, json={"image": "hivemind/busybox:latest", "cpu": "0.1"}
+    ).get_json()["id"]
+    while client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()["status"] != (
+        "succeeded"
+    ):
+        time.sleep(0.05)
+    client.post("/login", data=login | {"csrf_token": csrf_token(client)})  # a browser session
+    session = client.get_cookie("session")
+    assert session is not None, "the login did not start a session"
+    cookie = f"session={session.value}"
+    # A small price cap, so that the grant pays for every submission of the benchmark.
+    submission = {"image": "hivemind/busybox:latest", "cpu": "0.1", "memory": "16M", "timeout": 5}
+    scenarios = {
+        "get task": call("GET", f"/api/v1/tasks/{task_id}", headers),
+        "log page": call("GET", f"/api/v1/tasks/{task_id}/logs", headers),
+        "mesh page": call("GET", "/mesh", {"Cookie": cookie}),
+        "submit": call("POST", "/api/v1/tasks", headers, submission),
+    }
+    results = {}
+    for name, request in scenarios.items():
+        runs = [measure(port, request, args.seconds, args.clients) for _ in range(args.runs)]
+        results[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    return results
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

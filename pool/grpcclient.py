@@ -70,9 +70,10 @@ class GrpcTaskClient:
         query = pb.ListRequest(status=statuses, limit=limit, owner=self.account)
         return [views.task_view(t) for t in self._call("list", self.stub.List, query).tasks]
 
-    def logs(self, task_id: str, follow: bool, after: str = "") -> Iterator[View]:
-        """Entries after the entry id ``after``; stop reading early and the call is cancelled."""
-        request = pb.LogsRequest(task_id=self._own(task_id).task_id, follow=follow, after=after)
+    def logs(self, task_id: str, follow: bool) -> Iterator[View]:
+        """Every entry (with ``follow``, until the task has ended); stop reading early and
+        the call is cancelled."""
+        request = pb.LogsRequest(task_id=self._own(task_id).task_id, follow=follow)
         call = self.stub.StreamLogs(request, timeout=None if follow else CALL_TIMEOUT)
         try:
             for entry in call:
@@ -81,6 +82,12 @@ class GrpcTaskClient:
             raise error_from_rpc(exc, "logs") from None
         finally:
             call.cancel()
+
+    def log_page(self, task_id: str, after: str, limit: int) -> tuple[list[View], bool]:
+        """Up to ``limit`` entries after ``after`` in one call, and whether the log has ended."""
+        request = pb.LogsRequest(task_id=self._own(task_id).task_id, after=after, limit=limit)
+        page = self._call("logs", self.stub.ReadLogs, request)
+        return [views.log_view(e) for e in page.entries], page.done
 
     def result(self, task_id: str) -> bytes:
         found = self._call("result", self.stub.FetchResult, self._own(task_id), RESULT_TIMEOUT)

@@ -26,6 +26,7 @@ from hivemind_cluster.protos import pool_pb2 as pb
 
 MEMBERS_TTL = 2.0  # seconds a membership check of the workers is reused
 LOG_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+LOG_PAGE = 1000  # the most log entries in one page
 
 
 async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
@@ -111,14 +112,31 @@ async def cancel(pool: Pool, caller: Caller, task_id: str) -> TaskRecord:
     return await pool.tasks.get(task_id)
 
 
+def log_position(after: str) -> str:
+    """Where to read a task's log from: after the entry id ``after``, or from the start."""
+    if after and not LOG_ENTRY_ID.fullmatch(after):
+        raise InvalidInput(f"after {after[:40]!r} is not a log entry id like 1712345678901-0")
+    return after or "0"
+
+
+async def log_page(
+    pool: Pool, caller: Caller, task_id: str, after: str, limit: int
+) -> tuple[list[LogRecord], bool]:
+    """Up to ``limit`` entries after ``after``, and whether that is the end of the log."""
+    if not 0 <= limit <= LOG_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {LOG_PAGE}")
+    limit = limit or LOG_PAGE
+    record = await visible_task(pool, caller, task_id)  # read first: no entry can be missed
+    page = await pool.tasks.read_logs(pool.raw_db, task_id, log_position(after), None, limit)
+    return page, record.status in keys.FINAL_STATES and len(page) < limit
+
+
 async def logs(
     pool: Pool, caller: Caller, task_id: str, follow: bool, after: str = ""
 ) -> AsyncIterator[LogRecord]:
     """The task's log entries after the entry id ``after`` (all of them when empty)."""
     await visible_task(pool, caller, task_id)
-    if after and not LOG_ENTRY_ID.fullmatch(after):
-        raise InvalidInput(f"after {after[:40]!r} is not a log entry id like 1712345678901-0")
-    after = after or "0"
+    after = log_position(after)
     while True:
         block = 1000 if follow else None
         batch = await pool.tasks.read_logs(pool.raw_db, task_id, after, block)

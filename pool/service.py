@@ -24,6 +24,7 @@ from hivemind_cluster.pool.auth import PoolAuthorizer, current_caller
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, Entry, check_account
 from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.pool.taskstore import LogRecord
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
@@ -111,13 +112,13 @@ class TasksService(pb_grpc.TasksServicer):
         async for record in operations.logs(
             self.pool, current_caller(), request.task_id, request.follow, request.after
         ):
-            yield pb.LogEntry(
-                stream=record.stream,
-                data=record.data,
-                attempt=record.attempt,
-                time=record.time,
-                id=record.entry_id,
-            )
+            yield log_entry(record)
+
+    async def ReadLogs(self, request: pb.LogsRequest, context: Context) -> pb.LogPage:
+        page, done = await operations.log_page(
+            self.pool, current_caller(), request.task_id, request.after, request.limit
+        )
+        return pb.LogPage(entries=[log_entry(r) for r in page], done=done)
 
     async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:
         record = await operations.visible_task(self.pool, current_caller(), request.task_id)
@@ -173,6 +174,16 @@ def own_account(account: str) -> str:
     if account and account != caller.node_id and caller.role != "hub":
         raise PermissionDenied("only the hub may look at another account")
     return check_account(account or caller.node_id)
+
+
+def log_entry(record: LogRecord) -> pb.LogEntry:
+    return pb.LogEntry(
+        stream=record.stream,
+        data=record.data,
+        attempt=record.attempt,
+        time=record.time,
+        id=record.entry_id,
+    )
 
 
 def entry_message(entry: Entry) -> pb.LedgerEntry:

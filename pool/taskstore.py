@@ -285,11 +285,11 @@ class TaskStore:
         return path.read_bytes() if path.exists() else b""
 
     async def read_logs(
-        self, raw_db: Any, task_id: str, after: str, block_ms: int | None
+        self, raw_db: Any, task_id: str, after: str, block_ms: int | None, count: int = 1000
     ) -> list[LogRecord]:
         """Entries after ``after`` (``"0"``: from the start); waits up to block_ms for new ones."""
         stream = keys.TASK_LOGS.format(id=task_id)
-        reply = await raw_db.xread({stream: after}, count=1000, block=block_ms)
+        reply = await raw_db.xread({stream: after}, count=count, block=block_ms)
         records = []
         for _name, entries in reply or []:
             for entry_id, values in entries:

@@ -131,6 +131,11 @@ class TasksStub:
                 request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.SerializeToString,
                 response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogEntry.FromString,
                 _registered_method=True)
+        self.ReadLogs = channel.unary_unary(
+                '/hivemind.pool.Tasks/ReadLogs',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogPage.FromString,
+                _registered_method=True)
         self.FetchResult = channel.unary_unary(
                 '/hivemind.pool.Tasks/FetchResult',
                 request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.TaskRef.SerializeToString,
@@ -192,6 +197,13 @@ class TasksServicer:
 
     def StreamLogs(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadLogs(self, request, context):
+        """one page: cheaper than a stream to poll
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -259,6 +271,11 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.FromString,
                     response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogEntry.SerializeToString,
+            ),
+            'ReadLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadLogs,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogPage.SerializeToString,
             ),
             'FetchResult': grpc.unary_unary_rpc_method_handler(
                     servicer.FetchResult,
@@ -426,6 +443,33 @@ class Tasks:
             '/hivemind.pool.Tasks/StreamLogs',
             hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.SerializeToString,
             hivemind__cluster_dot_protos_dot_pool__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Tasks/ReadLogs',
+            hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.LogPage.FromString,
             options,
             channel_credentials,
             insecure,

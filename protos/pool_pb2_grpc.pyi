@@ -64,6 +64,8 @@ class TasksStub:
     List: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListRequest, _pool_pb2.TaskList]
     Cancel: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.Task]
     StreamLogs: _grpc.UnaryStreamMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogEntry]
+    ReadLogs: _grpc.UnaryUnaryMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogPage]
+    """one page: cheaper than a stream to poll"""
     FetchResult: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]
     Balance: _grpc.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]
@@ -79,6 +81,8 @@ class TasksAsyncStub(TasksStub):
     List: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListRequest, _pool_pb2.TaskList]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.Task]  # type: ignore[assignment]
     StreamLogs: _aio.UnaryStreamMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogEntry]  # type: ignore[assignment]
+    ReadLogs: _aio.UnaryUnaryMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogPage]  # type: ignore[assignment]
+    """one page: cheaper than a stream to poll"""
     FetchResult: _aio.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]  # type: ignore[assignment]
     Balance: _aio.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]  # type: ignore[assignment]
@@ -121,6 +125,14 @@ class TasksServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.LogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_pool_pb2.LogEntry], _abc.AsyncIterator[_pool_pb2.LogEntry]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadLogs(
+        self,
+        request: _pool_pb2.LogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.LogPage, _abc.Awaitable[_pool_pb2.LogPage]]:
+        """one page: cheaper than a stream to poll"""
 
     @_abc_1.abstractmethod
     def FetchResult(

@@ -8,7 +8,6 @@ must carry the CSRF token (``X-CSRFToken``), exactly like the forms.
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -19,7 +18,7 @@ from wtforms import ValidationError
 
 from hivemind_cluster.mesh.errors import InvalidInput
 from hivemind_cluster.pool import submission
-from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES
+from hivemind_cluster.pool.constants import ALL_STATES
 from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, check_account, parse_cpt
 from hivemind_cluster.pool.submission import check_text, whole_number
@@ -200,14 +199,8 @@ def cancel(task_id: str) -> ResponseReturnValue:
 def logs(task_id: str) -> ResponseReturnValue:
     """A page of entries after the entry id ``after`` (``next`` of the previous page)."""
     after = request.args.get("after", "")
-    pool = my_pool()
-    status = pool.get(task_id)["status"]  # read first: no entry can be missed
-    entries = list(itertools.islice(pool.logs(task_id, False, after), LOG_PAGE))
-    return {
-        "entries": entries,
-        "next": entries[-1]["id"] if entries else after,
-        "done": status in FINAL_STATES and len(entries) < LOG_PAGE,
-    }
+    entries, done = my_pool().log_page(task_id, after, LOG_PAGE)
+    return {"entries": entries, "next": entries[-1]["id"] if entries else after, "done": done}
 
 
 @bp.get("/tasks/<task_id>/result")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -99,6 +100,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth": the point
     with tempfile.TemporaryDirectory(prefix="hivemind-bench-web-") as tmp:
         redis_server = RedisServer(Path(tmp) / "redis", "127.0.0.1", free_port(), "bench")
         redis_server.start()

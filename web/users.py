@@ -179,7 +179,19 @@ class UserStore:
         pipe.expire(keys.TOKEN.format(digest=digest), keys.TOKEN_TTL)
         pipe.sadd(keys.USER_TOKENS.format(name=user.name), digest)
         pipe.execute()
+        self._forget_expired_tokens(user)
         return token
+
+    def _forget_expired_tokens(self, user: User) -> None:
+        """Drop the digests of tokens Redis has expired from the user's set."""
+        tokens = keys.USER_TOKENS.format(name=user.name)
+        digests = sorted(self.db.smembers(tokens))
+        pipe = self.db.pipeline()
+        for digest in digests:
+            pipe.exists(keys.TOKEN.format(digest=digest))
+        gone = [d for d, alive in zip(digests, pipe.execute(), strict=True) if not alive]
+        if gone:
+            self.db.srem(tokens, *gone)
 
     def user_of_token(self, token: str) -> User:
         username = self.db.hget(keys.TOKEN.format(digest=token_digest(token)), "username")

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -222,6 +223,16 @@ def test_workers_register_with_the_pool_ready_for_docker_tasks(site: Site) -> No
         time.sleep(0.5)
     assert sorted(workers) == ["a1", "a2"], nodes
     assert all(w["docker_version"] and w["state"] == "ready" for w in workers.values())
+    # The hub's web UI came up with it, on the overlay: an agent reads the rate card.
+    fetch = (
+        "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    rates = json.loads(
+        site.agents[0]
+        .run(sys.executable, "-c", fetch, "http://100.64.0.1:5001/api/v1/rates")
+        .stdout
+    )
+    assert rates["registration_grant"] == 150
 
 
 def test_unit_files_run_the_commands_that_were_started(site: Site) -> None:

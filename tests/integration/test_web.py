@@ -25,6 +25,7 @@ from hivemind_cluster.mesh.wireguard import PeerStatus
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
+from hivemind_cluster.web.users import token_digest
 from tests.poolkit import block_until_cancelled
 from tests.webkit import (
     PASSWORD,
@@ -184,6 +185,17 @@ def test_api_tokens_authenticate_and_logout_revokes_them(app: Flask) -> None:
     for bad in ("Bearer", "Basic abc", "Bearer hm_forged"):
         assert client.get("/api/v1/me", headers={"Authorization": bad}).status_code == 401
     assert client.get("/api/v1/tasks").status_code == 401
+
+
+def test_expired_tokens_are_forgotten_at_the_next_login(app: Flask, world: WebCluster) -> None:
+    client = app.test_client()
+    name = fresh_name()
+    first = api_login(client, name)["Authorization"].split()[1]
+    db = world.db()
+    db.delete(keys.TOKEN.format(digest=token_digest(first)))  # as its TTL would
+    api_login(client, name)
+    remaining = db.smembers(keys.USER_TOKENS.format(name=name))
+    assert token_digest(first) not in remaining and len(remaining) == 1
 
 
 def test_the_browser_session_may_use_the_api_but_must_send_its_csrf_token(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,3 +205,19 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
             await asyncio.sleep(0.02)
+
+
+def run_in_cluster(
+    redis_server: RedisServer, tmp_path: Path, body: Callable[[Cluster], Awaitable[None]], **kw: Any
+) -> None:
+    """``body(cluster)`` on a started ``Cluster``, stopped afterwards whatever happens."""
+
+    async def main() -> None:
+        cluster = Cluster(redis_server, tmp_path, **kw)
+        await cluster.start()
+        try:
+            await body(cluster)
+        finally:
+            await cluster.stop()
+
+    asyncio.run(main())

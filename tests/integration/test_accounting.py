@@ -20,7 +20,7 @@ from hivemind_cluster.pool.pricing import RateCard
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled
+from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled, run_in_cluster
 
 pytestmark = pytest.mark.privileged
 USAGE = Usage(cpu_seconds=2.5, peak_memory_bytes=200_000_000, wall_seconds=3.0, gpu_seconds=0.0)
@@ -39,19 +39,12 @@ def sync_ledger(redis_server: RedisServer) -> tuple[Ledger, redis.Redis]:
 def run(
     redis_server: RedisServer, tmp_path: Path, body: Callable[[Cluster], Awaitable[None]]
 ) -> None:
-    async def main() -> None:
-        cluster = Cluster(redis_server, tmp_path)
-        await cluster.start()
-        try:
-            await body(cluster)
-        finally:
-            await cluster.stop()
-        ledger, client = sync_ledger(redis_server)
-        report = ledger.audit()
-        client.close()
-        assert report["ok"], report
-
-    asyncio.run(main())
+    """``body`` on a cluster; the ledger's audit must agree afterwards."""
+    run_in_cluster(redis_server, tmp_path, body)
+    ledger, client = sync_ledger(redis_server)
+    report = ledger.audit()
+    client.close()
+    assert report["ok"], report
 
 
 def request(cpu: int = 1000, memory: int = 256 << 20, **kw: object) -> pb.SubmitRequest:

@@ -23,7 +23,7 @@ from hivemind_cluster.pool.ledger import REGISTRATION_GRANT
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.conftest import free_port
-from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo
+from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo, run_in_cluster
 
 pytestmark = pytest.mark.privileged
 
@@ -47,18 +47,6 @@ def enrollment_of(identity: Identity) -> Enrollment:
         backend="userspace",
         enrolled_at=time.time(),
     )
-
-
-def run(redis_server: RedisServer, tmp_path: Path, body: Any) -> None:
-    async def main() -> None:
-        cluster = Cluster(redis_server, tmp_path)
-        await cluster.start()
-        try:
-            await body(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
 
 
 async def fetch(url: str) -> tuple[int, bytes]:
@@ -135,7 +123,7 @@ def test_the_page_shows_a_finished_task_and_what_it_earned(
         finally:
             server.stop()
 
-    run(redis_server, tmp_path, body)
+    run_in_cluster(redis_server, tmp_path, body)
 
 
 def test_a_worker_reads_its_own_account_only(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -167,7 +155,7 @@ def test_a_worker_reads_its_own_account_only(redis_server: RedisServer, tmp_path
             tip = pb.TipRequest(project="op", amount=1)
             assert await refused(tasks.Tip(tip, timeout=5)) == denied
 
-    run(redis_server, tmp_path, body)
+    run_in_cluster(redis_server, tmp_path, body)
 
 
 def test_an_unreachable_pool_leaves_the_page_up_with_the_ledger_unavailable(
@@ -186,12 +174,13 @@ def test_an_unreachable_pool_leaves_the_page_up_with_the_ledger_unavailable(
             assert ledger["error"]
             first = ledger["fetched_at"]
             # Cached: a second request within the TTL does not ask again.
-            assert json.loads((await fetch(server.url + "status.json"))[1])["ledger"][
-                "fetched_at"
-            ] == first
+            assert (
+                json.loads((await fetch(server.url + "status.json"))[1])["ledger"]["fetched_at"]
+                == first
+            )
             code, html = await fetch(server.url)
             assert code == 200 and b"unavailable" in html
         finally:
             server.stop()
 
-    run(redis_server, tmp_path, body)
+    run_in_cluster(redis_server, tmp_path, body)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -29,23 +28,16 @@ from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.late_result import report as late_result
-from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled, echo
+from tests.poolkit import (
+    Cluster,
+    GiB,
+    ScriptedExecutor,
+    block_until_cancelled,
+    echo,
+    run_in_cluster,
+)
 
 pytestmark = pytest.mark.privileged
-
-
-def run_in_cluster(
-    redis_server: RedisServer, tmp_path: Path, body: Callable[[Cluster], Awaitable[None]], **kw: int
-) -> None:
-    async def main() -> None:
-        cluster = Cluster(redis_server, tmp_path, **kw)
-        await cluster.start()
-        try:
-            await body(cluster)
-        finally:
-            await cluster.stop()
-
-    asyncio.run(main())
 
 
 def submit(

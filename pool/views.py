@@ -94,6 +94,7 @@ def node_view(node: pb.NodeState) -> View:
         "cpu_percent": node.cpu_percent,
         "memory_used_bytes": node.memory_used_bytes,
         "running": list(node.running),
+        "running_tasks": len(node.running),
         "docker_version": node.docker_version,
         "labels": dict(node.labels),
     }
@@ -203,7 +204,7 @@ def node_rows(nodes: list[View]) -> list[View]:
                 f"{format_bytes(total['memory_bytes'])}"
                 if worker
                 else "-",
-                "tasks": len(n["running"]),
+                "tasks": n["running_tasks"],
             }
         )
     return rows

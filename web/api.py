@@ -246,13 +246,13 @@ def rates() -> ResponseReturnValue:
 @bp.get("/nodes")
 @authenticated
 def nodes() -> ResponseReturnValue:
-    return {"nodes": services().pool().nodes()}
+    return {"nodes": mesh.visible_nodes(api_user().account)}
 
 
 @bp.get("/mesh")
 @authenticated
 def mesh_status() -> ResponseReturnValue:
-    return mesh.snapshot()
+    return mesh.snapshot(api_user().account)
 
 
 @bp.get("/openapi.json")

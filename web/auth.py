@@ -1,8 +1,8 @@
 """Register, log in, log out (pages), and who the current user is.
 
-A browser session holds the username (a signed cookie, CSRF-protected forms); the API
-also takes ``Authorization: Bearer <token>`` (see api.py). Failed logins are rate
-limited per username and per address (users.py).
+A browser session is a login id in a signed cookie with its record in Redis, so logging
+out ends it for good; forms are CSRF-protected. The API also takes ``Authorization:
+Bearer <token>`` (api.py). Failed logins are rate limited per username and per address.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def init_app(app: Flask) -> None:
 
 
 def load_session_user() -> None:
-    name = session.get("user")
-    g.user = services().users.get(name) if isinstance(name, str) else None
+    session_id = session.get("id")
+    g.user = services().users.user_of_session(session_id) if isinstance(session_id, str) else None
 
 
 def current_user() -> User:
@@ -74,7 +74,7 @@ def _form_page(template: str, action: Callable[[str, str], User]) -> ResponseRet
     except HiveMindError as exc:
         return form_failed(exc, template, username=username.strip()[:64])
     session.clear()  # a new session for the new login (no fixation)
-    session["user"] = user.name
+    session["id"] = services().users.start_session(user)
     return redirect(_safe_next(request.args.get("next")))
 
 
@@ -98,6 +98,9 @@ def login() -> ResponseReturnValue:
 
 @bp.route("/logout", methods=["POST"])
 def logout() -> ResponseReturnValue:
+    session_id = session.get("id")
+    if isinstance(session_id, str):
+        services().users.end_session(session_id)
     session.clear()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))

@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.mesh import nodes as registry
 from hivemind_cluster.mesh.errors import HiveMindError
-from hivemind_cluster.web.auth import login_required
+from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("mesh", __name__)
@@ -27,7 +27,18 @@ HANDSHAKE_FRESH = 180  # seconds: a tunnel with a handshake this recent is up
 RESOURCES = ("cpu_millis", "memory_bytes", "gpus")
 
 
-def snapshot() -> dict[str, Any]:
+def visible_nodes(account: str) -> list[dict[str, Any]]:
+    """The pool's nodes as a user may see them: how many tasks run where, but the ids of
+    the user's own tasks only."""
+    found = services()
+    mine = {t["id"] for t in found.pool(account).tasks(["assigned", "running"], 1000)}
+    nodes = found.pool().nodes()
+    for node in nodes:
+        node["running"] = [task for task in node["running"] if task in mine]
+    return nodes
+
+
+def snapshot(account: str) -> dict[str, Any]:
     found = services()
     now = time.time()
     keys = {n.id: n.wg_public_key for n in registry.list_nodes(found.db)}
@@ -38,7 +49,7 @@ def snapshot() -> dict[str, Any]:
         log.warning("cannot read WireGuard peers: %s", exc.message)
         peers, wireguard_ok = {}, False
     rows = [_hub_row(found.settings.name or "hub", found.settings.hub_ip)]
-    for node in found.pool().nodes():
+    for node in visible_nodes(account):
         peer = peers.get(keys.get(node["id"], ""))
         handshake = peer.latest_handshake if peer and peer.latest_handshake else None
         handshake_age = now - handshake if handshake else None
@@ -63,6 +74,7 @@ def snapshot() -> dict[str, Any]:
                 "memory_used_bytes": node["memory_used_bytes"],
                 "gpus": node["gpus"],
                 "running": node["running"],
+                "running_tasks": node["running_tasks"],
             }
         )
     return {"time": now, "wireguard": wireguard_ok, "totals": _totals(rows), "nodes": rows}
@@ -87,6 +99,7 @@ def _hub_row(name: str, overlay_ip: str) -> dict[str, Any]:
         "memory_used_bytes": 0,
         "gpus": [],
         "running": [],
+        "running_tasks": 0,
     }
 
 
@@ -100,7 +113,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "workers_online": len(online),
         "capacity": {k: sum(r["capacity"][k] for r in online) for k in RESOURCES},
         "allocated": {k: sum(r["allocated"][k] for r in online) for k in RESOURCES},
-        "running_tasks": sum(len(r["running"]) for r in rows),
+        "running_tasks": sum(r["running_tasks"] for r in rows),
     }
 
 
@@ -109,4 +122,4 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def page() -> ResponseReturnValue:
     """The whole page, or with ``?partial=1`` just the live part (the page's script)."""
     template = "_mesh_live.html" if request.args.get("partial") else "mesh.html"
-    return render_template(template, mesh=snapshot())
+    return render_template(template, mesh=snapshot(current_user().account))

@@ -168,6 +168,21 @@ class UserStore:
         if limit is not None and int(count) > limit:
             raise RateLimited("too many attempts from this address: try again later")
 
+    def start_session(self, user: User) -> str:
+        """A browser login: its id goes into the signed cookie, its record stays here, so
+        logging out ends it for good (a copied cookie is worthless afterwards)."""
+        session_id = secrets.token_urlsafe(24)
+        key = keys.SESSION.format(digest=token_digest(session_id))
+        self.db.set(key, user.name, ex=keys.SESSION_TTL)
+        return session_id
+
+    def user_of_session(self, session_id: str) -> User | None:
+        name = self.db.get(keys.SESSION.format(digest=token_digest(session_id)))
+        return self.get(str(name)) if name else None
+
+    def end_session(self, session_id: str) -> None:
+        self.db.delete(keys.SESSION.format(digest=token_digest(session_id)))
+
     def issue_token(self, user: User) -> str:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         digest = token_digest(token)

@@ -117,6 +117,18 @@ def test_register_log_in_and_out_in_the_browser(app: Flask) -> None:
     assert reply.status_code == 302 and reply.headers["Location"] == "/mesh"
 
 
+def test_logging_out_ends_the_session_even_for_a_copied_cookie(app: Flask) -> None:
+    client = app.test_client()
+    register_in_browser(client, fresh_name())
+    cookie = client.get_cookie("session")
+    assert cookie is not None and client.get("/").status_code == 200
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/")})
+    thief = app.test_client()
+    thief.set_cookie("session", cookie.value)
+    assert thief.get("/").status_code == 302
+    assert thief.get("/api/v1/me").status_code == 401
+
+
 def test_a_login_never_redirects_to_another_site(app: Flask) -> None:
     client = app.test_client()
     name = fresh_name()
@@ -282,6 +294,29 @@ def test_cancel_a_running_task_and_see_it_end(app: Flask) -> None:
     cancelled = client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=headers)
     assert cancelled.status_code == 200
     assert wait_settled(client, headers, task["id"])["status"] == "cancelled"
+
+
+def test_nodes_and_mesh_show_only_your_own_task_ids(app: Flask) -> None:
+    client = app.test_client()
+    alice, bob = api_login(client, fresh_name()), api_login(client, fresh_name())
+    task = client.post("/api/v1/tasks", headers=alice, json=BUSYBOX | {"command": ["block"]})
+    task_id = task.get_json()["id"]
+    try:
+        deadline = time.monotonic() + 10
+        while client.get(f"/api/v1/tasks/{task_id}", headers=alice).get_json()["status"] != (
+            "running"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for who, expected in ((alice, [task_id]), (bob, [])):
+            (node,) = client.get("/api/v1/nodes", headers=who).get_json()["nodes"]
+            assert node["running"] == expected and node["running_tasks"] == 1
+            mesh = client.get("/api/v1/mesh", headers=who).get_json()
+            worker = next(n for n in mesh["nodes"] if n["role"] == "worker")
+            assert worker["running"] == expected and mesh["totals"]["running_tasks"] == 1
+    finally:
+        client.post(f"/api/v1/tasks/{task_id}/cancel", headers=alice)
+        wait_settled(client, alice, task_id)
 
 
 def test_other_users_tasks_are_invisible(app: Flask) -> None:

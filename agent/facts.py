@@ -38,18 +38,17 @@ def worker_facts(cpus: str = "", memory: str = "", labels: str = "") -> Facts:
     from hivemind_cluster.agent.executor import DockerExecutor
     from hivemind_cluster.agent.gpus import detect_gpus
 
-    capacity = Resources(
-        parse_cpus(cpus) if cpus else (psutil.cpu_count(logical=True) or 1) * 1000,
-        parse_size(memory) if memory else psutil.virtual_memory().total,
-        0,
-    )
     gpus = [
         pb_pool.Gpu(index=g.index, model=g.model, memory_bytes=g.memory_bytes, uuid=g.uuid)
         for g in detect_gpus()
     ]
     docker_available, docker_version = DockerExecutor.probe()
     return Facts(
-        capacity=Resources(capacity.cpu_millis, capacity.memory_bytes, len(gpus)),
+        capacity=Resources(
+            parse_cpus(cpus) if cpus else (psutil.cpu_count(logical=True) or 1) * 1000,
+            parse_size(memory) if memory else psutil.virtual_memory().total,
+            len(gpus),
+        ),
         gpus=gpus,
         docker_available=docker_available,
         docker_version=docker_version if docker_available else "",

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hivemind_cluster.mesh.console import age
+from hivemind_cluster.mesh.inventory import ONLINE_HANDSHAKE_AGE
 
 REFRESH_SECONDS = 5
 JSON_PATH = "/status.json"
@@ -126,7 +127,7 @@ def render_html(document: dict[str, Any]) -> str:
         for t in tasks["recent"]
     ]
     handshake = overlay["last_handshake"]
-    fresh = handshake is not None and now - handshake < 180  # WireGuard re-keys every 2 min
+    fresh = handshake is not None and now - handshake < ONLINE_HANDSHAKE_AGE
     node_rows = [
         ("id", _e(node["id"])),
         ("name", _e(node["name"])),

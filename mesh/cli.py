@@ -16,7 +16,6 @@ from hivemind_cluster.mesh.hub import init_hub, load_settings, serve
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.ledger import Ledger, format_cpt
-from hivemind_cluster.web import server as web_server
 
 DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
 
@@ -210,7 +209,9 @@ def main(argv: list[str]) -> int:
         return cmd_up(args)
     if args.command == "web":
         setup_logging(args.verbose)
-        web_server.serve(load_settings(args.state_dir))
+        from hivemind_cluster.web import server  # Flask only for this command
+
+        server.serve(load_settings(args.state_dir))
         return 0
     settings = load_settings(args.state_dir)
     if args.command == "token":

@@ -97,7 +97,7 @@ class Enroller:
             ca_pem=self.ca.pem,
             hub=self.hub_peer(),
             hub_overlay_ip=self.settings.hub_ip,
-            pool_address=f"{self.settings.hub_ip}:{self.settings.pool_port}",
+            pool_address=self.settings.pool_address,
         )
 
     def leave(self, request: pb.LeaveRequest) -> None:

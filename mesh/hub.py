@@ -36,7 +36,6 @@ from hivemind_cluster.pool.auth import HUB_NODE_ID
 from hivemind_cluster.pool.client import HUB_CLIENT_CERT, HUB_CLIENT_KEY
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.service import create_server as create_pool_server
-from hivemind_cluster.web.server import WebProcess
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +170,14 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
             enroller, settings.enroll_listen, server_cert, server_key
         )
         pool_server = pool = web_supervisor = None
+        from hivemind_cluster.web.server import WebProcess  # Flask only where the hub runs
+
         web = WebProcess(settings)
         try:
             ensure_hub_client_certificate(settings, ca)
             pool = await Pool.open(settings, password)
             pool_server, _ = await create_pool_server(
-                pool, f"{settings.hub_ip}:{settings.pool_port}", server_cert, server_key, ca.pem
+                pool, settings.pool_address, server_cert, server_key, ca.pem
             )
             await asyncio.to_thread(web.start)
             web_supervisor = asyncio.create_task(web.supervise())
@@ -189,7 +190,7 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
                         "interface": settings.interface,
                         "hub_ip": settings.hub_ip,
                         "enroll_port": port,
-                        "pool_address": f"{settings.hub_ip}:{settings.pool_port}",
+                        "pool_address": settings.pool_address,
                         "web_url": f"http://{settings.hub_ip}:{settings.web_port}",
                     }
                 ),

@@ -68,6 +68,11 @@ class HubSettings:
         return str(self.network.network_address + 1)
 
     @property
+    def pool_address(self) -> str:
+        """Where the node pool listens: the hub's overlay address only."""
+        return f"{self.hub_ip}:{self.pool_port}"
+
+    @property
     def enroll_port(self) -> int:
         return split_host_port(self.enroll_listen, 7443)[1]
 

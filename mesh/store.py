@@ -66,7 +66,7 @@ LIBRARIES = (
 )
 
 
-def library_code(package: str = "hivemind_cluster.mesh", name: str = "redis_functions.lua") -> str:
+def library_code(package: str, name: str) -> str:
     return resources.files(package).joinpath(name).read_text()
 
 

@@ -127,3 +127,10 @@ class PoolAuthorizer:
         if state != "active":
             raise PermissionDenied(f"node {identity.node_id} is not an active member")
         return Caller(identity.node_id, name or "", role, identity.overlay_ip, identity.serial)
+
+
+def acting_for(caller: Caller, account: str, what: str) -> str:
+    """The account a call acts for: the caller's own, or — only the hub may — ``account``."""
+    if account and account != caller.node_id and caller.role != "hub":
+        raise PermissionDenied(f"only the hub may {what}")
+    return account or caller.node_id

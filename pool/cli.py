@@ -155,8 +155,7 @@ def submit_body(args: argparse.Namespace) -> View:
         "max_cost": args.max_cost,
     }
     if args.bundle:
-        bundle = bundle_from_path(Path(args.bundle))
-        check_bundle(bundle)
+        bundle = bundle_from_path(Path(args.bundle))  # checked there
         body["bundle"] = base64.b64encode(bundle).decode()
     body = {key: value for key, value in body.items() if value}
     body["command"] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import grpc
 
+from hivemind_cluster.agent.state import CA_CERT, NODE_CERT, STATE_FILE, TLS_KEY
 from hivemind_cluster.mesh.ca import HUB_SERVER_NAME
 from hivemind_cluster.mesh.errors import NotFound, PermissionDenied
 from hivemind_cluster.mesh.settings import HUB_CONFIG, HubSettings, load
+from hivemind_cluster.pool.auth import HUB_NODE_ID
 from hivemind_cluster.pool.service import MAX_MESSAGE_BYTES
 
 HUB_CLIENT_CERT = "hub-client.pem"
@@ -44,7 +46,7 @@ class Identity:
         for candidate in candidates:
             root = Path(candidate)
             try:
-                if (root / "agent.json").exists():
+                if (root / STATE_FILE).exists():
                     return cls._from_agent(root)
                 if (root / HUB_CONFIG).exists():
                     return cls._from_hub(root)
@@ -62,12 +64,12 @@ class Identity:
 
     @classmethod
     def _from_agent(cls, root: Path) -> Identity:
-        state = json.loads((root / "agent.json").read_text())
+        state = json.loads((root / STATE_FILE).read_text())
         return cls(
             state["node_id"],
-            (root / "node.pem").read_bytes(),
-            (root / "tls.key").read_bytes(),
-            (root / "ca.pem").read_bytes(),
+            (root / NODE_CERT).read_bytes(),
+            (root / TLS_KEY).read_bytes(),
+            (root / CA_CERT).read_bytes(),
             state["pool_address"],
         )
 
@@ -75,11 +77,11 @@ class Identity:
     def _from_hub(cls, root: Path) -> Identity:
         settings = load(HubSettings, root / HUB_CONFIG, state_dir=str(root))
         return cls(
-            "hub",
+            HUB_NODE_ID,
             (root / HUB_CLIENT_CERT).read_bytes(),
             (root / HUB_CLIENT_KEY).read_bytes(),
-            (root / "ca.pem").read_bytes(),
-            f"{settings.hub_ip}:{settings.pool_port}",
+            (root / CA_CERT).read_bytes(),
+            settings.pool_address,
         )
 
     def credentials(self) -> grpc.ChannelCredentials:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hivemind_cluster.mesh.errors import NotFound
 from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.pool import views
 from hivemind_cluster.pool.submission import from_json
@@ -40,17 +39,9 @@ class GrpcTaskClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, what) from None
 
-    def task(self, task_id: str) -> pb.Task:
-        """The task, if it is the account's (any visible task without an account)."""
-        task = self._call("task", self.stub.Get, pb.TaskRef(task_id=task_id))
-        if self.account and task.owner != self.account:
-            raise NotFound(f"no task {task_id!r}")  # as for a task that does not exist
-        return task
-
-    def _own(self, task_id: str) -> pb.TaskRef:
-        if self.account:
-            self.task(task_id)
-        return pb.TaskRef(task_id=task_id)
+    def _ref(self, task_id: str) -> pb.TaskRef:
+        """A task of the account's (the pool finds no other), or any visible one without."""
+        return pb.TaskRef(task_id=task_id, owner=self.account)
 
     def submit(self, body: View) -> View:
         # The API's own reading of a body, so both CLIs accept exactly the same submissions.
@@ -61,10 +52,10 @@ class GrpcTaskClient:
         return views.task_view(self._call("submit", self.stub.Submit, request))
 
     def get(self, task_id: str) -> View:
-        return views.task_view(self.task(task_id))
+        return views.task_view(self._call("task", self.stub.Get, self._ref(task_id)))
 
     def cancel(self, task_id: str) -> View:
-        return views.task_view(self._call("cancel", self.stub.Cancel, self._own(task_id)))
+        return views.task_view(self._call("cancel", self.stub.Cancel, self._ref(task_id)))
 
     def tasks(self, statuses: list[str], limit: int) -> list[View]:
         query = pb.ListRequest(status=statuses, limit=limit, owner=self.account)
@@ -73,7 +64,7 @@ class GrpcTaskClient:
     def logs(self, task_id: str, follow: bool) -> Iterator[View]:
         """Every entry (with ``follow``, until the task has ended); stop reading early and
         the call is cancelled."""
-        request = pb.LogsRequest(task_id=self._own(task_id).task_id, follow=follow)
+        request = pb.LogsRequest(task_id=task_id, follow=follow, owner=self.account)
         call = self.stub.StreamLogs(request, timeout=None if follow else CALL_TIMEOUT)
         try:
             for entry in call:
@@ -85,16 +76,16 @@ class GrpcTaskClient:
 
     def log_page(self, task_id: str, after: str, limit: int) -> tuple[list[View], bool]:
         """Up to ``limit`` entries after ``after`` in one call, and whether the log has ended."""
-        request = pb.LogsRequest(task_id=self._own(task_id).task_id, after=after, limit=limit)
+        request = pb.LogsRequest(task_id=task_id, after=after, limit=limit, owner=self.account)
         page = self._call("logs", self.stub.ReadLogs, request)
         return [views.log_view(e) for e in page.entries], page.done
 
     def result(self, task_id: str) -> bytes:
-        found = self._call("result", self.stub.FetchResult, self._own(task_id), RESULT_TIMEOUT)
+        found = self._call("result", self.stub.FetchResult, self._ref(task_id), RESULT_TIMEOUT)
         return found.output_bundle
 
     def nodes(self) -> list[View]:
-        found = self._call("nodes", self.stub.ListNodes, pb.ListNodesRequest())
+        found = self._call("nodes", self.stub.ListNodes, pb.ListNodesRequest(owner=self.account))
         return [views.node_view(n) for n in found.nodes]
 
     def balance(self, account: str) -> View:
@@ -110,8 +101,5 @@ class GrpcTaskClient:
         request = pb.TipRequest(project=project, amount=amount_micro, source=self.account)
         return views.entry_view(self._call("tip", self.stub.Tip, request))
 
-    def rate_card(self) -> pb.RateCard:
-        return self._call("rates", self.stub.GetRateCard, pb.RateCardRequest())
-
     def rates(self) -> View:
-        return views.rates_view(self.rate_card())
+        return views.rates_view(self._call("rates", self.stub.GetRateCard, pb.RateCardRequest()))

@@ -265,9 +265,10 @@ class AsyncLedger:
     def __init__(self, client: Any) -> None:
         self.client = client  # redis.asyncio, decode_responses=True
 
-    async def _call(self, function: str, args: list[Any]) -> Any:
+    async def _call(self, function: str, args: list[Any], more_keys: tuple[str, ...] = ()) -> Any:
+        all_keys = (*KEYS, *more_keys)
         try:
-            return await self.client.fcall(function, len(KEYS), *KEYS, *args)
+            return await self.client.fcall(function, len(all_keys), *all_keys, *args)
         except redis.ResponseError as exc:
             raise lua_error(exc, _LUA_ERRORS) from None
 
@@ -286,14 +287,8 @@ class AsyncLedger:
     async def settle(self, task_id: str, worker: str, cost: int, owner: str, refund: int) -> int:
         """Pay ``cost`` to the worker and ``refund`` to the owner from escrow, and mark the
         task settled — one atomic step, done at most once per task."""
-        task_key = keys.TASK.format(id=task_id)
         args = [task_id, worker, str(cost), owner, str(refund), time.time(), ESCROW]
-        try:
-            paid = await self.client.fcall(
-                "hm_ledger_settle", len(KEYS) + 1, *KEYS, task_key, *args
-            )
-        except redis.ResponseError as exc:
-            raise lua_error(exc, _LUA_ERRORS) from None
+        paid = await self._call("hm_ledger_settle", args, (keys.TASK.format(id=task_id),))
         return int(paid)
 
     async def balance(self, account: str) -> int:

@@ -10,11 +10,12 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied, Unschedulable
+from hivemind_cluster.mesh.errors import InvalidInput, NotFound, PermissionDenied, Unschedulable
 from hivemind_cluster.pool import constants as keys
-from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.auth import Caller, acting_for
 from hivemind_cluster.pool.ledger import MAX_AMOUNT
 from hivemind_cluster.pool.pool import Pool, cancel_message
 from hivemind_cluster.pool.records import TaskRecord
@@ -31,12 +32,7 @@ LOG_PAGE = 1000  # the most log entries in one page
 
 async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
     """Check a submission, hold its price cap in escrow, store and queue it."""
-    if caller.role == "hub":
-        owner = request.owner or caller.node_id
-    elif request.owner and request.owner != caller.node_id:
-        raise PermissionDenied("only the hub may submit tasks on behalf of someone else")
-    else:
-        owner = caller.node_id
+    owner = acting_for(caller, request.owner, "submit tasks on behalf of someone else")
     spec = await asyncio.to_thread(check_submission, request, owner, pool.settings)
     members = await member_workers(pool)
     if members and not any(spec.request.fits_in(w.capacity) for w in members):
@@ -83,23 +79,39 @@ async def member_workers(pool: Pool) -> list[Worker]:
     return [w for w in workers if active.get(w.node_id)]
 
 
-async def visible_task(pool: Pool, caller: Caller, task_id: str) -> TaskRecord:
-    """A task the caller may see: its own, or any for the hub."""
+def check_visible(caller: Caller, record: TaskRecord, owner: str = "") -> None:
+    """Nodes see their own tasks; the hub sees every task, or, acting for ``owner``, that
+    account's only (another's is "not found", exactly as a task that does not exist)."""
+    if caller.role == "hub":
+        if owner and record.owner != owner:
+            raise NotFound(f"no task {record.id!r}")
+    elif record.owner != caller.node_id:
+        raise PermissionDenied(f"task {record.id} belongs to someone else")
+
+
+async def visible_task(pool: Pool, caller: Caller, task_id: str, owner: str = "") -> TaskRecord:
     record = await pool.tasks.get(task_id)
-    if caller.role != "hub" and record.owner != caller.node_id:
-        raise PermissionDenied(f"task {task_id} belongs to someone else")
+    check_visible(caller, record, owner)
     return record
 
 
-async def describe(pool: Pool, record: TaskRecord) -> pb.Task:
-    attempts = await pool.tasks.attempts(record.id)
-    node_id = record.node_id or (str(attempts[-1].get("node_id", "")) if attempts else "")
-    worker = pool.scheduler.workers.get(node_id)
+async def describe(
+    pool: Pool, record: TaskRecord, attempts: list[dict[str, Any]] | None = None
+) -> pb.Task:
+    """The task as the API shows it (its attempts are read unless given)."""
+    if attempts is None:
+        attempts = await pool.tasks.attempts(record.id)
+    worker = pool.scheduler.workers.get(record.node_on(attempts))
     return record.to_proto(attempts, worker.name if worker else "")
 
 
-async def cancel(pool: Pool, caller: Caller, task_id: str) -> TaskRecord:
-    await visible_task(pool, caller, task_id)
+async def describe_all(pool: Pool, records: list[TaskRecord]) -> list[pb.Task]:
+    attempts = await pool.tasks.attempts_of([r.id for r in records])
+    return [await describe(pool, r, a) for r, a in zip(records, attempts, strict=True)]
+
+
+async def cancel(pool: Pool, caller: Caller, task_id: str, owner: str = "") -> TaskRecord:
+    await visible_task(pool, caller, task_id, owner)
     state, node_id, attempt = await pool.tasks.cancel(task_id)
     if state == keys.CANCELLED:
         pool.scheduler.dequeue(task_id)
@@ -120,22 +132,22 @@ def log_position(after: str) -> str:
 
 
 async def log_page(
-    pool: Pool, caller: Caller, task_id: str, after: str, limit: int
+    pool: Pool, caller: Caller, task_id: str, after: str, limit: int, owner: str = ""
 ) -> tuple[list[LogRecord], bool]:
     """Up to ``limit`` entries after ``after``, and whether that is the end of the log."""
     if not 0 <= limit <= LOG_PAGE:
         raise InvalidInput(f"limit must be between 1 and {LOG_PAGE}")
     limit = limit or LOG_PAGE
-    record = await visible_task(pool, caller, task_id)  # read first: no entry can be missed
+    record = await visible_task(pool, caller, task_id, owner)  # first: no entry is missed
     page = await pool.tasks.read_logs(pool.raw_db, task_id, log_position(after), None, limit)
     return page, record.status in keys.FINAL_STATES and len(page) < limit
 
 
 async def logs(
-    pool: Pool, caller: Caller, task_id: str, follow: bool, after: str = ""
+    pool: Pool, caller: Caller, task_id: str, follow: bool, after: str = "", owner: str = ""
 ) -> AsyncIterator[LogRecord]:
     """The task's log entries after the entry id ``after`` (all of them when empty)."""
-    await visible_task(pool, caller, task_id)
+    await visible_task(pool, caller, task_id, owner)
     after = log_position(after)
     while True:
         block = 1000 if follow else None

@@ -159,8 +159,10 @@ class Pool:
 
     # ---- queries -------------------------------------------------------------------------
 
-    async def nodes(self) -> list[pb.NodeState]:
-        return await registry.node_states(self.db, self.sessions, self.scheduler)
+    async def nodes(self, owner: str = "") -> list[pb.NodeState]:
+        """Every member with its live state; with ``owner``, the ids of that account's
+        running tasks only (the counts stay in ``running_count``)."""
+        return await registry.node_states(self.db, self.sessions, self.scheduler, owner)
 
     # ---- agents --------------------------------------------------------------------------
 
@@ -298,12 +300,16 @@ class Pool:
                 accepted=pb.ResultAccepted(task_id=result.task_id, attempt=result.attempt)
             )
         )
-        if status in keys.PENDING_STATES:
-            self.enqueue(await self.tasks.get(result.task_id))
-        else:
-            await self.settle(result.task_id)
+        await self._after_attempt(result.task_id, status)
         log.info("task %s attempt %d: %s", result.task_id, result.attempt, status)
         self.wake.set()
+
+    async def _after_attempt(self, task_id: str, status: str) -> None:
+        """An attempt ended: queue the task again for its next one, or have it settled."""
+        if status in keys.PENDING_STATES:
+            self.enqueue(await self.tasks.get(task_id))
+        else:
+            await self.settle(task_id)
 
     async def settle(self, task_id: str) -> None:
         """Have an ended task settled soon, off the scheduling path (in batches)."""
@@ -387,10 +393,7 @@ class Pool:
             return  # it moved on meanwhile (finished, or already requeued)
         self._forget_attempt(record.id, record.attempt)
         log.warning("task %s attempt %d: %s; now %s", record.id, record.attempt, reason, status)
-        if status in keys.PENDING_STATES:
-            self.enqueue(await self.tasks.get(record.id))
-        else:
-            await self.settle(record.id)
+        await self._after_attempt(record.id, status)
 
     async def lose(self, node_id: str, only_if_silent: bool = False) -> None:
         """Requeue the worker's attempts and stop scheduling on it (silent, or revoked)."""

@@ -37,20 +37,12 @@ def _float(raw: dict[str, str], key: str) -> float:
     return float(raw.get(key) or 0)
 
 
-@dataclass(frozen=True)
-class TaskRecord:
+@dataclass(frozen=True, kw_only=True)
+class TaskRecord(TaskSpec):
+    """A stored task: its checked submission (``TaskSpec``) and where it stands."""
+
     id: str
-    owner: str
-    name: str
     status: str
-    image: str
-    command: list[str]
-    env: dict[str, str]
-    request: Resources
-    timeout_seconds: int
-    priority: int
-    max_attempts: int
-    network: bool
     attempt: int
     node_id: str
     score: float
@@ -63,7 +55,6 @@ class TaskRecord:
     cancel_requested: bool = False
     output: str = ""
     output_bytes: int = 0
-    bundle_bytes: int = 0
     price_cap: int = 0
     cost: int = 0
     settled: bool = False
@@ -104,6 +95,10 @@ class TaskRecord:
             settled=raw.get("settled") == "1",
         )
 
+    def node_on(self, attempts: list[dict[str, Any]] | None) -> str:
+        """Its node: the one running it, or the one that ran its last attempt."""
+        return self.node_id or (str(attempts[-1].get("node_id", "")) if attempts else "")
+
     def to_proto(
         self, attempts: list[dict[str, Any]] | None = None, node_name: str = ""
     ) -> pb.Task:
@@ -119,7 +114,7 @@ class TaskRecord:
             priority=self.priority,
             attempt=self.attempt,
             max_attempts=self.max_attempts,
-            node_id=self.node_id or _last_node(attempts),
+            node_id=self.node_on(attempts),
             node_name=node_name,
             exit_code=self.exit_code or 0,
             has_exit_code=self.exit_code is not None,
@@ -151,8 +146,3 @@ class TaskRecord:
             cost=self.cost,
             settled=self.settled,
         )
-
-
-def _last_node(attempts: list[dict[str, Any]] | None) -> str:
-    """A finished task's node: the one that ran its last attempt."""
-    return str(attempts[-1].get("node_id", "")) if attempts else ""

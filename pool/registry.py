@@ -121,9 +121,10 @@ async def flush_heartbeats(
 
 
 async def node_states(
-    db: Any, sessions: dict[str, AgentSession], scheduler: Scheduler
+    db: Any, sessions: dict[str, AgentSession], scheduler: Scheduler, owner: str = ""
 ) -> list[pb.NodeState]:
-    """Every active member with its live pool state (workers: capacity, use, tasks)."""
+    """Every active member with its live pool state (workers: capacity, use, tasks); with
+    ``owner``, ``running`` lists that account's tasks only (``running_count`` all)."""
     ids = await db.zrange(mesh_keys.NODES, 0, -1)
     pipe = db.pipeline(transaction=False)
     for node_id in ids:
@@ -136,7 +137,21 @@ async def node_states(
         if node and node.get("state") == "active":
             worker = {**worker, **json.loads(live.get(node["id"]) or "{}")}
             states.append(_node_state(node, worker, sessions, scheduler))
+    if owner:
+        await _keep_tasks_of(db, owner, states)
     return states
+
+
+async def _keep_tasks_of(db: Any, owner: str, states: list[pb.NodeState]) -> None:
+    running = [task_id for state in states for task_id in state.running]
+    pipe = db.pipeline(transaction=False)
+    for task_id in running:
+        pipe.hget(keys.TASK.format(id=task_id), "owner")
+    owners = dict(zip(running, await pipe.execute() if running else [], strict=True))
+    for state in states:
+        mine = [task_id for task_id in state.running if owners.get(task_id) == owner]
+        del state.running[:]
+        state.running.extend(mine)
 
 
 def _node_state(
@@ -165,6 +180,7 @@ def _node_state(
         gpus=[pb.Gpu(**g) for g in json.loads(worker.get("gpus") or "[]")],
         running=scheduler.tasks_on(node_id),
     )
+    message.running_count = len(message.running)
     if slot is not None:
         message.capacity.CopyFrom(slot.capacity.to_proto())
         message.allocated.CopyFrom(slot.allocated.to_proto())

@@ -16,11 +16,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hivemind_cluster.mesh.errors import Conflict, InvalidInput, PermissionDenied
+from hivemind_cluster.mesh.errors import Conflict, InvalidInput
 from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import operations
-from hivemind_cluster.pool.auth import PoolAuthorizer, current_caller
+from hivemind_cluster.pool.auth import PoolAuthorizer, acting_for, current_caller
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, Entry, check_account
 from hivemind_cluster.pool.pool import Pool
@@ -85,9 +85,9 @@ class TasksService(pb_grpc.TasksServicer):
         return await operations.describe(self.pool, record)
 
     async def Get(self, request: pb.TaskRef, context: Context) -> pb.Task:
-        return await operations.describe(
-            self.pool, await operations.visible_task(self.pool, current_caller(), request.task_id)
-        )
+        record, attempts = await self.pool.tasks.get_with_attempts(request.task_id)
+        operations.check_visible(current_caller(), record, request.owner)
+        return await operations.describe(self.pool, record, attempts)
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.TaskList:
         caller = current_caller()
@@ -95,40 +95,50 @@ class TasksService(pb_grpc.TasksServicer):
         if unknown:
             raise InvalidInput(f"unknown status {sorted(unknown)[0]!r}")
         owner = request.owner if caller.role == "hub" else caller.node_id
-        limit = request.limit or 100
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
-        records = await self.pool.tasks.list_tasks(set(request.status), owner, limit)
-        return pb.TaskList(tasks=[await operations.describe(self.pool, r) for r in records])
+        records = await self.pool.tasks.list_tasks(set(request.status), owner, rows(request.limit))
+        return pb.TaskList(tasks=await operations.describe_all(self.pool, records))
 
     async def Cancel(self, request: pb.TaskRef, context: Context) -> pb.Task:
         return await operations.describe(
-            self.pool, await operations.cancel(self.pool, current_caller(), request.task_id)
+            self.pool,
+            await operations.cancel(self.pool, current_caller(), request.task_id, request.owner),
         )
 
     async def StreamLogs(
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogEntry]:
         async for record in operations.logs(
-            self.pool, current_caller(), request.task_id, request.follow, request.after
+            self.pool,
+            current_caller(),
+            request.task_id,
+            request.follow,
+            request.after,
+            request.owner,
         ):
             yield log_entry(record)
 
     async def ReadLogs(self, request: pb.LogsRequest, context: Context) -> pb.LogPage:
         page, done = await operations.log_page(
-            self.pool, current_caller(), request.task_id, request.after, request.limit
+            self.pool,
+            current_caller(),
+            request.task_id,
+            request.after,
+            request.limit,
+            request.owner,
         )
         return pb.LogPage(entries=[log_entry(r) for r in page], done=done)
 
     async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:
-        record = await operations.visible_task(self.pool, current_caller(), request.task_id)
+        record = await operations.visible_task(
+            self.pool, current_caller(), request.task_id, request.owner
+        )
         if record.status not in keys.FINAL_STATES:
             raise Conflict(f"task {record.id} is {record.status}: no result yet")
         bundle = await asyncio.to_thread(self.pool.tasks.output_bundle, record)
         return pb.ResultBundle(task_id=record.id, output_bundle=bundle)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.NodeList:
-        return pb.NodeList(nodes=await self.pool.nodes())
+        return pb.NodeList(nodes=await self.pool.nodes(request.owner))
 
     async def Balance(self, request: pb.AccountRef, context: Context) -> pb.AccountBalance:
         caller = current_caller()
@@ -146,18 +156,13 @@ class TasksService(pb_grpc.TasksServicer):
         )
 
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.LedgerEntries:
-        limit = request.limit or 100
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
-        entries = await self.pool.ledger.history(own_account(request.account), limit)
+        entries = await self.pool.ledger.history(own_account(request.account), rows(request.limit))
         return pb.LedgerEntries(entries=[entry_message(e) for e in entries])
 
     async def Tip(self, request: pb.TipRequest, context: Context) -> pb.LedgerEntry:
-        caller = current_caller()
-        if request.source and request.source != caller.node_id and caller.role != "hub":
-            raise PermissionDenied("only the hub may tip from another account")
+        source = acting_for(current_caller(), request.source, "tip from another account")
         entry = await self.pool.accounting.tip(
-            request.source or caller.node_id,
+            source,
             check_account(request.project),
             request.amount,
             request.idempotency_key[:100],
@@ -168,12 +173,16 @@ class TasksService(pb_grpc.TasksServicer):
         return self.pool.rates.to_proto(REGISTRATION_GRANT)
 
 
+def rows(limit: int) -> int:
+    """A list request's ``limit``: 0 means 100; at most 1000."""
+    if not 0 <= limit <= 1000:
+        raise InvalidInput("limit must be between 1 and 1000")
+    return limit or 100
+
+
 def own_account(account: str) -> str:
     """The caller's own account, or any account for the hub."""
-    caller = current_caller()
-    if account and account != caller.node_id and caller.role != "hub":
-        raise PermissionDenied("only the hub may look at another account")
-    return check_account(account or caller.node_id)
+    return check_account(acting_for(current_caller(), account, "look at another account"))
 
 
 def log_entry(record: LogRecord) -> pb.LogEntry:

@@ -77,7 +77,7 @@ def check_submission(request: pb.SubmitRequest, owner: str, settings: HubSetting
         request=_check_resources(request.resources, settings),
         timeout_seconds=_bounded(
             "timeout",
-            request.timeout_seconds or settings.task_timeout,
+            timeout_with_default(request.timeout_seconds, settings),
             1,
             settings.max_task_timeout,
         ),
@@ -97,9 +97,22 @@ def _check_command(command: list[str]) -> None:
         raise InvalidInput("command contains a NUL character")
 
 
+def with_defaults(message: pb.Resources, settings: HubSettings) -> Resources:
+    """What a request asks for, the hub's defaults filling its zero fields."""
+    return Resources(
+        message.cpu_millis or settings.task_cpu_millis,
+        message.memory_bytes or settings.task_memory_bytes,
+        message.gpus,
+    )
+
+
+def timeout_with_default(seconds: int, settings: HubSettings) -> int:
+    return seconds or settings.task_timeout
+
+
 def _check_resources(message: pb.Resources, settings: HubSettings) -> Resources:
-    cpu = message.cpu_millis or settings.task_cpu_millis
-    memory = message.memory_bytes or settings.task_memory_bytes
+    asked = with_defaults(message, settings)
+    cpu, memory = asked.cpu_millis, asked.memory_bytes
     _bounded("CPU (millicores)", cpu, 1, 1024 * 1000)
     if not MIN_MEMORY_BYTES <= memory <= 1 << 42:
         raise InvalidInput(

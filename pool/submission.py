@@ -19,7 +19,8 @@ from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES, check_bundle
 from hivemind_cluster.pool.ledger import parse_cpt
 from hivemind_cluster.pool.pricing import RateCard
-from hivemind_cluster.pool.resources import Resources, parse_cpus, parse_size
+from hivemind_cluster.pool.resources import parse_cpus, parse_size
+from hivemind_cluster.pool.spec import MAX_COMMAND_ARGS, timeout_with_default, with_defaults
 from hivemind_cluster.protos import pool_pb2 as pb
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -40,7 +41,6 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 MAX_TEXT = 4096
 _DIGITS = re.compile(r"[0-9]{1,10}")
-MAX_COMMAND_ITEMS = 256
 MAX_ENV = 64
 
 
@@ -119,8 +119,8 @@ def _text(fields: Mapping[str, Any], name: str) -> str:
 def _request(
     fields: Mapping[str, Any], command: list[str], env: dict[str, str], bundle: bytes
 ) -> pb.SubmitRequest:
-    if len(command) > MAX_COMMAND_ITEMS:
-        raise InvalidInput(f"command: at most {MAX_COMMAND_ITEMS} words")
+    if len(command) > MAX_COMMAND_ARGS:
+        raise InvalidInput(f"command: at most {MAX_COMMAND_ARGS} words")
     for part in command:
         check_text(part, "command")
     if len(env) > MAX_ENV:
@@ -161,15 +161,12 @@ def _parsed(name: str, parse: Callable[[str], int], value: Any) -> int:
         raise InvalidInput(f"{name}: {exc.message}") from None
 
 
-def price_cap(request: pb.SubmitRequest, card: pb.RateCard, settings: HubSettings) -> int:
-    """What the pool will hold in escrow for this request (its ``max_cost`` if given)."""
+def price_cap(request: pb.SubmitRequest, settings: HubSettings) -> int:
+    """What the pool will hold in escrow for this request (its ``max_cost`` if given):
+    the hub's rate card and defaults, the same ones the pool applies."""
     if request.max_cost:
         return request.max_cost
-    asked = request.resources
-    resources = Resources(
-        asked.cpu_millis or settings.task_cpu_millis,
-        asked.memory_bytes or settings.task_memory_bytes,
-        asked.gpus,
+    return RateCard.from_settings(settings).price_cap(
+        with_defaults(request.resources, settings),
+        timeout_with_default(request.timeout_seconds, settings),
     )
-    rates = RateCard(card.cpu_second, card.gb_second, card.gpu_second)
-    return rates.price_cap(resources, request.timeout_seconds or settings.task_timeout)

@@ -133,8 +133,15 @@ class TaskStore:
         return TaskRecord.from_hash(raw), [json.loads(item) for item in attempts]
 
     async def attempts(self, task_id: str) -> list[dict[str, Any]]:
-        raw = await self.db.lrange(keys.TASK_ATTEMPTS.format(id=task_id), 0, -1)
-        return [json.loads(item) for item in raw]
+        (found,) = await self.attempts_of([task_id])
+        return found
+
+    async def attempts_of(self, task_ids: list[str]) -> list[list[dict[str, Any]]]:
+        """The finished attempts of each task, in one round trip."""
+        pipe = self.db.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.lrange(keys.TASK_ATTEMPTS.format(id=task_id), 0, -1)
+        return [[json.loads(item) for item in raw] for raw in await pipe.execute()]
 
     async def list_tasks(
         self, statuses: set[str] | None = None, owner: str = "", limit: int = 100

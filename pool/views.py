@@ -94,7 +94,7 @@ def node_view(node: pb.NodeState) -> View:
         "cpu_percent": node.cpu_percent,
         "memory_used_bytes": node.memory_used_bytes,
         "running": list(node.running),
-        "running_tasks": len(node.running),
+        "running_tasks": node.running_count,
         "docker_version": node.docker_version,
         "labels": dict(node.labels),
     }

@@ -651,15 +651,19 @@ class TaskRef(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    owner: _builtins.str
+    """the hub acting for this account: only its tasks are found"""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -859,12 +863,15 @@ class LogsRequest(_message.Message):
     FOLLOW_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     follow: _builtins.bool
     after: _builtins.str
     """a LogEntry id: only later entries ("": from the start)"""
     limit: _builtins.int
     """ReadLogs: entries in the page (0: 1000, at most 1000)"""
+    owner: _builtins.str
+    """as in TaskRef"""
     def __init__(
         self,
         *,
@@ -872,10 +879,11 @@ class LogsRequest(_message.Message):
         follow: _builtins.bool = ...,
         after: _builtins.str = ...,
         limit: _builtins.int = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "follow", b"follow", "limit", b"limit", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "follow", b"follow", "limit", b"limit", "owner", b"owner", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -964,12 +972,17 @@ Global___ResultBundle: _TypeAlias = ResultBundle  # noqa: Y015
 class ListNodesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    OWNER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """set: list the ids of this account's running tasks only"""
     def __init__(
         self,
+        *,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1015,6 +1028,7 @@ class NodeState(_message.Message):
     DOCKER_AVAILABLE_FIELD_NUMBER: _builtins.int
     DOCKER_VERSION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    RUNNING_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     role: _builtins.str
@@ -1027,6 +1041,8 @@ class NodeState(_message.Message):
     memory_used_bytes: _builtins.int
     docker_available: _builtins.bool
     docker_version: _builtins.str
+    running_count: _builtins.int
+    """tasks running there (all of them, whoever asks)"""
     @_builtins.property
     def capacity(self) -> Global___Resources: ...
     @_builtins.property
@@ -1056,10 +1072,11 @@ class NodeState(_message.Message):
         docker_available: _builtins.bool = ...,
         docker_version: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        running_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "connected", b"connected", "cpu_percent", b"cpu_percent", "docker_available", b"docker_available", "docker_version", b"docker_version", "gpus", b"gpus", "id", b"id", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "overlay_ip", b"overlay_ip", "role", b"role", "running", b"running", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "capacity", b"capacity", "connected", b"connected", "cpu_percent", b"cpu_percent", "docker_available", b"docker_available", "docker_version", b"docker_version", "gpus", b"gpus", "id", b"id", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "overlay_ip", b"overlay_ip", "role", b"role", "running", b"running", "running_count", b"running_count", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -178,7 +178,7 @@ def submit() -> ResponseReturnValue:
 def quote() -> ResponseReturnValue:
     submitted = submission.from_json(read_json())
     found = services()
-    cap = submission.price_cap(submitted, found.pool().rate_card(), found.settings)
+    cap = submission.price_cap(submitted, found.settings)
     return {"price_cap": cpt(cap), "price_cap_micro": cap}
 
 
@@ -246,7 +246,7 @@ def rates() -> ResponseReturnValue:
 @bp.get("/nodes")
 @authenticated
 def nodes() -> ResponseReturnValue:
-    return {"nodes": mesh.visible_nodes(api_user().account)}
+    return {"nodes": my_pool().nodes()}
 
 
 @bp.get("/mesh")

@@ -31,6 +31,8 @@ def init_app(app: Flask) -> None:
 
 
 def load_session_user() -> None:
+    if request.endpoint == "static":  # style and script: nobody's business who asks
+        return
     session_id = session.get("id")
     g.user = services().users.user_of_session(session_id) if isinstance(session_id, str) else None
 

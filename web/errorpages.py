@@ -16,7 +16,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hivemind_cluster.mesh.errors import HiveMindError, Unavailable
-from hivemind_cluster.web.errors import error_body, http_status
+from hivemind_cluster.web.errors import http_status
 
 log = logging.getLogger("hivemind.web")
 
@@ -40,8 +40,7 @@ def _hivemind_error(error: HiveMindError) -> ResponseReturnValue:
     status = http_status(error)
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.path, error.message)
-    body = error_body(error)["error"]
-    return respond(status, body["code"], body["message"])
+    return respond(status, error.code, error.message)
 
 
 def form_failed(error: HiveMindError, template: str, **context: Any) -> ResponseReturnValue:

@@ -41,7 +41,3 @@ def http_status(error: HiveMindError) -> int:
         if status is not None:
             return status
     return 500
-
-
-def error_body(error: HiveMindError) -> dict[str, dict[str, str]]:
-    return {"error": {"code": error.code, "message": error.message}}

@@ -7,12 +7,8 @@ import time
 from flask import Flask
 
 from hivemind_cluster.mesh.console import age
-from hivemind_cluster.pool.ledger import format_cpt
 from hivemind_cluster.pool.resources import format_bytes
-
-
-def cpt(micro: int | None) -> str:
-    return "-" if micro is None else f"{format_cpt(micro)} CPT"
+from hivemind_cluster.pool.views import amount_text
 
 
 def size(value: int | None) -> str:
@@ -36,5 +32,6 @@ def clock(timestamp: float | None) -> str:
 
 
 def init_app(app: Flask) -> None:
-    for function in (cpt, size, ago, since, cores, clock):
+    app.add_template_filter(amount_text, "cpt")
+    for function in (size, ago, since, cores, clock):
         app.add_template_filter(function)

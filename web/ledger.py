@@ -7,9 +7,9 @@ from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.mesh.errors import HiveMindError
 from hivemind_cluster.pool.ledger import check_account, parse_cpt
+from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.errorpages import form_failed
-from hivemind_cluster.web.filters import cpt
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("ledger", __name__)
@@ -34,7 +34,7 @@ def tip() -> ResponseReturnValue:
         entry = services().pool(current_user().account).tip(project, amount)
     except HiveMindError as exc:
         return form_failed(exc, "tip.html", form=form)
-    flash(f"Thank you: {cpt(entry['amount_micro'])} sent to {entry['to']}.", "info")
+    flash(f"Thank you: {amount_text(entry['amount_micro'])} sent to {entry['to']}.", "info")
     return redirect(url_for("ledger.history"))
 
 

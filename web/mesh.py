@@ -18,24 +18,13 @@ from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.mesh import nodes as registry
 from hivemind_cluster.mesh.errors import HiveMindError
+from hivemind_cluster.mesh.inventory import ONLINE_HANDSHAKE_AGE
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("mesh", __name__)
 log = logging.getLogger("hivemind.web.mesh")
-HANDSHAKE_FRESH = 180  # seconds: a tunnel with a handshake this recent is up
 RESOURCES = ("cpu_millis", "memory_bytes", "gpus")
-
-
-def visible_nodes(account: str) -> list[dict[str, Any]]:
-    """The pool's nodes as a user may see them: how many tasks run where, but the ids of
-    the user's own tasks only."""
-    found = services()
-    mine = {t["id"] for t in found.pool(account).tasks(["assigned", "running"], 1000)}
-    nodes = found.pool().nodes()
-    for node in nodes:
-        node["running"] = [task for task in node["running"] if task in mine]
-    return nodes
 
 
 def snapshot(account: str) -> dict[str, Any]:
@@ -49,13 +38,13 @@ def snapshot(account: str) -> dict[str, Any]:
         log.warning("cannot read WireGuard peers: %s", exc.message)
         peers, wireguard_ok = {}, False
     rows = [_hub_row(found.settings.name or "hub", found.settings.hub_ip)]
-    for node in visible_nodes(account):
+    for node in found.pool(account).nodes():  # the ids of the user's own tasks only
         peer = peers.get(keys.get(node["id"], ""))
         handshake = peer.latest_handshake if peer and peer.latest_handshake else None
         handshake_age = now - handshake if handshake else None
         heartbeat_age = now - node["last_heartbeat"] if node["last_heartbeat"] else None
         worker = node["role"] == "worker"
-        fresh = handshake_age is not None and handshake_age < HANDSHAKE_FRESH
+        fresh = handshake_age is not None and handshake_age < ONLINE_HANDSHAKE_AGE
         rows.append(
             {
                 "id": node["id"],

@@ -10,10 +10,10 @@ from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, TooLarge
 from hivemind_cluster.pool import submission
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.constants import ALL_STATES
+from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.downloads import zip_download
 from hivemind_cluster.web.errorpages import form_failed
-from hivemind_cluster.web.filters import cpt
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("tasks", __name__)
@@ -51,21 +51,20 @@ def _uploaded_bundle() -> bytes:
 @login_required
 def new_task() -> ResponseReturnValue:
     found = services()
-    pool = found.pool(current_user().account)
-    rates = pool.rate_card()
     form = request.form
     if request.method == "GET":
-        default = submission.price_cap(submission.from_form({}, b""), rates, found.settings)
+        default = submission.price_cap(submission.from_form({}, b""), found.settings)
         return render_template("task_new.html", form={}, images=IMAGES, price_cap=default)
     try:
         submitted = submission.from_form(form, _uploaded_bundle())
-        price_cap = submission.price_cap(submitted, rates, found.settings)
+        price_cap = submission.price_cap(submitted, found.settings)
         if form.get("action") == "quote":  # without JavaScript: show the price, then submit
             return render_template("task_new.html", form=form, images=IMAGES, price_cap=price_cap)
-        task = pool.submit_request(submitted)
+        task = found.pool(current_user().account).submit_request(submitted)
     except HiveMindError as exc:
         return form_failed(exc, "task_new.html", form=form, images=IMAGES, price_cap=None)
-    flash(f"Task {task['id']} submitted; {cpt(task['price_cap_micro'])} held in escrow.", "info")
+    held = amount_text(task["price_cap_micro"])
+    flash(f"Task {task['id']} submitted; {held} held in escrow.", "info")
     return redirect(url_for("tasks.detail", task_id=task["id"]))
 
 

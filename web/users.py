@@ -153,8 +153,10 @@ class UserStore:
         try:
             self.hasher.verify(str(stored or self._decoy), password if valid else "")
             if stored:
-                self.db.delete(*(key for key, _ in counters[1:]))  # this user starts afresh
-                self.db.decr(counters[0][0])
+                pipe = self.db.pipeline()
+                pipe.delete(*(key for key, _ in counters[1:]))  # this user starts afresh
+                pipe.decr(counters[0][0])
+                pipe.execute()
                 return User(name, account_of(name))
         except (VerificationError, InvalidHashError):
             pass

@@ -46,15 +46,16 @@ import json
 import multiprocessing
 import pstats
 import random
-import secrets
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 import psutil
@@ -73,9 +74,10 @@ from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.service import create_server
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+from tests.conftest import scratch_redis
+from tests.poolkit import LOOPBACK, node_record
 
 GOAL_AGENTS = 5000
-LOOPBACK = "127.0.0.1"
 INTERVAL = 1.0
 JITTER = 0.05
 WARMUP = 3.0
@@ -83,13 +85,6 @@ FRESH_SECONDS = 3.0
 CONNECTS_IN_FLIGHT = 32  # per generator: TLS handshakes at once
 Identity = tuple[str, bytes, bytes]  # node id, certificate, key
 RedisInfo = tuple[str, int, str]  # host, port, password
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def answer_commands(conn: Connection, handle: Callable[[str], Any]) -> asyncio.Event:
@@ -288,22 +283,13 @@ class Child:
 
 
 def record_nodes(db: redis.Redis, identities: list[Identity]) -> None:
-    """Members as enrollment records them (see tests/poolkit.py ``Cluster.add_node``)."""
+    """Members as enrollment records them (``tests.poolkit.node_record``)."""
     db.flushall()
     now = time.time()
     pipe = db.pipeline(transaction=False)
     for node_id, _cert, _key in identities:
         pipe.hset(
-            mesh_keys.NODE.format(id=node_id),
-            mapping={
-                "id": node_id,
-                "name": f"name-{node_id}",
-                "role": "worker",
-                "overlay_ip": LOOPBACK,
-                "wg_public_key": node_id,
-                "state": "active",
-                "enrolled_at": now,
-            },
+            mesh_keys.NODE.format(id=node_id), mapping=node_record(node_id, "worker", LOOPBACK, now)
         )
         pipe.zadd(mesh_keys.NODES, {node_id: now})
     pipe.execute()
@@ -476,23 +462,21 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the pool process")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp,
+        scratch_redis(Path(tmp) / "redis") as redis_server,
+    ):
         workdir = Path(tmp)
-        redis_server = RedisServer(workdir / "redis", LOOPBACK, free_port(), secrets.token_hex(16))
-        try:
-            redis_server.start()
-            ca = CertificateAuthority.create()
-            server = ca.issue_server_certificate([LOOPBACK])
-            identities = issue(ca, max(args.agents))
-            steps = []
-            for count in sorted(args.agents):
-                runs = [
-                    run_step(args, redis_server, workdir, ca, server, identities[:count])
-                    for _ in range(args.repeat)
-                ]
-                steps.append(median_step(runs))
-        finally:
-            redis_server.stop()
+        ca = CertificateAuthority.create()
+        server = ca.issue_server_certificate([LOOPBACK])
+        identities = issue(ca, max(args.agents))
+        steps = []
+        for count in sorted(args.agents):
+            runs = [
+                run_step(args, redis_server, workdir, ca, server, identities[:count])
+                for _ in range(args.repeat)
+            ]
+            steps.append(median_step(runs))
     sustained = [s["agents"] for s in steps if s["sustained"]]
     report = {
         "benchmark": "heartbeats",

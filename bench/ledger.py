@@ -22,7 +22,6 @@ import dataclasses
 import json
 import multiprocessing
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import KEYS, AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.conftest import free_port
+from tests.conftest import scratch_redis
 from tests.poolkit import BUSYBOX_SPEC
 from tests.settle_outstanding import RATES
 
@@ -125,26 +124,24 @@ def main() -> int:
     parser.add_argument("--settlements", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hivemind-bench-ledger-") as tmp:
-        server = RedisServer(Path(tmp) / "redis", "127.0.0.1", free_port(), secrets.token_hex(8))
-        server.start()
-        try:
-            client = store.connect(server.bind, server.port, server.password)
-            ledger = Ledger(client)
-            ledger.genesis()
-            for n in range(ACCOUNTS):
-                ledger.open_account(f"a{n}", "user")
-            rates = [
-                measure_transfers(server, args.transfers, args.processes, run)
-                for run in range(args.runs)
-            ]
-            audit = ledger.audit()
-            settlements = asyncio.run(
-                measure_settlements(server, Path(tmp) / "tasks", args.settlements)
-            )
-            client.close()
-        finally:
-            server.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="hivemind-bench-ledger-") as tmp,
+        scratch_redis(Path(tmp) / "redis") as server,
+    ):
+        client = store.connect(server.bind, server.port, server.password)
+        ledger = Ledger(client)
+        ledger.genesis()
+        for n in range(ACCOUNTS):
+            ledger.open_account(f"a{n}", "user")
+        rates = [
+            measure_transfers(server, args.transfers, args.processes, run)
+            for run in range(args.runs)
+        ]
+        audit = ledger.audit()
+        settlements = asyncio.run(
+            measure_settlements(server, Path(tmp) / "tasks", args.settlements)
+        )
+        client.close()
     result: dict[str, Any] = {
         "transfers_per_second": round(statistics.median(rates)),
         "transfer_runs": [round(r) for r in rates],

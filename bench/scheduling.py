@@ -41,19 +41,18 @@ import cProfile
 import io
 import json
 import pstats
-import secrets
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-import redis.asyncio as aioredis
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hivemind_cluster.mesh import store
+import psutil
+
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import operations
@@ -62,18 +61,11 @@ from hivemind_cluster.pool.ledger import TREASURY
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb
+from tests.conftest import scratch_redis
+from tests.poolkit import LOOPBACK, GiB, fresh_pool
 
 GOAL_PLACEMENTS_PER_SECOND = 2000
-GiB = 1 << 30
 AGENT_CAPACITY = pb.Resources(cpu_millis=4000, memory_bytes=8 * GiB)
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class StampedQueue(asyncio.Queue[pb.PoolMessage | None]):
@@ -103,22 +95,12 @@ class Harness:
     expected: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # pool.handle() failures
 
-    def redis(self, decode: bool) -> aioredis.Redis:
-        server = self.redis_server
-        return aioredis.Redis(
-            host=server.bind, port=server.port, password=server.password, decode_responses=decode
-        )
-
     async def start(self) -> Pool:
-        db = self.redis(True)
-        await db.flushall()
-        server = self.redis_server
-        store.connect(server.bind, server.port, server.password).close()  # loads the Lua
         # A long heartbeat timeout: the simulated agents send no heartbeats.
         settings = HubSettings(
             state_dir=str(self.data_dir), overlay="127.0.0.0/24", heartbeat_timeout=3600
         )
-        self.pool = Pool(settings, db, self.redis(False), self.data_dir / "tasks")
+        self.pool = await fresh_pool(self.redis_server, settings)
         await self.pool.start()
         # Enough CPT for every task's escrow (each submission holds its price cap).
         await self.pool.ledger.open_account(OPERATOR.node_id, "user")
@@ -390,14 +372,11 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp:
-        workdir = Path(tmp)
-        redis_server = RedisServer(workdir / "redis", LOOPBACK, free_port(), secrets.token_hex(16))
-        try:
-            redis_server.start()
-            report = asyncio.run(run(args, redis_server, workdir))
-        finally:
-            redis_server.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp,
+        scratch_redis(Path(tmp) / "redis") as redis_server,
+    ):
+        report = asyncio.run(run(args, redis_server, Path(tmp)))
     if args.json:
         print(json.dumps({"benchmark": "scheduling", **report}, indent=2))
     else:

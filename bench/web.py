@@ -31,11 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import waitress.server
 
-from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.web.server import THREADS
-from tests.conftest import free_port
+from tests.conftest import scratch_redis
 from tests.poolkit import echo
-from tests.webkit import PASSWORD, csrf_token, web_cluster
+from tests.webkit import PASSWORD, api_login, csrf_token, web_cluster
 
 Request = Callable[[http.client.HTTPConnection], int]
 
@@ -101,23 +100,21 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth": the point
-    with tempfile.TemporaryDirectory(prefix="hivemind-bench-web-") as tmp:
-        redis_server = RedisServer(Path(tmp) / "redis", "127.0.0.1", free_port(), "bench")
-        redis_server.start()
+    with (
+        tempfile.TemporaryDirectory(prefix="hivemind-bench-web-") as tmp,
+        scratch_redis(Path(tmp) / "redis") as redis_server,
+        web_cluster(redis_server, Path(tmp) / "state") as world,
+    ):
+        world.start_worker("w1", chatty)
+        app = world.app()
+        server = waitress.server.create_server(
+            app, host="127.0.0.1", port=0, threads=THREADS, ident="hivemind"
+        )
+        threading.Thread(target=server.run, daemon=True).start()
         try:
-            with web_cluster(redis_server, Path(tmp) / "state") as world:
-                world.start_worker("w1", chatty)
-                app = world.app()
-                server = waitress.server.create_server(
-                    app, host="127.0.0.1", port=0, threads=THREADS, ident="hivemind"
-                )
-                threading.Thread(target=server.run, daemon=True).start()
-                try:
-                    results = run(app, int(server.effective_port), args)
-                finally:
-                    server.close()
+            results = run(app, int(server.effective_port), args)
         finally:
-            redis_server.stop()
+            server.close()
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -132,10 +129,8 @@ def main() -> int:
 
 def run(app: Any, port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     client = app.test_client()
-    client.post("/api/v1/register", json={"username": "bench", "password": PASSWORD})
+    headers = api_login(client, "bench")
     login = {"username": "bench", "password": PASSWORD}
-    token = client.post("/api/v1/tokens", json=login).get_json()["token"]
-    headers = {"Authorization": f"Bearer {token}"}
     task_id = client.post(
         "/api/v1/tasks", headers=headers, json={"image": "hivemind/busybox:latest", "cpu": "0.1"}
     ).get_json()["id"]

@@ -17,11 +17,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lab import Host, Lab, Mesh, tool
+from tests.lab import CliUser, Host, Lab, Mesh
 
 HUB_API = "http://100.64.0.1:5001"
 
@@ -74,11 +73,11 @@ def main() -> int:
                     f"    {source.name:>8} -> {name:<8} {address:<12} "
                     f"{'ok' if reached else 'UNREACHABLE'}"
                 )
-        user = User(laptop, Path(tmp) / "alice.json")
-        wait_for_workers(mesh, hub)
-        spent_before = user.balance()
+        user = register_alice(laptop, Path(tmp) / "alice.json")
+        wait_for_workers(mesh)
+        spent_before = balance(user)
         tasks_ok, tasks_total, placement = run_tasks(user, Path(tmp))
-        spent = spent_before - user.settled_balance()
+        spent = spent_before - settled_balance(user)
         online = show_mesh(user)
         step("stopping the hub and removing every namespace")
         mesh.stop_hub()
@@ -92,59 +91,40 @@ def main() -> int:
     return 0 if ok == checks and tasks_ok == tasks_total and spent > 0 else 1
 
 
-def hivemind_pool(mesh: Mesh, host: Host, *args: str) -> str:
-    command, *rest = args
-    return host.run(
-        tool("hivemind-pool"), command, "--identity", str(mesh.hub_dir), *rest, timeout=180
-    ).stdout
-
-
-def wait_for_workers(mesh: Mesh, hub: Host) -> None:
+def wait_for_workers(mesh: Mesh) -> None:
     step("hivemind-pool nodes   (on the hub: workers registered with the pool, Docker)")
-    deadline = time.monotonic() + 30
-    while sum(n["connected"] for n in json.loads(hivemind_pool(mesh, hub, "nodes", "--json"))) < 2:
-        if time.monotonic() > deadline:
-            raise SystemExit("workers did not connect to the pool")
-        time.sleep(0.3)
-    print(hivemind_pool(mesh, hub, "nodes"), end="")
+    mesh.wait_for_workers(2)
+    print(mesh.pool_cli(mesh.hub, "nodes", timeout=180).stdout, end="")
 
 
-class User:
+def register_alice(laptop: Host, config: Path) -> CliUser:
     """alice on the laptop: the `hivemind` CLI, her API token in her own config file."""
-
-    def __init__(self, host: Host, config: Path) -> None:
-        self.host = host
-        self.env = {**os.environ, "HIVEMIND_CONFIG": str(config)}
-        step("hivemind register --api 100.64.0.1 --user alice   (the web UI's JSON API)")
-        answer = self.run(
-            "register", "--api", HUB_API, "--user", "alice", "--password-stdin", stdin="pass 1234\n"
-        )
-        print("    " + answer.strip().replace("\n", "\n    "))
-
-    def run(self, *args: str, stdin: str | None = None) -> str:
-        return self.host.run(tool("hivemind"), *args, env=self.env, input=stdin, timeout=180).stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(args[0], "--json", *args[1:]))
-
-    def balance(self) -> int:
-        """In micro-CPT (exact)."""
-        return int(self.json("balance")["balance_micro"])
-
-    def settled_balance(self) -> int:
-        """The balance once every task has been paid for (settlement is asynchronous)."""
-        deadline = time.monotonic() + 15
-        while not all(t["settled"] for t in self.json("list")):
-            if time.monotonic() > deadline:
-                raise SystemExit("tasks were not settled")
-            time.sleep(0.3)
-        step("hivemind balance   and   hivemind history")
-        print("    " + self.run("balance").strip())
-        print("    " + self.run("history", "--limit", "4").strip().replace("\n", "\n    "))
-        return self.balance()
+    user = CliUser(laptop, config)
+    step("hivemind register --api 100.64.0.1 --user alice   (the web UI's JSON API)")
+    answer = user.run(
+        "register", "--api", HUB_API, "--user", "alice", "--password-stdin", stdin="pass 1234\n"
+    ).stdout
+    print("    " + answer.strip().replace("\n", "\n    "))
+    return user
 
 
-def run_tasks(user: User, tmp: Path) -> tuple[int, int, str]:
+def balance(user: CliUser) -> int:
+    """In micro-CPT (exact)."""
+    return int(user.json("balance")["balance_micro"])
+
+
+def settled_balance(user: CliUser) -> int:
+    """The balance once every task has been paid for (settlement is asynchronous)."""
+    for task in user.json("list"):
+        user.settled(task["id"], timeout=15)
+    step("hivemind balance   and   hivemind history")
+    print("    " + user.run("balance").stdout.strip())
+    history = user.run("history", "--limit", "4").stdout
+    print("    " + history.strip().replace("\n", "\n    "))
+    return balance(user)
+
+
+def run_tasks(user: CliUser, tmp: Path) -> tuple[int, int, str]:
     """Submit tasks from the laptop over the overlay; they run in Docker on the workers."""
     bundle = tmp / "estimate-pi"
     bundle.mkdir()
@@ -177,7 +157,7 @@ def run_tasks(user: User, tmp: Path) -> tuple[int, int, str]:
             f"{' '.join(task['command'])[:50]}"
         )
     step(f"hivemind logs {ids[0]}   and   hivemind result {ids[0]} -o out/")
-    print("    " + user.run("logs", ids[0]).strip().replace("\n", "\n    "))
+    print("    " + user.run("logs", ids[0]).stdout.strip().replace("\n", "\n    "))
     user.run("result", ids[0], "-o", str(tmp / "out"))
     print("    out/estimate.txt: " + (tmp / "out" / "estimate.txt").read_text().strip())
     per_node: dict[str, int] = {}
@@ -187,10 +167,10 @@ def run_tasks(user: User, tmp: Path) -> tuple[int, int, str]:
     return sum(t["status"] == "succeeded" for t in done), len(done), placement
 
 
-def show_mesh(user: User) -> str:
+def show_mesh(user: CliUser) -> str:
     """What the mesh status page shows (its JSON twin, GET /api/v1/mesh)."""
     step(f"the mesh status page: {HUB_API}/mesh   (its JSON: GET /api/v1/mesh)")
-    token = json.loads((Path(user.env["HIVEMIND_CONFIG"])).read_text())["token"]
+    token = json.loads(user.config.read_text())["token"]
     fetch = (
         "import json, sys, urllib.request as u;"
         "r = u.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]});"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   wireguard-go wireguard-tools iproute2 iputils-ping nftables iptables procps
   redis-server docker.io busybox-static debootstrap python3-venv ca-certificates
-  openssh-server openssh-client chromium chromium-driver
+  openssh-server openssh-client chromium chromium-driver python3-apt
 )
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}

@@ -7,6 +7,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import redis
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 
+REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -49,15 +51,23 @@ def free_port() -> int:
         return port
 
 
+@contextmanager
+def scratch_redis(directory: Path) -> Iterator[RedisServer]:
+    """A started redis-server of its own (data in ``directory``, a free port on 127.0.0.1, a
+    random password), stopped on the way out."""
+    server = RedisServer(directory, "127.0.0.1", free_port(), secrets.token_hex(16))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer(
-        tmp_path_factory.mktemp("redis"), "127.0.0.1", free_port(), secrets.token_hex(16)
-    )
-    server.start()
-    yield server
-    server.stop()
+    with scratch_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -71,4 +81,4 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return REPO

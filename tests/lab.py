@@ -247,3 +247,73 @@ class Mesh:
     def nodes(self, *extra: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(self.hub_cli("nodes", "--json", *extra).stdout)
         return rows
+
+    def pool_cli(
+        self, host: Host, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``hivemind-pool COMMAND --identity <host's state dir> ARGS…`` in the host's namespace."""
+        identity = self.hub_dir if host is self.hub else self.agent_dir(host)
+        command, *rest = args
+        return host.run(
+            tool("hivemind-pool"),
+            command,
+            "--identity",
+            str(identity),
+            *rest,
+            check=check,
+            timeout=timeout,
+        )
+
+    def pool_json(self, host: Host, *args: str) -> Any:
+        return json.loads(self.pool_cli(host, args[0], "--json", *args[1:]).stdout)
+
+    def wait_for_workers(
+        self, count: int, timeout: float = 30, agents: Sequence[Host] = ()
+    ) -> list[dict[str, Any]]:
+        """The pool's connected workers once there are ``count``; on a timeout the error
+        carries the hub's log and the ``agents``' logs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.pool_json(self.hub, "nodes")
+            ready = [n for n in nodes if n["role"] == "worker" and n["connected"]]
+            if len(ready) >= count:
+                return ready
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not connected: {nodes}\n{self.logs(*agents)}")
+            time.sleep(0.2)
+
+    def logs(self, *agents: Host) -> str:
+        """The end of the hub's log and of each agent's."""
+        texts = [self.hub_log()[-4000:]]
+        for host in agents:
+            log = self.agent_dir(host) / "agent.log"
+            if log.exists():
+                texts.append(f"--- {host.name}\n" + log.read_text()[-4000:])
+        return "\n".join(texts)
+
+
+class CliUser:
+    """The ``hivemind`` CLI on ``host`` with a config file of its own (its API token)."""
+
+    def __init__(self, host: Host, config: Path) -> None:
+        self.host = host
+        self.config = config
+        self.env = {**os.environ, "HIVEMIND_CONFIG": str(config)}
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.host.run(
+            tool("hivemind"), *args, env=self.env, input=stdin, check=check, timeout=180
+        )
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(args[0], "--json", *args[1:]).stdout)
+
+    def settled(self, task_id: str, timeout: float = 20) -> dict[str, Any]:
+        """The task once it has been paid for (settlement is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while not (task := self.json("status", task_id))["settled"]:
+            assert time.monotonic() < deadline, task
+            time.sleep(0.3)
+        return task  # type: ignore[no-any-return]

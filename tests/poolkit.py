@@ -80,6 +80,34 @@ def block_until_cancelled(task: TaskRun, on_output: OnOutput, cancel: threading.
     return Outcome("cancelled", 137, "cancelled", NO_USAGE, b"")
 
 
+def node_record(node_id: str, role: str, overlay_ip: str, now: float) -> dict[str, Any]:
+    """A member's record (the ``mesh_keys.NODE`` hash) as enrollment writes it."""
+    return {
+        "id": node_id,
+        "name": f"name-{node_id}",
+        "role": role,
+        "overlay_ip": overlay_ip,
+        "wg_public_key": node_id,
+        "state": "active",
+        "enrolled_at": now,
+    }
+
+
+def redis_client(server: RedisServer, decode: bool = True) -> aioredis.Redis:
+    return aioredis.Redis(
+        host=server.bind, port=server.port, password=server.password, decode_responses=decode
+    )
+
+
+async def fresh_pool(server: RedisServer, settings: HubSettings) -> Pool:
+    """A ``Pool`` (not started yet) on a flushed Redis with the Lua libraries loaded, its
+    task data under the settings' state directory."""
+    db = redis_client(server)
+    await db.flushall()
+    store.connect(server.bind, server.port, server.password).close()  # loads the Lua
+    return Pool(settings, db, redis_client(server, False), settings.path / "tasks")
+
+
 class Cluster:
     def __init__(self, redis_server: RedisServer, state_dir: Path, **settings: Any) -> None:
         self.redis_server = redis_server
@@ -92,19 +120,13 @@ class Cluster:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
+        self.channels: list[grpc.aio.Channel] = []
 
     def redis(self, decode: bool = True) -> aioredis.Redis:
-        server = self.redis_server
-        return aioredis.Redis(
-            host=server.bind, port=server.port, password=server.password, decode_responses=decode
-        )
+        return redis_client(self.redis_server, decode)
 
     async def start(self) -> None:
-        db = self.redis()
-        await db.flushall()
-        server = self.redis_server
-        store.connect(server.bind, server.port, server.password).close()  # loads the Lua
-        self.pool = Pool(self.settings, db, self.redis(False), self.settings.path / "tasks")
+        self.pool = await fresh_pool(self.redis_server, self.settings)
         await self.serve()
 
     async def serve(self) -> None:
@@ -133,6 +155,8 @@ class Cluster:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for channel in self.channels:
+            await channel.close()
         if self.server is not None:
             await self.server.stop(grace=0.5)
         if self.pool is not None:
@@ -141,19 +165,11 @@ class Cluster:
     async def add_node(self, node_id: str, role: str, overlay_ip: str = LOOPBACK) -> Identity:
         """A member as enrollment would record it, with its certificate and key."""
         assert self.pool is not None
+        now = time.time()
         await self.pool.db.hset(
-            mesh_keys.NODE.format(id=node_id),
-            mapping={
-                "id": node_id,
-                "name": f"name-{node_id}",
-                "role": role,
-                "overlay_ip": overlay_ip,
-                "wg_public_key": node_id,
-                "state": "active",
-                "enrolled_at": time.time(),
-            },
+            mesh_keys.NODE.format(id=node_id), mapping=node_record(node_id, role, overlay_ip, now)
         )
-        await self.pool.db.zadd(mesh_keys.NODES, {node_id: time.time()})
+        await self.pool.db.zadd(mesh_keys.NODES, {node_id: now})
         cert, key = self.ca.issue_client_certificate(node_id, overlay_ip)
         return Identity(node_id, cert, key, self.ca.pem, f"{LOOPBACK}:{self.port}")
 
@@ -184,7 +200,14 @@ class Cluster:
         return self.pool.sessions
 
     async def tasks_stub(self, identity: Identity) -> pb_grpc.TasksStub:
-        return pb_grpc.TasksStub(aio_channel(identity))
+        """The tasks API as ``identity``, on a channel of its own that ``stop()`` closes."""
+        channel = aio_channel(identity)
+        self.channels.append(channel)
+        return pb_grpc.TasksStub(channel)
+
+    async def operator_stub(self, node_id: str = "op") -> pb_grpc.TasksStub:
+        """The tasks API as a new operator node ``node_id``."""
+        return await self.tasks_stub(await self.add_node(node_id, "operator"))
 
     async def wait_status(
         self, stub: pb_grpc.TasksStub, task_id: str, statuses: set[str], timeout: float = 15
@@ -197,6 +220,17 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"task {task_id} stayed {task.status}, wanted {statuses}")
             await asyncio.sleep(0.05)
+
+    async def wait_settled(
+        self, stub: pb_grpc.TasksStub, task_id: str, timeout: float = 10
+    ) -> pb.Task:
+        """The task once its settlement (payment and refund) is done: that is asynchronous."""
+        deadline = time.monotonic() + timeout
+        while not (task := await stub.Get(pb.TaskRef(task_id=task_id))).settled:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} was not settled")
+            await asyncio.sleep(0.05)
+        return task
 
     @staticmethod
     async def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:

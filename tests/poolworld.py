@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import require, require_root_network
-from tests.lab import Host, Lab, Mesh, tool
+from tests.lab import Host, Lab, Mesh
 
 IMAGES = ("hivemind/busybox:latest", "hivemind/python:3.11")
 
@@ -39,21 +39,11 @@ class PoolWorld:
         self.mesh.join(host, self.mesh.token())
 
     def cli(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``hivemind COMMAND --identity <host's state dir> ARGS…`` in the host's namespace."""
-        identity = self.mesh.hub_dir if host is self.hub else self.mesh.agent_dir(host)
-        command, *rest = args
-        return host.run(
-            tool("hivemind-pool"),
-            command,
-            "--identity",
-            str(identity),
-            *rest,
-            check=check,
-            timeout=120,
-        )
+        """``hivemind-pool COMMAND --identity <host's state dir> ARGS…`` in the host's namespace."""
+        return self.mesh.pool_cli(host, *args, check=check)
 
     def cli_json(self, host: Host, *args: str) -> Any:
-        return json.loads(self.cli(host, args[0], "--json", *args[1:]).stdout)
+        return self.mesh.pool_json(host, *args)
 
     def submit_busybox(self, *command: str, options: tuple[str, ...] = ()) -> dict[str, Any]:
         """``hivemind submit`` from the operator: 1 CPU, 64M, the busybox image."""
@@ -68,24 +58,19 @@ class PoolWorld:
     def node_id(self, host: Host) -> str:
         return str(json.loads(self.mesh.agent(host, "status", "--json").stdout)["node_id"])
 
-    def wait_for_workers(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    def wait_status(self, task_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+        """The task once its status is ``status``."""
         deadline = time.monotonic() + timeout
-        while True:
-            nodes = self.cli_json(self.hub, "nodes")
-            ready = [n for n in nodes if n["role"] == "worker" and n["connected"]]
-            if len(ready) >= count:
-                return ready
-            if time.monotonic() > deadline:
-                raise AssertionError(f"workers not connected: {nodes}\n{self.logs()}")
-            time.sleep(0.2)
+        while (task := self.status(task_id))["status"] != status:
+            assert time.monotonic() < deadline, task
+            time.sleep(0.1)
+        return task
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        return self.mesh.wait_for_workers(count, timeout, agents=(self.w1, self.w2))
 
     def logs(self) -> str:
-        texts = [self.mesh.hub_log()[-4000:]]
-        for host in (self.w1, self.w2):
-            log = self.mesh.agent_dir(host) / "agent.log"
-            if log.exists():
-                texts.append(f"--- {host.name}\n" + log.read_text()[-4000:])
-        return "\n".join(texts)
+        return self.mesh.logs(self.w1, self.w2)
 
 
 def remove_containers(node_id: str) -> None:

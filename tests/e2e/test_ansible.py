@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require, require_root_network
+from tests.conftest import REPO, require, require_root_network
 from tests.lab import Lab, tool
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.privileged
 SSHD_CONFIG = """\
 ListenAddress {ip}
 HostKey {dir}/host_key

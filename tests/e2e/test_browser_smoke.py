@@ -45,12 +45,11 @@ from tests.browser import (
     wait_for,
     wait_for_text,
 )
-from tests.conftest import require, require_root_network
+from tests.conftest import REPO, require, require_root_network
 from tests.lab import Host, Lab
 
 pytestmark = pytest.mark.privileged
 
-REPO = Path(__file__).resolve().parents[2]
 MODULE = "tests.e2e.test_browser_smoke"
 PORT = 8080
 NAME = "Ada Lovelace"

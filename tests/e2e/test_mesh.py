@@ -11,7 +11,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from hivemind_cluster.mesh.tokens import JoinToken
 from tests.conftest import require_root_network
 from tests.lab import Host, Lab, Mesh
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.privileged
 
 
 class World:

@@ -20,6 +20,8 @@ import pytest
 from tests.lab import tool
 from tests.poolworld import PoolWorld, pool_world, remove_containers
 
+pytestmark = pytest.mark.privileged
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolWorld]:
@@ -191,10 +193,7 @@ def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> No
             "3",
         ),
     )["id"]
-    deadline = time.monotonic() + 30
-    while world.status(task_id)["status"] != "running":
-        assert time.monotonic() < deadline, world.status(task_id)
-        time.sleep(0.2)
+    world.wait_status(task_id, "running")
     assert world.status(task_id)["node_id"] == w1_id
     # SIGKILL everything in w1's namespace and delete its interface.
     pids = world.w1.run("ip", "netns", "pids", world.w1.netns).stdout.split()
@@ -240,10 +239,7 @@ def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> No
 
 def test_sigterm_drains_a_worker_letting_its_task_finish(world: PoolWorld) -> None:
     task_id = world.submit_busybox("sh", "-c", "sleep 2; echo drained")["id"]
-    deadline = time.monotonic() + 30
-    while world.status(task_id)["status"] != "running":
-        assert time.monotonic() < deadline, world.status(task_id)
-        time.sleep(0.1)
+    world.wait_status(task_id, "running")
     status = json.loads(world.mesh.agent(world.w2, "status", "--json").stdout)
     pid = int(status["service_pid"])
     subprocess.run(["kill", "-TERM", str(pid)], check=True)

@@ -9,19 +9,16 @@ screenshots saved under build/artifacts/web-mesh/ (``$HIVEMIND_ARTIFACTS``).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.browser import artifacts_dir, browser_prerequisites, run_in_host
 from tests.conftest import require
-from tests.lab import Host, tool
+from tests.lab import CliUser
 from tests.poolworld import PoolWorld, pool_world
 
 pytestmark = pytest.mark.privileged
@@ -35,33 +32,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolWorld]:
         yield found
 
 
-class User:
-    """``hivemind`` on the operator's machine, with its own config file."""
-
-    def __init__(self, host: Host, config: Path) -> None:
-        self.host = host
-        self.env = {**os.environ, "HIVEMIND_CONFIG": str(config)}
-
-    def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return self.host.run(
-            tool("hivemind"), *args, env=self.env, input=stdin, check=check, timeout=180
-        )
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(args[0], "--json", *args[1:]).stdout)
-
-    def settled(self, task_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 20
-        while not (task := self.json("status", task_id))["settled"]:
-            assert time.monotonic() < deadline, task
-            time.sleep(0.3)
-        return task  # type: ignore[no-any-return]
-
-
 def test_the_cli_end_to_end_over_the_overlay(world: PoolWorld, tmp_path: Path) -> None:
-    user = User(world.op, tmp_path / "config.json")
+    user = CliUser(world.op, tmp_path / "config.json")
     login = ("--api", "100.64.0.1", "--user", "carol", "--password-stdin")
     registered = user.run("register", *login, stdin=PASSWORD + "\n")
     assert "carol" in registered.stdout

@@ -3,7 +3,6 @@ refunds, lost attempts, tips; the audit holds after each."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,15 +15,14 @@ from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool.ledger import ESCROW, REGISTRATION_GRANT, Ledger
-from hivemind_cluster.pool.pricing import RateCard
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled, run_in_cluster
+from tests.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
 USAGE = Usage(cpu_seconds=2.5, peak_memory_bytes=200_000_000, wall_seconds=3.0, gpu_seconds=0.0)
-RATES = RateCard(cpu_second=100, gb_second=50, gpu_second=2000)
 
 
 def measured(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
@@ -57,15 +55,6 @@ def request(cpu: int = 1000, memory: int = 256 << 20, **kw: object) -> pb.Submit
     )
 
 
-async def wait_settled(stub: pb_grpc.TasksStub, task_id: str) -> pb.Task:
-    for _ in range(100):
-        task = await stub.Get(pb.TaskRef(task_id=task_id))
-        if task.settled:
-            return task
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} was not settled")
-
-
 async def balance(stub: pb_grpc.TasksStub, account: str = "") -> int:
     return (await stub.Balance(pb.AccountRef(account=account))).balance
 
@@ -75,15 +64,15 @@ def test_the_submitter_pays_exactly_the_cost_and_the_worker_earns_it(
 ) -> None:
     async def body(cluster: Cluster) -> None:
         await cluster.start_worker("w1", ScriptedExecutor(measured))
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
-        hub = await cluster.tasks_stub(await cluster.add_node("hub", "operator"))
+        user = await cluster.operator_stub()
+        hub = await cluster.operator_stub("hub")
         assert await balance(user) == REGISTRATION_GRANT
         worker_before = await balance(hub, "w1")
         task = await user.Submit(request())
         cap = RATES.price_cap(Resources(1000, 256 << 20, 0), 60)
         assert task.price_cap == cap
         done = await cluster.wait_status(user, task.id, {"succeeded"})
-        settled = await wait_settled(user, task.id)
+        settled = await cluster.wait_settled(user, task.id)
         cost = RATES.cost(
             {"cpu_seconds": 2.5, "peak_memory_bytes": 200_000_000, "wall_seconds": 3.0}
         )
@@ -104,12 +93,12 @@ def test_a_cancelled_queued_task_is_refunded_in_full(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async def body(cluster: Cluster) -> None:
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        user = await cluster.operator_stub()
         task = await user.Submit(request(max_cost=5_000_000))
         assert task.price_cap == 5_000_000
         assert await balance(user) == REGISTRATION_GRANT - 5_000_000
         await user.Cancel(pb.TaskRef(task_id=task.id))
-        assert (await wait_settled(user, task.id)).cost == 0
+        assert (await cluster.wait_settled(user, task.id)).cost == 0
         assert await balance(user) == REGISTRATION_GRANT
 
     run(redis_server, tmp_path, body)
@@ -119,7 +108,7 @@ def test_too_expensive_a_task_is_refused_and_nothing_is_queued_or_moved(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async def body(cluster: Cluster) -> None:
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        user = await cluster.operator_stub()
         await balance(user)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await user.Submit(request(max_cost=REGISTRATION_GRANT + 1))
@@ -139,14 +128,14 @@ def test_a_lost_attempt_is_not_paid_and_the_retry_is_paid_once(
     async def body(cluster: Cluster) -> None:
         doomed = ScriptedExecutor(block_until_cancelled)
         await cluster.start_worker("doomed", doomed, Resources(2000, 4 * GiB, 0))
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
-        hub = await cluster.tasks_stub(await cluster.add_node("hub", "operator"))
+        user = await cluster.operator_stub()
+        hub = await cluster.operator_stub("hub")
         task = await user.Submit(request())
         await cluster.until(lambda: len(doomed.started) == 1, "started")
         await cluster.kill_worker("doomed")
         await cluster.start_worker("survivor", ScriptedExecutor(measured))
         await cluster.wait_status(user, task.id, {"succeeded"}, timeout=10)
-        await wait_settled(user, task.id)
+        await cluster.wait_settled(user, task.id)
         assert await balance(hub, "doomed") == REGISTRATION_GRANT
         assert await balance(hub, "survivor") == REGISTRATION_GRANT + 280
         assert await balance(user) == REGISTRATION_GRANT - 280
@@ -159,7 +148,7 @@ def test_tips_go_to_registered_projects_only(redis_server: RedisServer, tmp_path
         ledger, client = sync_ledger(redis_server)
         ledger.open_account("numpy", "project")
         client.close()
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        user = await cluster.operator_stub()
         entry = await user.Tip(
             pb.TipRequest(project="numpy", amount=2_000_000, idempotency_key="t1")
         )
@@ -182,7 +171,7 @@ def test_an_idempotent_resubmission_does_not_charge_twice(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async def body(cluster: Cluster) -> None:
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        user = await cluster.operator_stub()
         first = await user.Submit(request(idempotency_key="nightly"))
         again = await user.Submit(request(idempotency_key="nightly"))
         assert first.id == again.id
@@ -199,10 +188,10 @@ def test_settlement_ignores_usage_of_a_task_that_never_ran(
 
     async def body(cluster: Cluster) -> None:
         await cluster.start_worker("w1", ScriptedExecutor(fail_fast))
-        user = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        user = await cluster.operator_stub()
         task = await user.Submit(request())
         await cluster.wait_status(user, task.id, {"failed"})
-        await wait_settled(user, task.id)
+        await cluster.wait_settled(user, task.id)
         assert await balance(user) == REGISTRATION_GRANT
 
     run(redis_server, tmp_path, body)

@@ -76,8 +76,7 @@ def test_the_page_shows_a_finished_task_and_what_it_earned(
 ) -> None:
     async def body(cluster: Cluster) -> None:
         worker = await cluster.start_worker("w1", ScriptedExecutor(echo))
-        operator = await cluster.add_node("op", "operator")
-        stub = await cluster.tasks_stub(operator)
+        stub = await cluster.operator_stub()
         task = await stub.Submit(
             pb.SubmitRequest(
                 image="hivemind/busybox:latest",
@@ -86,10 +85,7 @@ def test_the_page_shows_a_finished_task_and_what_it_earned(
             )
         )
         await cluster.wait_status(stub, task.id, {"succeeded"})
-        deadline = time.monotonic() + 10
-        while not (settled := await stub.Get(pb.TaskRef(task_id=task.id))).settled:
-            assert time.monotonic() < deadline, "the task was never settled"
-            await asyncio.sleep(0.05)
+        settled = await cluster.wait_settled(stub, task.id)
         assert settled.cost > 0
         # The ledger's own record of the payment, read by the hub.
         async with aio_channel(await cluster.add_node("hub", "hub")) as channel:

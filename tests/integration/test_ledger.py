@@ -272,28 +272,37 @@ async def _play(server: RedisServer, data_dir: Path, ops: list[tuple[Any, ...]])
     submitted: list[str] = []
     for op in ops:
         kind = op[0]
-        with contextlib.suppress(errors.HiveMindError):
-            if kind == "submit":
-                task_id = f"t{len(submitted):012x}"
+        if kind == "submit":
+            task_id = f"t{len(submitted):012x}"
+            try:
                 await accounting.hold(op[1], task_id, op[2])
-                spec = dataclasses.replace(SPEC, owner=op[1])
-                await tasks.submit(spec, b"", task_id=task_id, price_cap=op[2])
-                submitted.append(task_id)
-            elif kind == "finish" and op[1] < len(submitted):
-                task_id = submitted[op[1]]
-                record = await tasks.get(task_id)
-                await tasks.assign_many([(task_id, record.attempt, "w1")])
-                usage = pb.Usage(cpu_seconds=op[3], peak_memory_bytes=10**9, wall_seconds=op[3])
-                result = pb.TaskResult(
-                    task_id=task_id, attempt=record.attempt, status=op[2], usage=usage
-                )
+            except errors.Conflict:  # insufficient balance: refused, nothing held
+                continue
+            spec = dataclasses.replace(SPEC, owner=op[1])
+            await tasks.submit(spec, b"", task_id=task_id, price_cap=op[2])
+            submitted.append(task_id)
+        elif kind == "finish" and op[1] < len(submitted):
+            task_id = submitted[op[1]]
+            record = await tasks.get(task_id)
+            await tasks.assign_many([(task_id, record.attempt, "w1")])
+            usage = pb.Usage(cpu_seconds=op[3], peak_memory_bytes=10**9, wall_seconds=op[3])
+            result = pb.TaskResult(
+                task_id=task_id, attempt=record.attempt, status=op[2], usage=usage
+            )
+            try:
                 await tasks.finish("w1", result)
-                await accounting.settle(task_id)
-            elif kind == "cancel" and op[1] < len(submitted):
+            except errors.StaleAttempt:  # the task had ended already: the result is refused
+                continue
+            await accounting.settle(task_id)
+        elif kind == "cancel" and op[1] < len(submitted):
+            try:
                 await tasks.cancel(submitted[op[1]])
-                await accounting.settle(submitted[op[1]])
-            elif kind == "settle" and op[1] < len(submitted):
-                await accounting.settle(submitted[op[1]])
-            elif kind == "tip":
+            except errors.Conflict:  # the task had ended already
+                continue
+            await accounting.settle(submitted[op[1]])
+        elif kind == "settle" and op[1] < len(submitted):
+            await accounting.settle(submitted[op[1]])
+        elif kind == "tip":
+            with contextlib.suppress(errors.Conflict):  # insufficient balance: refused
                 await accounting.tip(op[1], "proj", op[2], key="")
     await db.aclose()

@@ -60,7 +60,7 @@ def test_a_task_runs_streams_logs_and_reports_usage(
 ) -> None:
     async def body(cluster: Cluster) -> None:
         await cluster.start_worker("w1", ScriptedExecutor(echo))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         task = await stub.Submit(submit(["echo", "hello"], name="greeting"))
         assert task.status in {"queued", "assigned"} and task.attempt == 1
         done = await cluster.wait_status(stub, task.id, {"succeeded"})
@@ -94,7 +94,7 @@ def test_capacity_is_never_overcommitted_and_order_is_fifo(
     async def body(cluster: Cluster) -> None:
         executor = ScriptedExecutor(hold)
         await cluster.start_worker("w1", executor, Resources(2000, 4 * GiB, 0))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         ids = [(await stub.Submit(submit(["true"], name=f"t{i}"))).id for i in range(5)]
         await cluster.until(lambda: len(executor.started) == 2, "two tasks running")
         await asyncio.sleep(0.5)
@@ -118,7 +118,7 @@ def test_tasks_spread_over_workers_by_free_capacity(
         )
         await cluster.start_worker("big", big, Resources(4000, 8 * GiB, 0))
         await cluster.start_worker("small", small, Resources(1000, 2 * GiB, 0))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         ids = [(await stub.Submit(submit(["sleep"]))).id for _ in range(5)]
         await cluster.until(lambda: len(big.started) + len(small.started) == 5, "5 placed")
         assert (len(big.started), len(small.started)) == (4, 1)
@@ -136,7 +136,7 @@ def test_a_lost_worker_is_requeued_once_and_its_late_result_refused(
     async def body(cluster: Cluster) -> None:
         doomed = ScriptedExecutor(block_until_cancelled)
         await cluster.start_worker("doomed", doomed, Resources(2000, 4 * GiB, 0))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         task = await stub.Submit(submit(["work"], max_attempts=3))
         await cluster.until(lambda: len(doomed.started) == 1, "started on doomed")
         await cluster.kill_worker("doomed")
@@ -166,7 +166,7 @@ def test_cancel_stops_a_running_task_and_a_queued_one(
     async def body(cluster: Cluster) -> None:
         executor = ScriptedExecutor(block_until_cancelled)
         await cluster.start_worker("w1", executor, Resources(1000, 4 * GiB, 0))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         running = await stub.Submit(submit(["a"]))
         waiting = await stub.Submit(submit(["b"]))
         await cluster.until(lambda: len(executor.started) == 1, "first started")
@@ -209,7 +209,7 @@ def test_bad_submissions_are_refused_and_store_nothing(
 ) -> None:
     async def body(cluster: Cluster) -> None:
         await cluster.start_worker("w1", ScriptedExecutor(), Resources(2000, 4 * GiB, 0))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Submit(request_)
         assert refused.value.code().name == code
@@ -223,7 +223,7 @@ def test_with_no_worker_yet_a_task_is_accepted_and_waits(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async def body(cluster: Cluster) -> None:
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         task = await stub.Submit(submit(["echo", "later"], cpu=1500))
         await asyncio.sleep(0.3)
         assert (await stub.Get(pb.TaskRef(task_id=task.id))).status == "queued"
@@ -302,7 +302,7 @@ def test_drain_finishes_running_work_and_takes_no_more(
     async def body(cluster: Cluster) -> None:
         executor = ScriptedExecutor(slow)
         worker = await cluster.start_worker("w1", executor, drain_seconds=10)
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         first = await stub.Submit(submit(["a"]))
         await cluster.until(lambda: len(executor.started) == 1, "first started")
         worker.drain()
@@ -326,7 +326,7 @@ def test_drain_past_its_window_hands_tasks_back_and_halt_is_immediate(
     async def body(cluster: Cluster) -> None:
         executor = ScriptedExecutor(block_until_cancelled)
         worker = await cluster.start_worker("w1", executor, drain_seconds=1)
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         task = await stub.Submit(submit(["a"]))
         await cluster.until(lambda: len(executor.started) == 1, "started")
         worker.drain()
@@ -359,7 +359,7 @@ def test_a_worker_that_reconnects_resumes_its_running_task(
         assert cluster.pool is not None
         executor = ScriptedExecutor(slow)
         await cluster.start_worker("w1", executor)
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         task = await stub.Submit(submit(["a"]))
         await cluster.until(lambda: len(executor.started) == 1, "started")
         first_session = cluster.sessions()["w1"]
@@ -384,7 +384,7 @@ def test_an_assignment_that_never_starts_is_taken_back(
 
     async def body(cluster: Cluster) -> None:
         silent = await cluster.add_node("silent", "worker")
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         async with aio_channel(silent) as channel:
             call = pb_grpc.PoolStub(channel).Connect()
             capacity = pb.Resources(cpu_millis=1000, memory_bytes=GiB)
@@ -419,7 +419,7 @@ def test_only_current_members_count_for_could_never_fit(
         assert cluster.pool is not None
         await cluster.start_worker("big", ScriptedExecutor(echo), Resources(8000, 2 * GiB, 0))
         await cluster.start_worker("small", ScriptedExecutor(echo), Resources(1000, 8 * GiB, 0))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # no single worker has both
             await stub.Submit(submit(["x"], cpu=4000, memory=4 * GiB))
         assert "largest node offers 8 CPU, 8 GiB memory" in (refused.value.details() or "")
@@ -444,7 +444,7 @@ def test_each_gpu_task_gets_devices_of_its_own(redis_server: RedisServer, tmp_pa
         executor = ScriptedExecutor(hold)
         gpus = (pb.Gpu(index=0, uuid="GPU-a"), pb.Gpu(index=1, uuid="GPU-b"))
         await cluster.start_worker("g", executor, Resources(4000, 8 * GiB, 2), gpus=gpus)
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         one_gpu = pb.SubmitRequest(
             image="hivemind/busybox:latest",
             command=["x"],

@@ -145,7 +145,7 @@ def test_queued_and_running_tasks_survive_a_pool_restart(
         await cluster.restart_pool()
         assert task.id in cluster.pool.scheduler.pending
         await cluster.start_worker("w1", ScriptedExecutor(echo))
-        stub = await cluster.tasks_stub(await cluster.add_node("op", "operator"))
+        stub = await cluster.operator_stub()
         assert (await cluster.wait_status(stub, task.id, {"succeeded"})).attempt == 1
         await cluster.stop()
 

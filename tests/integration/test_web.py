@@ -10,7 +10,7 @@ import base64
 import io
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +87,29 @@ def fresh_name() -> str:
     return f"a{time.monotonic_ns() % 10**10}"
 
 
-def wait_settled(client: FlaskClient, headers: dict[str, str], task_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
+def wait_task(
+    client: FlaskClient,
+    headers: dict[str, str],
+    task_id: str,
+    ready: Callable[[dict[str, Any]], bool],
+    timeout: float = 15,
+) -> dict[str, Any]:
+    """The task (GET /api/v1/tasks/ID) once ``ready(task)``."""
+    deadline = time.monotonic() + timeout
     while True:
         task: dict[str, Any] = client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()
-        if task["settled"]:
+        if ready(task):
             return task
         assert time.monotonic() < deadline, task
         time.sleep(0.05)
+
+
+def settled(task: dict[str, Any]) -> bool:
+    return bool(task["settled"])
+
+
+def running(task: dict[str, Any]) -> bool:
+    return bool(task["status"] == "running")
 
 
 # Accounts
@@ -235,7 +250,7 @@ def test_submit_wait_logs_result_and_pay_exactly_the_cost(app: Flask) -> None:
     assert reply.status_code == 201, reply.get_json()
     task = reply.get_json()
     assert task["price_cap_micro"] == quote["price_cap_micro"]
-    task = wait_settled(client, headers, task["id"])
+    task = wait_task(client, headers, task["id"], settled)
     assert task["status"] == "succeeded" and task["exit_code"] == 0 and task["node"]
     logs = client.get(f"/api/v1/tasks/{task['id']}/logs", headers=headers).get_json()
     streams = {e["stream"]: e["data"] for e in logs["entries"] if e["stream"] != "system"}
@@ -258,7 +273,7 @@ def test_long_logs_come_in_pages_by_entry_id_without_gaps(app: Flask) -> None:
     client = app.test_client()
     headers = api_login(client, fresh_name())
     task = client.post("/api/v1/tasks", headers=headers, json=BUSYBOX | {"command": ["chatty"]})
-    wait_settled(client, headers, task.get_json()["id"])
+    wait_task(client, headers, task.get_json()["id"], settled)
     after, pages, lines = "", [], []
     while True:
         page = client.get(
@@ -283,17 +298,12 @@ def test_cancel_a_running_task_and_see_it_end(app: Flask) -> None:
     task = client.post(
         "/api/v1/tasks", headers=headers, json=BUSYBOX | {"command": ["block"]}
     ).get_json()
-    deadline = time.monotonic() + 10
-    while client.get(f"/api/v1/tasks/{task['id']}", headers=headers).get_json()["status"] != (
-        "running"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_task(client, headers, task["id"], running, timeout=10)
     early = client.get(f"/api/v1/tasks/{task['id']}/result", headers=headers)
     assert early.status_code == 409 and "no result yet" in early.get_json()["error"]["message"]
     cancelled = client.post(f"/api/v1/tasks/{task['id']}/cancel", headers=headers)
     assert cancelled.status_code == 200
-    assert wait_settled(client, headers, task["id"])["status"] == "cancelled"
+    assert wait_task(client, headers, task["id"], settled)["status"] == "cancelled"
 
 
 def test_nodes_and_mesh_show_only_your_own_task_ids(app: Flask) -> None:
@@ -302,12 +312,7 @@ def test_nodes_and_mesh_show_only_your_own_task_ids(app: Flask) -> None:
     task = client.post("/api/v1/tasks", headers=alice, json=BUSYBOX | {"command": ["block"]})
     task_id = task.get_json()["id"]
     try:
-        deadline = time.monotonic() + 10
-        while client.get(f"/api/v1/tasks/{task_id}", headers=alice).get_json()["status"] != (
-            "running"
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_task(client, alice, task_id, running, timeout=10)
         for who, expected in ((alice, [task_id]), (bob, [])):
             (node,) = client.get("/api/v1/nodes", headers=who).get_json()["nodes"]
             assert node["running"] == expected and node["running_tasks"] == 1
@@ -316,7 +321,7 @@ def test_nodes_and_mesh_show_only_your_own_task_ids(app: Flask) -> None:
             assert worker["running"] == expected and mesh["totals"]["running_tasks"] == 1
     finally:
         client.post(f"/api/v1/tasks/{task_id}/cancel", headers=alice)
-        wait_settled(client, alice, task_id)
+        wait_task(client, alice, task_id, settled)
 
 
 def test_other_users_tasks_are_invisible(app: Flask) -> None:

@@ -40,13 +40,13 @@ def world(
 
 
 @pytest.fixture(scope="module")
-def client(world: WebCluster) -> FlaskClient:
+def api_client(world: WebCluster) -> FlaskClient:
     return world.app().test_client()
 
 
 @pytest.fixture(scope="module")
-def api_schema(world: WebCluster, client: FlaskClient) -> Any:
-    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", client.application)
+def api_schema(world: WebCluster, api_client: FlaskClient) -> Any:
+    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api_client.application)
 
 
 CHECKS = [
@@ -58,7 +58,7 @@ CHECKS = [
 
 
 def test_the_api_matches_its_document_and_never_fails_on_bad_input(
-    api_schema: Any, client: FlaskClient
+    api_schema: Any, api_client: FlaskClient
 ) -> None:
     # Not schemathesis' pytest plugin: its lazy fixture loading does not work with pytest 9.
     operations = [result.ok() for result in api_schema.get_all_operations()]
@@ -74,7 +74,7 @@ def test_the_api_matches_its_document_and_never_fails_on_bad_input(
             database=None,
         )
         def check(case: Any) -> None:
-            headers = api_login(client, f"schema{next(users)}")  # DELETE /tokens revokes one
+            headers = api_login(api_client, f"schema{next(users)}")  # DELETE /tokens revokes one
             case.call_and_validate(headers=headers, checks=CHECKS)
 
         check()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
+from tests.conftest import REPO
 from tests.lab import tool
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,14 +215,10 @@ def test_result_is_the_raw_zip(server: tuple[str, Script]) -> None:
 
 
 def test_an_expired_token_through_the_cli_is_one_line(
-    server: tuple[str, Script],
-    tmp_path: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    server: tuple[str, Script], config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, script = server
-    monkeypatch.setenv("HIVEMIND_CONFIG", str(tmp_path / "c.json"))
-    save_config(tmp_path / "c.json", Config(f"{url}/api/v1", "old-token", "alice"))
+    save_config(config_file, Config(f"{url}/api/v1", "old-token", "alice"))
     message = "the API token is unknown, expired or revoked: log in again"
     script.answers.append(error_answer(401, "unauthenticated", message))
     assert run_main(cli.main, ["balance", "--json"]) == 1
@@ -230,14 +227,10 @@ def test_an_expired_token_through_the_cli_is_one_line(
 
 
 def test_login_saves_the_token_and_logout_revokes_it(
-    server: tuple[str, Script],
-    tmp_path: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    server: tuple[str, Script], config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, script = server
-    path = tmp_path / "c.json"
-    monkeypatch.setenv("HIVEMIND_CONFIG", str(path))
+    path = config_file
     script.answers += [json_answer(201, {"token": "new-token", "username": "alice"})]
     argv = ["login", "--api", url, "--user", "alice", "--password", "long enough", "--json"]
     assert run_main(cli.main, argv) == 0

@@ -227,8 +227,12 @@ def test_result_never_writes_over_files_and_is_all_or_nothing(
 
 
 def test_limits_and_timeouts_are_checked_before_any_call() -> None:
-    for argv in (("list", "--limit", "0"), ("history", "--limit", "1099511627776"),
-                 ("wait", "t1", "--timeout", "nan"), ("wait", "t1", "--timeout", "-1")):
+    for argv in (
+        ("list", "--limit", "0"),
+        ("history", "--limit", "1099511627776"),
+        ("wait", "t1", "--timeout", "nan"),
+        ("wait", "t1", "--timeout", "-1"),
+    ):
         with pytest.raises(SystemExit):
             parse(*argv)
 

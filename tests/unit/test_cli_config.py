@@ -126,13 +126,6 @@ def test_bad_api_urls(bad: str) -> None:
         api_url(bad)
 
 
-@pytest.fixture
-def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "hivemind.json"
-    monkeypatch.setenv("HIVEMIND_CONFIG", str(path))
-    return path
-
-
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     status = run_main(cli.main, argv)
     out, err = capsys.readouterr()

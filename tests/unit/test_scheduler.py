@@ -7,8 +7,7 @@ import pytest
 from hivemind_cluster.mesh.errors import InvalidInput
 from hivemind_cluster.pool.resources import Resources, parse_cpus, parse_size
 from hivemind_cluster.pool.scheduler import Scheduler
-
-GiB = 1 << 30
+from tests.poolkit import GiB
 
 
 def scheduler_with(*capacities: Resources) -> Scheduler:

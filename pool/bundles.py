@@ -28,6 +28,8 @@ MAX_OUTPUT_BYTES = 16 * MIB
 MAX_COMPRESSION_RATIO = 200
 BOMB_MIN_BYTES = 1 * MIB
 CHUNK = 256 * 1024
+# Bundles unpacked for a task container (another uid) stay world-readable.
+TASK_UMASK = 0o022
 
 DEFAULT_ENTRYPOINTS = ("main.py", "app.py", "run.py", "start.py")
 
@@ -95,11 +97,15 @@ def check_bundle(data: bytes, max_unpacked: int = MAX_UNPACKED_BYTES) -> list[st
         return [info.filename for info in checked_members(archive, max_unpacked)]
 
 
-def unpack_bundle(data: bytes, dest: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> None:
+def unpack_bundle(
+    data: bytes, dest: Path, max_unpacked: int = MAX_UNPACKED_BYTES, umask: int = TASK_UMASK
+) -> None:
     """Check the bundle, then extract it under ``dest`` (regular files and directories only).
 
-    On an error, what was already written stays in ``dest``; callers unpack into a fresh
-    directory they remove anyway.
+    Modes are 0o777 for directories and executables, 0o666 for other files, less ``umask``
+    whatever the process's own umask is: the default leaves them world-readable, as task
+    containers (another uid) need. On an error, what was already written stays in ``dest``;
+    callers unpack into a fresh directory they remove anyway.
     """
     dest.mkdir(parents=True, exist_ok=True)
     with open_zip(data) as archive:
@@ -108,11 +114,12 @@ def unpack_bundle(data: bytes, dest: Path, max_unpacked: int = MAX_UNPACKED_BYTE
             target = dest.joinpath(*path_parts(info.filename))
             try:
                 if info.is_dir():
-                    make_directories(dest, target)
+                    make_directories(dest, target, umask)
                     continue
-                make_directories(dest, target.parent)
+                make_directories(dest, target.parent, umask)
                 executable = bool((info.external_attr >> 16) & 0o111)
-                with archive.open(info) as source, open_new_file(target, executable) as sink:
+                mode = (0o777 if executable else 0o666) & ~umask
+                with archive.open(info) as source, open_new_file(target, mode) as sink:
                     budget = copy_within(source, sink, budget, max_unpacked)
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 raise InvalidInput(
@@ -122,22 +129,29 @@ def unpack_bundle(data: bytes, dest: Path, max_unpacked: int = MAX_UNPACKED_BYTE
                 raise InvalidInput(f"bundle entry {info.filename!r} is corrupt ({error})") from None
 
 
-def make_directories(dest: Path, directory: Path) -> None:
-    """Create ``directory`` (under ``dest``) and its parents world-readable, whatever the umask."""
+def make_directories(dest: Path, directory: Path, umask: int) -> None:
+    """Create ``directory`` (under ``dest``) and its parents, mode 0o777 less ``umask``."""
     path = dest
     for part in directory.relative_to(dest).parts:
         path = path / part
         if not path.is_dir():
             path.mkdir()
-            path.chmod(0o755)
+            path.chmod(0o777 & ~umask)
 
 
-def open_new_file(path: Path, executable: bool) -> IO[bytes]:
-    """A new file, world-readable (tasks run as another user), executable if it was packed so."""
+def open_new_file(path: Path, mode: int) -> IO[bytes]:
+    """A new file with exactly ``mode``; never an existing file or a symlink."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     descriptor = os.open(path, flags, 0o600)
-    os.fchmod(descriptor, 0o755 if executable else 0o644)
+    os.fchmod(descriptor, mode)
     return os.fdopen(descriptor, "wb")
+
+
+def current_umask() -> int:
+    """This process's umask (set and restored at once: call it from single-threaded code)."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, max_unpacked: int) -> int:

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 from hivemind_cluster import __version__
 from hivemind_cluster.mesh.console import print_json, print_table, run_main
 from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
-from hivemind_cluster.pool.bundles import bundle_from_path, check_bundle, unpack_bundle
+from hivemind_cluster.pool.bundles import (
+    bundle_from_path,
+    check_bundle,
+    current_umask,
+    unpack_bundle,
+)
 from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, SUCCEEDED
 from hivemind_cluster.pool.grpcclient import GrpcTaskClient
@@ -228,7 +233,7 @@ def save_result(bundle: bytes, target: Path) -> list[str]:
 
     It is unpacked next to ``target`` first (the bundle is checked entry by entry there),
     then its top-level entries are moved in; a name already in ``target`` stops it before
-    anything is moved.
+    anything is moved. Modes follow the user's umask, like any file they create.
     """
     names = check_bundle(bundle)
     tops = sorted({name.split("/", 1)[0] for name in names})
@@ -241,7 +246,7 @@ def save_result(bundle: bytes, target: Path) -> list[str]:
             )
         staging = Path(tempfile.mkdtemp(prefix=".hivemind-result-", dir=target))
         try:
-            unpack_bundle(bundle, staging)
+            unpack_bundle(bundle, staging, umask=current_umask())
             for name in tops:
                 os.replace(staging / name, target / name)
         finally:

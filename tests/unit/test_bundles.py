@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import stat
 import struct
 import zipfile
@@ -50,6 +51,23 @@ def test_good_bundle_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "work" / "main.py").read_bytes() == b"print('hi')\n"
     assert (tmp_path / "work" / "lib" / "util.py").read_text() == "X = 1\n"
     assert (tmp_path / "work" / "data").is_dir()
+
+
+def test_task_bundles_stay_readable_by_the_task_whatever_the_umask(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("lib/util.py", b"X = 1\n")
+        script = zipfile.ZipInfo("run.sh")
+        script.external_attr = (stat.S_IFREG | 0o700) << 16
+        archive.writestr(script, b"#!/bin/sh\n")
+    previous = os.umask(0o077)
+    try:
+        unpack_bundle(buffer.getvalue(), tmp_path / "work")
+    finally:
+        os.umask(previous)
+    paths = ["lib", "lib/util.py", "run.sh"]
+    modes = [stat.S_IMODE((tmp_path / "work" / path).stat().st_mode) for path in paths]
+    assert modes == [0o755, 0o644, 0o755]
 
 
 @pytest.mark.parametrize(

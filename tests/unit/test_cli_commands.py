@@ -6,6 +6,8 @@ import argparse
 import base64
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -208,6 +210,22 @@ def test_result_unpacks_into_the_directory(
     assert (target / "x").read_bytes() == b"hi\n" and (target / "sub" / "y").exists()
     empty = run(FakeClient(), capsys, "result", "t1", "-o", str(tmp_path / "e"), "--json")
     assert json.loads(empty[1])["files"] == [] and not (tmp_path / "e").exists()
+
+
+def test_result_files_follow_the_users_umask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = FakeClient(output=zipped({"sub/y": b"there"}))
+    previous = os.umask(0o077)
+    try:
+        run(client, capsys, "result", "t1", "-o", str(tmp_path / "r"))
+    finally:
+        os.umask(previous)
+    modes = [
+        stat.S_IMODE(path.stat().st_mode)
+        for path in (tmp_path / "r" / "sub", tmp_path / "r" / "sub" / "y")
+    ]
+    assert modes == [0o700, 0o600]
 
 
 def test_result_never_writes_over_files_and_is_all_or_nothing(

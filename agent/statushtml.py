@@ -94,14 +94,11 @@ def _hub_rows(hub: dict[str, Any], now: float) -> list[tuple[str, str]]:
 def _ledger_html(ledger: dict[str, Any]) -> str:
     if not ledger["available"]:
         return f"<p>{_flag(False, 'unavailable')}: {_e(ledger['error'])}</p>"
-    earned = f"{_e(ledger['earned_cpt'])} CPT from {_e(ledger['paid_tasks'])} tasks"
-    if not ledger["complete"]:
-        earned = f"at least {earned} (older history not counted)"
     return _rows(
         [
             ("account", f"{_e(ledger['account'])} ({_e(ledger['kind'])})"),
             ("balance", f"{_e(ledger['balance_cpt'])} CPT"),
-            ("earned", earned),
+            ("earned", f"{_e(ledger['earned_cpt'])} CPT"),
         ]
     )
 

@@ -43,7 +43,7 @@ from hivemind_cluster.mesh.errors import HiveMindError
 from hivemind_cluster.mesh.grpcutil import error_from_rpc
 from hivemind_cluster.mesh.settings import split_host_port
 from hivemind_cluster.pool.client import Identity, sync_channel
-from hivemind_cluster.pool.ledger import format_cpt
+from hivemind_cluster.pool.ledger import PAYMENT_PREFIX, format_cpt
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
@@ -51,11 +51,8 @@ log = logging.getLogger("hivemind.agent.status")
 DEFAULT_PORT = 5000
 LEDGER_TTL = 5.0
 RPC_TIMEOUT = 3.0
-HISTORY_LIMIT = 1000  # the most movements the pool returns at once
-# Idempotency keys given by pool/ledger.lua: an account's registration grant (its first
-# movement) and a task's payment to the worker that ran it (``hm_ledger_settle``).
-GRANT_KEY = "grant:{account}"
-PAYMENT_PREFIX = "pay:"
+# Movements read for the per-task payments of the recent tasks (the last 20 of them).
+HISTORY_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -70,9 +67,8 @@ class Overlay:
 
 @dataclass(frozen=True)
 class LedgerView:
-    """The node's account. ``earned`` adds up the task payments in its history, which the
-    pool returns only as far back as ``HISTORY_LIMIT`` movements: ``complete`` says the
-    history reached the account's opening grant, so no older payment was missed."""
+    """The node's account: ``earned`` is all it was ever paid for tasks (the ledger keeps
+    the sum), ``payments`` what each of its recent tasks earned."""
 
     available: bool
     error: str = ""
@@ -81,7 +77,6 @@ class LedgerView:
     kind: str = ""
     balance: int = 0
     earned: int = 0
-    complete: bool = False
     payments: Mapping[str, int] = field(default_factory=dict)  # task -> micro-CPT
 
 
@@ -138,15 +133,13 @@ def fetch_ledger(channel: grpc.Channel, timeout: float = RPC_TIMEOUT) -> LedgerV
         for e in history.entries
         if e.target == account and e.idempotency_key.startswith(PAYMENT_PREFIX)
     }
-    grant = GRANT_KEY.format(account=account)
     return LedgerView(
         available=True,
         fetched_at=time.time(),
         account=account,
         kind=balance.kind,
         balance=balance.balance,
-        earned=sum(payments.values()),
-        complete=any(e.idempotency_key == grant for e in history.entries),
+        earned=balance.earned,
         payments=payments,
     )
 
@@ -280,8 +273,6 @@ def status_json(status: Status) -> dict[str, Any]:
             "kind": ledger.kind,
             **money("balance", ledger.balance if ledger.available else None),
             **money("earned", ledger.earned if ledger.available else None),
-            "paid_tasks": len(ledger.payments),
-            "complete": ledger.complete,
         },
     }
 

@@ -237,7 +237,7 @@ def cmd_ledger(args: argparse.Namespace, settings: HubSettings) -> int:
                 f"{format_cpt(report['sum_of_balances'])} of "
                 f"{format_cpt(report['total_supply'])} CPT"
             )
-            for problem in ("mismatched_accounts", "negative_accounts"):
+            for problem in ("mismatched_accounts", "mismatched_earnings", "negative_accounts"):
                 if report[problem]:
                     print(f"{problem.replace('_', ' ')}: {', '.join(report[problem])}")
         return 0 if report["ok"] else 1

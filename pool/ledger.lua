@@ -76,8 +76,9 @@ redis.register_function('hm_ledger_transfer', function(keys, args)
   return transfer(keys, args[1], args[2], args[3], args[4], args[5], args[6], args[7])
 end)
 
--- Settle an ended task in one step: pay the worker, refund the rest, mark the task settled.
--- KEYS: the five ledger keys, then the task hash.
+-- Settle an ended task in one step: pay the worker (and add it to what the worker has
+-- earned), refund the rest, mark the task settled.
+-- KEYS: the five ledger keys, then the task hash, then the earnings hash.
 -- ARGV: task id, worker ('' for none), cost, owner, refund, now, escrow account.
 -- Returns the cost paid.
 redis.register_function('hm_ledger_settle', function(keys, args)
@@ -87,10 +88,14 @@ redis.register_function('hm_ledger_settle', function(keys, args)
   end
   local task = args[1]
   if args[3] ~= '0' then
+    local fresh = redis.call('HEXISTS', keys[4], 'pay:' .. task) == 0
     local paid = transfer(keys, args[7], args[2], args[3], 'task ' .. task, task,
       'pay:' .. task, args[6])
     if paid.err then
       return paid
+    end
+    if fresh then
+      redis.call('HINCRBY', keys[7], args[2], args[3])
     end
   end
   if args[5] ~= '0' then

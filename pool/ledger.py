@@ -4,7 +4,9 @@ Amounts are integers of micro-CPT (1 CPT = 1,000,000 uCPT); no float ever touche
 balance. The supply (1,000,000,000,000 CPT) is created once in the treasury; every
 account opened gets a grant from it. Each movement is one journal entry, applied in one
 Lua call together with both balance changes; replaying an idempotency key returns the
-original entry and changes nothing. ``audit`` recomputes every balance from the journal.
+original entry and changes nothing. Settling a task also adds its payment to what the
+worker has earned (``earned``). ``audit`` recomputes every balance, and every worker's
+earnings, from the journal.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ REGISTRATION_GRANT = 150 * MICRO
 TREASURY = "treasury"
 ACCOUNT_KINDS = ("user", "worker", "project")  # treasury and escrow exist from genesis
 MAX_AMOUNT = 10**18 - 1
+PAYMENT_PREFIX = "pay:"  # idempotency key of a task's payment to its worker: pay:<task>
 HISTORY_SCAN = 10_000  # newest journal entries looked through for an account's history
 _ACCOUNT = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _LUA_ERRORS: LuaErrors = {
@@ -189,6 +192,10 @@ class Ledger:
             raise errors.NotFound(f"no account {account}")
         return int(str(raw))
 
+    def earned(self, account: str) -> int:
+        """Micro-CPT ever paid to ``account`` for running tasks."""
+        return int(str(self.client.hget(keys.LEDGER_EARNED, account) or 0))
+
     def accounts(self) -> list[dict[str, Any]]:
         kinds = self.client.hgetall(keys.LEDGER_ACCOUNTS)
         balances = self.client.hgetall(keys.LEDGER_BALANCES)
@@ -219,18 +226,22 @@ class Ledger:
         return _movements_of(account, newest, limit)
 
     def audit(self) -> dict[str, Any]:
-        """Recompute every balance from the journal and compare with the stored ones."""
+        """Recompute every balance and every worker's earnings from the journal and compare
+        them with the stored ones."""
         supply = int(str(self.client.get(keys.LEDGER_SUPPLY) or 0))
         entries = self.journal()
         computed: dict[str, int] = {}
+        earned: dict[str, int] = {}
         for entry in entries:
             if entry.source:
                 computed[entry.source] = computed.get(entry.source, 0) - entry.amount
             computed[entry.target] = computed.get(entry.target, 0) + entry.amount
+            if entry.key.startswith(PAYMENT_PREFIX):
+                earned[entry.target] = earned.get(entry.target, 0) + entry.amount
         stored = {k: int(v) for k, v in self.client.hgetall(keys.LEDGER_BALANCES).items()}
-        mismatched = sorted(
-            a for a in set(stored) | set(computed) if stored.get(a, 0) != computed.get(a, 0)
-        )
+        stored_earned = {k: int(v) for k, v in self.client.hgetall(keys.LEDGER_EARNED).items()}
+        mismatched = _differing(stored, computed)
+        mismatched_earnings = _differing(stored_earned, earned)
         negative = sorted(a for a, v in stored.items() if v < 0)
         total = sum(stored.values())
         return {
@@ -239,9 +250,19 @@ class Ledger:
             "journal_entries": len(entries),
             "accounts": len(stored),
             "mismatched_accounts": mismatched,
+            "mismatched_earnings": mismatched_earnings,
             "negative_accounts": negative,
-            "ok": supply == TOTAL_SUPPLY and total == supply and not mismatched and not negative,
+            "ok": supply == TOTAL_SUPPLY
+            and total == supply
+            and not mismatched
+            and not mismatched_earnings
+            and not negative,
         }
+
+
+def _differing(stored: dict[str, int], computed: dict[str, int]) -> list[str]:
+    """The accounts whose stored and computed figures differ (a missing one counts as 0)."""
+    return sorted(a for a in set(stored) | set(computed) if stored.get(a, 0) != computed.get(a, 0))
 
 
 def _movements_of(account: str, newest: list[Any], limit: int) -> list[Entry]:
@@ -288,7 +309,8 @@ class AsyncLedger:
         """Pay ``cost`` to the worker and ``refund`` to the owner from escrow, and mark the
         task settled — one atomic step, done at most once per task."""
         args = [task_id, worker, str(cost), owner, str(refund), time.time(), ESCROW]
-        paid = await self._call("hm_ledger_settle", args, (keys.TASK.format(id=task_id),))
+        more_keys = (keys.TASK.format(id=task_id), keys.LEDGER_EARNED)
+        paid = await self._call("hm_ledger_settle", args, more_keys)
         return int(paid)
 
     async def balance(self, account: str) -> int:
@@ -296,6 +318,9 @@ class AsyncLedger:
         if raw is None:
             raise errors.NotFound(f"no account {account}")
         return int(raw)
+
+    async def earned(self, account: str) -> int:
+        return int(await self.client.hget(keys.LEDGER_EARNED, account) or 0)
 
     async def kind(self, account: str) -> str:
         raw = await self.client.hget(keys.LEDGER_ACCOUNTS, account)

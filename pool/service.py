@@ -152,7 +152,10 @@ class TasksService(pb_grpc.TasksServicer):
             kind = "worker" if caller.role == "worker" else "user"
             await self.pool.accounting.open(account, kind)
         return pb.AccountBalance(
-            account=account, kind=await ledger.kind(account), balance=await ledger.balance(account)
+            account=account,
+            kind=await ledger.kind(account),
+            balance=await ledger.balance(account),
+            earned=await ledger.earned(account),
         )
 
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.LedgerEntries:

@@ -119,6 +119,8 @@ def balance_view(balance: pb.AccountBalance) -> View:
         "kind": balance.kind,
         "balance": cpt(balance.balance),
         "balance_micro": balance.balance,
+        "earned": cpt(balance.earned),
+        "earned_micro": balance.earned,
     }
 
 

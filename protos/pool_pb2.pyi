@@ -1131,20 +1131,24 @@ class AccountBalance(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    EARNED_FIELD_NUMBER: _builtins.int
     account: _builtins.str
     kind: _builtins.str
     balance: _builtins.int
     """micro-CPT"""
+    earned: _builtins.int
+    """micro-CPT ever paid to this account for running tasks"""
     def __init__(
         self,
         *,
         account: _builtins.str = ...,
         kind: _builtins.str = ...,
         balance: _builtins.int = ...,
+        earned: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "balance", b"balance", "earned", b"earned", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,7 +64,14 @@ SCHEMAS: dict[str, Schema] = {
     "Token": obj({"token": STRING, "username": STRING}),
     "Me": obj({"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER}),
     "Balance": obj(
-        {"account": STRING, "kind": STRING, "balance": NUMBER, "balance_micro": INTEGER}
+        {
+            "account": STRING,
+            "kind": STRING,
+            "balance": NUMBER,
+            "balance_micro": INTEGER,
+            "earned": NUMBER,
+            "earned_micro": INTEGER,
+        }
     ),
     "Resources": RESOURCES,
     "Submission": {

@@ -65,11 +65,18 @@ def test_operator_runs_a_python_bundle_and_gets_logs_and_output(
 
 
 def test_tasks_spread_over_workers_by_capacity(world: PoolWorld) -> None:
-    ids = [world.submit_busybox("sleep", "2")["id"] for _ in range(3)]
-    tasks = [world.cli_json(world.op, "wait", task_id, "--timeout", "60") for task_id in ids]
-    assert all(t["status"] == "succeeded" for t in tasks), tasks
-    per_node = sorted(t["node"] for t in tasks)
-    assert per_node == ["w1", "w1", "w2"], "w1 has 2 CPUs, w2 one: exactly 2 + 1 fit at once"
+    # The tasks outlive the test (it cancels them), so how fast they are submitted on a
+    # loaded machine cannot change where they land.
+    ids = [world.submit_busybox("sleep", "300")["id"] for _ in range(3)]
+    try:
+        tasks = [world.wait_status(task_id, "running", timeout=60) for task_id in ids]
+        per_node = sorted(t["node"] for t in tasks)
+        assert per_node == ["w1", "w1", "w2"], "w1 has 2 CPUs, w2 one: exactly 2 + 1 fit at once"
+    finally:
+        for task_id in ids:
+            world.cli(world.op, "cancel", task_id, check=False)
+    for task_id in ids:
+        world.wait_status(task_id, "cancelled", timeout=60)
 
 
 def test_the_user_pays_exactly_the_cost_and_the_worker_earns_it(world: PoolWorld) -> None:

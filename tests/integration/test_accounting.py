@@ -79,6 +79,8 @@ def test_the_submitter_pays_exactly_the_cost_and_the_worker_earns_it(
         assert cost == 250 + 30 and settled.cost == cost and done.status == "succeeded"
         assert await balance(user) == REGISTRATION_GRANT - cost
         assert await balance(hub, "w1") == worker_before + cost
+        assert (await hub.Balance(pb.AccountRef(account="w1"))).earned == cost
+        assert (await user.Balance(pb.AccountRef())).earned == 0
         assert await balance(hub, ESCROW) == 0
         history = (await user.History(pb.HistoryRequest())).entries
         assert [e.reason for e in history][-2:] == [

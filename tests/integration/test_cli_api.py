@@ -162,6 +162,8 @@ def test_register_and_login_keep_a_private_token(site: Site, tmp_path: Path) -> 
         "kind": "user",
         "balance": 150,
         "balance_micro": 150_000_000,
+        "earned": 0,
+        "earned_micro": 0,
     }
 
     wrong = ("login", "--api", site.url, "--user", "carol", "--password", "not the password")

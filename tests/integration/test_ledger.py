@@ -85,6 +85,16 @@ def test_replaying_an_idempotency_key_returns_the_original_entry(ledger: Ledger)
     assert ledger.audit()["journal_entries"] == 4  # genesis, two grants, one tip
 
 
+def test_the_audit_notices_earnings_changed_behind_its_back(
+    ledger: Ledger, client: redis.Redis
+) -> None:
+    ledger.open_account("w1", "worker")
+    client.hincrby(keys.LEDGER_EARNED, "w1", 5)
+    report = ledger.audit()
+    assert report["ok"] is False and report["mismatched_earnings"] == ["w1"]
+    assert report["mismatched_accounts"] == [] and ledger.earned("w1") == 5
+
+
 @pytest.mark.parametrize(
     ("source", "target", "amount", "error"),
     [

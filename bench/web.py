@@ -25,11 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import waitress.server
+from waitress import wasyncore
 
 from hivemind_cluster.web.server import THREADS
 from tests.conftest import scratch_redis
@@ -60,6 +61,7 @@ def measure(port: int, request: Request, seconds: float, clients: int) -> dict[s
             mine.append(time.perf_counter() - began)
             if status >= 400:
                 errors[0] += 1
+        connection.close()
         with lock:
             latencies.extend(mine)
 
@@ -110,11 +112,17 @@ def main() -> int:
         server = waitress.server.create_server(
             app, host="127.0.0.1", port=0, threads=THREADS, ident="hivemind"
         )
-        threading.Thread(target=server.run, daemon=True).start()
+        serving = threading.Thread(target=server.run, daemon=True)
+        serving.start()
         try:
             results = run(app, int(server.effective_port), args)
         finally:
-            server.close()
+            # Closed from inside its own loop, which then ends: closing the sockets from this
+            # thread would pull them from under a select() still running.
+            sockets = cast(Any, server)._map  # not in the stubs: the loop's socket map
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+            serving.join(10)
+            server.task_dispatcher.shutdown()
     if args.json:
         print(json.dumps(results, indent=2))
     else:

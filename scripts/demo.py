@@ -67,7 +67,7 @@ def main() -> int:
                 if name == source.name:
                     continue
                 checks += 1
-                reached = source.can_ping(address, timeout=3)
+                reached = source.reaches(address, seconds=10)
                 ok += reached
                 print(
                     f"    {source.name:>8} -> {name:<8} {address:<12} "

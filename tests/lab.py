@@ -85,8 +85,17 @@ class Host:
         return process
 
     def can_ping(self, address: str, timeout: float = 1.0) -> bool:
+        """One ping: for checks that something is unreachable (or the moment it becomes so)."""
         result = self.run("ping", "-c", "1", "-W", str(max(int(timeout), 1)), address, check=False)
         return result.returncode == 0
+
+    def reaches(self, address: str, seconds: float = 20) -> bool:
+        """Whether pings get through within ``seconds`` (one lost is no verdict)."""
+        deadline = time.monotonic() + seconds
+        while not self.can_ping(address):
+            if time.monotonic() > deadline:
+                return False
+        return True
 
 
 class Lab:

@@ -108,12 +108,16 @@ async def fresh_pool(server: RedisServer, settings: HubSettings) -> Pool:
     return Pool(settings, db, redis_client(server, False), settings.path / "tasks")
 
 
+# Tests about lost workers pass this as ``heartbeat_timeout``; the others keep the default,
+# long enough that a stalled event loop on a loaded machine never loses a worker.
+LOSS_TIMEOUT = 3
+
+
 class Cluster:
     def __init__(self, redis_server: RedisServer, state_dir: Path, **settings: Any) -> None:
         self.redis_server = redis_server
-        self.settings = HubSettings(
-            state_dir=str(state_dir), overlay="127.0.0.0/24", **{"heartbeat_timeout": 3, **settings}
-        )
+        settings = {"heartbeat_timeout": 30, **settings}
+        self.settings = HubSettings(state_dir=str(state_dir), overlay="127.0.0.0/24", **settings)
         self.ca = CertificateAuthority.create()
         self.server_cert, self.server_key = self.ca.issue_server_certificate([LOOPBACK])
         self.pool: Pool | None = None
@@ -233,7 +237,7 @@ class Cluster:
         return task
 
     @staticmethod
-    async def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    async def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:

@@ -34,7 +34,8 @@ class PoolWorld:
         state = self.mesh.agent_dir(host)
         state.mkdir(parents=True, exist_ok=True)
         (state / "agent.toml").write_text(
-            f'cpus = "{cpus}"\nmemory = "{memory}"\nlabels = "lab={host.name}"\ndrain_seconds = 5\n'
+            f'cpus = "{cpus}"\nmemory = "{memory}"\nlabels = "lab={host.name}"\n'
+            "drain_seconds = 30\n"
         )
         self.mesh.join(host, self.mesh.token())
 

@@ -1,6 +1,9 @@
 """Settle every ended, unsettled task, printing each as it goes (the crash test kills it).
 
-python -m tests.settle_outstanding HOST PORT PASSWORD DATA_DIR
+python -m tests.settle_outstanding HOST PORT PASSWORD DATA_DIR [PAUSE_SECONDS]
+
+PAUSE_SECONDS (default 0) between tasks keeps the settlement going long enough for the
+test's kill to land in its middle however slowly the test process runs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from hivemind_cluster.pool.taskstore import TaskStore
 RATES = RateCard(cpu_second=100, gb_second=50, gpu_second=2000)
 
 
-async def main(host: str, port: str, password: str, data_dir: str) -> None:
+async def main(host: str, port: str, password: str, data_dir: str, pause: str = "0") -> None:
     db = aioredis.Redis(host=host, port=int(port), password=password, decode_responses=True)
     tasks = TaskStore(db, Path(data_dir), 1 << 20)
     accounting = Accounting(AsyncLedger(db), RATES, tasks)
@@ -27,9 +30,9 @@ async def main(host: str, port: str, password: str, data_dir: str) -> None:
     for task_id in await tasks.unsettled():
         await accounting.settle(task_id)
         print(task_id, flush=True)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(float(pause))
     await db.aclose()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:6]))

@@ -205,8 +205,8 @@ def test_playbook_provisions_a_hub_and_two_agents(site: Site) -> None:
     assert sorted(workers) == ["a1", "a2"]
     assert all(n["online"] for n in workers.values())
     a1, a2 = site.agents
-    assert a1.can_ping(workers["a2"]["overlay_ip"], timeout=3)
-    assert a2.can_ping("100.64.0.1", timeout=3)
+    assert a1.reaches(workers["a2"]["overlay_ip"])
+    assert a2.reaches("100.64.0.1")
 
 
 def test_workers_register_with_the_pool_ready_for_docker_tasks(site: Site) -> None:

@@ -28,7 +28,8 @@ from tests.browser import (
     wait_for_text,
 )
 
-COMMAND = "sh -c 'echo from the browser; sleep 2; echo bye > /out/bye.txt'"
+# Long enough to be seen running on the page, however slowly the page first loads.
+COMMAND = "sh -c 'echo from the browser; sleep 15; echo bye > /out/bye.txt'"
 
 
 def fill(driver: HeadlessChromium, form: str, values: dict[str, str]) -> None:

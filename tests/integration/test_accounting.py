@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,14 @@ from hivemind_cluster.pool.ledger import ESCROW, REGISTRATION_GRANT, Ledger
 from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from tests.poolkit import Cluster, GiB, ScriptedExecutor, block_until_cancelled, run_in_cluster
+from tests.poolkit import (
+    LOSS_TIMEOUT,
+    Cluster,
+    GiB,
+    ScriptedExecutor,
+    block_until_cancelled,
+    run_in_cluster,
+)
 from tests.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
@@ -35,10 +43,13 @@ def sync_ledger(redis_server: RedisServer) -> tuple[Ledger, redis.Redis]:
 
 
 def run(
-    redis_server: RedisServer, tmp_path: Path, body: Callable[[Cluster], Awaitable[None]]
+    redis_server: RedisServer,
+    tmp_path: Path,
+    body: Callable[[Cluster], Awaitable[None]],
+    **settings: Any,
 ) -> None:
     """``body`` on a cluster; the ledger's audit must agree afterwards."""
-    run_in_cluster(redis_server, tmp_path, body)
+    run_in_cluster(redis_server, tmp_path, body, **settings)
     ledger, client = sync_ledger(redis_server)
     report = ledger.audit()
     client.close()
@@ -136,13 +147,13 @@ def test_a_lost_attempt_is_not_paid_and_the_retry_is_paid_once(
         await cluster.until(lambda: len(doomed.started) == 1, "started")
         await cluster.kill_worker("doomed")
         await cluster.start_worker("survivor", ScriptedExecutor(measured))
-        await cluster.wait_status(user, task.id, {"succeeded"}, timeout=10)
+        await cluster.wait_status(user, task.id, {"succeeded"}, timeout=30)
         await cluster.wait_settled(user, task.id)
         assert await balance(hub, "doomed") == REGISTRATION_GRANT
         assert await balance(hub, "survivor") == REGISTRATION_GRANT + 280
         assert await balance(user) == REGISTRATION_GRANT - 280
 
-    run(redis_server, tmp_path, body)
+    run(redis_server, tmp_path, body, heartbeat_timeout=LOSS_TIMEOUT)
 
 
 def test_tips_go_to_registered_projects_only(redis_server: RedisServer, tmp_path: Path) -> None:

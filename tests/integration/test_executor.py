@@ -233,9 +233,9 @@ def test_memory_hog_is_killed(executor: DockerExecutor) -> None:
 
 
 def test_fork_bomb_hits_the_pids_limit(executor: DockerExecutor) -> None:
-    bomb = "for i in $(seq 1 300); do sleep 30 & done; echo spawned; exit 3"
+    bomb = "for i in $(seq 1 300); do sleep 120 & done; echo spawned; exit 3"
     result = run(executor, sh(bomb))
-    assert result.seconds < 15
+    assert result.seconds < 60  # the sleeps died with the container, long before 120 s
     # busybox sh gives up on the first fork that fails: "sh: can't fork: Resource temporarily
     # unavailable", exit status 2, and the sleeps it did start die with the container.
     assert "can't fork" in result.text("stderr"), result.chunks
@@ -256,11 +256,11 @@ def test_usage_is_measured_within_the_cpu_limit(executor: DockerExecutor) -> Non
 
 
 def test_hard_timeout(executor: DockerExecutor) -> None:
-    result = run(executor, sh("echo start; sleep 30", timeout_seconds=2))
+    result = run(executor, sh("echo start; sleep 120", timeout_seconds=2))
     assert result.outcome.status == "timed_out"
     assert result.outcome.error == "timed out after 2s"
     assert result.text("stdout") == "start\n"
-    assert 2 <= result.seconds < 10
+    assert 2 <= result.seconds < 60  # stopped at its timeout, not when the sleep ended
 
 
 def test_task_that_closes_its_output_is_still_waited_for(executor: DockerExecutor) -> None:
@@ -268,15 +268,15 @@ def test_task_that_closes_its_output_is_still_waited_for(executor: DockerExecuto
     assert quiet.outcome.status == "succeeded", quiet.outcome
     assert (quiet.text("stdout"), quiet.files()) == ("bye\n", {"done": b""})
     assert quiet.seconds >= 2
-    stuck = run(executor, sh("exec >&- 2>&-; sleep 30", timeout_seconds=1))
+    stuck = run(executor, sh("exec >&- 2>&-; sleep 120", timeout_seconds=1))
     assert stuck.outcome.status == "timed_out"
-    assert stuck.seconds < 8
+    assert stuck.seconds < 60
 
 
 def test_cancel(executor: DockerExecutor) -> None:
-    result = run(executor, sh("sleep 30"), cancel_after=1)
+    result = run(executor, sh("sleep 120"), cancel_after=1)
     assert (result.outcome.status, result.outcome.error) == ("cancelled", "cancelled")
-    assert result.seconds < 8
+    assert result.seconds < 60
 
 
 def test_output_over_the_cap_fails_the_task(executor: DockerExecutor) -> None:

@@ -570,7 +570,7 @@ def test_the_mesh_page_shows_every_node_with_wireguard_figures(
     worker = by_name["name-w1"]
     assert worker["online"] is True and worker["role"] == "worker"
     assert 6 <= worker["handshake_age"] < 30 and worker["rx_bytes"] == 1 << 20
-    assert worker["capacity"]["cpu_millis"] == 2000 and worker["heartbeat_age"] < 5
+    assert worker["capacity"]["cpu_millis"] == 2000 and worker["heartbeat_age"] < 20
     assert mesh["totals"]["workers_online"] == 1 and mesh["wireguard"] is True
     page = browser.get("/mesh").get_data(as_text=True)
     assert 'data-name="name-w1"' in page and 'data-online="true"' in page

@@ -229,13 +229,16 @@ class Worker:
             try:
                 await self._session()
                 failures = 0
-            except grpc.aio.AioRpcError as exc:
-                log.warning("pool stream ended: %s %s", exc.code().name, exc.details())
-            except Exception:
+            except Exception as exc:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
-                    raise  # grpc can turn our cancellation into another error: stop anyway
-                log.exception("pool stream failed")
+                    # grpc can turn our cancellation into another error (an AioRpcError
+                    # CANCELLED from the stream's writer): we are stopping all the same.
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, grpc.aio.AioRpcError):
+                    log.warning("pool stream ended: %s %s", exc.code().name, exc.details())
+                else:
+                    log.exception("pool stream failed")
             self._set_connected(False)
             await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
             failures += 1

@@ -56,6 +56,12 @@ def register_and_log_in(driver: HeadlessChromium, url: str, user: str, password:
     screenshot(driver, "02-dashboard")
 
 
+def read_now(driver: HeadlessChromium, element_id: str, what: str) -> Any:
+    """``document.getElementById(element_id).<what>`` in one script: live.js replaces the
+    status panel every 2 s, so an element found first can be gone when it is read."""
+    return driver.execute_script(f"return document.getElementById('{element_id}').{what};")
+
+
 def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str, Any]:
     driver.find_element(By.ID, "nav-submit").click()
     wait_for(driver, By.ID, "submit-form")
@@ -88,7 +94,7 @@ def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str,
         assert time.monotonic() < deadline, f"task {task_id} stayed {seen}"
         assert seen[-1] not in ("failed", "cancelled", "timed_out"), seen
         time.sleep(0.25)
-        current = driver.find_element(By.ID, "task-status").get_attribute("data-status")
+        current = read_now(driver, "task-status", "dataset.status")
         if current != seen[-1]:
             seen.append(current)
     WebDriverWait(driver, 20).until(
@@ -101,7 +107,7 @@ def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str,
         "task_id": task_id,
         "price_cap": price_cap,
         "statuses": seen,
-        "node": driver.find_element(By.ID, "task-node").text,
+        "node": read_now(driver, "task-node", "innerText"),
         "logs": driver.find_element(By.ID, "logs").text,
         "updated_without_reload": no_reload,
     }
@@ -111,24 +117,24 @@ def mesh_page(driver: HeadlessChromium, timeout: float = 30) -> dict[str, Any]:
     driver.find_element(By.ID, "nav-mesh").click()
     wait_for(driver, By.ID, "mesh-nodes")
 
-    def online_workers(d: Any) -> list[str]:
-        rows = d.find_elements(By.CSS_SELECTOR, "tr.node[data-role=worker][data-online=true]")
-        return [r.get_attribute("data-name") for r in rows]
+    def online_workers(nodes: list[dict[str, Any]]) -> list[str]:
+        return [n["name"] for n in nodes if n["role"] == "worker" and n["online"]]
 
-    WebDriverWait(driver, timeout).until(lambda d: len(online_workers(d)) >= 2)
-    rows = driver.find_elements(By.CSS_SELECTOR, "#mesh-nodes tr.node")
+    WebDriverWait(driver, timeout).until(lambda d: len(online_workers(mesh_rows(d))) >= 2)
     screenshot(driver, "05-mesh")
-    nodes = [
-        {
-            "name": r.get_attribute("data-name"),
-            "role": r.get_attribute("data-role"),
-            "online": r.get_attribute("data-online") == "true",
-            "text": r.text,
-        }
-        for r in rows
-    ]
-    totals = driver.find_element(By.ID, "mesh-totals").text
-    return {"online_workers": sorted(online_workers(driver)), "nodes": nodes, "totals": totals}
+    nodes = mesh_rows(driver)
+    totals = read_now(driver, "mesh-totals", "innerText")
+    return {"online_workers": sorted(online_workers(nodes)), "nodes": nodes, "totals": totals}
+
+
+def mesh_rows(driver: HeadlessChromium) -> list[dict[str, Any]]:
+    """The node rows, read in one script (the table is replaced every 2 s)."""
+    rows: list[dict[str, Any]] = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#mesh-nodes tr.node')).map((r) => ({"
+        "name: r.dataset.name, role: r.dataset.role, online: r.dataset.online === 'true',"
+        "text: r.innerText}));"
+    )
+    return rows
 
 
 def browse(args: list[str]) -> dict[str, Any]:

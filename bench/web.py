@@ -142,9 +142,12 @@ def run(app: Any, port: int, args: argparse.Namespace) -> dict[str, dict[str, fl
     task_id = client.post(
         "/api/v1/tasks", headers=headers, json={"image": "hivemind/busybox:latest", "cpu": "0.1"}
     ).get_json()["id"]
-    while client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()["status"] != (
-        "succeeded"
-    ):
+    deadline = time.monotonic() + 60
+    while (task := client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json())[
+        "status"
+    ] != "succeeded":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the benchmark's first task did not succeed: {task}")
         time.sleep(0.05)
     client.post("/login", data=login | {"csrf_token": csrf_token(client)})  # a browser session
     session = client.get_cookie("session")

@@ -13,11 +13,9 @@ from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.console import age, print_json, print_table, run_main, setup_logging
 from hivemind_cluster.mesh.enrollment import retire_node
 from hivemind_cluster.mesh.hub import init_hub, load_settings, serve
-from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.mesh.settings import DEFAULT_STATE_DIR, HubSettings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.ledger import Ledger, format_cpt
-
-DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
 
 
 def build_parser() -> argparse.ArgumentParser:

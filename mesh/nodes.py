@@ -117,6 +117,12 @@ def list_nodes(client: redis.Redis) -> list[Node]:
     return [Node.from_hash(raw) for raw in pipe.execute() if raw]
 
 
+def wg_keys_by_node(client: redis.Redis) -> dict[str, str]:
+    """node id -> WireGuard public key, for every node ever enrolled (one read)."""
+    by_key: dict[str, str] = client.hgetall(constants.NODE_BY_WG_KEY)  # type: ignore[assignment]
+    return {node_id: key for key, node_id in by_key.items()}
+
+
 def retire(client: redis.Redis, node: Node, state: str) -> None:
     """Mark a node revoked or left and refuse its certificate from now on."""
     pipe = client.pipeline(transaction=True)

@@ -20,6 +20,8 @@ S = TypeVar("S")
 HUB_CONFIG = "hub.toml"
 
 
+DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"  # the hub's state when not told otherwise
+
 @dataclasses.dataclass(frozen=True)
 class HubSettings:
     state_dir: str

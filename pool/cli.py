@@ -31,7 +31,7 @@ from hivemind_cluster.pool.bundles import (
     unpack_bundle,
 )
 from hivemind_cluster.pool.client import Identity, sync_channel
-from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, SUCCEEDED
+from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, MAX_ROWS, SUCCEEDED
 from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.pool.ledger import parse_cpt
 from hivemind_cluster.pool.taskclient import TaskClient
@@ -54,9 +54,9 @@ POLL_SECONDS = 0.25
 
 
 def limit(text: str) -> int:
-    """``--limit``: how many rows, 1 to 1000 (the pool's bound)."""
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError("a whole number from 1 to 1000")
+    """``--limit``: how many rows, 1 to MAX_ROWS (the pool's bound)."""
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_ROWS}")
     return int(text)
 
 
@@ -117,13 +117,13 @@ def build_parser(
     p.add_argument("-o", "--output", required=True, help="directory to unpack into")
     p = sub.add_parser("list", parents=[common], help="recent tasks")
     p.add_argument("--status", action="append", default=[], choices=ALL_STATES)
-    p.add_argument("--limit", type=limit, default=20, help="1-1000")
+    p.add_argument("--limit", type=limit, default=20, help=f"1-{MAX_ROWS}")
     sub.add_parser("nodes", parents=[common], help="the pool's nodes with live state")
     p = sub.add_parser("balance", parents=[common], help="your CPT balance")
     account_option(p, other_accounts)
     p = sub.add_parser("history", parents=[common], help="your ledger movements")
     account_option(p, other_accounts)
-    p.add_argument("--limit", type=limit, default=50, help="1-1000")
+    p.add_argument("--limit", type=limit, default=50, help=f"1-{MAX_ROWS}")
     p = sub.add_parser("tip", parents=[common], help=f"tip a project: {prog} tip PROJECT 2.5")
     p.add_argument("project")
     p.add_argument("amount", help="CPT, up to 6 decimals")

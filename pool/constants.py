@@ -42,4 +42,5 @@ LEDGER_ACCOUNTS = "hm:ledger:accounts"  # hash: account -> JSON {kind, created_a
 LEDGER_JOURNAL = "hm:ledger:journal"  # stream: time, from, to, amount, reason, task, key
 LEDGER_IDEMPOTENCY = "hm:ledger:idem"  # hash: idempotency key -> journal entry id
 LEDGER_SUPPLY = "hm:ledger:supply"  # string: total supply in micro-CPT (set once)
+MAX_ROWS = 1000  # the most rows (tasks, movements, log entries) one request returns
 LEDGER_EARNED = "hm:ledger:earned"  # hash: account -> micro-CPT ever paid to it for tasks

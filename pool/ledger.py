@@ -61,8 +61,13 @@ class Entry:
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Entry:
+        """From a Lua reply: ``[entry id, [field, value, ...]]``."""
         entry_id, flat = reply
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return cls.from_fields(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    @classmethod
+    def from_fields(cls, entry_id: str, fields: dict[str, str]) -> Entry:
+        """From a stream entry as redis-py reads it."""
         return cls(
             id=str(entry_id),
             time=float(fields["time"]),
@@ -214,16 +219,15 @@ class Ledger:
         start = "-"
         while True:
             chunk = self.client.xrange(keys.LEDGER_JOURNAL, start, "+", count=batch)
-            entries.extend(Entry.from_reply([i, _flatten(f)]) for i, f in chunk)
+            entries.extend(Entry.from_fields(i, f) for i, f in chunk)
             if len(chunk) < batch:
                 return entries
             start = "(" + chunk[-1][0]
 
     def history(self, account: str, limit: int = 100) -> list[Entry]:
         """The account's most recent movements (among the newest HISTORY_SCAN entries)."""
-        self.balance(account)
-        newest = self.client.xrevrange(keys.LEDGER_JOURNAL, count=HISTORY_SCAN)
-        return _movements_of(account, newest, limit)
+        pipe = self.client.pipeline(transaction=False)
+        return _movements_of(account, _history_reads(pipe, account).execute(), limit)
 
     def audit(self) -> dict[str, Any]:
         """Recompute every balance and every worker's earnings from the journal and compare
@@ -265,19 +269,25 @@ def _differing(stored: dict[str, int], computed: dict[str, int]) -> list[str]:
     return sorted(a for a in set(stored) | set(computed) if stored.get(a, 0) != computed.get(a, 0))
 
 
-def _movements_of(account: str, newest: list[Any], limit: int) -> list[Entry]:
-    """From journal entries newest first: the account's last ``limit``, oldest first."""
+def _history_reads(pipe: Any, account: str) -> Any:
+    """Queue whether the account exists and the newest journal entries (``_movements_of``)."""
+    pipe.hexists(keys.LEDGER_BALANCES, account)
+    pipe.xrevrange(keys.LEDGER_JOURNAL, count=HISTORY_SCAN)
+    return pipe
+
+
+def _movements_of(account: str, replies: list[Any], limit: int) -> list[Entry]:
+    """From ``_history_reads``' replies: the account's last ``limit`` movements, oldest first."""
+    exists, newest = replies
+    if not exists:
+        raise errors.NotFound(f"no account {account}")
     found: list[Entry] = []
     for entry_id, fields in newest:
         if account in (fields["from"], fields["to"]):
-            found.append(Entry.from_reply([entry_id, _flatten(fields)]))
+            found.append(Entry.from_fields(entry_id, fields))
             if len(found) >= limit:
                 break
     return found[::-1]
-
-
-def _flatten(fields: dict[str, str]) -> list[str]:
-    return [item for pair in fields.items() for item in pair]
 
 
 class AsyncLedger:
@@ -319,9 +329,6 @@ class AsyncLedger:
             raise errors.NotFound(f"no account {account}")
         return int(raw)
 
-    async def earned(self, account: str) -> int:
-        return int(await self.client.hget(keys.LEDGER_EARNED, account) or 0)
-
     async def kind(self, account: str) -> str:
         raw = await self.client.hget(keys.LEDGER_ACCOUNTS, account)
         if raw is None:
@@ -330,6 +337,16 @@ class AsyncLedger:
 
     async def history(self, account: str, limit: int) -> list[Entry]:
         """The account's most recent movements (among the newest HISTORY_SCAN entries)."""
-        await self.balance(account)
-        newest = await self.client.xrevrange(keys.LEDGER_JOURNAL, count=HISTORY_SCAN)
-        return _movements_of(account, newest, limit)
+        pipe = self.client.pipeline(transaction=False)
+        return _movements_of(account, await _history_reads(pipe, account).execute(), limit)
+
+    async def summary(self, account: str) -> tuple[str, int, int]:
+        """The account's kind, balance and earnings, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.LEDGER_ACCOUNTS, account)
+        pipe.hget(keys.LEDGER_BALANCES, account)
+        pipe.hget(keys.LEDGER_EARNED, account)
+        meta, balance, earned = await pipe.execute()
+        if meta is None or balance is None:
+            raise errors.NotFound(f"no account {account}")
+        return str(json.loads(meta)["kind"]), int(balance), int(earned or 0)

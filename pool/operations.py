@@ -27,7 +27,6 @@ from hivemind_cluster.protos import pool_pb2 as pb
 
 MEMBERS_TTL = 2.0  # seconds a membership check of the workers is reused
 LOG_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-LOG_PAGE = 1000  # the most log entries in one page
 
 
 async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
@@ -116,7 +115,7 @@ async def cancel(pool: Pool, caller: Caller, task_id: str, owner: str = "") -> T
     if state == keys.CANCELLED:
         pool.scheduler.dequeue(task_id)
         pool.queued.pop(task_id, None)
-        await pool.settle(task_id)
+        pool.settle(task_id)
     else:
         session = pool.sessions.get(node_id)
         if session is not None:
@@ -131,13 +130,18 @@ def log_position(after: str) -> str:
     return after or "0"
 
 
+def page_size(limit: int, default: int) -> int:
+    """A request's ``limit``: 0 means ``default``; at most ``MAX_ROWS``."""
+    if not 0 <= limit <= keys.MAX_ROWS:
+        raise InvalidInput(f"limit must be between 1 and {keys.MAX_ROWS}")
+    return limit or default
+
+
 async def log_page(
     pool: Pool, caller: Caller, task_id: str, after: str, limit: int, owner: str = ""
 ) -> tuple[list[LogRecord], bool]:
     """Up to ``limit`` entries after ``after``, and whether that is the end of the log."""
-    if not 0 <= limit <= LOG_PAGE:
-        raise InvalidInput(f"limit must be between 1 and {LOG_PAGE}")
-    limit = limit or LOG_PAGE
+    limit = page_size(limit, keys.MAX_ROWS)
     record = await visible_task(pool, caller, task_id, owner)  # first: no entry is missed
     page = await pool.tasks.read_logs(pool.raw_db, task_id, log_position(after), None, limit)
     return page, record.status in keys.FINAL_STATES and len(page) < limit

@@ -309,9 +309,9 @@ class Pool:
         if status in keys.PENDING_STATES:
             self.enqueue(await self.tasks.get(task_id))
         else:
-            await self.settle(task_id)
+            self.settle(task_id)
 
-    async def settle(self, task_id: str) -> None:
+    def settle(self, task_id: str) -> None:
         """Have an ended task settled soon, off the scheduling path (in batches)."""
         self._to_settle.put_nowait(task_id)
 
@@ -454,7 +454,7 @@ class Pool:
                 with contextlib.suppress(StaleAttempt):
                     await self.tasks.finish(node_id, overdue)
                 self._forget_attempt(task_id, attempt)
-                await self.settle(task_id)
+                self.settle(task_id)
             else:
                 reason = f"not started {START_DEADLINE}s after it was assigned to {node_id}"
                 record = await self.tasks.get(task_id)

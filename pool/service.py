@@ -151,12 +151,8 @@ class TasksService(pb_grpc.TasksServicer):
             # before its stream has connected (where the pool opens it as "worker").
             kind = "worker" if caller.role == "worker" else "user"
             await self.pool.accounting.open(account, kind)
-        return pb.AccountBalance(
-            account=account,
-            kind=await ledger.kind(account),
-            balance=await ledger.balance(account),
-            earned=await ledger.earned(account),
-        )
+        kind, balance, earned = await ledger.summary(account)
+        return pb.AccountBalance(account=account, kind=kind, balance=balance, earned=earned)
 
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.LedgerEntries:
         entries = await self.pool.ledger.history(own_account(request.account), rows(request.limit))
@@ -177,10 +173,8 @@ class TasksService(pb_grpc.TasksServicer):
 
 
 def rows(limit: int) -> int:
-    """A list request's ``limit``: 0 means 100; at most 1000."""
-    if not 0 <= limit <= 1000:
-        raise InvalidInput("limit must be between 1 and 1000")
-    return limit or 100
+    """A list request's ``limit``: 0 means 100."""
+    return operations.page_size(limit, 100)
 
 
 def own_account(account: str) -> str:

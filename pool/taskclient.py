@@ -13,6 +13,10 @@ from typing import Protocol
 
 from hivemind_cluster.pool.views import View
 
+# Seconds a client waits for one answer (a result download may be large).
+CALL_TIMEOUT = 30.0
+RESULT_TIMEOUT = 120.0
+
 
 class TaskClient(Protocol):
     def submit(self, body: View) -> View:

@@ -126,9 +126,6 @@ class Cluster:
         self.workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
         self.channels: list[grpc.aio.Channel] = []
 
-    def redis(self, decode: bool = True) -> aioredis.Redis:
-        return redis_client(self.redis_server, decode)
-
     async def start(self) -> None:
         self.pool = await fresh_pool(self.redis_server, self.settings)
         await self.serve()

@@ -41,6 +41,7 @@ class WebCluster:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.peers: list[PeerStatus] = []
         self.channels: list[grpc.Channel] = []
+        self._db: redis.Redis | None = None
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the pool's loop and wait for its result."""
@@ -53,6 +54,8 @@ class WebCluster:
     def stop(self) -> None:
         for channel in self.channels:
             channel.close()
+        if self._db is not None:
+            self._db.close()
         try:
             self.run(self.cluster.stop())
         finally:
@@ -69,8 +72,11 @@ class WebCluster:
         )
 
     def db(self) -> redis.Redis:
-        server = self.cluster.redis_server
-        return store.connect(server.bind, server.port, server.password)
+        """One client for the tests and the apps (its connection pool is thread-safe)."""
+        if self._db is None:
+            server = self.cluster.redis_server
+            self._db = store.connect(server.bind, server.port, server.password)
+        return self._db
 
     def app(self, **config: Any) -> Flask:
         self.channels.append(sync_channel(self.hub_identity()))

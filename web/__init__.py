@@ -18,13 +18,13 @@ from flask_wtf.csrf import CSRFProtect
 
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.keys import write_private
+from hivemind_cluster.mesh.settings import DEFAULT_STATE_DIR
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
 
-DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"
 SECRET_FILE = "web-secret.key"
 # A 16 MiB bundle, base64 in JSON (4/3) plus the rest of the body.
 MAX_BODY = MAX_INPUT_BYTES * 4 // 3 + (1 << 20)

@@ -18,7 +18,7 @@ from wtforms import ValidationError
 
 from hivemind_cluster.mesh.errors import InvalidInput
 from hivemind_cluster.pool import submission
-from hivemind_cluster.pool.constants import ALL_STATES
+from hivemind_cluster.pool.constants import ALL_STATES, MAX_ROWS
 from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, check_account, parse_cpt
 from hivemind_cluster.pool.submission import check_text, whole_number
@@ -33,9 +33,7 @@ from hivemind_cluster.web.users import User
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 P = ParamSpec("P")
 R = TypeVar("R")
-MAX_LIMIT = 1000
 MAX_FIELD = 256  # usernames, passwords, project names
-LOG_PAGE = 1000  # log entries per page
 
 
 def authenticate() -> User:
@@ -98,9 +96,9 @@ def text_field(body: dict[str, Any], name: str) -> str:
 
 def limit_arg(default: int) -> int:
     text = request.args.get("limit", "")
-    limit = whole_number(text, "limit", MAX_LIMIT) if text else default
+    limit = whole_number(text, "limit", MAX_ROWS) if text else default
     if limit < 1:
-        raise InvalidInput(f"limit: a whole number from 1 to {MAX_LIMIT}")
+        raise InvalidInput(f"limit: a whole number from 1 to {MAX_ROWS}")
     return limit
 
 
@@ -199,7 +197,7 @@ def cancel(task_id: str) -> ResponseReturnValue:
 def logs(task_id: str) -> ResponseReturnValue:
     """A page of entries after the entry id ``after`` (``next`` of the previous page)."""
     after = request.args.get("after", "")
-    entries, done = my_pool().log_page(task_id, after, LOG_PAGE)
+    entries, done = my_pool().log_page(task_id, after, MAX_ROWS)
     return {"entries": entries, "next": entries[-1]["id"] if entries else after, "done": done}
 
 

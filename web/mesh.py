@@ -30,7 +30,7 @@ RESOURCES = ("cpu_millis", "memory_bytes", "gpus")
 def snapshot(account: str) -> dict[str, Any]:
     found = services()
     now = time.time()
-    keys = {n.id: n.wg_public_key for n in registry.list_nodes(found.db)}
+    keys = registry.wg_keys_by_node(found.db)
     try:
         peers = {p.public_key: p for p in found.wireguard_peers()}
         wireguard_ok = True

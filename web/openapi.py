@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hivemind_cluster import __version__
-from hivemind_cluster.pool.constants import ALL_STATES
+from hivemind_cluster.pool.constants import ALL_STATES, MAX_ROWS
 
 Schema = dict[str, Any]
 
@@ -46,9 +46,11 @@ TASK_ID = {
 LIMIT = {
     "name": "limit",
     "in": "query",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS},
 }
 SECURED: list[Schema] = [{"token": []}]
+# What /register answers and /me shows.
+ACCOUNT = obj({"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER})
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj({"error": obj({"code": STRING, "message": STRING})}),
@@ -58,11 +60,9 @@ SCHEMAS: dict[str, Schema] = {
             "password": {"type": "string", "minLength": 1, "maxLength": 256},
         }
     ),
-    "Registered": obj(
-        {"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER}
-    ),
+    "Registered": ACCOUNT,
     "Token": obj({"token": STRING, "username": STRING}),
-    "Me": obj({"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER}),
+    "Me": ACCOUNT,
     "Balance": obj(
         {
             "account": STRING,
@@ -284,7 +284,7 @@ PATHS: dict[str, Schema] = {
         "post": operation(
             "Submit a task (its price cap moves into escrow)",
             ("201", reply("Task", "submitted")),
-            ("400", "401", "409", "413"),
+            ("400", "401", "409"),
             body="Submission",
         ),
     },
@@ -292,7 +292,7 @@ PATHS: dict[str, Schema] = {
         "post": operation(
             "The price cap a submission would hold in escrow",
             ("200", reply("Quote")),
-            ("400", "401", "413"),
+            ("400", "401"),
             body="Submission",
         )
     },
@@ -306,7 +306,7 @@ PATHS: dict[str, Schema] = {
     },
     "/tasks/{task_id}/logs": {
         "get": operation(
-            "Up to 1,000 log entries after the entry `after`",
+            f"Up to {MAX_ROWS:,} log entries after the entry `after`",
             ("200", reply("Logs")),
             parameters=[
                 TASK_ID,

@@ -10,6 +10,7 @@ from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, TooLarge
 from hivemind_cluster.pool import submission
 from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.constants import ALL_STATES
+from hivemind_cluster.pool.spec import DEFAULT_PYTHON_IMAGE
 from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.downloads import zip_download
@@ -17,7 +18,7 @@ from hivemind_cluster.web.errorpages import form_failed
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("tasks", __name__)
-IMAGES = ("hivemind/python:3.11", "hivemind/busybox:latest")
+IMAGES = (DEFAULT_PYTHON_IMAGE, "hivemind/busybox:latest")
 
 
 @bp.get("/")

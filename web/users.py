@@ -7,7 +7,6 @@ are random, shown once, and stored only as their SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import time
@@ -19,6 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from hivemind_cluster.mesh.errors import AlreadyExists, InvalidInput
+from hivemind_cluster.mesh.tokens import secret_hash as token_digest
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
 from hivemind_cluster.web.errors import RateLimited, Unauthenticated
@@ -78,10 +78,6 @@ def _encodes(text: str) -> bool:
     return len(text) <= MAX_PASSWORD
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class UserStore:
     def __init__(
         self,
@@ -103,7 +99,9 @@ class UserStore:
         """
         name = check_username(normal_username(username))
         password_hash = self.hasher.hash(check_password(password))
-        self._count(keys.REGISTRATIONS.format(ip=address), 3600, self.limits.registrations_per_hour)
+        (registrations,) = self._hit([keys.REGISTRATIONS.format(ip=address)], 3600)
+        if registrations > self.limits.registrations_per_hour:
+            raise RateLimited("too many attempts from this address: try again later")
         account, key = account_of(name), keys.USER.format(name=name)
         record: dict[Any, Any] = {  # (redis-py types mapping keys invariantly)
             "account": account,
@@ -140,11 +138,7 @@ class UserStore:
         if valid:
             per_user = self.limits.logins_per_user
             counters.append((keys.LOGIN_FAILURES.format(who=f"user:{name}"), per_user))
-        pipe = self.db.pipeline()
-        for key, _ in counters:
-            pipe.incr(key)
-            pipe.expire(key, keys.LOGIN_WINDOW, nx=True)
-        counts = pipe.execute()[::2]
+        counts = self._hit([key for key, _ in counters], keys.LOGIN_WINDOW)
         for (key, limit), count in zip(counters, counts, strict=True):
             if int(count) > limit:
                 wait = max(int(self.db.ttl(key)), 1)
@@ -162,13 +156,14 @@ class UserStore:
             pass
         raise Unauthenticated("wrong username or password")
 
-    def _count(self, key: str, window: int, limit: int | None) -> None:
+    def _hit(self, counters: list[str], window: int) -> list[int]:
+        """Count one more attempt on each counter (each lives ``window`` seconds from its
+        first); their new values."""
         pipe = self.db.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, window, nx=True)
-        count, _ = pipe.execute()
-        if limit is not None and int(count) > limit:
-            raise RateLimited("too many attempts from this address: try again later")
+        for key in counters:
+            pipe.incr(key)
+            pipe.expire(key, window, nx=True)
+        return [int(count) for count in pipe.execute()[::2]]
 
     def start_session(self, user: User) -> str:
         """A browser login: its id goes into the signed cookie, its record stays here, so

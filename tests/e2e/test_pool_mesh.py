@@ -184,8 +184,13 @@ def test_the_agent_status_page_answers_on_the_workers_loopback(world: PoolWorld)
     assert page["ledger"]["available"] and page["ledger"]["account"] == agent["node_id"], page
     assert agent["status_page"] == "http://127.0.0.1:5000/"
     # Loopback only: the overlay does not reach it.
-    probe = "import socket, sys; socket.create_connection((sys.argv[1], 5000), timeout=2)"
-    assert world.hub.run(sys.executable, "-c", probe, agent["overlay_ip"], check=False).returncode
+    probe = (
+        "import socket, sys\n"
+        "try:\n    socket.create_connection((sys.argv[1], 5000), timeout=2)\n"
+        "except OSError:\n    print('closed')\nelse:\n    print('open')"
+    )
+    reply = world.hub.run(sys.executable, "-c", probe, agent["overlay_ip"]).stdout.strip()
+    assert reply == "closed", reply
 
 
 def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> None:

@@ -22,7 +22,6 @@ from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.poolkit import (
     LOSS_TIMEOUT,
     Cluster,
-    GiB,
     ScriptedExecutor,
     block_until_cancelled,
     run_in_cluster,
@@ -140,7 +139,7 @@ def test_a_lost_attempt_is_not_paid_and_the_retry_is_paid_once(
 ) -> None:
     async def body(cluster: Cluster) -> None:
         doomed = ScriptedExecutor(block_until_cancelled)
-        await cluster.start_worker("doomed", doomed, Resources(2000, 4 * GiB, 0))
+        await cluster.start_worker("doomed", doomed)
         user = await cluster.operator_stub()
         hub = await cluster.operator_stub("hub")
         task = await user.Submit(request())

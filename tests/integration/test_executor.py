@@ -23,7 +23,7 @@ import pytest
 
 from hivemind_cluster.agent.executor import DockerExecutor, Outcome, TaskRun
 from hivemind_cluster.pool.bundles import MIB, check_bundle, default_command
-from tests.conftest import require
+from tests.conftest import require, zip_of
 
 pytestmark = pytest.mark.privileged
 
@@ -106,14 +106,6 @@ def run(executor: DockerExecutor, the_task: TaskRun, cancel_after: float | None 
     started = time.monotonic()
     outcome = executor.run(the_task, lambda name, data: chunks.append((name, data)), cancel)
     return Run(outcome, time.monotonic() - started, chunks)
-
-
-def zip_of(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
 
 
 def test_output_streams_and_out_directory(executor: DockerExecutor) -> None:

@@ -98,7 +98,7 @@ def test_capacity_is_never_overcommitted_and_order_is_fifo(
 
     async def body(cluster: Cluster) -> None:
         executor = ScriptedExecutor(hold)
-        await cluster.start_worker("w1", executor, Resources(2000, 4 * GiB, 0))
+        await cluster.start_worker("w1", executor)
         stub = await cluster.operator_stub()
         ids = [(await stub.Submit(submit(["true"], name=f"t{i}"))).id for i in range(5)]
         await cluster.until(lambda: len(executor.started) == 2, "two tasks running")
@@ -147,7 +147,7 @@ def test_a_lost_worker_is_requeued_once_and_its_late_result_refused(
 ) -> None:
     async def body(cluster: Cluster) -> None:
         doomed = ScriptedExecutor(block_until_cancelled)
-        await cluster.start_worker("doomed", doomed, Resources(2000, 4 * GiB, 0))
+        await cluster.start_worker("doomed", doomed)
         stub = await cluster.operator_stub()
         task = await stub.Submit(submit(["work"], max_attempts=3))
         await cluster.until(lambda: len(doomed.started) == 1, "started on doomed")
@@ -220,7 +220,7 @@ def test_bad_submissions_are_refused_and_store_nothing(
     redis_server: RedisServer, tmp_path: Path, request_: pb.SubmitRequest, code: str, message: str
 ) -> None:
     async def body(cluster: Cluster) -> None:
-        await cluster.start_worker("w1", ScriptedExecutor(), Resources(2000, 4 * GiB, 0))
+        await cluster.start_worker("w1", ScriptedExecutor())
         stub = await cluster.operator_stub()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Submit(request_)

@@ -4,7 +4,6 @@ then restart Redis from its AOF and lose nothing."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.redis_server import RedisServer
@@ -21,8 +19,8 @@ from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.conftest import free_port, require
-from tests.poolkit import BUSYBOX_SPEC
+from tests.conftest import REPO, require, scratch_redis
+from tests.poolkit import BUSYBOX_SPEC, redis_client
 from tests.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
@@ -32,9 +30,7 @@ SPEC = BUSYBOX_SPEC
 
 async def prepare(server: RedisServer, data_dir: Path) -> list[str]:
     """100 tasks with escrow held, run and finished, none settled yet."""
-    db = aioredis.Redis(
-        host=server.bind, port=server.port, password=server.password, decode_responses=True
-    )
+    db = redis_client(server)
     tasks = TaskStore(db, data_dir, 1 << 20)
     accounting = Accounting(AsyncLedger(db), RATES, tasks)
     await accounting.ledger.genesis()
@@ -58,11 +54,8 @@ def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
     tmp_path: Path,
 ) -> None:
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer(tmp_path / "redis", "127.0.0.1", free_port(), secrets.token_hex(8))
-    server.start()
-    try:
-        client = store.connect(server.bind, server.port, server.password)
-        client.close()
+    with scratch_redis(tmp_path / "redis") as server:
+        store.connect(server.bind, server.port, server.password).close()  # loads the Lua
         ids = asyncio.run(prepare(server, tmp_path / "tasks"))
         command = [
             sys.executable,
@@ -74,7 +67,7 @@ def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
             str(tmp_path / "tasks"),
         ]
         slowly = [*command, "0.2"]  # 70 tasks still to go take 14 s: the kill lands mid-way
-        settler = subprocess.Popen(slowly, stdout=subprocess.PIPE, text=True)
+        settler = subprocess.Popen(slowly, stdout=subprocess.PIPE, text=True, cwd=REPO)
         assert settler.stdout is not None
         for _ in range(30):
             settler.stdout.readline()
@@ -85,7 +78,7 @@ def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
         partly = sum(1 for t in ids if client.hget(f"hm:task:{t}", "settled") == "1")
         assert 30 <= partly < TASKS, "the kill must land in the middle of the settlement"
         assert ledger.audit()["ok"]
-        subprocess.run(command, check=True, capture_output=True)  # the restart
+        subprocess.run(command, check=True, capture_output=True, cwd=REPO)  # the restart
         assert all(client.hget(f"hm:task:{t}", "settled") == "1" for t in ids)
         moves = Counter((e.task, e.key.split(":")[0]) for e in ledger.journal() if e.task)
         assert all(
@@ -109,5 +102,3 @@ def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
         assert {a["account"]: a["balance"] for a in ledger.accounts()} == balances
         assert ledger.audit() == report
         client.close()
-    finally:
-        server.stop()

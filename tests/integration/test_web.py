@@ -26,6 +26,7 @@ from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
 from hivemind_cluster.web.users import token_digest
+from tests.conftest import zip_of
 from tests.poolkit import block_until_cancelled
 from tests.webkit import (
     PASSWORD,
@@ -44,10 +45,8 @@ def write_output(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
     """Prints to both streams and leaves a file in /out, like a real task."""
     on_output("stdout", b"hello from the task\n")
     on_output("stderr", b"a warning\n")
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("answer.txt", "42\n")
-    return Outcome("succeeded", 0, "", Usage(2.0, 32 << 20, 2.5, 0.0), archive.getvalue())
+    usage = Usage(2.0, 32 << 20, 2.5, 0.0)
+    return Outcome("succeeded", 0, "", usage, zip_of({"answer.txt": "42\n"}))
 
 
 def behaviour(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
@@ -242,10 +241,8 @@ def test_submit_wait_logs_result_and_pay_exactly_the_cost(app: Flask) -> None:
     client = app.test_client()
     headers = api_login(client, fresh_name())
     quote = client.post("/api/v1/tasks/quote", headers=headers, json=BUSYBOX).get_json()
-    bundle = io.BytesIO()
-    with zipfile.ZipFile(bundle, "w") as z:
-        z.writestr("input.txt", "data")
-    body = BUSYBOX | {"command": ["echo"], "bundle": base64.b64encode(bundle.getvalue()).decode()}
+    bundle = zip_of({"input.txt": "data"})
+    body = BUSYBOX | {"command": ["echo"], "bundle": base64.b64encode(bundle).decode()}
     reply = client.post("/api/v1/tasks", headers=headers, json=body)
     assert reply.status_code == 201, reply.get_json()
     task = reply.get_json()

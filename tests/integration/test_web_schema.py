@@ -45,7 +45,7 @@ def api_client(world: WebCluster) -> FlaskClient:
 
 
 @pytest.fixture(scope="module")
-def api_schema(world: WebCluster, api_client: FlaskClient) -> Any:
+def api_schema(api_client: FlaskClient) -> Any:
     return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", api_client.application)
 
 

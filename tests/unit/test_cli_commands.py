@@ -23,6 +23,7 @@ from hivemind_cluster.pool.submission import from_json
 from hivemind_cluster.pool.views import View
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.web.cli import build_hivemind_parser
+from tests.conftest import zip_of
 
 
 def task(status: str, **fields: object) -> View:
@@ -39,14 +40,6 @@ def task(status: str, **fields: object) -> View:
             **fields,  # type: ignore[arg-type]
         )
     )
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 @dataclass
@@ -200,7 +193,7 @@ def test_logs_go_to_their_streams(capsys: pytest.CaptureFixture[str]) -> None:
 def test_result_unpacks_into_the_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = FakeClient(output=zipped({"x": b"hi\n", "sub/y": b"there"}))
+    client = FakeClient(output=zip_of({"x": b"hi\n", "sub/y": b"there"}))
     target = tmp_path / "results"
     assert run(client, capsys, "result", "t1", "-o", str(target)) == (
         0,
@@ -215,7 +208,7 @@ def test_result_unpacks_into_the_directory(
 def test_result_files_follow_the_users_umask(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = FakeClient(output=zipped({"sub/y": b"there"}))
+    client = FakeClient(output=zip_of({"sub/y": b"there"}))
     previous = os.umask(0o077)
     try:
         run(client, capsys, "result", "t1", "-o", str(tmp_path / "r"))
@@ -231,7 +224,7 @@ def test_result_files_follow_the_users_umask(
 def test_result_never_writes_over_files_and_is_all_or_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = FakeClient(output=zipped({"x": b"new", "z": b"also new"}))
+    client = FakeClient(output=zip_of({"x": b"new", "z": b"also new"}))
     target = tmp_path / "results"
     target.mkdir()
     (target / "x").write_bytes(b"mine")

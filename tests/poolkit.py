@@ -164,13 +164,16 @@ class Cluster:
             await self.pool.close()
 
     async def add_node(self, node_id: str, role: str, overlay_ip: str = LOOPBACK) -> Identity:
-        """A member as enrollment would record it, with its certificate and key."""
+        """A member as enrollment (``hm_redeem``) would record it, with its certificate and
+        key. Its WireGuard key is its id."""
         assert self.pool is not None
         now = time.time()
-        await self.pool.db.hset(
-            mesh_keys.NODE.format(id=node_id), mapping=node_record(node_id, role, overlay_ip, now)
-        )
-        await self.pool.db.zadd(mesh_keys.NODES, {node_id: now})
+        record = node_record(node_id, role, overlay_ip, now)
+        pipe = self.pool.db.pipeline()
+        pipe.hset(mesh_keys.NODE.format(id=node_id), mapping=record)
+        pipe.zadd(mesh_keys.NODES, {node_id: now})
+        pipe.hset(mesh_keys.NODE_BY_WG_KEY, record["wg_public_key"], node_id)
+        await pipe.execute()
         cert, key = self.ca.issue_client_certificate(node_id, overlay_ip)
         return Identity(node_id, cert, key, self.ca.pem, f"{LOOPBACK}:{self.port}")
 

@@ -63,17 +63,18 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.conftest import REPO
 from tests.lab import UNDERLAY, Host
+
+T = TypeVar("T")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -312,31 +313,58 @@ def headless_chromium(
             shutil.rmtree(profile, ignore_errors=True)
 
 
+def wait_until(
+    driver: webdriver.Chrome,
+    condition: Callable[[webdriver.Chrome], T | None],
+    timeout: float,
+    what: str,
+) -> T:
+    """``condition(driver)`` once it is truthy, polled every 0.1 s for ``timeout`` seconds.
+
+    A ``WebDriverException`` from ``condition`` counts as "not yet": while a click loads the
+    next page, or a script replaces part of this one, an element found a moment ago can be
+    stale, or belong to a document that is being replaced ("Node with given id does not
+    belong to the document"). On timeout the last such error is in the message.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while True:
+        try:
+            value = condition(driver)
+        except WebDriverException as error:
+            value, last_error = None, f" (last error: {(error.msg or repr(error)).strip()})"
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutException(f"{what} after {timeout}s{last_error}")
+        time.sleep(0.1)
+
+
 def wait_for(driver: webdriver.Chrome, by: str, selector: str, timeout: float = 10) -> WebElement:
     """The element once it is visible (``by`` is a ``selenium.webdriver.common.by.By``)."""
-    try:
-        element: WebElement = WebDriverWait(driver, timeout).until(
-            expected_conditions.visibility_of_element_located((by, selector))
-        )
-    except TimeoutException as error:
-        raise TimeoutException(f"no visible element {by}={selector!r} after {timeout}s") from error
-    return element
+
+    def visible(d: webdriver.Chrome) -> WebElement | None:
+        element = d.find_element(by, selector)
+        return element if element.is_displayed() else None
+
+    return wait_until(driver, visible, timeout, f"no visible element {by}={selector!r}")
 
 
 def wait_for_text(
     driver: webdriver.Chrome, by: str, selector: str, text: str, timeout: float = 10
 ) -> WebElement:
     """The element once its text contains ``text``."""
+    seen: list[str] = []
+
+    def showing(d: webdriver.Chrome) -> WebElement | None:
+        element = d.find_element(by, selector)
+        seen[:] = [element.text]
+        return element if text in seen[0] else None
+
     try:
-        WebDriverWait(driver, timeout).until(
-            expected_conditions.text_to_be_present_in_element((by, selector), text)
-        )
+        return wait_until(driver, showing, timeout, f"{by}={selector!r} did not show {text!r}")
     except TimeoutException as error:
-        current = [element.text for element in driver.find_elements(by, selector)]
-        raise TimeoutException(
-            f"{by}={selector!r} did not show {text!r} after {timeout}s (now: {current!r})"
-        ) from error
-    return driver.find_element(by, selector)
+        raise TimeoutException(f"{error.msg} (now: {seen!r})") from error
 
 
 def set_viewport(driver: webdriver.Chrome, size: tuple[int, int]) -> None:

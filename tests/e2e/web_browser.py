@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from tests.browser import (
     MOBILE,
@@ -26,6 +25,7 @@ from tests.browser import (
     screenshot,
     wait_for,
     wait_for_text,
+    wait_until,
 )
 
 # Long enough to be seen running on the page, however slowly the page first loads.
@@ -78,17 +78,19 @@ def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str,
         },
     )
     # The price cap follows the fields as they are typed (the page's script asks the API).
-    WebDriverWait(driver, 10).until(
-        lambda d: d.find_element(By.ID, "price-cap").text not in ("", before)
+    price_cap: str = wait_until(
+        driver,
+        lambda d: (text := d.find_element(By.ID, "price-cap").text) not in ("", before) and text,
+        10,
+        "the price cap did not follow the fields",
     )
-    price_cap = driver.find_element(By.ID, "price-cap").text
     screenshot(driver, "03-submit-form")
     driver.find_element(By.ID, "submit-task").click()
-    status = wait_for(driver, By.ID, "task-status")
+    wait_for(driver, By.ID, "task-status")
     task_id = driver.current_url.rstrip("/").rsplit("/", 1)[1]
     # A marker that a reload would wipe: the status must change under it.
     driver.execute_script("window.hivemindNoReload = true;")
-    seen = [status.get_attribute("data-status")]
+    seen = [read_now(driver, "task-status", "dataset.status")]
     deadline = time.monotonic() + timeout
     while seen[-1] != "succeeded":
         assert time.monotonic() < deadline, f"task {task_id} stayed {seen}"
@@ -97,9 +99,7 @@ def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str,
         current = read_now(driver, "task-status", "dataset.status")
         if current != seen[-1]:
             seen.append(current)
-    WebDriverWait(driver, 20).until(
-        expected_conditions.text_to_be_present_in_element((By.ID, "logs"), "from the browser")
-    )
+    wait_for_text(driver, By.ID, "logs", "from the browser", timeout=20)
     wait_for(driver, By.ID, "result-link", timeout=20)
     no_reload = driver.execute_script("return window.hivemindNoReload === true;")
     screenshot(driver, "04-task-succeeded")
@@ -108,7 +108,7 @@ def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str,
         "price_cap": price_cap,
         "statuses": seen,
         "node": read_now(driver, "task-node", "innerText"),
-        "logs": driver.find_element(By.ID, "logs").text,
+        "logs": read_now(driver, "logs", "innerText"),
         "updated_without_reload": no_reload,
     }
 
@@ -120,7 +120,12 @@ def mesh_page(driver: HeadlessChromium, timeout: float = 30) -> dict[str, Any]:
     def online_workers(nodes: list[dict[str, Any]]) -> list[str]:
         return [n["name"] for n in nodes if n["role"] == "worker" and n["online"]]
 
-    WebDriverWait(driver, timeout).until(lambda d: len(online_workers(mesh_rows(d))) >= 2)
+    wait_until(
+        driver,
+        lambda d: len(online_workers(mesh_rows(d))) >= 2,
+        timeout,
+        "fewer than 2 workers online on /mesh",
+    )
     screenshot(driver, "05-mesh")
     nodes = mesh_rows(driver)
     totals = read_now(driver, "mesh-totals", "innerText")

@@ -75,6 +75,7 @@ from tests.conftest import REPO
 from tests.lab import UNDERLAY, Host
 
 T = TypeVar("T")
+Driver = TypeVar("Driver", bound=webdriver.Chrome)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -314,8 +315,8 @@ def headless_chromium(
 
 
 def wait_until(
-    driver: webdriver.Chrome,
-    condition: Callable[[webdriver.Chrome], T | None],
+    driver: Driver,
+    condition: Callable[[Driver], T | None],
     timeout: float,
     what: str,
 ) -> T:

@@ -77,13 +77,13 @@ def submit_and_watch(driver: HeadlessChromium, timeout: float = 90) -> dict[str,
             "timeout": "60",
         },
     )
+
     # The price cap follows the fields as they are typed (the page's script asks the API).
-    price_cap: str = wait_until(
-        driver,
-        lambda d: (text := d.find_element(By.ID, "price-cap").text) not in ("", before) and text,
-        10,
-        "the price cap did not follow the fields",
-    )
+    def new_price_cap(d: HeadlessChromium) -> str | None:
+        text: str = d.find_element(By.ID, "price-cap").text
+        return text if text not in ("", before) else None
+
+    price_cap = wait_until(driver, new_price_cap, 10, "the price cap did not follow the fields")
     screenshot(driver, "03-submit-form")
     driver.find_element(By.ID, "submit-task").click()
     wait_for(driver, By.ID, "task-status")
@@ -122,7 +122,7 @@ def mesh_page(driver: HeadlessChromium, timeout: float = 30) -> dict[str, Any]:
 
     wait_until(
         driver,
-        lambda d: len(online_workers(mesh_rows(d))) >= 2,
+        lambda _: len(online_workers(mesh_rows(driver))) >= 2,
         timeout,
         "fewer than 2 workers online on /mesh",
     )

@@ -21,7 +21,7 @@ def test_errors_while_the_page_is_replaced_are_retried() -> None:
             raise answer
         return answer
 
-    assert wait_until(None, condition, 5, "no greeting") == "Hello, ada"  # type: ignore[arg-type]
+    assert wait_until(None, condition, 5, "no greeting") == "Hello, ada"
     assert answers == []
 
 
@@ -30,4 +30,4 @@ def test_a_timeout_names_the_wait_and_the_last_error() -> None:
         raise WebDriverException(REPLACED)
 
     with pytest.raises(TimeoutException, match=r"no greeting after 0\.3s .*does not belong"):
-        wait_until(None, condition, 0.3, "no greeting")  # type: ignore[arg-type]
+        wait_until(None, condition, 0.3, "no greeting")

@@ -21,6 +21,7 @@ test: setup lint
 lint: setup
 	$(PY) scripts/protos.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 protos: setup

@@ -11,6 +11,7 @@ from typing import Any
 
 from hivemind_cluster.mesh.console import age
 from hivemind_cluster.mesh.inventory import ONLINE_HANDSHAKE_AGE
+from hivemind_cluster.pool.resources import format_bytes
 
 REFRESH_SECONDS = 5
 JSON_PATH = "/status.json"
@@ -40,15 +41,6 @@ def _when(then: float | None, now: float) -> str:
         return "never"
     iso, shown = _utc(then).strftime("%Y-%m-%dT%H:%M:%SZ"), _utc(then).strftime("%c UTC")
     return f'<time datetime="{iso}" title="{_e(shown)}">{_e(age(now - then))} ago</time>'
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _flag(good: bool, markup: str) -> str:
@@ -136,8 +128,8 @@ def render_html(document: dict[str, Any]) -> str:
         ("interface", f"{_e(overlay['interface'])} {link}"),
         ("hub peer", f"{_e(hub['ip'])} via {_e(overlay['hub_endpoint'] or '?')}"),
         ("handshake", _flag(fresh, _when(handshake, now))),
-        ("received", _e(_size(overlay["rx_bytes"]))),
-        ("sent", _e(_size(overlay["tx_bytes"]))),
+        ("received", _e(format_bytes(overlay["rx_bytes"]))),
+        ("sent", _e(format_bytes(overlay["tx_bytes"]))),
     ]
     sections = [
         ("Node", _rows(node_rows)),

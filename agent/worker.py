@@ -113,9 +113,7 @@ class Worker:
         self.connected = False
         self.completed = 0
         # For snapshot(): what the event loop changes and other threads read.
-        self.recent: collections.deque[FinishedAttempt] = collections.deque(
-            maxlen=RECENT_ATTEMPTS
-        )
+        self.recent: collections.deque[FinishedAttempt] = collections.deque(maxlen=RECENT_ATTEMPTS)
         self._view_lock = threading.Lock()
         self._link_since: float | None = None
         self._last_received: float | None = None

@@ -22,6 +22,7 @@ HUB_CONFIG = "hub.toml"
 
 DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"  # the hub's state when not told otherwise
 
+
 @dataclasses.dataclass(frozen=True)
 class HubSettings:
     state_dir: str

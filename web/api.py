@@ -229,7 +229,7 @@ def tip() -> ResponseReturnValue:
     project = check_account(text_field(body, "project"))
     amount = body.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, str | int | float):
-        raise InvalidInput("amount: CPT, as a number or text like \"2.5\"")
+        raise InvalidInput('amount: CPT, as a number or text like "2.5"')
     return my_pool().tip(project, parse_cpt(str(amount))), 201
 
 

@@ -92,7 +92,9 @@ def parse_cpus(text: str) -> int:
 
 
 def format_bytes(n: int) -> str:
+    """``n`` in the largest binary unit it reaches: "1.5 KiB", "999 MiB", "1000 MiB"."""
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
-            return f"{n / size:.3g} {unit}"
+            value = n / size  # under 1024, so 3 significant digits, or whole from 1000 up
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
     return f"{n} B"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hivemind_cluster.mesh.errors import InvalidInput
-from hivemind_cluster.pool.resources import Resources, parse_cpus, parse_size
+from hivemind_cluster.pool.resources import Resources, format_bytes, parse_cpus, parse_size
 from hivemind_cluster.pool.scheduler import Scheduler
 from tests.poolkit import GiB
 
@@ -105,6 +105,21 @@ def test_parse_size(text: str, expected: int) -> None:
 @pytest.mark.parametrize(("text", "expected"), [("2", 2000), ("0.5", 500), ("250m", 250)])
 def test_parse_cpus(text: str, expected: int) -> None:
     assert parse_cpus(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (999 << 20, "999 MiB"),
+        (1000 << 20, "1000 MiB"),  # not "1e+03 MiB"
+        ((1 << 20) - 1, "1024 KiB"),
+        (5000 << 40, "5000 TiB"),
+    ],
+)
+def test_format_bytes(n: int, shown: str) -> None:
+    assert format_bytes(n) == shown
 
 
 @pytest.mark.parametrize("text", ["", "lots", "-1", "0", "1.5X"])

@@ -325,7 +325,9 @@ def wait_until(
     A ``WebDriverException`` from ``condition`` counts as "not yet": while a click loads the
     next page, or a script replaces part of this one, an element found a moment ago can be
     stale, or belong to a document that is being replaced ("Node with given id does not
-    belong to the document"). On timeout the last such error is in the message.
+    belong to the document"). On timeout the last such error is in the message, which
+    ``WebDriverWait(..., ignored_exceptions=...)`` would drop (it keeps only the driver's
+    stack trace, a list of addresses).
     """
     deadline = time.monotonic() + timeout
     last_error = ""

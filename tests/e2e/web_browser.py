@@ -122,7 +122,7 @@ def mesh_page(driver: HeadlessChromium, timeout: float = 30) -> dict[str, Any]:
 
     wait_until(
         driver,
-        lambda _: len(online_workers(mesh_rows(driver))) >= 2,
+        lambda d: len(online_workers(mesh_rows(d))) >= 2,
         timeout,
         "fewer than 2 workers online on /mesh",
     )

@@ -11,8 +11,9 @@ from importlib import resources
 from hivemind_cluster import __version__
 from hivemind_cluster.agent import join as membership
 from hivemind_cluster.agent.service import run_service
-from hivemind_cluster.agent.state import DEFAULT_STATE_DIR, AgentSettings, load_settings
-from hivemind_cluster.mesh.console import age, print_json, run_main, setup_logging
+from hivemind_cluster.agent.state import AgentSettings, load_settings
+from hivemind_cluster.core.console import age, print_json, run_main, setup_logging
+from hivemind_cluster.core.names import DEFAULT_AGENT_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help=f"agent state directory (default {DEFAULT_STATE_DIR})",
+        default=DEFAULT_AGENT_DIR,
+        help=f"agent state directory (default {DEFAULT_AGENT_DIR})",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import load_der_x509_certificate
 
-from hivemind_cluster.mesh.ca import HUB_SERVER_NAME, leave_message, pin_of
-from hivemind_cluster.mesh.errors import PinMismatch, Unavailable
-from hivemind_cluster.mesh.grpcutil import error_from_rpc
-from hivemind_cluster.mesh.keys import TlsKey
-from hivemind_cluster.mesh.settings import split_host_port
+from hivemind_cluster.core.errors import PinMismatch, Unavailable
+from hivemind_cluster.core.grpcutil import error_from_rpc
+from hivemind_cluster.core.keys import TlsKey
+from hivemind_cluster.core.names import HUB_SERVER_NAME
+from hivemind_cluster.core.settings import split_host_port
+from hivemind_cluster.mesh.ca import leave_message, pin_of
 from hivemind_cluster.protos import enrollment_pb2 as pb
 from hivemind_cluster.protos import enrollment_pb2_grpc as pb_grpc
 

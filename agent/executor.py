@@ -34,8 +34,8 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig
 from docker.utils.socket import frames_iter_no_tty
 
-from hivemind_cluster.mesh.errors import InvalidInput, SystemFailure
-from hivemind_cluster.pool.bundles import describe_size, pack_directory, unpack_bundle
+from hivemind_cluster.core.errors import InvalidInput, SystemFailure
+from hivemind_cluster.model.bundles import describe_size, pack_directory, unpack_bundle
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from hivemind_cluster.mesh.errors import InvalidInput
-from hivemind_cluster.pool.resources import Resources, parse_cpus, parse_size
+from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.core.units import parse_cpus, parse_size
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.protos import enrollment_pb2 as pb
 from hivemind_cluster.protos import pool_pb2 as pb_pool
 

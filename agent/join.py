@@ -20,20 +20,10 @@ from hivemind_cluster.agent.overlay import (
     hub_peer_status,
     wait_until_hub_answers,
 )
-from hivemind_cluster.agent.state import (
-    CA_CERT,
-    LOG_FILE,
-    NODE_CERT,
-    PID_FILE,
-    TLS_KEY,
-    WG_KEY,
-    AgentSettings,
-    Enrollment,
-)
+from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.agent.statuspage import configured_url
-from hivemind_cluster.mesh.ca import check_hostname
-from hivemind_cluster.mesh.errors import HiveMindError, SystemFailure, Unavailable
-from hivemind_cluster.mesh.keys import (
+from hivemind_cluster.core.errors import HiveMindError, SystemFailure, Unavailable
+from hivemind_cluster.core.keys import (
     build_csr,
     generate_tls_key,
     generate_wireguard_keypair,
@@ -42,6 +32,8 @@ from hivemind_cluster.mesh.keys import (
     write_private,
     write_public,
 )
+from hivemind_cluster.core.names import CA_CERT, LOG_FILE, NODE_CERT, PID_FILE, TLS_KEY, WG_KEY
+from hivemind_cluster.mesh.ca import check_hostname
 from hivemind_cluster.mesh.tokens import JoinToken
 from hivemind_cluster.mesh.wireguard import (
     WireGuardInterface,

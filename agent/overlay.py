@@ -6,7 +6,8 @@ import errno
 import socket
 import time
 
-from hivemind_cluster.agent.state import WG_KEY, AgentSettings, Enrollment
+from hivemind_cluster.agent.state import AgentSettings, Enrollment
+from hivemind_cluster.core.names import WG_KEY
 from hivemind_cluster.mesh.wireguard import PeerStatus, WireGuardInterface, select_backend
 
 

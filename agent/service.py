@@ -19,12 +19,13 @@ from types import FrameType
 
 from hivemind_cluster.agent.facts import worker_facts
 from hivemind_cluster.agent.overlay import bring_up, hub_answers
-from hivemind_cluster.agent.state import PID_FILE, AgentSettings, Enrollment
+from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.agent.statuspage import start_status_server
 from hivemind_cluster.agent.worker import Worker
-from hivemind_cluster.mesh.errors import AlreadyExists
-from hivemind_cluster.mesh.keys import write_public
-from hivemind_cluster.pool.client import Identity
+from hivemind_cluster.client.channel import Identity
+from hivemind_cluster.core.errors import AlreadyExists
+from hivemind_cluster.core.keys import write_public
+from hivemind_cluster.core.names import PID_FILE
 
 log = logging.getLogger("hivemind.agent")
 CHECK_INTERVAL = 1.0

@@ -16,24 +16,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hivemind_cluster.mesh.errors import NotFound
-from hivemind_cluster.mesh.keys import write_public
-from hivemind_cluster.mesh.settings import load
+from hivemind_cluster.core.errors import NotFound
+from hivemind_cluster.core.keys import write_public
+from hivemind_cluster.core.names import AGENT_CONFIG, DEFAULT_AGENT_DIR, STATE_FILE
+from hivemind_cluster.core.settings import load
 from hivemind_cluster.mesh.wireguard import PeerConfig
-
-STATE_FILE = "agent.json"
-WG_KEY = "wg.key"
-TLS_KEY = "tls.key"
-NODE_CERT = "node.pem"
-CA_CERT = "ca.pem"
-PID_FILE = "agent.pid"
-LOG_FILE = "agent.log"
-DEFAULT_STATE_DIR = "/var/lib/hivemind-agent"
 
 
 @dataclass(frozen=True)
 class AgentSettings:
-    state_dir: str = DEFAULT_STATE_DIR
+    state_dir: str = DEFAULT_AGENT_DIR
     interface: str = "hm0"
     backend: str = "auto"
     # Seconds `join` waits for the hub to answer over the overlay.
@@ -55,8 +47,8 @@ class AgentSettings:
 
 
 def load_settings(state_dir: str | None, **overrides: object) -> AgentSettings:
-    root = Path(state_dir or DEFAULT_STATE_DIR)
-    return load(AgentSettings, root / "agent.toml", state_dir=str(root), **overrides)
+    root = Path(state_dir or DEFAULT_AGENT_DIR)
+    return load(AgentSettings, root / AGENT_CONFIG, state_dir=str(root), **overrides)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import html
 from datetime import UTC, datetime
 from typing import Any
 
-from hivemind_cluster.mesh.console import age
+from hivemind_cluster.core.console import age
+from hivemind_cluster.core.units import format_bytes
 from hivemind_cluster.mesh.inventory import ONLINE_HANDSHAKE_AGE
-from hivemind_cluster.pool.resources import format_bytes
 
 REFRESH_SECONDS = 5
 JSON_PATH = "/status.json"

@@ -39,11 +39,12 @@ from hivemind_cluster.agent.overlay import hub_peer_status
 from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.statushtml import JSON_PATH, render_html
 from hivemind_cluster.agent.worker import Worker, WorkerSnapshot
-from hivemind_cluster.mesh.errors import HiveMindError
-from hivemind_cluster.mesh.grpcutil import error_from_rpc
-from hivemind_cluster.mesh.settings import split_host_port
-from hivemind_cluster.pool.client import Identity, sync_channel
-from hivemind_cluster.pool.ledger import PAYMENT_PREFIX, format_cpt
+from hivemind_cluster.client.channel import Identity, sync_channel
+from hivemind_cluster.core.errors import HiveMindError
+from hivemind_cluster.core.grpcutil import error_from_rpc
+from hivemind_cluster.core.settings import split_host_port
+from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.model.accounts import PAYMENT_PREFIX
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 

@@ -62,13 +62,13 @@ import psutil
 import redis
 import redis.asyncio as aioredis
 
+from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.ca import CertificateAuthority
-from hivemind_cluster.mesh.redis_server import RedisServer
-from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.pool import constants as keys
-from hivemind_cluster.pool.client import CHANNEL_OPTIONS
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.service import create_server
@@ -203,7 +203,7 @@ async def _generate(
     beat = pb.AgentMessage(
         heartbeat=pb.Heartbeat(cpu_percent=12.5, memory_used_bytes=1 << 30, running_tasks=0)
     )
-    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    options = [*POOL_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
 
     async def agent(node_id: str, cert: bytes, key: bytes) -> None:
         credentials = grpc.ssl_channel_credentials(ca_pem, key, cert)

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis.asyncio as aioredis
 
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import store
-from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import KEYS, AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore

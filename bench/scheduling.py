@@ -53,11 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from hivemind_cluster.mesh.redis_server import RedisServer
-from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.model.accounts import TREASURY
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
-from hivemind_cluster.pool.ledger import TREASURY
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb

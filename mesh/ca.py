@@ -21,12 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hivemind_cluster.mesh.errors import CsrRejected, InvalidInput
-from hivemind_cluster.mesh.keys import TlsKey, generate_tls_key, load_tls_key, private_key_pem
+from hivemind_cluster.core.errors import CsrRejected, InvalidInput
+from hivemind_cluster.core.keys import TlsKey, generate_tls_key, load_tls_key, private_key_pem
+from hivemind_cluster.core.names import CA_CERT, CA_KEY, HUB_SERVER_NAME, NODE_URI_PREFIX
 
 # The name every client checks on the hub's server certificates (enrollment, pool).
-HUB_SERVER_NAME = "hub.hivemind.internal"
-NODE_URI_PREFIX = "hivemind://node/"
 NODE_CERT_DAYS = 365
 SERVER_CERT_DAYS = 825
 CA_DAYS = 3650
@@ -61,9 +60,6 @@ class IssuedCertificate:
 
 
 class CertificateAuthority:
-    CERT_FILE = "ca.pem"
-    KEY_FILE = "ca.key"
-
     def __init__(self, key: TlsKey, certificate: x509.Certificate) -> None:
         self.key = key
         self.certificate = certificate
@@ -103,8 +99,8 @@ class CertificateAuthority:
 
     @classmethod
     def load(cls, directory: Path) -> CertificateAuthority:
-        key = load_tls_key((directory / cls.KEY_FILE).read_bytes())
-        certificate = x509.load_pem_x509_certificate((directory / cls.CERT_FILE).read_bytes())
+        key = load_tls_key((directory / CA_KEY).read_bytes())
+        certificate = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
         return cls(key, certificate)
 
     @property

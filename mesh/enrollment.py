@@ -15,6 +15,10 @@ from typing import Any
 import grpc
 import redis
 
+from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied
+from hivemind_cluster.core.grpcutil import ENROLLMENT_MESSAGE_BYTES, ErrorInterceptor
+from hivemind_cluster.core.keys import check_wireguard_key
+from hivemind_cluster.core.settings import HubSettings, split_host_port
 from hivemind_cluster.mesh import nodes
 from hivemind_cluster.mesh.ca import (
     CertificateAuthority,
@@ -23,10 +27,6 @@ from hivemind_cluster.mesh.ca import (
     leave_message,
     verify_signature,
 )
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound, PermissionDenied
-from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
-from hivemind_cluster.mesh.keys import check_wireguard_key
-from hivemind_cluster.mesh.settings import HubSettings, split_host_port
 from hivemind_cluster.mesh.tokens import check_credentials
 from hivemind_cluster.mesh.wireguard import PeerConfig, WireGuardInterface
 from hivemind_cluster.protos import enrollment_pb2 as pb
@@ -34,7 +34,6 @@ from hivemind_cluster.protos import enrollment_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024
 LEAVE_CLOCK_SKEW = 300
 
 
@@ -147,7 +146,7 @@ async def create_server(
     """The enrollment server (TLS, no client certificate: the token authenticates)."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        options=[("grpc.max_receive_message_length", ENROLLMENT_MESSAGE_BYTES)],
     )
     pb_grpc.add_EnrollmentServicer_to_server(EnrollmentService(enroller), server)
     credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import shutil
 
-from hivemind_cluster.mesh.errors import SystemFailure
-from hivemind_cluster.mesh.system import run
+from hivemind_cluster.core.errors import SystemFailure
+from hivemind_cluster.core.system import run
 
 
 def table_name(interface: str) -> str:

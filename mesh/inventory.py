@@ -8,8 +8,8 @@ from typing import Any
 
 import redis
 
+from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.mesh import nodes
-from hivemind_cluster.mesh.settings import HubSettings
 from hivemind_cluster.mesh.wireguard import PeerStatus, WireGuardInterface
 
 # WireGuard rekeys every 2 minutes while traffic (or keepalives) flow and rejects a session

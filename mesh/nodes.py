@@ -11,8 +11,9 @@ from typing import Any
 
 import redis
 
+from hivemind_cluster.core import redisdb
+from hivemind_cluster.core.errors import NotFound
 from hivemind_cluster.mesh import constants, ipam, store
-from hivemind_cluster.mesh.errors import NotFound
 from hivemind_cluster.mesh.tokens import secret_hash
 
 ACTIVE = "active"
@@ -83,7 +84,7 @@ def redeem(
             node_id,
             hostname,
             wg_public_key,
-            store.dumps(facts),
+            redisdb.dumps(facts),
         ],
     )
     return Node(node_id, hostname, role, ip, wg_public_key, "enrolling", now, facts)

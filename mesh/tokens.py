@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hivemind_cluster.core.errors import InvalidInput, NotFound, TokenMalformed
 from hivemind_cluster.mesh import constants
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound, TokenMalformed
 
 if TYPE_CHECKING:  # the agent parses tokens and must not pay for importing redis
     import redis

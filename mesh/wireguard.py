@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from hivemind_cluster.mesh.errors import InvalidInput, SystemFailure
-from hivemind_cluster.mesh.system import run
+from hivemind_cluster.core.errors import InvalidInput, SystemFailure
+from hivemind_cluster.core.system import run
 
 UAPI_DIR = Path("/var/run/wireguard")
 DEFAULT_MTU = 1420

@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import secrets
 
-from hivemind_cluster.mesh import errors
+from hivemind_cluster.core import errors
+from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.model.accounts import ESCROW
+from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.pool import constants as keys
-from hivemind_cluster.pool.ledger import ESCROW, AsyncLedger, Entry, format_cpt
-from hivemind_cluster.pool.pricing import RateCard
+from hivemind_cluster.pool.ledger import AsyncLedger, Entry
 from hivemind_cluster.pool.taskstore import TaskStore
 
 log = logging.getLogger("hivemind.pool.accounting")

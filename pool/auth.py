@@ -17,11 +17,10 @@ import grpc
 import redis.asyncio as aioredis
 from cryptography import x509
 
+from hivemind_cluster.core.errors import PermissionDenied
+from hivemind_cluster.core.names import HUB_NODE_ID, NODE_URI_PREFIX
 from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh.ca import NODE_URI_PREFIX
-from hivemind_cluster.mesh.errors import PermissionDenied
 
-HUB_NODE_ID = "hub"
 _USERS = frozenset({"operator", "hub"})
 # Who may call what: a whole service ("/package.Service/") or one method of it
 # ("/package.Service/Method"); a method's own entry overrides its service's. Workers use

@@ -12,33 +12,27 @@ earnings, from the journal.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
-from decimal import Decimal, DecimalException, InvalidOperation
 from typing import Any
 
 import redis
 
-from hivemind_cluster.mesh import errors
-from hivemind_cluster.mesh.store import LuaErrors, lua_error
+from hivemind_cluster.core import errors
+from hivemind_cluster.core.units import MAX_AMOUNT, format_cpt
+from hivemind_cluster.model.accounts import (
+    ACCOUNT_KINDS,
+    ESCROW,
+    PAYMENT_PREFIX,
+    REGISTRATION_GRANT,
+    TOTAL_SUPPLY,
+    TREASURY,
+    check_account,
+)
 from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool.store import LEDGER
 
-MICRO = 1_000_000
-TOTAL_SUPPLY = 1_000_000_000_000 * MICRO
-REGISTRATION_GRANT = 150 * MICRO
-TREASURY = "treasury"
-ACCOUNT_KINDS = ("user", "worker", "project")  # treasury and escrow exist from genesis
-MAX_AMOUNT = 10**18 - 1
-PAYMENT_PREFIX = "pay:"  # idempotency key of a task's payment to its worker: pay:<task>
 HISTORY_SCAN = 10_000  # newest journal entries looked through for an account's history
-_ACCOUNT = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
-_LUA_ERRORS: LuaErrors = {
-    "INVALID": (errors.InvalidInput, "{detail}"),
-    "NO_ACCOUNT": (errors.NotFound, "no account {detail}"),
-    "INSUFFICIENT": (errors.Conflict, "insufficient balance in {detail}"),
-    "NO_SUPPLY": (errors.Conflict, "{detail} (start the hub once)"),
-}
 KEYS = [
     keys.LEDGER_BALANCES,
     keys.LEDGER_ACCOUNTS,
@@ -93,44 +87,6 @@ class Entry:
         }
 
 
-def format_cpt(micro: int) -> str:
-    """``1500000`` → ``"1.5"``: CPT with up to 6 decimals, exact."""
-    whole, fraction = divmod(abs(micro), MICRO)
-    text = f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")
-    return ("-" if micro < 0 else "") + text
-
-
-def parse_cpt(text: str) -> int:
-    """``"1.5"`` → ``1500000``; more than 6 decimals, signs or garbage are refused."""
-    try:
-        if len(text) > 60:
-            raise InvalidOperation
-        value = Decimal(text.strip())
-        if not value.is_finite() or abs(value.adjusted()) > 30:  # NaN, inf, 1e999999999
-            raise InvalidOperation
-        micro = value * MICRO
-    except DecimalException:
-        raise errors.InvalidInput(f"amount {text[:30]!r} is not a number of CPT") from None
-    if micro != micro.to_integral_value():
-        raise errors.InvalidInput(f"amount {text[:30]!r} has more than 6 decimals")
-    if micro <= 0:
-        raise errors.InvalidInput(f"amount {text[:30]!r} must be positive")
-    if micro > MAX_AMOUNT:
-        raise errors.InvalidInput(f"amount {text[:30]!r} is more than the whole supply")
-    return int(micro)
-
-
-def check_account(name: str) -> str:
-    if not _ACCOUNT.match(name):
-        raise errors.InvalidInput(
-            f"account {name[:40]!r}: lowercase letters, digits and ._:- (up to 64)"
-        )
-    return name
-
-
-ESCROW = "escrow"
-
-
 def _genesis_args() -> tuple[str, list[Any]]:
     return "hm_ledger_genesis", [TREASURY, TOTAL_SUPPLY, time.time(), ESCROW]
 
@@ -172,10 +128,7 @@ class Ledger:
         self.client: Any = client  # decode_responses=True; replies are untyped
 
     def _call(self, function: str, args: list[Any]) -> Any:
-        try:
-            return self.client.fcall(function, len(KEYS), *KEYS, *args)
-        except redis.ResponseError as exc:
-            raise lua_error(exc, _LUA_ERRORS) from None
+        return LEDGER.call(self.client, function, KEYS, args)
 
     def genesis(self) -> int:
         """Create the supply in the treasury (and the escrow account), once."""
@@ -297,11 +250,7 @@ class AsyncLedger:
         self.client = client  # redis.asyncio, decode_responses=True
 
     async def _call(self, function: str, args: list[Any], more_keys: tuple[str, ...] = ()) -> Any:
-        all_keys = (*KEYS, *more_keys)
-        try:
-            return await self.client.fcall(function, len(all_keys), *all_keys, *args)
-        except redis.ResponseError as exc:
-            raise lua_error(exc, _LUA_ERRORS) from None
+        return await LEDGER.acall(self.client, function, [*KEYS, *more_keys], args)
 
     async def genesis(self) -> int:
         return int(await self._call(*_genesis_args()))

@@ -12,16 +12,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied, Unschedulable
+from hivemind_cluster.core.units import MAX_AMOUNT
 from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound, PermissionDenied, Unschedulable
+from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.model.spec import check_submission
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.auth import Caller, acting_for
-from hivemind_cluster.pool.ledger import MAX_AMOUNT
 from hivemind_cluster.pool.pool import Pool, cancel_message
 from hivemind_cluster.pool.records import TaskRecord
-from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Worker
-from hivemind_cluster.pool.spec import check_submission
 from hivemind_cluster.pool.taskstore import LogRecord, new_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 

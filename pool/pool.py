@@ -22,24 +22,25 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh.errors import (
+from hivemind_cluster.core.errors import (
     HiveMindError,
     InvalidInput,
     StaleAttempt,
 )
-from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.model.bundles import MAX_OUTPUT_BYTES
+from hivemind_cluster.model.pricing import RateCard
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import registry
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.auth import Caller
-from hivemind_cluster.pool.bundles import MAX_OUTPUT_BYTES
 from hivemind_cluster.pool.ledger import AsyncLedger
-from hivemind_cluster.pool.pricing import RateCard
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.registry import AgentSession
-from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
+from hivemind_cluster.pool.store import load_libraries
 from hivemind_cluster.pool.taskstore import TaskStore, check_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
@@ -110,6 +111,7 @@ class Pool:
             return aioredis.Redis(connection_pool=connections)
 
         pool = cls(settings, client(True), client(False), settings.path / "tasks")
+        await load_libraries(pool.db)
         await pool.start()
         return pool
 

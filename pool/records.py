@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hivemind_cluster.pool.resources import Resources
-from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.model.spec import TaskSpec
 from hivemind_cluster.protos import pool_pb2 as pb
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.auth import Caller
-from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
 from hivemind_cluster.protos import pool_pb2 as pb
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.model.resources import Resources
 
 
 class Worker:

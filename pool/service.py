@@ -16,13 +16,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hivemind_cluster.mesh.errors import Conflict, InvalidInput
-from hivemind_cluster.mesh.grpcutil import ErrorInterceptor
+from hivemind_cluster.core.errors import Conflict, InvalidInput
+from hivemind_cluster.core.grpcutil import POOL_SERVER_OPTIONS, ErrorInterceptor
+from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import PoolAuthorizer, acting_for, current_caller
-from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
-from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, Entry, check_account
+from hivemind_cluster.pool.ledger import Entry
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.taskstore import LogRecord
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -30,7 +30,6 @@ from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hivemind.pool")
 # Room for a 16 MiB bundle plus the rest of the message.
-MAX_MESSAGE_BYTES = MAX_INPUT_BYTES + (1 << 20)
 REGISTER_TIMEOUT = 10.0
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -212,8 +211,7 @@ async def create_server(
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor(PoolAuthorizer(pool.db, pool.settings.hub_ip))],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *POOL_SERVER_OPTIONS,
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),

@@ -19,20 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from hivemind_cluster.mesh import errors
-from hivemind_cluster.mesh.store import LuaErrors, lua_error
+from hivemind_cluster.core import errors
+from hivemind_cluster.model.spec import TaskSpec
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.records import TaskRecord, spec_fields
-from hivemind_cluster.pool.spec import TaskSpec
+from hivemind_cluster.pool.store import TASKS
 from hivemind_cluster.protos import pool_pb2 as pb
 
-_LUA_ERRORS: LuaErrors = {
-    "NOT_FOUND": (errors.NotFound, "no such task"),
-    "STALE": (errors.StaleAttempt, "{detail}"),
-    "FINISHED": (errors.Conflict, "{detail}"),
-}
 INPUT_FILE = "input.zip"
 
 
@@ -71,10 +64,7 @@ class TaskStore:
         self.log_cap_bytes = log_cap_bytes
 
     async def _call(self, function: str, key_list: list[str], args: list[Any]) -> Any:
-        try:
-            return await self.db.fcall(function, len(key_list), *key_list, *args)
-        except redis.ResponseError as exc:
-            raise lua_error(exc, _LUA_ERRORS) from None
+        return await TASKS.acall(self.db, function, key_list, args)
 
     @staticmethod
     def _task_keys(task_id: str) -> tuple[str, str, str, str]:

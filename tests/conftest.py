@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import store
-from hivemind_cluster.mesh.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -16,7 +16,7 @@ import sys
 
 from hivemind_cluster.agent.overlay import bring_up, wait_until_hub_answers
 from hivemind_cluster.agent.state import Enrollment, load_settings
-from hivemind_cluster.pool.client import Identity, aio_channel
+from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 

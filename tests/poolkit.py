@@ -23,16 +23,16 @@ import redis.asyncio as aioredis
 from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.worker import Worker
+from hivemind_cluster.client.channel import Identity, aio_channel
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.ca import CertificateAuthority
-from hivemind_cluster.mesh.redis_server import RedisServer
-from hivemind_cluster.mesh.settings import HubSettings
-from hivemind_cluster.pool.client import Identity, aio_channel
+from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.model.spec import TaskSpec
 from hivemind_cluster.pool.pool import Pool
-from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.pool.service import create_server
-from hivemind_cluster.pool.spec import TaskSpec
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 

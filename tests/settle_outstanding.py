@@ -14,9 +14,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import AsyncLedger
-from hivemind_cluster.pool.pricing import RateCard
 from hivemind_cluster.pool.taskstore import TaskStore
 
 RATES = RateCard(cpu_second=100, gb_second=50, gpu_second=2000)

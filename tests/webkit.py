@@ -19,11 +19,11 @@ from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 
+from hivemind_cluster.client.channel import Identity, sync_channel
+from hivemind_cluster.core.names import HUB_NODE_ID
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import store
-from hivemind_cluster.mesh.redis_server import RedisServer
 from hivemind_cluster.mesh.wireguard import PeerStatus
-from hivemind_cluster.pool.auth import HUB_NODE_ID
-from hivemind_cluster.pool.client import Identity, sync_channel
 from hivemind_cluster.web import create_app
 from hivemind_cluster.web.users import Limits
 from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo

@@ -16,16 +16,16 @@ from typing import Any
 from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
 
-from hivemind_cluster.mesh import store
-from hivemind_cluster.mesh.keys import write_private
-from hivemind_cluster.mesh.settings import DEFAULT_STATE_DIR
+from hivemind_cluster.client.channel import Identity, sync_channel
+from hivemind_cluster.core import redisdb
+from hivemind_cluster.core.keys import write_private
+from hivemind_cluster.core.names import DEFAULT_HUB_DIR, WEB_SECRET
+from hivemind_cluster.core.settings import load_hub_settings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
-from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
-from hivemind_cluster.pool.client import Identity, sync_channel
+from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
 
-SECRET_FILE = "web-secret.key"
 # A 16 MiB bundle, base64 in JSON (4/3) plus the rest of the body.
 MAX_BODY = MAX_INPUT_BYTES * 4 // 3 + (1 << 20)
 csrf = CSRFProtect()
@@ -73,14 +73,12 @@ def _security_headers(response: Response) -> Response:
 
 def _services(app: Flask) -> Services:
     """The hub's real services, unless the test config brings its own."""
-    from hivemind_cluster.mesh.hub import load_settings
-
     config = app.config
-    state_dir = config.get("STATE_DIR") or os.environ.get("HIVEMIND_STATE_DIR", DEFAULT_STATE_DIR)
-    settings = config.get("SETTINGS") or load_settings(state_dir)
+    state_dir = config.get("STATE_DIR") or os.environ.get("HIVEMIND_STATE_DIR", DEFAULT_HUB_DIR)
+    settings = config.get("SETTINGS") or load_hub_settings(state_dir)
     if "SECRET_KEY" not in config or not config["SECRET_KEY"]:
         config["SECRET_KEY"] = _secret_key(Path(settings.state_dir))
-    db = config.get("REDIS") or store.connect_hub(settings)
+    db = config.get("REDIS") or redisdb.connect_hub(settings)
     channel = config.get("CHANNEL") or sync_channel(Identity.load(settings.state_dir))
     interface = WireGuardInterface(settings.interface)
     peers = config.get("WIREGUARD_PEERS") or interface.peers
@@ -94,7 +92,7 @@ def _services(app: Flask) -> Services:
 
 def _secret_key(state_dir: Path) -> str:
     """The session signing key, created once per hub (sessions survive restarts)."""
-    path = state_dir / SECRET_FILE
+    path = state_dir / WEB_SECRET
     if not path.exists():
         import secrets
 

@@ -16,13 +16,14 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError
 
-from hivemind_cluster.mesh.errors import InvalidInput
-from hivemind_cluster.pool import submission
+from hivemind_cluster.client.grpcclient import GrpcTaskClient
+from hivemind_cluster.client.views import cpt
+from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.core.units import parse_cpt
+from hivemind_cluster.model import submission
+from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
+from hivemind_cluster.model.submission import check_text, whole_number
 from hivemind_cluster.pool.constants import ALL_STATES, MAX_ROWS
-from hivemind_cluster.pool.grpcclient import GrpcTaskClient
-from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, check_account, parse_cpt
-from hivemind_cluster.pool.submission import check_text, whole_number
-from hivemind_cluster.pool.views import cpt
 from hivemind_cluster.web import mesh, openapi
 from hivemind_cluster.web.auth import client_address
 from hivemind_cluster.web.downloads import zip_download

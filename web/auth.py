@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, flash, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput
 from hivemind_cluster.web.errorpages import form_failed
 from hivemind_cluster.web.services import services
 from hivemind_cluster.web.users import User

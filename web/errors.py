@@ -5,8 +5,8 @@ API routes answer ``{"error": {"code": ..., "message": ...}}``; pages show the m
 
 from __future__ import annotations
 
-from hivemind_cluster.mesh import errors
-from hivemind_cluster.mesh.errors import HiveMindError
+from hivemind_cluster.core import errors
+from hivemind_cluster.core.errors import HiveMindError
 
 
 class Unauthenticated(HiveMindError):

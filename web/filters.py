@@ -6,9 +6,9 @@ import time
 
 from flask import Flask
 
-from hivemind_cluster.mesh.console import age
-from hivemind_cluster.pool.resources import format_bytes
-from hivemind_cluster.pool.views import amount_text
+from hivemind_cluster.client.views import amount_text
+from hivemind_cluster.core.console import age
+from hivemind_cluster.core.units import format_bytes
 
 
 def size(value: int | None) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from hivemind_cluster.mesh.errors import HiveMindError
-from hivemind_cluster.pool.ledger import check_account, parse_cpt
-from hivemind_cluster.pool.views import amount_text
+from hivemind_cluster.client.views import amount_text
+from hivemind_cluster.core.errors import HiveMindError
+from hivemind_cluster.core.units import parse_cpt
+from hivemind_cluster.model.accounts import check_account
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.errorpages import form_failed
 from hivemind_cluster.web.services import services

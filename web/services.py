@@ -9,9 +9,9 @@ import grpc
 import redis
 from flask import current_app
 
-from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.client.grpcclient import GrpcTaskClient
+from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.mesh.wireguard import PeerStatus
-from hivemind_cluster.pool.grpcclient import GrpcTaskClient
 from hivemind_cluster.web.users import UserStore
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, TooLarge
-from hivemind_cluster.pool import submission
-from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.client.views import amount_text
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput, TooLarge
+from hivemind_cluster.model import submission
+from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
 from hivemind_cluster.pool.constants import ALL_STATES
-from hivemind_cluster.pool.spec import DEFAULT_PYTHON_IMAGE
-from hivemind_cluster.pool.views import amount_text
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.downloads import zip_download
 from hivemind_cluster.web.errorpages import form_failed

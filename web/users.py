@@ -17,7 +17,7 @@ import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from hivemind_cluster.mesh.errors import AlreadyExists, InvalidInput
+from hivemind_cluster.core.errors import AlreadyExists, InvalidInput
 from hivemind_cluster.mesh.tokens import secret_hash as token_digest
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys

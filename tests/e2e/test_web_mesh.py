@@ -110,7 +110,7 @@ def test_the_web_answers_on_the_overlay_only(world: PoolWorld) -> None:
 def test_the_hub_restarts_a_web_that_died(world: PoolWorld) -> None:
     run = json.loads((world.mesh.hub_dir / "run.json").read_text())
     assert run["web_url"] == HUB_WEB
-    pids = world.hub.run("pgrep", "-f", "hivemind_cluster.mesh.cli web").stdout.split()
+    pids = world.hub.run("pgrep", "-f", "hivemind_cluster.hub.cli web").stdout.split()
     assert len(pids) == 1
     world.hub.run("kill", "-9", pids[0])
     deadline = time.monotonic() + 20

@@ -13,10 +13,11 @@ import pytest
 import redis
 
 from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import store
-from hivemind_cluster.mesh.redis_server import RedisServer
-from hivemind_cluster.pool.ledger import ESCROW, REGISTRATION_GRANT, Ledger
-from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.model.accounts import ESCROW, REGISTRATION_GRANT
+from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.poolkit import (

@@ -17,9 +17,9 @@ import pytest
 
 from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.statuspage import StatusPage, StatusServer
-from hivemind_cluster.mesh.redis_server import RedisServer
-from hivemind_cluster.pool.client import Identity, aio_channel
-from hivemind_cluster.pool.ledger import REGISTRATION_GRANT
+from hivemind_cluster.client.channel import Identity, aio_channel
+from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.model.accounts import REGISTRATION_GRANT
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.conftest import free_port

@@ -14,10 +14,7 @@ import pytest
 import redis
 
 from hivemind_cluster.agent import enroll as client_side
-from hivemind_cluster.mesh import constants, nodes, tokens
-from hivemind_cluster.mesh.ca import CertificateAuthority
-from hivemind_cluster.mesh.enrollment import Enroller, create_server
-from hivemind_cluster.mesh.errors import (
+from hivemind_cluster.core.errors import (
     CsrRejected,
     HiveMindError,
     InvalidInput,
@@ -27,8 +24,11 @@ from hivemind_cluster.mesh.errors import (
     TokenRejected,
     Unavailable,
 )
-from hivemind_cluster.mesh.keys import build_csr, generate_tls_key, generate_wireguard_keypair
-from hivemind_cluster.mesh.settings import HubSettings
+from hivemind_cluster.core.keys import build_csr, generate_tls_key, generate_wireguard_keypair
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.mesh import constants, nodes, tokens
+from hivemind_cluster.mesh.ca import CertificateAuthority
+from hivemind_cluster.mesh.enrollment import Enroller, create_server
 from hivemind_cluster.protos import enrollment_pb2 as pb
 
 

@@ -22,7 +22,7 @@ import docker.errors
 import pytest
 
 from hivemind_cluster.agent.executor import DockerExecutor, Outcome, TaskRun
-from hivemind_cluster.pool.bundles import MIB, check_bundle, default_command
+from hivemind_cluster.model.bundles import MIB, check_bundle, default_command
 from tests.conftest import require, zip_of
 
 pytestmark = pytest.mark.privileged

@@ -16,21 +16,14 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hivemind_cluster.mesh import errors, store
-from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.core import errors
+from hivemind_cluster.core.units import MICRO, format_cpt, parse_cpt
+from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.mesh import store
+from hivemind_cluster.model.accounts import ESCROW, REGISTRATION_GRANT, TOTAL_SUPPLY, TREASURY
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.accounting import Accounting
-from hivemind_cluster.pool.ledger import (
-    ESCROW,
-    MICRO,
-    REGISTRATION_GRANT,
-    TOTAL_SUPPLY,
-    TREASURY,
-    AsyncLedger,
-    Ledger,
-    format_cpt,
-    parse_cpt,
-)
+from hivemind_cluster.pool.ledger import AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.poolkit import BUSYBOX_SPEC

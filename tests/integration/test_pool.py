@@ -19,13 +19,13 @@ from cryptography import x509
 from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun
 from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.worker import Worker
+from hivemind_cluster.client.channel import Identity, aio_channel
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
-from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool import pool as pool_module
-from hivemind_cluster.pool.client import Identity, aio_channel
-from hivemind_cluster.pool.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.late_result import report as late_result

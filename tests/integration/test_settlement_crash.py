@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import store
-from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.model.accounts import REGISTRATION_GRANT
 from hivemind_cluster.pool.accounting import Accounting
-from hivemind_cluster.pool.ledger import REGISTRATION_GRANT, AsyncLedger, Ledger
+from hivemind_cluster.pool.ledger import AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.conftest import REPO, require, scratch_redis

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.mesh.errors import Conflict, InvalidInput, StaleAttempt
-from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.core.errors import Conflict, InvalidInput, StaleAttempt
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.taskstore import TaskStore

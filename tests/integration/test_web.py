@@ -19,10 +19,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun, Usage
-from hivemind_cluster.mesh.errors import SystemFailure
-from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.core.errors import SystemFailure
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh.wireguard import PeerStatus
-from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
 from hivemind_cluster.web.users import token_digest

@@ -21,7 +21,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from hivemind_cluster.mesh.redis_server import RedisServer
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.pool.ledger import Ledger
 from tests.webkit import WebCluster, api_login, web_cluster
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound
-from hivemind_cluster.pool.bundles import (
+from hivemind_cluster.core.errors import InvalidInput, NotFound
+from hivemind_cluster.model.bundles import (
     MAX_FILES,
     MIB,
     bundle_from_path,
@@ -158,7 +158,7 @@ def test_lying_header_cannot_bypass_the_cap(tmp_path: Path) -> None:
 
 def test_streaming_cap_counts_real_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Even if the checks before extraction were fooled, extraction stops at the cap.
-    monkeypatch.setattr("hivemind_cluster.pool.bundles.checked_members", lambda a, m: a.infolist())
+    monkeypatch.setattr("hivemind_cluster.model.bundles.checked_members", lambda a, m: a.infolist())
     data = make_zip({"a": bytes(MIB), "b": bytes(MIB)})
     with pytest.raises(InvalidInput, match="unpacks to more than 1048586 bytes"):
         unpack_bundle(data, tmp_path / "work", max_unpacked=MIB + 10)

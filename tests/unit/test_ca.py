@@ -8,16 +8,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hivemind_cluster.core.errors import CsrRejected, InvalidInput
+from hivemind_cluster.core.keys import build_csr, generate_tls_key
+from hivemind_cluster.core.names import HUB_SERVER_NAME
 from hivemind_cluster.mesh.ca import (
-    HUB_SERVER_NAME,
     CertificateAuthority,
     check_csr,
     check_hostname,
     pin_of,
     verify_signature,
 )
-from hivemind_cluster.mesh.errors import CsrRejected, InvalidInput
-from hivemind_cluster.mesh.keys import build_csr, generate_tls_key
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from hivemind_cluster.mesh import errors
-from hivemind_cluster.mesh.console import run_main
-from hivemind_cluster.mesh.errors import HiveMindError, TooLarge, Unavailable
-from hivemind_cluster.web import cli
-from hivemind_cluster.web.apiclient import ApiClient, api_error
-from hivemind_cluster.web.cli import Config, save_config
+from hivemind_cluster.client import cli
+from hivemind_cluster.client.apiclient import ApiClient, api_error
+from hivemind_cluster.client.cli import Config, save_config
+from hivemind_cluster.core import errors
+from hivemind_cluster.core.console import run_main
+from hivemind_cluster.core.errors import HiveMindError, TooLarge, Unavailable
 from hivemind_cluster.web.errors import RateLimited, Unauthenticated
 
 Answer = tuple[int, str, bytes]  # status, content type, body
@@ -186,7 +186,7 @@ def page(entries: list[str], after: int, done: bool) -> Answer:
 def test_logs_follow_polls_until_done(
     server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hivemind_cluster.web.apiclient.LOG_POLL_SECONDS", 0.01)
+    monkeypatch.setattr("hivemind_cluster.client.apiclient.LOG_POLL_SECONDS", 0.01)
     url, script = server
     script.answers += [page(["a"], 0, False), page([], 1, False), page(["b", "c"], 1, True)]
     data = [e["data"] for e in ApiClient(url, "t").logs("t1", follow=True)]

@@ -1,4 +1,4 @@
-"""The task commands both CLIs share (pool/cli.py), over an in-memory ``TaskClient``."""
+"""The task commands both CLIs share (client/poolcli.py), over an in-memory ``TaskClient``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, NotFound
-from hivemind_cluster.pool import cli, views
-from hivemind_cluster.pool.submission import from_json
-from hivemind_cluster.pool.views import View
+from hivemind_cluster.client import poolcli as cli
+from hivemind_cluster.client import views
+from hivemind_cluster.client.cli import build_hivemind_parser
+from hivemind_cluster.client.views import View
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput, NotFound
+from hivemind_cluster.model.submission import from_json
 from hivemind_cluster.protos import pool_pb2 as pb
-from hivemind_cluster.web.cli import build_hivemind_parser
 from tests.conftest import zip_of
 
 
@@ -290,7 +291,7 @@ def test_hivemind_pool_offers_other_accounts_and_hivemind_does_not() -> None:
 
 def test_a_reader_that_goes_away_ends_quietly() -> None:
     script = (
-        "from hivemind_cluster.mesh.console import run_main\n"
+        "from hivemind_cluster.core.console import run_main\n"
         "def main(argv):\n"
         "    for i in range(10**6):\n"
         "        print('line', i)\n"

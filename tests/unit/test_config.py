@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.mesh.errors import InvalidInput, SystemFailure
-from hivemind_cluster.mesh.keys import (
+from hivemind_cluster.core.errors import InvalidInput, SystemFailure
+from hivemind_cluster.core.keys import (
     check_wireguard_key,
     generate_wireguard_keypair,
     wireguard_public_key,
 )
-from hivemind_cluster.mesh.settings import HubSettings, dump, load, split_host_port
+from hivemind_cluster.core.settings import HubSettings, dump, load, split_host_port
 from hivemind_cluster.mesh.wireguard import (
     PeerConfig,
     check_interface_name,

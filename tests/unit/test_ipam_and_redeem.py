@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from hivemind_cluster.core.errors import AddressRangeExhausted, AlreadyExists, TokenRejected
+from hivemind_cluster.core.keys import generate_wireguard_keypair
+from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants, ipam, nodes, store, tokens
-from hivemind_cluster.mesh.errors import AddressRangeExhausted, AlreadyExists, TokenRejected
-from hivemind_cluster.mesh.keys import generate_wireguard_keypair
-from hivemind_cluster.mesh.redis_server import RedisServer
 
 NET = ipaddress.IPv4Network("100.64.0.0/16")
 PIN = "A" * 43

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hivemind_cluster.mesh.errors import InvalidInput
-from hivemind_cluster.pool.resources import Resources, format_bytes, parse_cpus, parse_size
+from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.core.units import format_bytes, parse_cpus, parse_size
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
 from tests.poolkit import GiB
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
+from hivemind_cluster.core.errors import InvalidInput, NotFound, TokenMalformed
 from hivemind_cluster.mesh import tokens
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound, TokenMalformed
 from hivemind_cluster.mesh.tokens import JoinToken
 
 PIN = "A" * 43

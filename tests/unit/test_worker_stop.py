@@ -10,8 +10,8 @@ import pytest
 
 from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.worker import Worker
-from hivemind_cluster.pool.client import Identity
-from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.client.channel import Identity
+from hivemind_cluster.model.resources import Resources
 from tests.poolkit import GiB, ScriptedExecutor
 
 IDENTITY = Identity("w1", b"", b"", b"", "127.0.0.1:1")

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hivemind_cluster.mesh.grpcutil import error_from_rpc
-from hivemind_cluster.pool import views
-from hivemind_cluster.pool.submission import from_json
-from hivemind_cluster.pool.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
-from hivemind_cluster.pool.views import View
+from hivemind_cluster.client import views
+from hivemind_cluster.client.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
+from hivemind_cluster.client.views import View
+from hivemind_cluster.core.grpcutil import error_from_rpc
+from hivemind_cluster.model.submission import from_json
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hivemind_cluster.mesh.errors import HiveMindError
+from hivemind_cluster.core.errors import HiveMindError
 
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
-from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.core.errors import InvalidInput
 
 TlsKey = ec.EllipticCurvePrivateKey
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hivemind_cluster.mesh.errors import InvalidInput, PermissionDenied
-from hivemind_cluster.mesh.settings import HubSettings
-from hivemind_cluster.pool.bundles import check_bundle, default_command
-from hivemind_cluster.pool.resources import Resources, format_bytes
+from hivemind_cluster.core.errors import InvalidInput, PermissionDenied
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.core.units import format_bytes
+from hivemind_cluster.model.bundles import check_bundle, default_command
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 
 DEFAULT_PYTHON_IMAGE = "hivemind/python:3.11"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from hivemind_cluster.mesh.errors import SystemFailure
+from hivemind_cluster.core.errors import SystemFailure
 
 
 def run(command: list[str], stdin: str | None = None, check: bool = True) -> str:

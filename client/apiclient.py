@@ -17,17 +17,17 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from hivemind_cluster.mesh import errors
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput, Unavailable
-from hivemind_cluster.pool.ledger import format_cpt
-from hivemind_cluster.pool.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
-from hivemind_cluster.pool.views import View
+from hivemind_cluster.client.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
+from hivemind_cluster.client.views import View
+from hivemind_cluster.core import errors
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unavailable
+from hivemind_cluster.core.units import format_cpt
 from hivemind_cluster.web.errors import WEB_ERRORS
 
 API_PATH = "/api/v1"
 DEFAULT_PORT = 5001
 LOG_POLL_SECONDS = 0.5
-# The class for a code the server sent (codes of mesh/errors.py are rebuilt as over gRPC);
+# The class for a code the server sent (codes of core/errors.py are rebuilt as over gRPC);
 # an unknown code (Flask's own errors, a newer server) keeps its message, its class from
 # the status (``_by_status``).
 _WEB_ERRORS = {cls.code: cls for cls in WEB_ERRORS}

@@ -13,14 +13,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hivemind_cluster.mesh.errors import InvalidInput
+from hivemind_cluster.core.errors import InvalidInput, NotFound
+from hivemind_cluster.core.names import HUB_CONFIG
 
 S = TypeVar("S")
-
-HUB_CONFIG = "hub.toml"
-
-
-DEFAULT_STATE_DIR = "/var/lib/hivemind-hub"  # the hub's state when not told otherwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,3 +155,11 @@ def dump(settings: Any) -> str:
             text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
         lines.append(f"{field.name} = {text}")
     return "\n".join(lines) + "\n"
+
+
+def load_hub_settings(state_dir: str) -> HubSettings:
+    """The settings of the hub whose state directory is ``state_dir``."""
+    path = Path(state_dir) / HUB_CONFIG
+    if not path.exists():
+        raise NotFound(f"no hub in {state_dir} (create one with: hivemind-hub init)")
+    return load(HubSettings, path, state_dir=state_dir)

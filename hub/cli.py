@@ -8,14 +8,17 @@ import asyncio
 import time
 
 from hivemind_cluster import __version__
+from hivemind_cluster.core.console import age, print_json, print_table, run_main, setup_logging
+from hivemind_cluster.core.names import DEFAULT_HUB_DIR
+from hivemind_cluster.core.settings import HubSettings, load_hub_settings
+from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.hub.init import init_hub
+from hivemind_cluster.hub.serve import serve
 from hivemind_cluster.mesh import inventory, nodes, store, tokens
 from hivemind_cluster.mesh.ca import CertificateAuthority
-from hivemind_cluster.mesh.console import age, print_json, print_table, run_main, setup_logging
 from hivemind_cluster.mesh.enrollment import retire_node
-from hivemind_cluster.mesh.hub import init_hub, load_settings, serve
-from hivemind_cluster.mesh.settings import DEFAULT_STATE_DIR, HubSettings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
-from hivemind_cluster.pool.ledger import Ledger, format_cpt
+from hivemind_cluster.pool.ledger import Ledger
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help=f"hub state directory (default {DEFAULT_STATE_DIR})",
+        default=DEFAULT_HUB_DIR,
+        help=f"hub state directory (default {DEFAULT_HUB_DIR})",
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output")
@@ -126,7 +129,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
-    asyncio.run(serve(load_settings(args.state_dir), args.backend))
+    asyncio.run(serve(load_hub_settings(args.state_dir), args.backend))
     return 0
 
 
@@ -209,9 +212,9 @@ def main(argv: list[str]) -> int:
         setup_logging(args.verbose)
         from hivemind_cluster.web import server  # Flask only for this command
 
-        server.serve(load_settings(args.state_dir))
+        server.serve(load_hub_settings(args.state_dir))
         return 0
-    settings = load_settings(args.state_dir)
+    settings = load_hub_settings(args.state_dir)
     if args.command == "token":
         return cmd_token(args, settings)
     if args.command == "nodes":

@@ -1,8 +1,8 @@
 """The task commands of ``hivemind`` and ``hivemind-pool``: one parser, one dispatch.
 
 Both tools run the same commands (submit, status, wait, logs, result, cancel, list, nodes,
-balance, history, tip, rates) over a ``TaskClient`` and print the same ``pool/views.py``
-dicts: ``hivemind`` (web/cli.py) over the web API with an account, and ``hivemind-pool``,
+balance, history, tip, rates) over a ``TaskClient`` and print the same ``client/views.py``
+dicts: ``hivemind`` (client/cli.py) over the web API with an account, and ``hivemind-pool``,
 defined here, over gRPC with this machine's node certificate (``--identity DIR``: an agent or
 hub state directory; default ``$HIVEMIND_IDENTITY``, then /var/lib/hivemind-agent, then
 /var/lib/hivemind-hub), for the hub's administrator and operator nodes without an account.
@@ -22,20 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hivemind_cluster import __version__
-from hivemind_cluster.mesh.console import print_json, print_table, run_main
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
-from hivemind_cluster.pool.bundles import (
-    bundle_from_path,
-    check_bundle,
-    current_umask,
-    unpack_bundle,
-)
-from hivemind_cluster.pool.client import Identity, sync_channel
-from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, MAX_ROWS, SUCCEEDED
-from hivemind_cluster.pool.grpcclient import GrpcTaskClient
-from hivemind_cluster.pool.ledger import parse_cpt
-from hivemind_cluster.pool.taskclient import TaskClient
-from hivemind_cluster.pool.views import (
+from hivemind_cluster.client.channel import Identity, sync_channel
+from hivemind_cluster.client.grpcclient import GrpcTaskClient
+from hivemind_cluster.client.taskclient import TaskClient
+from hivemind_cluster.client.views import (
     ENTRY_COLUMNS,
     NODE_COLUMNS,
     TASK_COLUMNS,
@@ -47,6 +37,16 @@ from hivemind_cluster.pool.views import (
     rates_text,
     task_rows,
 )
+from hivemind_cluster.core.console import print_json, print_table, run_main
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput
+from hivemind_cluster.core.units import parse_cpt
+from hivemind_cluster.model.bundles import (
+    bundle_from_path,
+    check_bundle,
+    current_umask,
+    unpack_bundle,
+)
+from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, MAX_ROWS, SUCCEEDED
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]

@@ -9,15 +9,34 @@ from typing import Any
 
 import grpc
 
-from hivemind_cluster.mesh.errors import (
+from hivemind_cluster.core.errors import (
     HiveMindError,
     Unavailable,
     from_grpc_details,
     grpc_details,
     grpc_status,
 )
+from hivemind_cluster.core.names import HUB_SERVER_NAME
 
 log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+# Message limits. The pool's carries a 16 MiB bundle (model/bundles.py MAX_INPUT_BYTES)
+# with room for the rest of the message; enrollment messages are small.
+POOL_MESSAGE_BYTES = 17 * MIB
+ENROLLMENT_MESSAGE_BYTES = 64 * 1024
+# Every client of the pool: the hub's certificate name, the limits, keepalives.
+POOL_CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
+    ("grpc.max_receive_message_length", POOL_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", POOL_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+POOL_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", POOL_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", POOL_MESSAGE_BYTES),
+]
 
 
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any], str], Awaitable[None]]

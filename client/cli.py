@@ -3,7 +3,7 @@
 ``register`` and ``login`` save an API token in ``$HIVEMIND_CONFIG`` (default
 ``~/.config/hivemind/config.json``: JSON ``{api, token, username}``, mode 0600, its
 directory 0700 when created here); ``logout`` revokes it on the hub and forgets it. Every
-other command is a task command of ``pool/cli.py`` over ``ApiClient``. ``--api URL`` picks
+other command is a task command of ``client/poolcli.py`` over ``ApiClient``. ``--api URL`` picks
 another hub than the saved one; the saved token is only ever sent to the API it came from.
 Passwords: ``--password`` (visible to other local users in ``ps``), ``--password-stdin``
 (scripts), or a prompt on the terminal.
@@ -19,12 +19,12 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from hivemind_cluster.mesh.console import print_json, run_main
-from hivemind_cluster.mesh.errors import HiveMindError, InvalidInput
-from hivemind_cluster.mesh.keys import write_private
-from hivemind_cluster.pool.cli import build_parser, run_command
-from hivemind_cluster.pool.views import amount_text
-from hivemind_cluster.web.apiclient import ApiClient, api_url
+from hivemind_cluster.client.apiclient import ApiClient, api_url
+from hivemind_cluster.client.poolcli import build_parser, run_command
+from hivemind_cluster.client.views import amount_text
+from hivemind_cluster.core.console import print_json, run_main
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput
+from hivemind_cluster.core.keys import write_private
 from hivemind_cluster.web.errors import Unauthenticated
 
 CONFIG_ENV = "HIVEMIND_CONFIG"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from hivemind_cluster.mesh.errors import InvalidInput, NotFound, TooLarge
+from hivemind_cluster.core.errors import InvalidInput, NotFound, TooLarge
 
 MIB = 1024 * 1024
 MAX_INPUT_BYTES = 16 * MIB

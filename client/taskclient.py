@@ -1,8 +1,8 @@
 """What the ``hivemind`` and ``hivemind-pool`` commands need from a pool, whatever the wire.
 
-Two implementations: ``pool/grpcclient.py`` (gRPC with a node certificate, for
-``hivemind-pool``) and ``web/apiclient.py`` (the JSON API with an account token, for
-``hivemind``). Both return the dicts of ``pool/views.py``, so the commands print the
+Two implementations: ``client/grpcclient.py`` (gRPC with a node certificate, for
+``hivemind-pool``) and ``client/apiclient.py`` (the JSON API with an account token, for
+``hivemind``). Both return the dicts of ``client/views.py``, so the commands print the
 same thing over either.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from hivemind_cluster.pool.views import View
+from hivemind_cluster.client.views import View
 
 # Seconds a client waits for one answer (a result download may be large).
 CALL_TIMEOUT = 30.0

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import redis
 
-from hivemind_cluster.mesh.errors import SystemFailure
-from hivemind_cluster.mesh.keys import write_private
-from hivemind_cluster.mesh.system import stop_process
+from hivemind_cluster.core.errors import SystemFailure
+from hivemind_cluster.core.keys import write_private
+from hivemind_cluster.core.system import stop_process
 
 
 class RedisServer:

@@ -13,16 +13,23 @@ from pathlib import Path
 
 import grpc
 
-from hivemind_cluster.agent.state import CA_CERT, NODE_CERT, STATE_FILE, TLS_KEY
-from hivemind_cluster.mesh.ca import HUB_SERVER_NAME
-from hivemind_cluster.mesh.errors import NotFound, PermissionDenied
-from hivemind_cluster.mesh.settings import HUB_CONFIG, HubSettings, load
-from hivemind_cluster.pool.auth import HUB_NODE_ID
-from hivemind_cluster.pool.service import MAX_MESSAGE_BYTES
+from hivemind_cluster.core.errors import NotFound, PermissionDenied
+from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
+from hivemind_cluster.core.names import (
+    CA_CERT,
+    DEFAULT_AGENT_DIR,
+    DEFAULT_HUB_DIR,
+    HUB_CLIENT_CERT,
+    HUB_CLIENT_KEY,
+    HUB_CONFIG,
+    HUB_NODE_ID,
+    NODE_CERT,
+    STATE_FILE,
+    TLS_KEY,
+)
+from hivemind_cluster.core.settings import HubSettings, load
 
-HUB_CLIENT_CERT = "hub-client.pem"
-HUB_CLIENT_KEY = "hub-client.key"
-DEFAULT_IDENTITIES = ("/var/lib/hivemind-agent", "/var/lib/hivemind-hub")
+DEFAULT_IDENTITIES = (DEFAULT_AGENT_DIR, DEFAULT_HUB_DIR)
 
 
 @dataclass(frozen=True)
@@ -88,22 +95,13 @@ class Identity:
         return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
 
 
-CHANNEL_OPTIONS = [
-    ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-]
-
-
 def aio_channel(identity: Identity, address: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(
-        address or identity.pool_address, identity.credentials(), options=CHANNEL_OPTIONS
+        address or identity.pool_address, identity.credentials(), options=POOL_CHANNEL_OPTIONS
     )
 
 
 def sync_channel(identity: Identity, address: str | None = None) -> grpc.Channel:
     return grpc.secure_channel(
-        address or identity.pool_address, identity.credentials(), options=CHANNEL_OPTIONS
+        address or identity.pool_address, identity.credentials(), options=POOL_CHANNEL_OPTIONS
     )

@@ -14,13 +14,12 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hivemind_cluster.mesh.errors import InvalidInput, TooLarge
-from hivemind_cluster.mesh.settings import HubSettings
-from hivemind_cluster.pool.bundles import MAX_INPUT_BYTES, check_bundle
-from hivemind_cluster.pool.ledger import parse_cpt
-from hivemind_cluster.pool.pricing import RateCard
-from hivemind_cluster.pool.resources import parse_cpus, parse_size
-from hivemind_cluster.pool.spec import MAX_COMMAND_ARGS, timeout_with_default, with_defaults
+from hivemind_cluster.core.errors import InvalidInput, TooLarge
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.core.units import parse_cpt, parse_cpus, parse_size
+from hivemind_cluster.model.bundles import MAX_INPUT_BYTES, check_bundle
+from hivemind_cluster.model.pricing import RateCard
+from hivemind_cluster.model.spec import MAX_COMMAND_ARGS, timeout_with_default, with_defaults
 from hivemind_cluster.protos import pool_pb2 as pb
 
 FIELDS: dict[str, type | tuple[type, ...]] = {

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hivemind_cluster.mesh.settings import HubSettings
-from hivemind_cluster.pool.resources import Resources
+from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.protos import pool_pb2 as pb
 
 GB = 10**9

@@ -1,0 +1,79 @@
+"""Amounts people read and type: sizes, CPUs and CPT, each parsed and formatted in one place.
+
+Money is integers only: 1 CPT = 1,000,000 micro-CPT, and no float ever touches it.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, DecimalException, InvalidOperation
+
+from hivemind_cluster.core.errors import InvalidInput
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_BYTES = 1 << 60  # an exbibyte: far beyond any machine, well inside int64
+MAX_CPU_MILLIS = 1 << 40
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1.5GiB``, ``1048576`` → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise InvalidInput(f"size {text[:30]!r} is not like 512M, 2G or 1048576")
+    size = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if not size < MAX_BYTES:
+        raise InvalidInput(f"size {text[:30]!r} is more than any machine has")
+    return int(size)
+
+
+def parse_cpus(text: str) -> int:
+    """``2``, ``0.5``, ``500m`` → millicores."""
+    value = text.strip()
+    try:
+        millis = int(value[:-1]) if value.endswith("m") else round(float(value) * 1000)
+    except (ValueError, OverflowError):  # OverflowError: inf
+        raise InvalidInput(f"CPU amount {text[:30]!r} is not like 2, 0.5 or 500m") from None
+    if not 0 < millis < MAX_CPU_MILLIS:
+        raise InvalidInput(f"CPU amount {text[:30]!r} must be positive, within reason")
+    return millis
+
+
+def format_bytes(n: int) -> str:
+    """``n`` in the largest binary unit it reaches: "1.5 KiB", "999 MiB", "1000 MiB"."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            value = n / size  # under 1024, so 3 significant digits, or whole from 1000 up
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+MICRO = 1_000_000
+MAX_AMOUNT = 10**18 - 1
+
+
+def format_cpt(micro: int) -> str:
+    """``1500000`` → ``"1.5"``: CPT with up to 6 decimals, exact."""
+    whole, fraction = divmod(abs(micro), MICRO)
+    text = f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")
+    return ("-" if micro < 0 else "") + text
+
+
+def parse_cpt(text: str) -> int:
+    """``"1.5"`` → ``1500000``; more than 6 decimals, signs or garbage are refused."""
+    try:
+        if len(text) > 60:
+            raise InvalidOperation
+        value = Decimal(text.strip())
+        if not value.is_finite() or abs(value.adjusted()) > 30:  # NaN, inf, 1e999999999
+            raise InvalidOperation
+        micro = value * MICRO
+    except DecimalException:
+        raise InvalidInput(f"amount {text[:30]!r} is not a number of CPT") from None
+    if micro != micro.to_integral_value():
+        raise InvalidInput(f"amount {text[:30]!r} has more than 6 decimals")
+    if micro <= 0:
+        raise InvalidInput(f"amount {text[:30]!r} must be positive")
+    if micro > MAX_AMOUNT:
+        raise InvalidInput(f"amount {text[:30]!r} is more than the whole supply")
+    return int(micro)

@@ -34,8 +34,10 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig
 from docker.utils.socket import frames_iter_no_tty
 
+from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
-from hivemind_cluster.model.bundles import describe_size, pack_directory, unpack_bundle
+from hivemind_cluster.core.units import format_bytes
+from hivemind_cluster.model.bundles import pack_directory, unpack_bundle
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,6 @@ class Outcome:
 
 def never_ran(error: str, status: str = "failed") -> Outcome:
     return Outcome(status, -1, error, NO_USAGE, b"")
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- usage -----------------------------------------------------------------------------------
@@ -490,7 +488,7 @@ def judge(
     if stopped_because == "timed_out":
         return "timed_out", f"timed out after {task.timeout_seconds}s"
     if out_of_memory:
-        return "failed", f"killed: out of memory (limit {describe_size(task.memory_bytes)})"
+        return "failed", f"killed: out of memory (limit {format_bytes(task.memory_bytes)})"
     if exit_code != 0:
         return "failed", f"exited with status {exit_code}"
     return "succeeded", ""

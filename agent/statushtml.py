@@ -11,7 +11,7 @@ from typing import Any
 
 from hivemind_cluster.core.console import age
 from hivemind_cluster.core.units import format_bytes
-from hivemind_cluster.mesh.inventory import ONLINE_HANDSHAKE_AGE
+from hivemind_cluster.mesh.wireguard import ONLINE_HANDSHAKE_AGE
 
 REFRESH_SECONDS = 5
 JSON_PATH = "/status.json"

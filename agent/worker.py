@@ -36,7 +36,7 @@ from hivemind_cluster import __version__
 from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun
 from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.client.channel import Identity, aio_channel
-from hivemind_cluster.pool.constants import INTERRUPTED
+from hivemind_cluster.model.states import INTERRUPTED
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 

@@ -22,15 +22,10 @@ from hivemind_cluster.client.views import View
 from hivemind_cluster.core import errors
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unavailable
 from hivemind_cluster.core.units import format_cpt
-from hivemind_cluster.web.errors import WEB_ERRORS
 
 API_PATH = "/api/v1"
 DEFAULT_PORT = 5001
 LOG_POLL_SECONDS = 0.5
-# The class for a code the server sent (codes of core/errors.py are rebuilt as over gRPC);
-# an unknown code (Flask's own errors, a newer server) keeps its message, its class from
-# the status (``_by_status``).
-_WEB_ERRORS = {cls.code: cls for cls in WEB_ERRORS}
 
 
 def api_url(text: str) -> str:
@@ -60,10 +55,9 @@ def api_error(status: int, payload: bytes, url: str) -> HiveMindError:
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return HiveMindError(f"{url} answered HTTP {status} without an API error (not HiveMind?)")
-    if code in _WEB_ERRORS:
-        return _WEB_ERRORS[code](message)
-    known = errors.from_grpc_details(f"{code}: {message}")
-    return known or _by_status(status)(message)
+    # An unknown code (Flask's own errors, a newer server) keeps its message, and gets its
+    # class from the status.
+    return errors.error_for(code, message) or _by_status(status)(message)
 
 
 def _by_status(status: int) -> type[HiveMindError]:

@@ -23,9 +23,8 @@ from hivemind_cluster.client.apiclient import ApiClient, api_url
 from hivemind_cluster.client.poolcli import build_parser, run_command
 from hivemind_cluster.client.views import amount_text
 from hivemind_cluster.core.console import print_json, run_main
-from hivemind_cluster.core.errors import HiveMindError, InvalidInput
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unauthenticated
 from hivemind_cluster.core.keys import write_private
-from hivemind_cluster.web.errors import Unauthenticated
 
 CONFIG_ENV = "HIVEMIND_CONFIG"
 

@@ -91,6 +91,10 @@ class GrpcTaskClient:
         ref = pb.AccountRef(account=account or self.account)
         return views.balance_view(self._call("balance", self.stub.Balance, ref))
 
+    def open_account(self, account: str, kind: str = "user") -> View:
+        request = pb.OpenAccountRequest(account=account, kind=kind)
+        return views.balance_view(self._call("open account", self.stub.OpenAccount, request))
+
     def history(self, account: str, limit: int) -> list[View]:
         query = pb.HistoryRequest(account=account or self.account, limit=limit)
         found = self._call("history", self.stub.History, query)

@@ -46,7 +46,7 @@ from hivemind_cluster.model.bundles import (
     current_umask,
     unpack_bundle,
 )
-from hivemind_cluster.pool.constants import ALL_STATES, FINAL_STATES, MAX_ROWS, SUCCEEDED
+from hivemind_cluster.model.states import ALL_STATES, FINAL_STATES, MAX_ROWS, TaskState
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -191,7 +191,7 @@ def wait_for(client: TaskClient, task_id: str, timeout: float, progress: bool) -
 def show(args: argparse.Namespace, task: View) -> int:
     """Print a task; the exit status of ``wait``: 0 only if it succeeded."""
     print_json(task) if args.json else print(describe_task(task))
-    return 0 if task["status"] == SUCCEEDED else 1
+    return 0 if task["status"] == TaskState.SUCCEEDED else 1
 
 
 def cmd_submit(args: argparse.Namespace, client: TaskClient, progress: bool) -> int:

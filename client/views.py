@@ -13,7 +13,7 @@ from typing import Any
 from hivemind_cluster.core.console import age
 from hivemind_cluster.core.units import MICRO, format_bytes, format_cpt
 from hivemind_cluster.model.resources import Resources
-from hivemind_cluster.pool.constants import FINAL_STATES
+from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.protos import pool_pb2 as pb
 
 View = dict[str, Any]

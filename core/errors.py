@@ -1,4 +1,4 @@
-"""Every error a user can see, and the one place that maps them to gRPC status codes.
+"""Every error a user can see, and the one place that maps them to gRPC and HTTP status.
 
 Each error carries a stable ``code`` (for ``--json`` output and scripts) and a one-line
 message. Nothing here ever shows a traceback to a user: the CLIs print ``error: <message>``.
@@ -6,7 +6,11 @@ message. Nothing here ever shows a traceback to a user: the CLIs print ``error: 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
+
+T = TypeVar("T")
 
 
 class HiveMindError(Exception):
@@ -87,6 +91,16 @@ class Unschedulable(InvalidInput):
     code = "unschedulable"
 
 
+class Unauthenticated(HiveMindError):
+    """No valid login or API token (the web)."""
+
+    code = "unauthenticated"
+
+
+class RateLimited(HiveMindError):
+    code = "rate_limited"
+
+
 class SystemFailure(HiveMindError):
     """A privileged system operation failed (interface, WireGuard, process)."""
 
@@ -108,16 +122,49 @@ _GRPC_STATUS: dict[type[HiveMindError], grpc.StatusCode] = {
     StaleAttempt: grpc.StatusCode.FAILED_PRECONDITION,
     Unschedulable: grpc.StatusCode.FAILED_PRECONDITION,
 }
-_KNOWN: tuple[type[HiveMindError], ...] = (*_GRPC_STATUS, PinMismatch, SystemFailure, HiveMindError)
+_HTTP_STATUS: dict[type[HiveMindError], int] = {
+    InvalidInput: 400,
+    Unschedulable: 409,
+    TooLarge: 413,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    TokenRejected: 403,
+    NotFound: 404,
+    AlreadyExists: 409,
+    Conflict: 409,
+    RateLimited: 429,
+    Unavailable: 503,
+}
+_KNOWN: tuple[type[HiveMindError], ...] = (
+    *_GRPC_STATUS,
+    *_HTTP_STATUS,
+    PinMismatch,
+    SystemFailure,
+    HiveMindError,
+)
 _ERROR_FOR_CODE: dict[str, type[HiveMindError]] = {cls.code: cls for cls in _KNOWN}
 
 
-def grpc_status(error: HiveMindError) -> grpc.StatusCode:
+def _status(error: HiveMindError, table: dict[type[HiveMindError], T], default: T) -> T:
+    """The status of the most specific class of ``error`` that ``table`` names."""
     for cls in type(error).__mro__:
-        status = _GRPC_STATUS.get(cls)
-        if status is not None:
-            return status
-    return grpc.StatusCode.INTERNAL
+        if cls in table:
+            return table[cls]
+    return default
+
+
+def grpc_status(error: HiveMindError) -> grpc.StatusCode:
+    return _status(error, _GRPC_STATUS, grpc.StatusCode.INTERNAL)
+
+
+def http_status(error: HiveMindError) -> int:
+    return _status(error, _HTTP_STATUS, 500)
+
+
+def error_for(code: str, message: str) -> HiveMindError | None:
+    """Rebuild the error a HiveMind server sent as ``code`` and message, None if unknown."""
+    cls = _ERROR_FOR_CODE.get(code)
+    return None if cls is None else cls(message)
 
 
 def grpc_details(error: HiveMindError) -> str:
@@ -128,7 +175,4 @@ def grpc_details(error: HiveMindError) -> str:
 def from_grpc_details(details: str | None) -> HiveMindError | None:
     """Rebuild the error a HiveMind server sent, or None if the details are not ours."""
     code, sep, message = (details or "").partition(": ")
-    cls = _ERROR_FOR_CODE.get(code)
-    if not sep or cls is None:
-        return None
-    return cls(message)
+    return error_for(code, message) if sep else None

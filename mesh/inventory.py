@@ -10,11 +10,7 @@ import redis
 
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.mesh import nodes
-from hivemind_cluster.mesh.wireguard import PeerStatus, WireGuardInterface
-
-# WireGuard rekeys every 2 minutes while traffic (or keepalives) flow and rejects a session
-# after 3 minutes: a peer with no handshake for that long is not connected.
-ONLINE_HANDSHAKE_AGE = 180
+from hivemind_cluster.mesh.wireguard import ONLINE_HANDSHAKE_AGE, PeerStatus, WireGuardInterface
 
 
 def describe(

@@ -28,6 +28,9 @@ from hivemind_cluster.core.system import run
 UAPI_DIR = Path("/var/run/wireguard")
 DEFAULT_MTU = 1420
 MAX_INTERFACE_NAME = 15
+# WireGuard rekeys every 2 minutes while traffic (or keepalives) flow and rejects a session
+# after 3 minutes: a peer with no handshake for that long is not connected.
+ONLINE_HANDSHAKE_AGE = 180
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound, TooLarge
+from hivemind_cluster.core.units import format_bytes
 
 MIB = 1024 * 1024
 MAX_INPUT_BYTES = 16 * MIB
@@ -35,10 +36,6 @@ DEFAULT_ENTRYPOINTS = ("main.py", "app.py", "run.py", "start.py")
 
 _SEPARATORS = re.compile(r"[/\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-def describe_size(size: int) -> str:
-    return f"{size // MIB} MiB" if size % MIB == 0 else f"{size} bytes"
 
 
 def path_parts(name: str) -> list[str]:
@@ -73,7 +70,7 @@ def check_member(info: zipfile.ZipInfo) -> None:
 
 def open_zip(data: bytes) -> zipfile.ZipFile:
     if len(data) > MAX_INPUT_BYTES:
-        raise TooLarge(f"bundle is larger than {describe_size(MAX_INPUT_BYTES)}")
+        raise TooLarge(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES)}")
     try:
         return zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
@@ -87,7 +84,7 @@ def checked_members(archive: zipfile.ZipFile, max_unpacked: int) -> list[zipfile
     for info in members:
         check_member(info)
     if sum(info.file_size for info in members) > max_unpacked:
-        raise InvalidInput(f"bundle unpacks to more than {describe_size(max_unpacked)} (zip bomb?)")
+        raise InvalidInput(f"bundle unpacks to more than {format_bytes(max_unpacked)} (zip bomb?)")
     return members
 
 
@@ -160,7 +157,7 @@ def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, max_unpacked: i
         budget -= len(chunk)
         if budget < 0:
             raise InvalidInput(
-                f"bundle unpacks to more than {describe_size(max_unpacked)} (zip bomb?)"
+                f"bundle unpacks to more than {format_bytes(max_unpacked)} (zip bomb?)"
             )
         sink.write(chunk)
     return budget
@@ -199,15 +196,15 @@ def pack_directory(
                     unpacked += len(chunk)
                     if unpacked > MAX_UNPACKED_BYTES:
                         raise InvalidInput(
-                            f"{what} unpacks to more than {describe_size(MAX_UNPACKED_BYTES)}"
+                            f"{what} unpacks to more than {format_bytes(MAX_UNPACKED_BYTES)}"
                         )
                     sink.write(chunk)
                     if buffer.tell() > limit:
-                        raise InvalidInput(f"{what} is larger than {describe_size(limit)}")
+                        raise InvalidInput(f"{what} is larger than {format_bytes(limit)}")
     if count == 0:
         return b""
     if buffer.tell() > limit:
-        raise InvalidInput(f"{what} is larger than {describe_size(limit)}")
+        raise InvalidInput(f"{what} is larger than {format_bytes(limit)}")
     return buffer.getvalue()
 
 
@@ -219,7 +216,7 @@ def bundle_from_path(path: Path) -> bytes:
             raise InvalidInput(f"bundle directory {str(path)!r} has no files")
     elif path.is_file() and path.suffix.lower() == ".zip":
         if path.stat().st_size > MAX_INPUT_BYTES:
-            raise InvalidInput(f"bundle is larger than {describe_size(MAX_INPUT_BYTES)}")
+            raise InvalidInput(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES)}")
         data = path.read_bytes()
     elif not path.exists():
         raise NotFound(f"bundle {str(path)!r} does not exist")

@@ -21,7 +21,7 @@ from hivemind_cluster.core import errors
 from hivemind_cluster.core.units import format_cpt
 from hivemind_cluster.model.accounts import ESCROW
 from hivemind_cluster.model.pricing import RateCard
-from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.pool.ledger import AsyncLedger, Entry
 from hivemind_cluster.pool.taskstore import TaskStore
 
@@ -70,10 +70,10 @@ class Accounting:
     async def settle(self, task_id: str) -> int:
         """Pay the worker and refund the submitter for an ended task; returns the cost."""
         record, attempts = await self.tasks.get_with_attempts(task_id)
-        if record.status not in keys.FINAL_STATES or record.settled:
+        if record.status not in FINAL_STATES or record.settled:
             return record.cost
         final = attempts[-1] if attempts else {}
-        worker = str(final.get("node_id", "")) if final.get("status") in keys.FINAL_STATES else ""
+        worker = str(final.get("node_id", "")) if final.get("status") in FINAL_STATES else ""
         cost = min(self.rates.cost(record.usage), record.price_cap) if worker else 0
         if cost > 0:
             await self.open(worker, "worker")

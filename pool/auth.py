@@ -19,7 +19,7 @@ from cryptography import x509
 
 from hivemind_cluster.core.errors import PermissionDenied
 from hivemind_cluster.core.names import HUB_NODE_ID, NODE_URI_PREFIX
-from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh import membership
 
 _USERS = frozenset({"operator", "hub"})
 # Who may call what: a whole service ("/package.Service/") or one method of it
@@ -32,6 +32,7 @@ ROLES_FOR_METHOD = {
     "/hivemind.pool.Tasks/": _USERS,
     "/hivemind.pool.Tasks/Balance": _USERS | {"worker"},
     "/hivemind.pool.Tasks/History": _USERS | {"worker"},
+    "/hivemind.pool.Tasks/OpenAccount": frozenset({"hub"}),
     "/grpc.health.v1.Health/": frozenset({"worker", "operator", "hub"}),
 }
 
@@ -115,11 +116,9 @@ class PoolAuthorizer:
                 f"the certificate of {identity.node_id} is bound to {identity.overlay_ip}, "
                 f"but the call comes from {source}"
             )
-        pipe = self.db.pipeline(transaction=False)
-        pipe.sismember(mesh_keys.REVOKED_SERIALS, str(identity.serial))
-        pipe.hmget(mesh_keys.NODE.format(id=identity.node_id), ["role", "state", "name"])
-        revoked, (role, state, name) = await pipe.execute()
-        if revoked:
+        member = await membership.standing(self.db, identity.node_id, identity.serial)
+        role, state, name = member.role, member.state, member.name
+        if member.revoked:
             raise PermissionDenied(f"the certificate of {identity.node_id} has been revoked")
         if identity.node_id == HUB_NODE_ID and identity.overlay_ip == self.hub_ip:
             role, state, name = "hub", "active", "hub"

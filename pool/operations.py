@@ -14,10 +14,10 @@ from typing import Any
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied, Unschedulable
 from hivemind_cluster.core.units import MAX_AMOUNT
-from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh import membership
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import check_submission
-from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.model.states import FINAL_STATES, MAX_ROWS, PENDING_STATES, TaskState
 from hivemind_cluster.pool.auth import Caller, acting_for
 from hivemind_cluster.pool.pool import Pool, cancel_message
 from hivemind_cluster.pool.records import TaskRecord
@@ -53,7 +53,7 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
         )
         if record.id != task_id:  # an earlier submission with this key: not a new task
             await pool.accounting.give_back(owner, task_id, price_cap)
-        if record.status in keys.PENDING_STATES:
+        if record.status in PENDING_STATES:
             pool.enqueue(record)
         return record
 
@@ -69,11 +69,7 @@ async def member_workers(pool: Pool) -> list[Worker]:
     checked_at, active = pool.member_cache
     workers = list(pool.scheduler.workers.values())
     if time.monotonic() - checked_at > MEMBERS_TTL or any(w.node_id not in active for w in workers):
-        pipe = pool.db.pipeline(transaction=False)
-        for worker in workers:
-            pipe.hget(mesh_keys.NODE.format(id=worker.node_id), "state")
-        states = await pipe.execute() if workers else []
-        active = {w.node_id: state == "active" for w, state in zip(workers, states, strict=True)}
+        active = await membership.active_among(pool.db, [w.node_id for w in workers])
         pool.member_cache = (time.monotonic(), active)
     return [w for w in workers if active.get(w.node_id)]
 
@@ -112,7 +108,7 @@ async def describe_all(pool: Pool, records: list[TaskRecord]) -> list[pb.Task]:
 async def cancel(pool: Pool, caller: Caller, task_id: str, owner: str = "") -> TaskRecord:
     await visible_task(pool, caller, task_id, owner)
     state, node_id, attempt = await pool.tasks.cancel(task_id)
-    if state == keys.CANCELLED:
+    if state == TaskState.CANCELLED:
         pool.scheduler.dequeue(task_id)
         pool.queued.pop(task_id, None)
         pool.settle(task_id)
@@ -132,8 +128,8 @@ def log_position(after: str) -> str:
 
 def page_size(limit: int, default: int) -> int:
     """A request's ``limit``: 0 means ``default``; at most ``MAX_ROWS``."""
-    if not 0 <= limit <= keys.MAX_ROWS:
-        raise InvalidInput(f"limit must be between 1 and {keys.MAX_ROWS}")
+    if not 0 <= limit <= MAX_ROWS:
+        raise InvalidInput(f"limit must be between 1 and {MAX_ROWS}")
     return limit or default
 
 
@@ -141,10 +137,10 @@ async def log_page(
     pool: Pool, caller: Caller, task_id: str, after: str, limit: int, owner: str = ""
 ) -> tuple[list[LogRecord], bool]:
     """Up to ``limit`` entries after ``after``, and whether that is the end of the log."""
-    limit = page_size(limit, keys.MAX_ROWS)
+    limit = page_size(limit, MAX_ROWS)
     record = await visible_task(pool, caller, task_id, owner)  # first: no entry is missed
     page = await pool.tasks.read_logs(pool.raw_db, task_id, log_position(after), None, limit)
-    return page, record.status in keys.FINAL_STATES and len(page) < limit
+    return page, record.status in FINAL_STATES and len(page) < limit
 
 
 async def logs(
@@ -161,7 +157,7 @@ async def logs(
             yield record
         if batch:
             continue
-        if not follow or (await pool.tasks.get(task_id)).status in keys.FINAL_STATES:
+        if not follow or (await pool.tasks.get(task_id)).status in FINAL_STATES:
             for record in await pool.tasks.read_logs(pool.raw_db, task_id, after, None):
                 yield record
             return

@@ -28,10 +28,11 @@ from hivemind_cluster.core.errors import (
     StaleAttempt,
 )
 from hivemind_cluster.core.settings import HubSettings
-from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh import membership
 from hivemind_cluster.model.bundles import MAX_OUTPUT_BYTES
 from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.model.states import PENDING_STATES, REPORTED_STATES, NodeState, TaskState
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool import registry
 from hivemind_cluster.pool.accounting import Accounting
@@ -151,7 +152,7 @@ class Pool:
             for record in running:
                 self.scheduler.allocate(record.id, node_id, record.request, record.attempt)
                 self._assigned_at[(record.id, record.attempt)] = (now, record.timeout_seconds)
-                if record.status == keys.RUNNING:
+                if record.status == TaskState.RUNNING:
                     self._started.add((record.id, record.attempt))
             if running:
                 self.last_seen[node_id] = now  # it has until the timeout to come back
@@ -291,7 +292,7 @@ class Pool:
         )
 
     async def _result(self, session: AgentSession, result: pb.TaskResult) -> None:
-        if result.status not in keys.REPORTED_STATES:
+        if result.status not in REPORTED_STATES:
             raise InvalidInput(f"result status {result.status[:20]!r} is not a final state")
         if len(result.output_bundle) > MAX_OUTPUT_BYTES:
             raise InvalidInput("result bundle is larger than the pool accepts")
@@ -308,7 +309,7 @@ class Pool:
 
     async def _after_attempt(self, task_id: str, status: str) -> None:
         """An attempt ended: queue the task again for its next one, or have it settled."""
-        if status in keys.PENDING_STATES:
+        if status in PENDING_STATES:
             self.enqueue(await self.tasks.get(task_id))
         else:
             self.settle(task_id)
@@ -416,7 +417,7 @@ class Pool:
         if session is not None:
             self._last_wall[node_id] = session.last_heartbeat_wall
         last_heartbeat = self._last_wall.get(node_id, 0)
-        lost = registry.live_state(None, keys.NODE_LOST, last_heartbeat)
+        lost = registry.live_state(None, NodeState.LOST, last_heartbeat)
         await self.db.hset(keys.WORKER_LIVE, node_id, lost)
         reason = f"node {node_id} lost (no heartbeat for {self.settings.heartbeat_timeout}s)"
         for record in await self.tasks.on_node(node_id):
@@ -479,7 +480,7 @@ class Pool:
         ]
         settled = time.time() - 5  # newer ones may be between their Lua call and enqueue
         for record in await self.tasks.by_ids(missing):
-            if record.status in keys.PENDING_STATES and record.submitted_at < settled:
+            if record.status in PENDING_STATES and record.submitted_at < settled:
                 log.warning("task %s was queued in Redis only: queueing it", record.id)
                 self.enqueue(record)
 
@@ -491,15 +492,14 @@ class Pool:
 
     async def _drop_revoked(self) -> None:
         """Close the streams of workers revoked while connected (checked when the set grows)."""
-        revoked_count = await self.db.scard(mesh_keys.REVOKED_SERIALS)
+        revoked_count = await membership.revoked_count(self.db)
         if revoked_count == self._revoked_seen:
             return
         self._revoked_seen = revoked_count
         sessions = list(self.sessions.values())
         if not sessions:
             return
-        serials = [str(s.caller.serial) for s in sessions]
-        revoked = await self.db.smismember(mesh_keys.REVOKED_SERIALS, serials)
+        revoked = await membership.revoked_among(self.db, [s.caller.serial for s in sessions])
         for session, is_revoked in zip(sessions, revoked, strict=True):
             if is_revoked:
                 log.warning("worker %s revoked: closing its stream", session.node_id)

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hivemind_cluster.mesh import constants as mesh_keys
+from hivemind_cluster.mesh import membership
 from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.model.states import NodeState
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.scheduler import Scheduler
@@ -99,7 +100,7 @@ def live_state(session: AgentSession | None, state: str = "", last_heartbeat: fl
     beat = session.heartbeat
     return json.dumps(
         {
-            "state": keys.DRAINING if beat.draining else keys.READY,
+            "state": NodeState.DRAINING if beat.draining else NodeState.READY,
             "last_heartbeat": session.last_heartbeat_wall,
             "cpu_percent": beat.cpu_percent,
             "memory_used_bytes": beat.memory_used_bytes,
@@ -113,7 +114,7 @@ async def flush_heartbeats(
 ) -> None:
     """Write the live state of these workers to Redis in one command."""
     states = {
-        node_id: live_state(sessions.get(node_id), keys.OFFLINE, last_seen.get(node_id, 0))
+        node_id: live_state(sessions.get(node_id), NodeState.OFFLINE, last_seen.get(node_id, 0))
         for node_id in node_ids
     }
     if states:
@@ -125,18 +126,16 @@ async def node_states(
 ) -> list[pb.NodeState]:
     """Every active member with its live pool state (workers: capacity, use, tasks); with
     ``owner``, ``running`` lists that account's tasks only (``running_count`` all)."""
-    ids = await db.zrange(mesh_keys.NODES, 0, -1)
+    members = await membership.active_members(db)
     pipe = db.pipeline(transaction=False)
-    for node_id in ids:
-        pipe.hgetall(mesh_keys.NODE.format(id=node_id))
-        pipe.hgetall(keys.WORKER.format(id=node_id))
+    for node in members:
+        pipe.hgetall(keys.WORKER.format(id=node["id"]))
     pipe.hgetall(keys.WORKER_LIVE)
-    *replies, live = await pipe.execute()
+    *workers, live = await pipe.execute()
     states = []
-    for node, worker in zip(replies[::2], replies[1::2], strict=True):
-        if node and node.get("state") == "active":
-            worker = {**worker, **json.loads(live.get(node["id"]) or "{}")}
-            states.append(_node_state(node, worker, sessions, scheduler))
+    for node, worker in zip(members, workers, strict=True):
+        worker = {**worker, **json.loads(live.get(node["id"]) or "{}")}
+        states.append(_node_state(node, worker, sessions, scheduler))
     if owner:
         await _keep_tasks_of(db, owner, states)
     return states
@@ -165,14 +164,14 @@ def _node_state(
     slot = scheduler.workers.get(node_id)
     state = worker.get("state", "")
     if session is not None:
-        state = keys.DRAINING if session.heartbeat.draining else keys.READY
+        state = NodeState.DRAINING if session.heartbeat.draining else NodeState.READY
     message = pb.NodeState(
         id=node_id,
         name=node.get("name", ""),
         role=node.get("role", ""),
         overlay_ip=node.get("overlay_ip", ""),
         connected=session is not None,
-        state=state or (keys.OFFLINE if node.get("role") == "worker" else ""),
+        state=state or (NodeState.OFFLINE if node.get("role") == "worker" else ""),
         last_heartbeat=float(worker.get("last_heartbeat") or 0),
         docker_available=worker.get("docker_available") == "1",
         docker_version=worker.get("docker_version", ""),

@@ -19,7 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from hivemind_cluster.core.errors import Conflict, InvalidInput
 from hivemind_cluster.core.grpcutil import POOL_SERVER_OPTIONS, ErrorInterceptor
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
-from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.model.states import ALL_STATES, FINAL_STATES
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import PoolAuthorizer, acting_for, current_caller
 from hivemind_cluster.pool.ledger import Entry
@@ -90,7 +90,7 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.TaskList:
         caller = current_caller()
-        unknown = set(request.status) - set(keys.ALL_STATES)
+        unknown = set(request.status) - set(ALL_STATES)
         if unknown:
             raise InvalidInput(f"unknown status {sorted(unknown)[0]!r}")
         owner = request.owner if caller.role == "hub" else caller.node_id
@@ -131,7 +131,7 @@ class TasksService(pb_grpc.TasksServicer):
         record = await operations.visible_task(
             self.pool, current_caller(), request.task_id, request.owner
         )
-        if record.status not in keys.FINAL_STATES:
+        if record.status not in FINAL_STATES:
             raise Conflict(f"task {record.id} is {record.status}: no result yet")
         bundle = await asyncio.to_thread(self.pool.tasks.output_bundle, record)
         return pb.ResultBundle(task_id=record.id, output_bundle=bundle)
@@ -151,6 +151,17 @@ class TasksService(pb_grpc.TasksServicer):
             kind = "worker" if caller.role == "worker" else "user"
             await self.pool.accounting.open(account, kind)
         kind, balance, earned = await ledger.summary(account)
+        return pb.AccountBalance(account=account, kind=kind, balance=balance, earned=earned)
+
+    async def OpenAccount(
+        self, request: pb.OpenAccountRequest, context: Context
+    ) -> pb.AccountBalance:
+        """Open an account (with its grant, once) for the hub: the web's new users."""
+        if request.kind not in ("user", "project"):
+            raise InvalidInput("an opened account is a user or a project")
+        account = check_account(request.account)
+        await self.pool.accounting.open(account, request.kind)
+        kind, balance, earned = await self.pool.ledger.summary(account)
         return pb.AccountBalance(account=account, kind=kind, balance=balance, earned=earned)
 
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.LedgerEntries:

@@ -21,6 +21,7 @@ from typing import Any
 
 from hivemind_cluster.core import errors
 from hivemind_cluster.model.spec import TaskSpec
+from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.records import TaskRecord, spec_fields
 from hivemind_cluster.pool.store import TASKS
@@ -249,7 +250,7 @@ class TaskStore:
         return [
             task_id
             for task_id, (status, settled) in zip(ids, await pipe.execute(), strict=True)
-            if status in keys.FINAL_STATES and settled != "1"
+            if status in FINAL_STATES and settled != "1"
         ]
 
     async def requeue(self, task_id: str, attempt: int, node_id: str, reason: str) -> str:

@@ -1125,6 +1125,30 @@ class AccountRef(_message.Message):
 Global___AccountRef: _TypeAlias = AccountRef  # noqa: Y015
 
 @_typing.final
+class OpenAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    account: _builtins.str
+    """e.g. user:alice; opening an open account changes nothing"""
+    kind: _builtins.str
+    """user or project"""
+    def __init__(
+        self,
+        *,
+        account: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenAccountRequest: _TypeAlias = OpenAccountRequest  # noqa: Y015
+
+@_typing.final
 class AccountBalance(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -151,6 +151,11 @@ class TasksStub:
                 request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountRef.SerializeToString,
                 response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.FromString,
                 _registered_method=True)
+        self.OpenAccount = channel.unary_unary(
+                '/hivemind.pool.Tasks/OpenAccount',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.OpenAccountRequest.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.FromString,
+                _registered_method=True)
         self.History = channel.unary_unary(
                 '/hivemind.pool.Tasks/History',
                 request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.HistoryRequest.SerializeToString,
@@ -226,6 +231,13 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenAccount(self, request, context):
+        """hub only: a new user's
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def History(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -290,6 +302,11 @@ def add_TasksServicer_to_server(servicer, server):
             'Balance': grpc.unary_unary_rpc_method_handler(
                     servicer.Balance,
                     request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountRef.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.SerializeToString,
+            ),
+            'OpenAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenAccount,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.OpenAccountRequest.FromString,
                     response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
@@ -550,6 +567,33 @@ class Tasks:
             target,
             '/hivemind.pool.Tasks/Balance',
             hivemind__cluster_dot_protos_dot_pool__pb2.AccountRef.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Tasks/OpenAccount',
+            hivemind__cluster_dot_protos_dot_pool__pb2.OpenAccountRequest.SerializeToString,
             hivemind__cluster_dot_protos_dot_pool__pb2.AccountBalance.FromString,
             options,
             channel_credentials,

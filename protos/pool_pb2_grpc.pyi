@@ -69,6 +69,8 @@ class TasksStub:
     FetchResult: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]
     Balance: _grpc.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]
+    OpenAccount: _grpc.UnaryUnaryMultiCallable[_pool_pb2.OpenAccountRequest, _pool_pb2.AccountBalance]
+    """hub only: a new user's"""
     History: _grpc.UnaryUnaryMultiCallable[_pool_pb2.HistoryRequest, _pool_pb2.LedgerEntries]
     Tip: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TipRequest, _pool_pb2.LedgerEntry]
     GetRateCard: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RateCardRequest, _pool_pb2.RateCard]
@@ -86,6 +88,8 @@ class TasksAsyncStub(TasksStub):
     FetchResult: _aio.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]  # type: ignore[assignment]
     Balance: _aio.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]  # type: ignore[assignment]
+    OpenAccount: _aio.UnaryUnaryMultiCallable[_pool_pb2.OpenAccountRequest, _pool_pb2.AccountBalance]  # type: ignore[assignment]
+    """hub only: a new user's"""
     History: _aio.UnaryUnaryMultiCallable[_pool_pb2.HistoryRequest, _pool_pb2.LedgerEntries]  # type: ignore[assignment]
     Tip: _aio.UnaryUnaryMultiCallable[_pool_pb2.TipRequest, _pool_pb2.LedgerEntry]  # type: ignore[assignment]
     GetRateCard: _aio.UnaryUnaryMultiCallable[_pool_pb2.RateCardRequest, _pool_pb2.RateCard]  # type: ignore[assignment]
@@ -154,6 +158,14 @@ class TasksServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.AccountRef,
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.AccountBalance, _abc.Awaitable[_pool_pb2.AccountBalance]]: ...
+
+    @_abc_1.abstractmethod
+    def OpenAccount(
+        self,
+        request: _pool_pb2.OpenAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.AccountBalance, _abc.Awaitable[_pool_pb2.AccountBalance]]:
+        """hub only: a new user's"""
 
     @_abc_1.abstractmethod
     def History(

@@ -17,6 +17,7 @@ from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
 
 from hivemind_cluster.client.channel import Identity, sync_channel
+from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.core import redisdb
 from hivemind_cluster.core.keys import write_private
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR, WEB_SECRET
@@ -84,6 +85,7 @@ def _services(app: Flask) -> Services:
     peers = config.get("WIREGUARD_PEERS") or interface.peers
     users = UserStore(
         db,
+        lambda account: GrpcTaskClient(channel).open_account(account, "user"),
         config.get("PASSWORD_HASHER"),
         config.get("LIMITS"),
     )

@@ -18,16 +18,15 @@ from wtforms import ValidationError
 
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.client.views import cpt
-from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.core.errors import InvalidInput, Unauthenticated
 from hivemind_cluster.core.units import parse_cpt
 from hivemind_cluster.model import submission
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
+from hivemind_cluster.model.states import ALL_STATES, MAX_ROWS
 from hivemind_cluster.model.submission import check_text, whole_number
-from hivemind_cluster.pool.constants import ALL_STATES, MAX_ROWS
 from hivemind_cluster.web import mesh, openapi
 from hivemind_cluster.web.auth import client_address
 from hivemind_cluster.web.downloads import zip_download
-from hivemind_cluster.web.errors import Unauthenticated
 from hivemind_cluster.web.services import services
 from hivemind_cluster.web.users import User
 

@@ -15,8 +15,7 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from hivemind_cluster.core.errors import HiveMindError, Unavailable
-from hivemind_cluster.web.errors import http_status
+from hivemind_cluster.core.errors import HiveMindError, Unavailable, http_status
 
 log = logging.getLogger("hivemind.web")
 

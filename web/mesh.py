@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.core.errors import HiveMindError
 from hivemind_cluster.mesh import nodes as registry
-from hivemind_cluster.mesh.inventory import ONLINE_HANDSHAKE_AGE
+from hivemind_cluster.mesh.wireguard import ONLINE_HANDSHAKE_AGE
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.services import services
 

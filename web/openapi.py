@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hivemind_cluster import __version__
-from hivemind_cluster.pool.constants import ALL_STATES, MAX_ROWS
+from hivemind_cluster.model.states import ALL_STATES, MAX_ROWS
 
 Schema = dict[str, Any]
 

@@ -11,7 +11,7 @@ from hivemind_cluster.core.errors import HiveMindError, InvalidInput, TooLarge
 from hivemind_cluster.model import submission
 from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
-from hivemind_cluster.pool.constants import ALL_STATES
+from hivemind_cluster.model.states import ALL_STATES
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.downloads import zip_download
 from hivemind_cluster.web.errorpages import form_failed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,9 @@ import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from hivemind_cluster.core.errors import AlreadyExists, InvalidInput
+from hivemind_cluster.core.errors import AlreadyExists, InvalidInput, RateLimited, Unauthenticated
 from hivemind_cluster.mesh.tokens import secret_hash as token_digest
-from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
-from hivemind_cluster.web.errors import RateLimited, Unauthenticated
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 MIN_PASSWORD = 8
@@ -82,10 +81,12 @@ class UserStore:
     def __init__(
         self,
         db: redis.Redis,
+        open_account: Callable[[str], object],
         hasher: PasswordHasher | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.db = db
+        self.open_account = open_account  # opens a user's ledger account, through the pool
         self.hasher = hasher or PasswordHasher()
         self.limits = limits or Limits()
         # A hash to verify against for unknown users, so both cases take the same time.
@@ -118,7 +119,7 @@ class UserStore:
                 pipe.execute()
         except redis.WatchError:
             raise AlreadyExists(f"the username {name!r} is taken") from None
-        Ledger(self.db).open_account(account, "user")
+        self.open_account(account)
         return User(name, account)
 
     def get(self, username: str) -> User | None:

@@ -26,9 +26,9 @@ from werkzeug.serving import make_server
 
 from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.client.apiclient import ApiClient
+from hivemind_cluster.core.errors import Unauthenticated
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.pool.ledger import Ledger
-from hivemind_cluster.web.errors import Unauthenticated
 from tests.lab import tool
 from tests.poolkit import block_until_cancelled
 from tests.webkit import PASSWORD, WebCluster, web_cluster

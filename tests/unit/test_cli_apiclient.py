@@ -18,8 +18,13 @@ from hivemind_cluster.client.apiclient import ApiClient, api_error
 from hivemind_cluster.client.cli import Config, save_config
 from hivemind_cluster.core import errors
 from hivemind_cluster.core.console import run_main
-from hivemind_cluster.core.errors import HiveMindError, TooLarge, Unavailable
-from hivemind_cluster.web.errors import RateLimited, Unauthenticated
+from hivemind_cluster.core.errors import (
+    HiveMindError,
+    RateLimited,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 
 Answer = tuple[int, str, bytes]  # status, content type, body
 

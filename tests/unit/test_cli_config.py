@@ -14,8 +14,7 @@ from hivemind_cluster.client import cli
 from hivemind_cluster.client.apiclient import api_url
 from hivemind_cluster.client.cli import Config, config_path, load_config, save_config, session
 from hivemind_cluster.core.console import run_main
-from hivemind_cluster.core.errors import InvalidInput, Unavailable
-from hivemind_cluster.web.errors import Unauthenticated
+from hivemind_cluster.core.errors import InvalidInput, Unauthenticated, Unavailable
 
 API = "http://100.64.0.1:5001/api/v1"
 

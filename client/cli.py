@@ -16,6 +16,7 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from hivemind_cluster.client.poolcli import build_parser, run_command
 from hivemind_cluster.client.views import amount_text
 from hivemind_cluster.core.console import print_json, run_main
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unauthenticated
-from hivemind_cluster.core.keys import write_private
+from hivemind_cluster.core.files import write_private
 
 CONFIG_ENV = "HIVEMIND_CONFIG"
 
@@ -143,6 +144,10 @@ def cmd_logout(args: argparse.Namespace, path: Path, config: Config) -> int:
     return 0
 
 
+# register, login and logout: they handle the saved login, not a task (``login_command``).
+LoginCommand = Callable[[argparse.Namespace, Path, Config], int]
+
+
 def build_hivemind_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -156,11 +161,13 @@ def build_hivemind_parser() -> argparse.ArgumentParser:
     )
     for name, text in (("register", "create an account, then log in"), ("login", "log in")):
         p = sub.add_parser(name, parents=[common], help=text)
+        p.set_defaults(login_command=cmd_login)
         p.add_argument("--user", default="", help="username (default: ask)")
         secret = p.add_mutually_exclusive_group()
         secret.add_argument("--password", help="visible to other local users; prefer the prompt")
         secret.add_argument("--password-stdin", action="store_true", help="read it from stdin")
-    sub.add_parser("logout", parents=[common], help="revoke the saved token and forget it")
+    p = sub.add_parser("logout", parents=[common], help="revoke the saved token and forget it")
+    p.set_defaults(login_command=cmd_logout)
     return parser
 
 
@@ -168,11 +175,10 @@ def main(argv: list[str]) -> int:
     args = build_hivemind_parser().parse_args(argv)
     path = config_path()
     config = load_config(path)
+    login_command: LoginCommand | None = getattr(args, "login_command", None)
     try:
-        if args.command in ("register", "login"):
-            return cmd_login(args, path, config)
-        if args.command == "logout":
-            return cmd_logout(args, path, config)
+        if login_command is not None:
+            return login_command(args, path, config)
         return run_command(args, session(args, config))
     except (KeyError, TypeError, AttributeError) as exc:
         # The one place a well-formed answer of the wrong shape lands (another server

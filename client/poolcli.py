@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,20 +72,39 @@ def seconds(text: str) -> float:
     return value
 
 
+TaskCommand = Callable[[argparse.Namespace, TaskClient], int]
+
+
 def build_parser(
     prog: str, description: str, common: argparse.ArgumentParser, other_accounts: bool
 ) -> tuple[argparse.ArgumentParser, Subcommands]:
     """The task commands; ``common`` holds each tool's own options (how to reach the pool).
 
     ``other_accounts`` adds ``--account`` to balance and history (the hub may look at any).
-    Returns the parser and its subcommands, to which a tool may add its own.
+    Returns the parser and its subcommands, to which a tool may add its own. Each task
+    command names its handler (``task_command``), which ``run_command`` calls.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_submit(sub, prog, common)
+    add_task_commands(sub, common)
+    add_ledger_commands(sub, prog, common, other_accounts)
+    return parser, sub
 
-    p = sub.add_parser("submit", parents=[common], help=f"submit a task: {prog} submit -- CMD…")
+
+def task_command(
+    sub: Subcommands, name: str, run: TaskCommand, common: argparse.ArgumentParser, text: str
+) -> argparse.ArgumentParser:
+    """A subcommand that runs ``run`` over the tool's ``TaskClient``, and nothing else."""
+    parser = sub.add_parser(name, parents=[common], help=text)
+    parser.set_defaults(task_command=run)
+    return parser
+
+
+def add_submit(sub: Subcommands, prog: str, common: argparse.ArgumentParser) -> None:
+    p = task_command(sub, "submit", cmd_submit, common, f"submit a task: {prog} submit -- CMD…")
     p.add_argument("--image", default="", help="Docker image (default: Python, for main.py)")
     p.add_argument("--cpu", default="", help="CPUs: 1, 0.5, 500m (default: the hub's, 1)")
     p.add_argument("--memory", default="", help="memory: 512M, 2G (default: the hub's, 512M)")
@@ -100,35 +120,41 @@ def build_parser(
     p.add_argument("--wait", action="store_true", help="wait for the task to end")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
 
-    for name, text in (("status", "show a task"), ("cancel", "cancel a task")):
-        sub.add_parser(name, parents=[common], help=text).add_argument("id")
-    p = sub.add_parser(
-        "wait", parents=[common], help="wait for a task; non-zero unless it succeeded"
-    )
+
+def add_task_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    task_command(sub, "status", cmd_status, common, "show a task").add_argument("id")
+    task_command(sub, "cancel", cmd_cancel, common, "cancel a task").add_argument("id")
+    text = "wait for a task; non-zero unless it succeeded"
+    p = task_command(sub, "wait", cmd_wait, common, text)
     p.add_argument("id")
     p.add_argument(
         "--timeout", type=seconds, default=0, help="give up after this many seconds (0: never)"
     )
-    p = sub.add_parser("logs", parents=[common], help="a task's output")
+    p = task_command(sub, "logs", cmd_logs, common, "a task's output")
     p.add_argument("id")
     p.add_argument("-f", "--follow", action="store_true", help="keep streaming until it ends")
-    p = sub.add_parser("result", parents=[common], help="download a task's /out files")
+    p = task_command(sub, "result", cmd_result, common, "download a task's /out files")
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True, help="directory to unpack into")
-    p = sub.add_parser("list", parents=[common], help="recent tasks")
+    p = task_command(sub, "list", cmd_list, common, "recent tasks")
     p.add_argument("--status", action="append", default=[], choices=ALL_STATES)
     p.add_argument("--limit", type=limit, default=20, help=f"1-{MAX_ROWS}")
-    sub.add_parser("nodes", parents=[common], help="the pool's nodes with live state")
-    p = sub.add_parser("balance", parents=[common], help="your CPT balance")
+    task_command(sub, "nodes", cmd_nodes, common, "the pool's nodes with live state")
+
+
+def add_ledger_commands(
+    sub: Subcommands, prog: str, common: argparse.ArgumentParser, other_accounts: bool
+) -> None:
+    p = task_command(sub, "balance", cmd_balance, common, "your CPT balance")
     account_option(p, other_accounts)
-    p = sub.add_parser("history", parents=[common], help="your ledger movements")
+    p = task_command(sub, "history", cmd_history, common, "your ledger movements")
     account_option(p, other_accounts)
     p.add_argument("--limit", type=limit, default=50, help=f"1-{MAX_ROWS}")
-    p = sub.add_parser("tip", parents=[common], help=f"tip a project: {prog} tip PROJECT 2.5")
+    text = f"tip a project: {prog} tip PROJECT 2.5"
+    p = task_command(sub, "tip", cmd_tip, common, text)
     p.add_argument("project")
     p.add_argument("amount", help="CPT, up to 6 decimals")
-    sub.add_parser("rates", parents=[common], help="the rate card")
-    return parser, sub
+    task_command(sub, "rates", cmd_rates, common, "the rate card")
 
 
 def account_option(parser: argparse.ArgumentParser, offered: bool) -> None:
@@ -194,7 +220,8 @@ def show(args: argparse.Namespace, task: View) -> int:
     return 0 if task["status"] == TaskState.SUCCEEDED else 1
 
 
-def cmd_submit(args: argparse.Namespace, client: TaskClient, progress: bool) -> int:
+def cmd_submit(args: argparse.Namespace, client: TaskClient) -> int:
+    progress = shows_progress(args)
     task = client.submit(submit_body(args))
     if not args.wait:
         print_json(task) if args.json else print(task["id"])
@@ -256,6 +283,11 @@ def save_result(bundle: bytes, target: Path) -> list[str]:
     return names
 
 
+def shows_progress(args: argparse.Namespace) -> bool:
+    """Progress lines on stderr only for a person at a terminal, never with ``--json``."""
+    return sys.stderr.isatty() and not args.json
+
+
 def print_rows(
     args: argparse.Namespace, views: list[View], rows: list[View], columns: list[str]
 ) -> int:
@@ -263,58 +295,77 @@ def print_rows(
     return 0
 
 
-def run_command(args: argparse.Namespace, client: TaskClient) -> int:
-    """Run one of the task commands of ``build_parser`` and print its result."""
-    progress = sys.stderr.isatty() and not args.json
-    if args.command == "submit":
-        return cmd_submit(args, client, progress)
-    if args.command == "status":
-        show(args, client.get(args.id))
-        return 0
-    if args.command == "cancel":
-        show(args, client.cancel(args.id))
-        return 0
-    if args.command == "wait":
-        return show(args, wait_for(client, args.id, args.timeout, progress))
-    if args.command == "logs":
-        return cmd_logs(args, client)
-    if args.command == "result":
-        return cmd_result(args, client)
-    if args.command == "list":
-        tasks = client.tasks(args.status, args.limit)
-        return print_rows(args, tasks, task_rows(tasks), TASK_COLUMNS)
-    if args.command == "nodes":
-        nodes = client.nodes()
-        return print_rows(args, nodes, node_rows(nodes), NODE_COLUMNS)
-    if args.command == "history":
-        entries = client.history(args.account, args.limit)
-        return print_rows(args, entries, entry_rows(entries), ENTRY_COLUMNS)
-    return cmd_ledger(args, client)
-
-
-def cmd_ledger(args: argparse.Namespace, client: TaskClient) -> int:
-    if args.command == "balance":
-        found = client.balance(args.account)
-        text = f"{amount_text(found['balance_micro'])} ({found['account']})"
-    elif args.command == "tip":
-        found = client.tip(args.project, parse_cpt(args.amount))
-        text = f"tipped {amount_text(found['amount_micro'])} to {found['to']}"
-    elif args.command == "rates":
-        found = client.rates()
-        text = rates_text(found)
-    else:
-        raise AssertionError(f"no handler for the command {args.command!r}")
+def print_found(args: argparse.Namespace, found: View, text: str) -> int:
     print_json(found) if args.json else print(text)
     return 0
 
 
-def main(argv: list[str]) -> int:
+def cmd_status(args: argparse.Namespace, client: TaskClient) -> int:
+    show(args, client.get(args.id))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, client: TaskClient) -> int:
+    show(args, client.cancel(args.id))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace, client: TaskClient) -> int:
+    return show(args, wait_for(client, args.id, args.timeout, shows_progress(args)))
+
+
+def cmd_list(args: argparse.Namespace, client: TaskClient) -> int:
+    tasks = client.tasks(args.status, args.limit)
+    return print_rows(args, tasks, task_rows(tasks), TASK_COLUMNS)
+
+
+def cmd_nodes(args: argparse.Namespace, client: TaskClient) -> int:
+    nodes = client.nodes()
+    return print_rows(args, nodes, node_rows(nodes), NODE_COLUMNS)
+
+
+def cmd_history(args: argparse.Namespace, client: TaskClient) -> int:
+    entries = client.history(args.account, args.limit)
+    return print_rows(args, entries, entry_rows(entries), ENTRY_COLUMNS)
+
+
+def cmd_balance(args: argparse.Namespace, client: TaskClient) -> int:
+    found = client.balance(args.account)
+    return print_found(args, found, f"{amount_text(found['balance_micro'])} ({found['account']})")
+
+
+def cmd_tip(args: argparse.Namespace, client: TaskClient) -> int:
+    found = client.tip(args.project, parse_cpt(args.amount))
+    return print_found(args, found, f"tipped {amount_text(found['amount_micro'])} to {found['to']}")
+
+
+def cmd_rates(args: argparse.Namespace, client: TaskClient) -> int:
+    found = client.rates()
+    return print_found(args, found, rates_text(found))
+
+
+def run_command(args: argparse.Namespace, client: TaskClient) -> int:
+    """Run the task command ``args`` names (its parser's handler) and print its result.
+
+    Only that handler: a command without one is refused, never run as another.
+    """
+    run: TaskCommand | None = getattr(args, "task_command", None)
+    if run is None:
+        raise InvalidInput(f"{args.command!r} is not a task command")
+    return run(args, client)
+
+
+def build_pool_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--identity", help="agent or hub state directory holding the certificate")
     parser, _ = build_parser(
         "hivemind-pool", "Run tasks on a HiveMind pool (node certificate).", common, True
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_pool_parser().parse_args(argv)
     identity = Identity.load(args.identity)
     with sync_channel(identity) as channel:
         return run_command(args, GrpcTaskClient(channel))

@@ -24,6 +24,11 @@ def cpt(micro: int) -> float:
     return micro / MICRO
 
 
+def amounts(**micros: int) -> View:
+    """Each amount as CPT (``name``) beside its exact micro-CPT twin (``name_micro``)."""
+    return {k: cpt(v) for k, v in micros.items()} | {f"{k}_micro": v for k, v in micros.items()}
+
+
 def resources_view(resources: pb.Resources) -> View:
     return {
         "cpu_millis": resources.cpu_millis,
@@ -106,10 +111,9 @@ def entry_view(entry: pb.LedgerEntry) -> View:
         "time": entry.time,
         "from": entry.source,
         "to": entry.target,
-        "amount": cpt(entry.amount),
-        "amount_micro": entry.amount,
         "reason": entry.reason,
         "task": entry.task,
+        **amounts(amount=entry.amount),
     }
 
 
@@ -117,22 +121,18 @@ def balance_view(balance: pb.AccountBalance) -> View:
     return {
         "account": balance.account,
         "kind": balance.kind,
-        "balance": cpt(balance.balance),
-        "balance_micro": balance.balance,
-        "earned": cpt(balance.earned),
-        "earned_micro": balance.earned,
+        **amounts(balance=balance.balance, earned=balance.earned),
     }
 
 
 def rates_view(card: pb.RateCard) -> View:
     """The rate card in CPT (per CPU-second, GB-second, GPU-second) plus the grant."""
-    prices = {
-        "cpu_second": card.cpu_second,
-        "gb_second": card.gb_second,
-        "gpu_second": card.gpu_second,
-        "registration_grant": card.registration_grant,
-    }
-    return {k: cpt(v) for k, v in prices.items()} | {f"{k}_micro": v for k, v in prices.items()}
+    return amounts(
+        cpu_second=card.cpu_second,
+        gb_second=card.gb_second,
+        gpu_second=card.gpu_second,
+        registration_grant=card.registration_grant,
+    )
 
 
 def log_view(entry: pb.LogEntry) -> View:

@@ -40,6 +40,54 @@ POOL_SERVER_OPTIONS = [
 
 
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any], str], Awaitable[None]]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def refuse(context: Context, method: str, exc: Exception) -> None:
+    """Abort the call with the status of ``exc``: its own for a HiveMindError, else INTERNAL
+    with a generic message (the traceback goes to the log, never to the caller)."""
+    if isinstance(exc, HiveMindError):
+        log.info("%s refused: %s", method, exc.message)
+        await context.abort(grpc_status(exc), grpc_details(exc))
+    log.error("%s failed", method, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, "internal: unexpected server error (see the hub log)"
+    )
+
+
+def guard_unary(inner: Any, method: str, authorize: Authorize | None) -> Any:
+    """``inner`` (a coroutine answering once) authorised first, its errors mapped."""
+
+    async def guarded(request: Any, context: Context) -> Any:
+        try:
+            if authorize is not None:
+                await authorize(context, method)
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await refuse(context, method, exc)
+
+    return guarded
+
+
+def guard_streaming(inner: Any, method: str, authorize: Authorize | None) -> Any:
+    """``inner`` (an async generator of responses) authorised first, its errors mapped."""
+    if not inspect.isasyncgenfunction(inner):
+        return guard_unary(inner, method, authorize)  # a coroutine writing with context.write()
+
+    async def guarded(request: Any, context: Context) -> Any:
+        try:
+            if authorize is not None:
+                await authorize(context, method)
+            async for response in inner(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await refuse(context, method, exc)
+
+    return guarded
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -62,60 +110,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        authorize = self.authorize
-
-        async def refuse(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
-            if isinstance(exc, HiveMindError):
-                log.info("%s refused: %s", method, exc.message)
-                await context.abort(grpc_status(exc), grpc_details(exc))
-            log.error("%s failed", method, exc_info=exc)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal: unexpected server error (see the hub log)"
-            )
-
-        def unary(inner: Any) -> Any:
-            async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    if authorize is not None:
-                        await authorize(context, method)
-                    return await inner(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await refuse(context, exc)
-
-            return guarded
-
-        def streaming(inner: Any) -> Any:
-            if not inspect.isasyncgenfunction(inner):
-                return unary(inner)  # a coroutine that writes with context.write()
-
-            async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    if authorize is not None:
-                        await authorize(context, method)
-                    async for response in inner(request, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await refuse(context, exc)
-
-            return guarded
-
+        method, authorize = handler_call_details.method, self.authorize
         codec = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **codec)
+            guarded = guard_unary(handler.unary_unary, method, authorize)
+            return grpc.unary_unary_rpc_method_handler(guarded, **codec)
         if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codec)
+            guarded = guard_unary(handler.stream_unary, method, authorize)
+            return grpc.stream_unary_rpc_method_handler(guarded, **codec)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **codec)
+            guarded = guard_streaming(handler.unary_stream, method, authorize)
+            return grpc.unary_stream_rpc_method_handler(guarded, **codec)
         if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **codec)
+            guarded = guard_streaming(handler.stream_stream, method, authorize)
+            return grpc.stream_stream_rpc_method_handler(guarded, **codec)
         return handler
 
 

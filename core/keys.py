@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-import tempfile
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -73,26 +70,3 @@ def build_csr(key: TlsKey, hostname: str) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
-
-
-def write_private(path: Path, data: bytes | str) -> None:
-    """Write a file readable by its owner only (0600), atomically."""
-    payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def write_public(path: Path, data: bytes | str) -> None:
-    payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

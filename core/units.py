@@ -39,13 +39,19 @@ def parse_cpus(text: str) -> int:
     return millis
 
 
-def format_bytes(n: int) -> str:
-    """``n`` in the largest binary unit it reaches: "1.5 KiB", "999 MiB", "1000 MiB"."""
+def format_bytes(n: int, exact: bool = False) -> str:
+    """``n`` in the largest binary unit it reaches: "1.5 KiB", "999 MiB", "1000 MiB".
+
+    ``exact`` is for limits, which must not be rounded: a whole number of that unit
+    ("16 MiB"), else the bytes ("1048586 bytes").
+    """
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and exact:
+            return f"{n // size} {unit}" if n % size == 0 else f"{n} bytes"
         if n >= size:
             value = n / size  # under 1024, so 3 significant digits, or whole from 1000 up
             return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
-    return f"{n} B"
+    return f"{n} bytes" if exact else f"{n} B"
 
 
 MICRO = 1_000_000

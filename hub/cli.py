@@ -1,24 +1,36 @@
 """``hivemind-hub``: create and run a hub, make join tokens, list and revoke nodes, audit
-the CPT ledger."""
+the CPT ledger.
+
+Every command's parser names its own handler (``set_defaults(run=...)``) and ``main`` calls
+only that: a command without one is an error, never another command (revoke, say).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from hivemind_cluster import __version__
 from hivemind_cluster.core.console import age, print_json, print_table, run_main, setup_logging
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR
-from hivemind_cluster.core.settings import HubSettings, load_hub_settings
-from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.core.settings import load_hub_settings
+from hivemind_cluster.core.units import format_bytes, format_cpt
 from hivemind_cluster.hub.init import init_hub
 from hivemind_cluster.hub.serve import serve
 from hivemind_cluster.mesh import inventory, nodes, store, tokens
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.enrollment import retire_node
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
+from hivemind_cluster.pool import store as pool_store
 from hivemind_cluster.pool.ledger import Ledger
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+Command = Callable[[argparse.Namespace], int]
+NODE_COLUMNS = ["id", "name", "role", "overlay_ip", "status", "handshake", "rx", "tx"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_hub_commands(sub, [state], [state, as_json])
+    add_mesh_commands(sub, [state, as_json])
+    add_ledger_commands(sub, [state, as_json])
+    return parser
 
-    p = sub.add_parser("init", parents=[state, as_json], help="create a hub (CA, keys, config)")
+
+def command(
+    sub: Subcommands, name: str, run: Command, parents: list[argparse.ArgumentParser], text: str
+) -> argparse.ArgumentParser:
+    """A subcommand that runs ``run``, and nothing else."""
+    parser = sub.add_parser(name, parents=parents, help=text)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def group(sub: Subcommands, name: str, text: str) -> Subcommands:
+    """A command of actions (``token create``): it runs nothing itself."""
+    return sub.add_parser(name, help=text).add_subparsers(dest="action", required=True)
+
+
+def add_hub_commands(
+    sub: Subcommands, state: list[argparse.ArgumentParser], both: list[argparse.ArgumentParser]
+) -> None:
+    p = command(sub, "init", cmd_init, both, "create a hub (CA, keys, config)")
     p.add_argument(
         "--endpoint",
         required=True,
@@ -47,54 +81,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", default="hm0", help="WireGuard interface name")
     p.add_argument("--name", default="", help="the hub's name in node lists (default hostname)")
     p.add_argument("--force", action="store_true", help="replace an existing hub")
-
-    p = sub.add_parser("up", parents=[state], help="run the hub in the foreground")
+    p = command(sub, "up", cmd_up, state, "run the hub in the foreground")
     p.add_argument("--backend", default="auto", choices=["auto", "kernel", "userspace"])
     p.add_argument("-v", "--verbose", action="store_true")
-
-    p = sub.add_parser(
-        "web", parents=[state], help="run only the web UI (`up` starts and supervises it)"
-    )
+    p = command(sub, "web", cmd_web, state, "run only the web UI (`up` starts and supervises it)")
     p.add_argument("-v", "--verbose", action="store_true")
 
-    token = sub.add_parser("token", help="join tokens").add_subparsers(dest="action", required=True)
-    p = token.add_parser("create", parents=[state, as_json], help="print a new join token")
+
+def add_mesh_commands(sub: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
+    token = group(sub, "token", "join tokens")
+    p = command(token, "create", cmd_token_create, parents, "print a new join token")
     p.add_argument("--role", default="worker", choices=tokens.ROLES)
     p.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 7d (default 1h)")
     p.add_argument("--uses", type=int, default=1, help="how many machines may join (default 1)")
-    token.add_parser("list", parents=[state, as_json], help="list tokens")
-    p = token.add_parser("revoke", parents=[state, as_json], help="revoke a token")
-    p.add_argument("id")
-
-    p = sub.add_parser("nodes", parents=[state, as_json], help="list the overlay's members")
+    command(token, "list", cmd_token_list, parents, "list tokens")
+    command(token, "revoke", cmd_token_revoke, parents, "revoke a token").add_argument("id")
+    p = command(sub, "nodes", cmd_nodes, parents, "list the overlay's members")
     p.add_argument("--all", action="store_true", help="include revoked and departed nodes")
-    node = sub.add_parser("node", help="one node").add_subparsers(dest="action", required=True)
-    p = node.add_parser(
-        "revoke",
-        parents=[state, as_json],
-        help="cut a node off WireGuard and refuse its certificate",
-    )
+    node = group(sub, "node", "one node")
+    text = "cut a node off WireGuard and refuse its certificate"
+    p = command(node, "revoke", cmd_node_revoke, parents, text)
     p.add_argument("id", help="node id (or unambiguous name)")
 
-    ledger = sub.add_parser("ledger", help="the CPT ledger").add_subparsers(
-        dest="action", required=True
-    )
-    ledger.add_parser(
-        "audit", parents=[state, as_json], help="recompute every balance from the journal"
-    )
-    p = ledger.add_parser("history", parents=[state, as_json], help="an account's movements")
+
+def add_ledger_commands(sub: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
+    ledger = group(sub, "ledger", "the CPT ledger")
+    command(ledger, "audit", cmd_ledger_audit, parents, "recompute every balance from the journal")
+    p = command(ledger, "history", cmd_ledger_history, parents, "an account's movements")
     p.add_argument("account")
     p.add_argument("--limit", type=int, default=100)
-    account = sub.add_parser("account", help="ledger accounts").add_subparsers(
-        dest="action", required=True
-    )
-    account.add_parser("list", parents=[state, as_json], help="every account with its balance")
-    p = account.add_parser(
-        "create", parents=[state, as_json], help="open an account (projects receive tips)"
-    )
+    account = group(sub, "account", "ledger accounts")
+    command(account, "list", cmd_account_list, parents, "every account with its balance")
+    text = "open an account (projects receive tips)"
+    p = command(account, "create", cmd_account_create, parents, text)
     p.add_argument("name")
     p.add_argument("--kind", default="project", choices=["project", "user"])
-    return parser
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -133,61 +154,80 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace, settings: HubSettings) -> int:
-    client = store.connect_hub(settings)
-    if args.action == "create":
-        token = tokens.create_token(
-            client,
-            [settings.endpoint],
-            CertificateAuthority.load(settings.path).pin,
-            role=args.role,
-            ttl_seconds=tokens.parse_duration(args.ttl),
-            uses=args.uses,
-        )
-        if args.json:
-            print_json({"token": token.encode(), "id": token.token_id, "role": args.role})
-        else:
-            print(token.encode())
-    elif args.action == "list":
-        records = [r.as_json() for r in tokens.list_tokens(client)]
-        if args.json:
-            print_json(records)
-        else:
-            now = time.time()
-            for r in records:
-                left = float(r["expires_at"]) - now  # type: ignore[arg-type]
-                r["expires"] = f"in {age(left)}" if left > 0 else f"{age(-left)} ago"
-            print_table(records, ["id", "role", "uses_left", "expires", "state"])
-    else:
-        tokens.revoke_token(client, args.id)
-        print_json({"id": args.id, "state": "revoked"}) if args.json else print(
-            f"token {args.id} revoked"
-        )
+def cmd_web(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    from hivemind_cluster.web import server  # Flask only for this command
+
+    server.serve(load_hub_settings(args.state_dir))
     return 0
 
 
-def cmd_nodes(args: argparse.Namespace, settings: HubSettings) -> int:
-    rows = inventory.describe(settings, store.connect_hub(settings), include_retired=args.all)
+def cmd_token_create(args: argparse.Namespace) -> int:
+    settings = load_hub_settings(args.state_dir)
+    token = tokens.create_token(
+        store.connect_hub(settings),
+        [settings.endpoint],
+        CertificateAuthority.load(settings.path).pin,
+        role=args.role,
+        ttl_seconds=tokens.parse_duration(args.ttl),
+        uses=args.uses,
+    )
     if args.json:
-        print_json(rows)
+        print_json({"token": token.encode(), "id": token.token_id, "role": args.role})
+    else:
+        print(token.encode())
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    client = store.connect_hub(load_hub_settings(args.state_dir))
+    records = [r.as_json() for r in tokens.list_tokens(client)]
+    if args.json:
+        print_json(records)
         return 0
     now = time.time()
-    for row in rows:
-        row["handshake"] = (
-            "-"
-            if row["role"] == "hub"
-            else age(now - row["last_handshake"] if row["last_handshake"] else None)
-        )
-        row["status"] = (
-            ("online" if row["online"] else "offline") if row["state"] == "active" else row["state"]
-        )
-    print_table(
-        rows, ["id", "name", "role", "overlay_ip", "status", "handshake", "rx_bytes", "tx_bytes"]
+    for r in records:
+        left = float(r["expires_at"]) - now  # type: ignore[arg-type]
+        r["expires"] = f"in {age(left)}" if left > 0 else f"{age(-left)} ago"
+    print_table(records, ["id", "role", "uses_left", "expires", "state"])
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    tokens.revoke_token(store.connect_hub(load_hub_settings(args.state_dir)), args.id)
+    print_json({"id": args.id, "state": "revoked"}) if args.json else print(
+        f"token {args.id} revoked"
     )
     return 0
 
 
-def cmd_node_revoke(args: argparse.Namespace, settings: HubSettings) -> int:
+def cmd_nodes(args: argparse.Namespace) -> int:
+    settings = load_hub_settings(args.state_dir)
+    rows = inventory.describe(settings, store.connect_hub(settings), include_retired=args.all)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([node_line(row) for row in rows], NODE_COLUMNS)
+    return 0
+
+
+def node_line(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of ``inventory.describe`` as the table shows it: unknown figures are "-"."""
+    active = row["state"] == nodes.ACTIVE
+    return row | {
+        "status": ("online" if row["online"] else "offline") if active else row["state"],
+        "handshake": "-" if row["role"] == "hub" else age(row["handshake_age"]),
+        "rx": known_size(row["rx_bytes"]),
+        "tx": known_size(row["tx_bytes"]),
+    }
+
+
+def known_size(value: int | None) -> str:
+    return "-" if value is None else format_bytes(value)
+
+
+def cmd_node_revoke(args: argparse.Namespace) -> int:
+    settings = load_hub_settings(args.state_dir)
     client = store.connect_hub(settings)
     node = nodes.get_node(client, args.id)
     if node.state != nodes.ACTIVE:
@@ -202,66 +242,64 @@ def cmd_node_revoke(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "init":
-        return cmd_init(args)
-    if args.command == "up":
-        return cmd_up(args)
-    if args.command == "web":
-        setup_logging(args.verbose)
-        from hivemind_cluster.web import server  # Flask only for this command
-
-        server.serve(load_hub_settings(args.state_dir))
-        return 0
-    settings = load_hub_settings(args.state_dir)
-    if args.command == "token":
-        return cmd_token(args, settings)
-    if args.command == "nodes":
-        return cmd_nodes(args, settings)
-    if args.command in ("ledger", "account"):
-        return cmd_ledger(args, settings)
-    return cmd_node_revoke(args, settings)
+def ledger_of(args: argparse.Namespace) -> Ledger:
+    """The ledger over a connection with the pool's Lua (the ledger's functions) loaded."""
+    return Ledger(pool_store.connect_hub(load_hub_settings(args.state_dir)))
 
 
-def cmd_ledger(args: argparse.Namespace, settings: HubSettings) -> int:
-    book = Ledger(store.connect_hub(settings))
-    if args.command == "ledger" and args.action == "audit":
-        report = book.audit()
-        if args.json:
-            print_json(report)
-        else:
-            verdict = "ok" if report["ok"] else "NOT OK"
-            print(
-                f"{verdict}: {report['journal_entries']} journal entries, "
-                f"{report['accounts']} accounts, balances sum to "
-                f"{format_cpt(report['sum_of_balances'])} of "
-                f"{format_cpt(report['total_supply'])} CPT"
-            )
-            for problem in ("mismatched_accounts", "mismatched_earnings", "negative_accounts"):
-                if report[problem]:
-                    print(f"{problem.replace('_', ' ')}: {', '.join(report[problem])}")
+def cmd_ledger_audit(args: argparse.Namespace) -> int:
+    report = ledger_of(args).audit()
+    if args.json:
+        print_json(report)
         return 0 if report["ok"] else 1
-    if args.command == "ledger":
-        entries = [e.as_json() for e in book.history(args.account, args.limit)]
-        if args.json:
-            print_json(entries)
-        else:
-            print_table(entries, ["id", "from", "to", "amount_cpt", "reason", "task"])
-        return 0
-    if args.action == "create":
-        book.open_account(args.name, args.kind)
-        row = next(a for a in book.accounts() if a["account"] == args.name)
-        print_json(row) if args.json else print(
-            f"account {args.name} ({row['kind']}): {row['balance_cpt']} CPT"
-        )
-        return 0
-    rows = book.accounts()
+    verdict = "ok" if report["ok"] else "NOT OK"
+    print(
+        f"{verdict}: {report['journal_entries']} journal entries, "
+        f"{report['accounts']} accounts, balances sum to "
+        f"{format_cpt(report['sum_of_balances'])} of "
+        f"{format_cpt(report['total_supply'])} CPT"
+    )
+    for problem in ("mismatched_accounts", "mismatched_earnings", "negative_accounts"):
+        if report[problem]:
+            print(f"{problem.replace('_', ' ')}: {', '.join(report[problem])}")
+    return 0 if report["ok"] else 1
+
+
+def cmd_ledger_history(args: argparse.Namespace) -> int:
+    entries = [e.as_json() for e in ledger_of(args).history(args.account, args.limit)]
+    if args.json:
+        print_json(entries)
+    else:
+        print_table(entries, ["id", "from", "to", "amount_cpt", "reason", "task"])
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace) -> int:
+    rows = ledger_of(args).accounts()
     if args.json:
         print_json(rows)
     else:
         print_table(rows, ["account", "kind", "balance_cpt"])
     return 0
+
+
+def cmd_account_create(args: argparse.Namespace) -> int:
+    book = ledger_of(args)
+    book.open_account(args.name, args.kind)
+    row = next(a for a in book.accounts() if a["account"] == args.name)
+    print_json(row) if args.json else print(
+        f"account {args.name} ({row['kind']}): {row['balance_cpt']} CPT"
+    )
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Command | None = getattr(args, "run", None)
+    if run is None:  # a command added without a handler: refuse it, never guess one
+        parser.error(f"{args.command}: this command has no handler")
+    return run(args)
 
 
 def entry() -> int:

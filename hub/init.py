@@ -10,7 +10,8 @@ from pathlib import Path
 
 from hivemind_cluster.core import names
 from hivemind_cluster.core.errors import AlreadyExists, InvalidInput
-from hivemind_cluster.core.keys import generate_wireguard_keypair, write_private, write_public
+from hivemind_cluster.core.files import write_private, write_public
+from hivemind_cluster.core.keys import generate_wireguard_keypair
 from hivemind_cluster.core.settings import HubSettings, dump, split_host_port
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.wireguard import check_interface_name

@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from hivemind_cluster.core.errors import SystemFailure
-from hivemind_cluster.core.keys import write_private
+from hivemind_cluster.core.files import write_private
 from hivemind_cluster.core.system import stop_process
 
 

@@ -20,7 +20,7 @@ import redis
 
 from hivemind_cluster.core import names
 from hivemind_cluster.core.errors import AlreadyExists, SystemFailure
-from hivemind_cluster.core.keys import write_public
+from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import read_sysctl, write_sysctl
 from hivemind_cluster.hub.init import ensure_hub_client_certificate

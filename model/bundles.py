@@ -70,7 +70,7 @@ def check_member(info: zipfile.ZipInfo) -> None:
 
 def open_zip(data: bytes) -> zipfile.ZipFile:
     if len(data) > MAX_INPUT_BYTES:
-        raise TooLarge(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES)}")
+        raise TooLarge(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES, exact=True)}")
     try:
         return zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
@@ -84,7 +84,9 @@ def checked_members(archive: zipfile.ZipFile, max_unpacked: int) -> list[zipfile
     for info in members:
         check_member(info)
     if sum(info.file_size for info in members) > max_unpacked:
-        raise InvalidInput(f"bundle unpacks to more than {format_bytes(max_unpacked)} (zip bomb?)")
+        raise InvalidInput(
+            f"bundle unpacks to more than {format_bytes(max_unpacked, exact=True)} (zip bomb?)"
+        )
     return members
 
 
@@ -157,7 +159,7 @@ def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, max_unpacked: i
         budget -= len(chunk)
         if budget < 0:
             raise InvalidInput(
-                f"bundle unpacks to more than {format_bytes(max_unpacked)} (zip bomb?)"
+                f"bundle unpacks to more than {format_bytes(max_unpacked, exact=True)} (zip bomb?)"
             )
         sink.write(chunk)
     return budget
@@ -196,15 +198,17 @@ def pack_directory(
                     unpacked += len(chunk)
                     if unpacked > MAX_UNPACKED_BYTES:
                         raise InvalidInput(
-                            f"{what} unpacks to more than {format_bytes(MAX_UNPACKED_BYTES)}"
+                            f"{what} unpacks to more than {format_bytes(MAX_UNPACKED_BYTES, exact=True)}"
                         )
                     sink.write(chunk)
                     if buffer.tell() > limit:
-                        raise InvalidInput(f"{what} is larger than {format_bytes(limit)}")
+                        raise InvalidInput(
+                            f"{what} is larger than {format_bytes(limit, exact=True)}"
+                        )
     if count == 0:
         return b""
     if buffer.tell() > limit:
-        raise InvalidInput(f"{what} is larger than {format_bytes(limit)}")
+        raise InvalidInput(f"{what} is larger than {format_bytes(limit, exact=True)}")
     return buffer.getvalue()
 
 
@@ -216,7 +220,7 @@ def bundle_from_path(path: Path) -> bytes:
             raise InvalidInput(f"bundle directory {str(path)!r} has no files")
     elif path.is_file() and path.suffix.lower() == ".zip":
         if path.stat().st_size > MAX_INPUT_BYTES:
-            raise InvalidInput(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES)}")
+            raise InvalidInput(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES, exact=True)}")
         data = path.read_bytes()
     elif not path.exists():
         raise NotFound(f"bundle {str(path)!r} does not exist")

@@ -1,4 +1,4 @@
-"""The master web UI and JSON API (DESIGN.md section 6), a Flask app.
+"""The master web UI and JSON API, a Flask app (docs/architecture.md: the web).
 
 ``create_app(test_config=None)`` builds it from the hub's state directory
 (``HIVEMIND_STATE_DIR``, default /var/lib/hivemind-hub): the hub's Redis for users, the
@@ -19,7 +19,7 @@ from flask_wtf.csrf import CSRFProtect
 from hivemind_cluster.client.channel import Identity, sync_channel
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.core import redisdb
-from hivemind_cluster.core.keys import write_private
+from hivemind_cluster.core.files import write_private
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR, WEB_SECRET
 from hivemind_cluster.core.settings import load_hub_settings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface

@@ -38,6 +38,11 @@ _SEPARATORS = re.compile(r"[/\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+def shown(limit: int) -> str:
+    """A limit in an error message: exact, never rounded."""
+    return format_bytes(limit, exact=True)
+
+
 def path_parts(name: str) -> list[str]:
     """The components of a member name, refusing anything that could land outside the bundle."""
     if not name:
@@ -70,7 +75,7 @@ def check_member(info: zipfile.ZipInfo) -> None:
 
 def open_zip(data: bytes) -> zipfile.ZipFile:
     if len(data) > MAX_INPUT_BYTES:
-        raise TooLarge(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES, exact=True)}")
+        raise TooLarge(f"bundle is larger than {shown(MAX_INPUT_BYTES)}")
     try:
         return zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
@@ -84,9 +89,7 @@ def checked_members(archive: zipfile.ZipFile, max_unpacked: int) -> list[zipfile
     for info in members:
         check_member(info)
     if sum(info.file_size for info in members) > max_unpacked:
-        raise InvalidInput(
-            f"bundle unpacks to more than {format_bytes(max_unpacked, exact=True)} (zip bomb?)"
-        )
+        raise InvalidInput(f"bundle unpacks to more than {shown(max_unpacked)} (zip bomb?)")
     return members
 
 
@@ -158,9 +161,7 @@ def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, max_unpacked: i
     while chunk := source.read(CHUNK):
         budget -= len(chunk)
         if budget < 0:
-            raise InvalidInput(
-                f"bundle unpacks to more than {format_bytes(max_unpacked, exact=True)} (zip bomb?)"
-            )
+            raise InvalidInput(f"bundle unpacks to more than {shown(max_unpacked)} (zip bomb?)")
         sink.write(chunk)
     return budget
 
@@ -198,17 +199,15 @@ def pack_directory(
                     unpacked += len(chunk)
                     if unpacked > MAX_UNPACKED_BYTES:
                         raise InvalidInput(
-                            f"{what} unpacks to more than {format_bytes(MAX_UNPACKED_BYTES, exact=True)}"
+                            f"{what} unpacks to more than {shown(MAX_UNPACKED_BYTES)}"
                         )
                     sink.write(chunk)
                     if buffer.tell() > limit:
-                        raise InvalidInput(
-                            f"{what} is larger than {format_bytes(limit, exact=True)}"
-                        )
+                        raise InvalidInput(f"{what} is larger than {shown(limit)}")
     if count == 0:
         return b""
     if buffer.tell() > limit:
-        raise InvalidInput(f"{what} is larger than {format_bytes(limit, exact=True)}")
+        raise InvalidInput(f"{what} is larger than {shown(limit)}")
     return buffer.getvalue()
 
 
@@ -220,7 +219,7 @@ def bundle_from_path(path: Path) -> bytes:
             raise InvalidInput(f"bundle directory {str(path)!r} has no files")
     elif path.is_file() and path.suffix.lower() == ".zip":
         if path.stat().st_size > MAX_INPUT_BYTES:
-            raise InvalidInput(f"bundle is larger than {format_bytes(MAX_INPUT_BYTES, exact=True)}")
+            raise InvalidInput(f"bundle is larger than {shown(MAX_INPUT_BYTES)}")
         data = path.read_bytes()
     elif not path.exists():
         raise NotFound(f"bundle {str(path)!r} does not exist")

@@ -1,4 +1,9 @@
-"""``hivemind-agent``: join the overlay, run the agent service, show status, leave."""
+"""``hivemind-agent``: join the overlay, run the agent service, show status, leave.
+
+Each subcommand names its handler (``set_defaults(func=...)``) and ``main`` calls only that:
+a command without one is an error, never whatever an if-chain happened to end with (``leave``
+deregisters the node and deletes its state).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,28 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 
-from hivemind_cluster import __version__
 from hivemind_cluster.agent import join as membership
 from hivemind_cluster.agent.service import run_service
 from hivemind_cluster.agent.state import AgentSettings, load_settings
-from hivemind_cluster.core.console import age, print_json, run_main, setup_logging
+from hivemind_cluster.core.console import (
+    age,
+    options,
+    print_json,
+    program,
+    run_main,
+    setup_logging,
+)
 from hivemind_cluster.core.names import DEFAULT_AGENT_DIR
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hivemind-agent", description="Join this machine to a HiveMind overlay."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        default=DEFAULT_AGENT_DIR,
-        help=f"agent state directory (default {DEFAULT_AGENT_DIR})",
-    )
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = program("hivemind-agent", "Join this machine to a HiveMind overlay.")
+    common = options(DEFAULT_AGENT_DIR, "agent")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("join", parents=[common], help="enroll with a join token and come up")
     p.add_argument("token", help="the token printed by `hivemind-hub token create` ('-': stdin)")
@@ -45,24 +50,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not start the service (a supervisor such as systemd will run it)",
     )
+    p.set_defaults(func=cmd_join)
     p = sub.add_parser("run", parents=[common], help="run the agent service (foreground)")
     p.add_argument("-v", "--verbose", action="store_true")
-    sub.add_parser("status", parents=[common], help="identity and overlay state")
-    sub.add_parser("leave", parents=[common], help="deregister and remove the interface")
-    sub.add_parser(
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", parents=[common], help="identity and overlay state")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("leave", parents=[common], help="deregister and remove the interface")
+    p.set_defaults(func=cmd_leave)
+    p = sub.add_parser(
         "images", help="build the local task images (hivemind/busybox, hivemind/python:3.11)"
     )
+    p.set_defaults(func=cmd_images)
     return parser
 
 
-def cmd_images() -> int:
+def settings_for(args: argparse.Namespace) -> AgentSettings:
+    """The state directory's settings, with what the command line overrides."""
+    overrides = {k: getattr(args, k, None) for k in ("interface", "backend")}
+    overrides["join_timeout"] = getattr(args, "timeout", None)
+    return load_settings(args.state_dir, **overrides)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
     """Build the missing task images with the script shipped in this package."""
     script = resources.files("hivemind_cluster.agent").joinpath("images.sh")
     with resources.as_file(script) as path:
         return subprocess.run(["bash", str(path)], check=False).returncode
 
 
-def cmd_join(args: argparse.Namespace, settings: AgentSettings) -> int:
+def cmd_join(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
     token = sys.stdin.read() if args.token == "-" else args.token
     started = time.monotonic()
     if not args.json and sys.stderr.isatty():
@@ -98,8 +116,15 @@ def cmd_join(args: argparse.Namespace, settings: AgentSettings) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace, settings: AgentSettings) -> int:
-    info = membership.status(settings)
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    setup_logging(args.verbose)
+    run_service(settings)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = membership.status(settings_for(args))
     if args.json:
         print_json(info)
         return 0
@@ -120,8 +145,8 @@ def cmd_status(args: argparse.Namespace, settings: AgentSettings) -> int:
     return 0
 
 
-def cmd_leave(args: argparse.Namespace, settings: AgentSettings) -> int:
-    result = membership.leave(settings)
+def cmd_leave(args: argparse.Namespace) -> int:
+    result = membership.leave(settings_for(args))
     if args.json:
         print_json(result)
     else:
@@ -136,21 +161,12 @@ def cmd_leave(args: argparse.Namespace, settings: AgentSettings) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "images":
-        return cmd_images()
-    overrides = {k: getattr(args, k, None) for k in ("interface", "backend")}
-    overrides["join_timeout"] = getattr(args, "timeout", None)
-    settings = load_settings(args.state_dir, **overrides)
-    if args.command == "join":
-        return cmd_join(args, settings)
-    if args.command == "run":
-        setup_logging(args.verbose)
-        run_service(settings)
-        return 0
-    if args.command == "status":
-        return cmd_status(args, settings)
-    return cmd_leave(args, settings)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "func", None)
+    if handler is None:  # a subcommand added without its handler
+        parser.error(f"{args.command}: no handler")
+    return handler(args)
 
 
 def entry() -> int:

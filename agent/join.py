@@ -23,14 +23,14 @@ from hivemind_cluster.agent.overlay import (
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.agent.statuspage import configured_url
 from hivemind_cluster.core.errors import HiveMindError, SystemFailure, Unavailable
+from hivemind_cluster.core.files import write_private, write_public
 from hivemind_cluster.core.keys import (
+    TlsKey,
     build_csr,
     generate_tls_key,
     generate_wireguard_keypair,
     load_tls_key,
     private_key_pem,
-    write_private,
-    write_public,
 )
 from hivemind_cluster.core.names import CA_CERT, LOG_FILE, NODE_CERT, PID_FILE, TLS_KEY, WG_KEY
 from hivemind_cluster.mesh.ca import check_hostname
@@ -49,38 +49,67 @@ def join(
 ) -> tuple[Enrollment, bool]:
     """Enroll (unless enrolled already), bring the overlay up, start the service and wait
     until the hub answers over the overlay. Returns ``(enrollment, newly_enrolled)``."""
-    root = settings.path
-    if Enrollment.exists(root):
-        enrollment = Enrollment.load(root)
-        bring_up(settings, enrollment)
-        if start_service:
-            ensure_service(settings)
-        return enrollment, False
+    if Enrollment.exists(settings.path):
+        return come_back_up(settings, start_service), False
     token = JoinToken.parse(token_text)
     hostname = check_hostname(name or socket.gethostname())
+    backend = check_this_machine_can_join(settings)
+    endpoint, ca_pem = _pinned_endpoint(token)
+    wg_private, wg_public = generate_wireguard_keypair()
+    tls_key = generate_tls_key()
+    response = enroll_client.enroll(
+        endpoint, ca_pem, enroll_request(token, hostname, wg_public, tls_key)
+    )
+    enrollment = enrollment_from(response, settings, hostname, endpoint, backend)
+    save_credentials(settings, enrollment, wg_private, tls_key, response.certificate_pem, ca_pem)
+    enrollment.save(settings.path)
+    come_up_and_reach_the_hub(settings, enrollment, start_service)
+    return enrollment, True
+
+
+def come_back_up(settings: AgentSettings, start_service: bool) -> Enrollment:
+    """An enrolled machine joins again by bringing up what it saved (no token is spent)."""
+    enrollment = Enrollment.load(settings.path)
+    bring_up(settings, enrollment)
+    if start_service:
+        ensure_service(settings)
+    return enrollment
+
+
+def check_this_machine_can_join(settings: AgentSettings) -> str:
+    """The WireGuard backend to use, checked before the token is spent: a machine that
+    cannot run WireGuard (or whose interface name is taken) uses nothing."""
     check_interface_name(settings.interface)
-    # Checked before the token is spent: a machine that cannot run WireGuard uses nothing.
     backend = select_backend(settings.backend)
     if WireGuardInterface(settings.interface).exists():
         raise SystemFailure(
             f"interface {settings.interface} already exists; choose another with --interface"
         )
-    endpoint, ca_pem = _pinned_endpoint(token)
-    wg_private, wg_public = generate_wireguard_keypair()
-    tls_key = generate_tls_key()
-    response = enroll_client.enroll(
-        endpoint,
-        ca_pem,
-        pb.EnrollRequest(
-            token_id=token.token_id,
-            token_secret=token.secret,
-            wireguard_public_key=wg_public,
-            csr_pem=build_csr(tls_key, hostname),
-            hostname=hostname,
-            facts=hardware_facts(),
-        ),
+    return backend.name
+
+
+def enroll_request(
+    token: JoinToken, hostname: str, wg_public: str, tls_key: TlsKey
+) -> pb.EnrollRequest:
+    return pb.EnrollRequest(
+        token_id=token.token_id,
+        token_secret=token.secret,
+        wireguard_public_key=wg_public,
+        csr_pem=build_csr(tls_key, hostname),
+        hostname=hostname,
+        facts=hardware_facts(),
     )
-    enrollment = Enrollment(
+
+
+def enrollment_from(
+    response: pb.EnrollResponse,
+    settings: AgentSettings,
+    hostname: str,
+    endpoint: str,
+    backend: str,
+) -> Enrollment:
+    """What the agent keeps of the hub's answer (and of how it joined)."""
+    return Enrollment(
         node_id=response.node_id,
         name=hostname,
         role=response.role,
@@ -94,14 +123,26 @@ def join(
         pool_address=response.pool_address,
         enroll_endpoint=endpoint,
         interface=settings.interface,
-        backend=backend.name,
+        backend=backend,
         enrolled_at=time.time(),
     )
+
+
+def save_credentials(
+    settings: AgentSettings,
+    enrollment: Enrollment,
+    wg_private: str,
+    tls_key: TlsKey,
+    certificate_pem: bytes,
+    ca_pem: bytes,
+) -> None:
+    """Keys, certificates and the WireGuard config, in a directory only root can read."""
+    root = settings.path
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     write_private(root / WG_KEY, wg_private + "\n")
     write_private(root / TLS_KEY, private_key_pem(tls_key))
-    write_public(root / NODE_CERT, response.certificate_pem)
+    write_public(root / NODE_CERT, certificate_pem)
     write_public(root / CA_CERT, ca_pem)
     write_private(
         root / f"{settings.interface}.conf",
@@ -109,10 +150,17 @@ def join(
             wg_private,
             enrollment.address,
             [enrollment.hub_peer],
-            comment=f"HiveMind node {enrollment.node_id} ({hostname}); managed by hivemind-agent",
+            comment=(
+                f"HiveMind node {enrollment.node_id} ({enrollment.name}); managed by hivemind-agent"
+            ),
         ),
     )
-    enrollment.save(root)
+
+
+def come_up_and_reach_the_hub(
+    settings: AgentSettings, enrollment: Enrollment, start_service: bool
+) -> None:
+    """Bring the overlay up and wait until the hub answers through it."""
     bring_up(settings, enrollment)
     # The service starts (a second or so of Python imports) while the handshake happens.
     service = spawn_service(settings) if start_service else None
@@ -124,7 +172,6 @@ def join(
         )
     if service is not None:
         confirm_service(settings, service)
-    return enrollment, True
 
 
 def _pinned_endpoint(token: JoinToken) -> tuple[str, bytes]:

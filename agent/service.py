@@ -24,7 +24,7 @@ from hivemind_cluster.agent.statuspage import start_status_server
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity
 from hivemind_cluster.core.errors import AlreadyExists
-from hivemind_cluster.core.keys import write_public
+from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.names import PID_FILE
 
 log = logging.getLogger("hivemind.agent")
@@ -35,14 +35,53 @@ PROBE_EVERY = 5
 
 
 def run_service(settings: AgentSettings, stop: threading.Event | None = None) -> None:
+    """Run until ``stop`` is set (or, on a worker, until the worker has stopped)."""
+    enrollment = Enrollment.load(settings.path)
+    refuse_a_second_service(settings)
+    stop = stop or threading.Event()
+    worker = make_worker(settings, enrollment) if enrollment.role == "worker" else None
+    if threading.current_thread() is threading.main_thread():
+        handle_signals(worker, stop)
+    pid_file = settings.path / PID_FILE
+    overlay = OverlayKeeper(settings, enrollment)
+    write_public(pid_file, str(os.getpid()))
+    log.info(
+        "agent %s (%s) up at %s on %s",
+        enrollment.node_id,
+        enrollment.name,
+        enrollment.overlay_ip,
+        enrollment.interface,
+    )
+    worker_thread = start_worker(worker, stop) if worker is not None else None
+    status_server = None
+    try:
+        status_server = start_status_server(
+            settings.status_listen, enrollment, worker, settings.path
+        )
+        while not stop.wait(CHECK_INTERVAL):
+            overlay.check()
+    finally:
+        if status_server is not None:
+            status_server.stop()
+        if worker is not None and worker_thread is not None:
+            worker.halt()
+            worker_thread.join(timeout=15)
+        pid_file.unlink(missing_ok=True)
+        overlay.interface.down()
+        log.info("agent stopped; interface %s removed", overlay.interface.name)
+
+
+def refuse_a_second_service(settings: AgentSettings) -> None:
+    """Two services would fight over one interface and one pool stream."""
     from hivemind_cluster.agent.join import service_pid
 
-    enrollment = Enrollment.load(settings.path)
     other = service_pid(settings)
     if other is not None and other != os.getpid():
         raise AlreadyExists(f"the agent service already runs (pid {other})")
-    stop = stop or threading.Event()
-    worker = make_worker(settings, enrollment) if enrollment.role == "worker" else None
+
+
+def handle_signals(worker: Worker | None, stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: the first drains the worker, a second halts it (no worker: stop)."""
     signals = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -58,55 +97,48 @@ def run_service(settings: AgentSettings, stop: threading.Event | None = None) ->
             log.info("signal %d: stopping now", signum)
             worker.halt()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    pid_file = settings.path / PID_FILE
-    interface = bring_up(settings, enrollment)
-    write_public(pid_file, str(os.getpid()))
-    log.info(
-        "agent %s (%s) up at %s on %s",
-        enrollment.node_id,
-        enrollment.name,
-        enrollment.overlay_ip,
-        enrollment.interface,
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+class OverlayKeeper:
+    """Brings the interface up and, checked every CHECK_INTERVAL, keeps it so: recreates it
+    when it disappears, and forces a new handshake when the hub stops answering."""
+
+    def __init__(self, settings: AgentSettings, enrollment: Enrollment) -> None:
+        self.settings = settings
+        self.enrollment = enrollment
+        self.interface = bring_up(settings, enrollment)
+        self.ticks = 0
+        self.silent_probes = 0
+
+    def check(self) -> None:
+        self.ticks += 1
+        if not self.interface.exists():
+            log.warning("interface %s disappeared; bringing it up again", self.interface.name)
+            self.interface = bring_up(self.settings, self.enrollment)
+        if self.ticks % PROBE_EVERY == 0:
+            self.probe_hub()
+
+    def probe_hub(self) -> None:
+        enrollment = self.enrollment
+        if hub_answers(enrollment.hub_ip, enrollment.pool_port):
+            self.silent_probes = 0
+            return
+        self.silent_probes += 1
+        if self.silent_probes >= 2:
+            log.warning("hub %s is not answering; forcing a new handshake", enrollment.hub_ip)
+            self.interface.reset_peer(enrollment.hub_peer)
+            self.silent_probes = 0
+
+
+def start_worker(worker: Worker, stop: threading.Event) -> threading.Thread:
+    """The pool worker on a thread of its own; ``stop`` is set when it ends."""
+    thread = threading.Thread(
+        target=_run_worker, args=(worker, stop), name="pool-worker", daemon=True
     )
-    ticks = silent_probes = 0
-    worker_thread = None
-    if worker is not None:
-        worker_thread = threading.Thread(
-            target=_run_worker, args=(worker, stop), name="pool-worker", daemon=True
-        )
-        worker_thread.start()
-    status_server = None
-    try:
-        status_server = start_status_server(
-            settings.status_listen, enrollment, worker, settings.path
-        )
-        while not stop.wait(CHECK_INTERVAL):
-            ticks += 1
-            if not interface.exists():
-                log.warning("interface %s disappeared; bringing it up again", interface.name)
-                interface = bring_up(settings, enrollment)
-            if ticks % PROBE_EVERY:
-                continue
-            if hub_answers(enrollment.hub_ip, enrollment.pool_port):
-                silent_probes = 0
-                continue
-            silent_probes += 1
-            if silent_probes >= 2:
-                log.warning("hub %s is not answering; forcing a new handshake", enrollment.hub_ip)
-                interface.reset_peer(enrollment.hub_peer)
-                silent_probes = 0
-    finally:
-        if status_server is not None:
-            status_server.stop()
-        if worker is not None and worker_thread is not None:
-            worker.halt()
-            worker_thread.join(timeout=15)
-        pid_file.unlink(missing_ok=True)
-        interface.down()
-        log.info("agent stopped; interface %s removed", interface.name)
+    thread.start()
+    return thread
 
 
 def make_worker(settings: AgentSettings, enrollment: Enrollment) -> Worker:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hivemind_cluster.core.errors import NotFound
-from hivemind_cluster.core.keys import write_public
+from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.names import AGENT_CONFIG, DEFAULT_AGENT_DIR, STATE_FILE
 from hivemind_cluster.core.settings import load
 from hivemind_cluster.mesh.wireguard import PeerConfig

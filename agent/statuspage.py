@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -210,13 +210,7 @@ class StatusPage:
 
 def status_json(status: Status) -> dict[str, Any]:
     """The JSON document (``/status.json``); amounts in micro-CPT and as CPT text."""
-    node, worker, ledger = status.enrollment, status.worker, status.ledger
-
-    def money(name: str, micro: int | None) -> dict[str, Any]:
-        """``{name}_micro`` exact, ``{name}_cpt`` as text; both null when unknown."""
-        text = None if micro is None else format_cpt(micro)
-        return {f"{name}_micro": micro, f"{name}_cpt": text}
-
+    node = status.enrollment
     return {
         "generated_at": status.generated_at,
         "node": {
@@ -225,56 +219,68 @@ def status_json(status: Status) -> dict[str, Any]:
             "role": node.role,
             "overlay_ip": node.overlay_ip,
         },
-        "overlay": {
-            "interface": status.overlay.interface,
-            "up": status.overlay.up,
-            "hub_endpoint": status.overlay.hub_endpoint,
-            "last_handshake": status.overlay.last_handshake,
-            "rx_bytes": status.overlay.rx_bytes,
-            "tx_bytes": status.overlay.tx_bytes,
-        },
-        "hub": {
-            "ip": node.hub_ip,
-            "pool_address": node.pool_address,
-            # The worker's stream to the pool; None on a node that has none (an operator).
-            "connected": worker.connected if worker else None,
-            "since": worker.since if worker else None,
-            "last_received": worker.last_received if worker else None,
-            "last_sent": worker.last_sent if worker else None,
-            "draining": worker.draining if worker else False,
-        },
-        "tasks": {
-            "running": [
-                {
-                    "task_id": a.task_id,
-                    "attempt": a.attempt,
-                    "image": a.image,
-                    "started_at": a.started_at,
-                }
-                for a in (worker.running if worker else ())
-            ],
-            "recent": [
-                {
-                    "task_id": a.task_id,
-                    "attempt": a.attempt,
-                    "status": a.status,
-                    "exit_code": a.exit_code,
-                    "ended_at": a.ended_at,
-                    **money("earned", ledger.payments.get(a.task_id)),
-                }
-                for a in (worker.recent if worker else ())
-            ],
-            "completed": worker.completed if worker else 0,
-        },
-        "ledger": {
-            "available": ledger.available,
-            "error": ledger.error,
-            "fetched_at": ledger.fetched_at,
-            "account": ledger.account,
-            "kind": ledger.kind,
-            **money("balance", ledger.balance if ledger.available else None),
-            **money("earned", ledger.earned if ledger.available else None),
-        },
+        "overlay": asdict(status.overlay),  # its fields are the document's keys
+        "hub": hub_json(node, status.worker),
+        "tasks": tasks_json(status.worker, status.ledger),
+        "ledger": ledger_json(status.ledger),
+    }
+
+
+def money(name: str, micro: int | None) -> dict[str, Any]:
+    """``{name}_micro`` exact, ``{name}_cpt`` as text; both null when unknown."""
+    text = None if micro is None else format_cpt(micro)
+    return {f"{name}_micro": micro, f"{name}_cpt": text}
+
+
+def hub_json(node: Enrollment, worker: WorkerSnapshot | None) -> dict[str, Any]:
+    return {
+        "ip": node.hub_ip,
+        "pool_address": node.pool_address,
+        # The worker's stream to the pool; None on a node that has none (an operator).
+        "connected": worker.connected if worker else None,
+        "since": worker.since if worker else None,
+        "last_received": worker.last_received if worker else None,
+        "last_sent": worker.last_sent if worker else None,
+        "draining": worker.draining if worker else False,
+    }
+
+
+def tasks_json(worker: WorkerSnapshot | None, ledger: LedgerView) -> dict[str, Any]:
+    """What runs now and what ran lately, each recent task with what it earned."""
+    return {
+        "running": [
+            {
+                "task_id": a.task_id,
+                "attempt": a.attempt,
+                "image": a.image,
+                "started_at": a.started_at,
+            }
+            for a in (worker.running if worker else ())
+        ],
+        "recent": [
+            {
+                "task_id": a.task_id,
+                "attempt": a.attempt,
+                "status": a.status,
+                "exit_code": a.exit_code,
+                "ended_at": a.ended_at,
+                **money("earned", ledger.payments.get(a.task_id)),
+            }
+            for a in (worker.recent if worker else ())
+        ],
+        "completed": worker.completed if worker else 0,
+    }
+
+
+def ledger_json(ledger: LedgerView) -> dict[str, Any]:
+    return {
+        "available": ledger.available,
+        "error": ledger.error,
+        "fetched_at": ledger.fetched_at,
+        "account": ledger.account,
+        "kind": ledger.kind,
+        **money("balance", ledger.balance if ledger.available else None),
+        **money("earned", ledger.earned if ledger.available else None),
     }
 
 

@@ -33,8 +33,8 @@ import grpc
 import psutil
 
 from hivemind_cluster import __version__
-from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun
 from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, task_result, task_run
 from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.model.states import INTERRUPTED
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -366,66 +366,61 @@ class Worker:
         return tuple(taken)
 
     async def _execute(self, assign: pb.Assign, running: RunningAttempt) -> None:
-        loop = asyncio.get_running_loop()
         task_id, attempt = assign.task_id, assign.attempt
         self._send(pb.AgentMessage(started=pb.TaskStarted(task_id=task_id, attempt=attempt)))
         log.info("task %s attempt %d: starting %s", task_id, attempt, assign.image)
+        task = task_run(assign, self._take_gpus(assign.resources.gpus))
+        outcome, status, error = await self._run_task(task, running)
+        if running.interrupted:
+            status = INTERRUPTED
+        result = task_result(task, outcome, status, error)
+        self._report(task, result)
+        log.info("task %s attempt %d: %s %s", task_id, attempt, status, error)
+
+    async def _run_task(
+        self, task: TaskRun, running: RunningAttempt
+    ) -> tuple[Outcome | None, str, str]:
+        """(outcome, status, error); no outcome when the executor itself failed, not the
+        task: then the attempt is interrupted, so that the pool retries it."""
+        loop = asyncio.get_running_loop()
+        on_output = self._output_sender(loop, task)
+        try:
+            outcome = await loop.run_in_executor(
+                self._threads, self.executor.run, task, on_output, running.cancel
+            )
+        except Exception as exc:
+            log.exception("task %s: executor failed", task.task_id)
+            return None, INTERRUPTED, f"agent error: {exc}"
+        return outcome, outcome.status, outcome.error
+
+    def _output_sender(self, loop: asyncio.AbstractEventLoop, task: TaskRun) -> OnOutput:
+        """The executor's ``on_output``, called on its thread: the output goes up in
+        LOG_PIECE chunks, queued through the event loop (the outbox is not thread-safe)."""
 
         def on_output(stream: str, data: bytes) -> None:
             for start in range(0, len(data), LOG_PIECE):
                 chunk = pb.LogChunk(
-                    task_id=task_id,
-                    attempt=attempt,
+                    task_id=task.task_id,
+                    attempt=task.attempt,
                     stream=stream,
                     data=data[start : start + LOG_PIECE],
                 )
                 loop.call_soon_threadsafe(self._send, pb.AgentMessage(log=chunk))
 
-        task = TaskRun(
-            task_id=task_id,
-            attempt=attempt,
-            image=assign.image,
-            command=list(assign.command),
-            env=dict(assign.env),
-            cpu_millis=assign.resources.cpu_millis,
-            memory_bytes=assign.resources.memory_bytes,
-            gpus=assign.resources.gpus,
-            timeout_seconds=assign.timeout_seconds,
-            network=assign.network,
-            input_bundle=assign.input_bundle,
-            gpu_ids=self._take_gpus(assign.resources.gpus),
-        )
-        try:
-            outcome = await loop.run_in_executor(
-                self._threads, self.executor.run, task, on_output, running.cancel
-            )
-            status, error = outcome.status, outcome.error
-        except Exception as exc:  # the executor failed, not the task: let the pool retry
-            log.exception("task %s: executor failed", task_id)
-            outcome, status, error = None, INTERRUPTED, f"agent error: {exc}"
-        if running.interrupted:
-            status = INTERRUPTED
-        result = pb.TaskResult(task_id=task_id, attempt=attempt, status=status, error=error)
-        if outcome is not None:
-            result.exit_code = outcome.exit_code
-            result.usage.CopyFrom(
-                pb.Usage(
-                    cpu_seconds=outcome.usage.cpu_seconds,
-                    peak_memory_bytes=outcome.usage.peak_memory_bytes,
-                    wall_seconds=outcome.usage.wall_seconds,
-                    gpu_seconds=outcome.usage.gpu_seconds,
-                )
-            )
-            result.output_bundle = outcome.output_bundle
-        else:
-            result.exit_code = -1
+        return on_output
+
+    def _report(self, task: TaskRun, result: pb.TaskResult) -> None:
+        """Free the task's GPUs, move it from running to recent and send its result, kept
+        until the pool acknowledges it."""
+        key = (task.task_id, task.attempt)
         self._free_gpus.extend(task.gpu_ids)
         with self._view_lock:
-            del self.running[(task_id, attempt)]
+            del self.running[key]
             self.recent.appendleft(
-                FinishedAttempt(task_id, attempt, status, result.exit_code, time.time())
+                FinishedAttempt(
+                    task.task_id, task.attempt, result.status, result.exit_code, time.time()
+                )
             )
             self.completed += 1
-        self.unacknowledged[(task_id, attempt)] = result
+        self.unacknowledged[key] = result
         self._send(pb.AgentMessage(result=result))
-        log.info("task %s attempt %d: %s %s", task_id, attempt, status, error)

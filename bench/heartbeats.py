@@ -7,7 +7,7 @@ Goal: at least 5,000 agents at 1 Hz on less than one core of the pool process.
 
 Method. A real redis-server (127.0.0.1, free port, temp dir) and, per step, a fresh pool
 server in a child process: ``Pool`` plus ``create_server`` (gRPC with mutual TLS on
-127.0.0.1, exactly as tests/poolkit.py's ``Cluster`` and the hub run it, heartbeat timeout
+127.0.0.1, exactly as tests/support/poolkit.py's ``Cluster`` and the hub run it, heartbeat timeout
 10 s). Every simulated agent is a member recorded in Redis as enrollment would record it,
 with its own client certificate (node id in the URI SAN, 127.0.0.1 bound): the pool keys
 sessions by node id, so agents cannot share one. Because the identity is per TLS
@@ -66,7 +66,6 @@ from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.pool import Pool
@@ -74,8 +73,8 @@ from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.service import create_server
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from tests.conftest import scratch_redis
-from tests.poolkit import LOOPBACK, node_record
+from tests.support.poolkit import LOOPBACK, node_record
+from tests.support.scratch import connect_with_every_library, scratch_redis
 
 GOAL_AGENTS = 5000
 INTERVAL = 1.0
@@ -283,7 +282,7 @@ class Child:
 
 
 def record_nodes(db: redis.Redis, identities: list[Identity]) -> None:
-    """Members as enrollment records them (``tests.poolkit.node_record``)."""
+    """Members as enrollment records them (``tests.support.poolkit.node_record``)."""
     db.flushall()
     now = time.time()
     pipe = db.pipeline(transaction=False)
@@ -298,7 +297,7 @@ def record_nodes(db: redis.Redis, identities: list[Identity]) -> None:
 def stale_records(db: redis.Redis, identities: list[Identity]) -> int:
     now = time.time()
     live = db.hmget(keys.WORKER_LIVE, [node_id for node_id, _cert, _key in identities])
-    beats = [json.loads(state)["last_heartbeat"] if state else 0 for state in live]  # type: ignore[union-attr]
+    beats = [json.loads(state)["last_heartbeat"] if state else 0 for state in live]
     return sum(1 for beat in beats if now - float(beat) > FRESH_SECONDS)
 
 
@@ -311,9 +310,8 @@ def run_step(
     identities: list[Identity],
 ) -> dict[str, Any]:
     count = len(identities)
-    db = store.connect(redis_server.bind, redis_server.port, redis_server.password)
+    db = connect_with_every_library(redis_server)  # the pool below is built without its Lua
     record_nodes(db, identities)
-    store.load_libraries(db)
     assert redis_server.process is not None
     redis_ps = psutil.Process(redis_server.process.pid)
     redis_info = (redis_server.bind, redis_server.port, redis_server.password)

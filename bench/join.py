@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lab import Host, Lab, Mesh, tool
+from tests.support.lab import Host, Lab, Mesh, tool
 
 
 def timed_join(mesh: Mesh, host: Host, token: str) -> float:

@@ -34,14 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis.asyncio as aioredis
 
 from hivemind_cluster.hub.redis_server import RedisServer
-from hivemind_cluster.mesh import store
+from hivemind_cluster.pool import store
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import KEYS, AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.conftest import scratch_redis
-from tests.poolkit import BUSYBOX_SPEC
-from tests.settle_outstanding import RATES
+from tests.support.poolkit import BUSYBOX_SPEC
+from tests.support.scratch import scratch_redis
+from tests.support.settle_outstanding import RATES
 
 ACCOUNTS = 1000
 BATCH = 200

@@ -61,8 +61,8 @@ from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.conftest import scratch_redis
-from tests.poolkit import LOOPBACK, GiB, fresh_pool
+from tests.support.poolkit import LOOPBACK, GiB, fresh_pool
+from tests.support.scratch import scratch_redis
 
 GOAL_PLACEMENTS_PER_SECOND = 2000
 AGENT_CAPACITY = pb.Resources(cpu_millis=4000, memory_bytes=8 * GiB)

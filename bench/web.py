@@ -3,7 +3,7 @@
     python bench/web.py [--seconds 5] [--clients 8] [--runs 3] [--json]
 
 No target in the issue; the figures are here to notice regressions. Method: a real
-redis-server and the pool on loopback (``tests/webkit.py``: real gRPC with mTLS, one
+redis-server and the pool on loopback (``tests/support/webkit.py``: real gRPC with mTLS, one
 scripted worker), the web app served by waitress with the same 8 threads ``hivemind-hub
 web`` uses, and ``--clients`` client threads in this process (on the same 2 cores, so the
 server gets at most what they leave). Each scenario runs for ``--seconds``: requests per
@@ -18,29 +18,50 @@ import argparse
 import http.client
 import json
 import logging
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import waitress.server
+from flask import Flask
 from waitress import wasyncore
+from waitress.task import ThreadedTaskDispatcher
 
+from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun
 from hivemind_cluster.web.server import THREADS
-from tests.conftest import scratch_redis
-from tests.poolkit import echo
-from tests.webkit import PASSWORD, api_login, csrf_token, web_cluster
+from tests.support.poolkit import echo
+from tests.support.scratch import scratch_redis
+from tests.support.webkit import PASSWORD, api_login, csrf_token, web_cluster
 
 Request = Callable[[http.client.HTTPConnection], int]
 
 
-def chatty(task: Any, on_output: Any, cancel: Any) -> Any:
+class Trigger(Protocol):
+    def pull_trigger(self, thunk: Callable[[], object]) -> None: ...
+
+
+class Serving(Protocol):
+    """What this benchmark uses of the server ``create_server`` makes for one host and port
+    (a ``TcpWSGIServer``), written out because waitress's stubs lack ``effective_port`` and
+    the loop's socket map ``_map``, and call ``trigger`` an int."""
+
+    effective_port: int
+    trigger: Trigger
+    task_dispatcher: ThreadedTaskDispatcher
+    _map: Mapping[int, socket.socket]
+
+    def run(self) -> None: ...
+
+
+def chatty(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
     for n in range(300):
         on_output("stdout", f"line {n}\n".encode())
     return echo(task, on_output, cancel)
@@ -109,8 +130,11 @@ def main() -> int:
     ):
         world.start_worker("w1", chatty)
         app = world.app()
-        server = waitress.server.create_server(
-            app, host="127.0.0.1", port=0, threads=THREADS, ident="hivemind"
+        server = cast(
+            Serving,
+            waitress.server.create_server(
+                app, host="127.0.0.1", port=0, threads=THREADS, ident="hivemind"
+            ),
         )
         serving = threading.Thread(target=server.run, daemon=True)
         serving.start()
@@ -119,7 +143,7 @@ def main() -> int:
         finally:
             # Closed from inside its own loop, which then ends: closing the sockets from this
             # thread would pull them from under a select() still running.
-            sockets = cast(Any, server)._map  # not in the stubs: the loop's socket map
+            sockets = server._map
             server.trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
             serving.join(10)
             server.task_dispatcher.shutdown()
@@ -135,7 +159,7 @@ def main() -> int:
     return 0
 
 
-def run(app: Any, port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def run(app: Flask, port: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     client = app.test_client()
     headers = api_login(client, "bench")
     login = {"username": "bench", "password": PASSWORD}

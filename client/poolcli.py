@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hivemind_cluster import __version__
 from hivemind_cluster.client.channel import Identity, sync_channel
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.client.taskclient import TaskClient
@@ -38,7 +37,7 @@ from hivemind_cluster.client.views import (
     rates_text,
     task_rows,
 )
-from hivemind_cluster.core.console import print_json, print_table, run_main
+from hivemind_cluster.core.console import print_json, print_table, program, run_main
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput
 from hivemind_cluster.core.units import parse_cpt
 from hivemind_cluster.model.bundles import (
@@ -84,8 +83,7 @@ def build_parser(
     Returns the parser and its subcommands, to which a tool may add its own. Each task
     command names its handler (``task_command``), which ``run_command`` calls.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser = program(prog, description)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_submit(sub, prog, common)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hivemind_cluster import __version__
 from hivemind_cluster.core.errors import HiveMindError
 
 
@@ -26,6 +28,26 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
         # Python would fail again flushing stdout at exit: point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+
+
+def program(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command's top-level parser (with ``--version``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def options(state_dir: str = "", what: str = "", as_json: bool = True) -> argparse.ArgumentParser:
+    """Options every subcommand of a tool shares, as a parent parser: ``--state-dir`` (the
+    ``what`` state directory, default ``state_dir``) and ``--json``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    if state_dir:
+        parent.add_argument(
+            "--state-dir", default=state_dir, help=f"{what} state directory (default {state_dir})"
+        )
+    if as_json:
+        parent.add_argument("--json", action="store_true", help="machine-readable output")
+    return parent
 
 
 def one_line(text: str) -> str:

@@ -115,19 +115,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
-        if handler.unary_unary is not None:
-            guarded = guard_unary(handler.unary_unary, method, authorize)
-            return grpc.unary_unary_rpc_method_handler(guarded, **codec)
-        if handler.stream_unary is not None:
-            guarded = guard_unary(handler.stream_unary, method, authorize)
-            return grpc.stream_unary_rpc_method_handler(guarded, **codec)
-        if handler.unary_stream is not None:
-            guarded = guard_streaming(handler.unary_stream, method, authorize)
-            return grpc.unary_stream_rpc_method_handler(guarded, **codec)
-        if handler.stream_stream is not None:
-            guarded = guard_streaming(handler.stream_stream, method, authorize)
-            return grpc.stream_stream_rpc_method_handler(guarded, **codec)
+        for kind, guard, make in _HANDLER_KINDS:
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return make(guard(inner, method, authorize), **codec)
         return handler
+
+
+# Each kind of handler: the attribute holding it, its guard, and how to rebuild it.
+_HANDLER_KINDS = (
+    ("unary_unary", guard_unary, grpc.unary_unary_rpc_method_handler),
+    ("stream_unary", guard_unary, grpc.stream_unary_rpc_method_handler),
+    ("unary_stream", guard_streaming, grpc.unary_stream_rpc_method_handler),
+    ("stream_stream", guard_streaming, grpc.stream_stream_rpc_method_handler),
+)
 
 
 def error_from_rpc(exc: grpc.RpcError, what: str) -> HiveMindError:

@@ -13,8 +13,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hivemind_cluster import __version__
-from hivemind_cluster.core.console import age, print_json, print_table, run_main, setup_logging
+from hivemind_cluster.core.console import (
+    age,
+    options,
+    print_json,
+    print_table,
+    program,
+    run_main,
+    setup_logging,
+)
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR
 from hivemind_cluster.core.settings import load_hub_settings
 from hivemind_cluster.core.units import format_bytes, format_cpt
@@ -34,18 +41,8 @@ NODE_COLUMNS = ["id", "name", "role", "overlay_ip", "status", "handshake", "rx",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hivemind-hub", description="Run a HiveMind hub: the overlay's control plane."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    state = argparse.ArgumentParser(add_help=False)
-    state.add_argument(
-        "--state-dir",
-        default=DEFAULT_HUB_DIR,
-        help=f"hub state directory (default {DEFAULT_HUB_DIR})",
-    )
-    as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = program("hivemind-hub", "Run a HiveMind hub: the overlay's control plane.")
+    state, as_json = options(DEFAULT_HUB_DIR, "hub", as_json=False), options()
     sub = parser.add_subparsers(dest="command", required=True)
     add_hub_commands(sub, [state], [state, as_json])
     add_mesh_commands(sub, [state, as_json])

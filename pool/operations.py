@@ -1,31 +1,30 @@
 """What operators ask of the pool: submit (paying into escrow), see, cancel, follow logs.
 
-Functions over the ``Pool``; the gRPC ``Tasks`` service calls them with the
-authenticated caller. Operators see and act on their own tasks, the hub on all.
+Functions over the ``Pool``, reaching its parts through their methods (the member cache
+for what could ever fit, dispatch to queue and withdraw, liveness to reach an agent); the
+gRPC ``Tasks`` service calls them with the authenticated caller. Operators see and act on
+their own tasks, the hub on all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied, Unschedulable
 from hivemind_cluster.core.units import MAX_AMOUNT
-from hivemind_cluster.mesh import membership
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import check_submission
 from hivemind_cluster.model.states import FINAL_STATES, MAX_ROWS, PENDING_STATES, TaskState
 from hivemind_cluster.pool.auth import Caller, acting_for
-from hivemind_cluster.pool.pool import Pool, cancel_message
+from hivemind_cluster.pool.messages import cancel_message
+from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.records import TaskRecord
-from hivemind_cluster.pool.scheduler import Worker
 from hivemind_cluster.pool.taskstore import LogRecord, new_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
-MEMBERS_TTL = 2.0  # seconds a membership check of the workers is reused
 LOG_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
@@ -33,7 +32,7 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
     """Check a submission, hold its price cap in escrow, store and queue it."""
     owner = acting_for(caller, request.owner, "submit tasks on behalf of someone else")
     spec = await asyncio.to_thread(check_submission, request, owner, pool.settings)
-    members = await member_workers(pool)
+    members = await pool.members.workers()
     if members and not any(spec.request.fits_in(w.capacity) for w in members):
         largest = Resources.largest(w.capacity for w in members)
         raise Unschedulable(
@@ -59,19 +58,6 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
 
     # Shielded: a caller that goes away mid-call must not leave money or a task halfway.
     return await asyncio.shield(pay_store_and_queue())
-
-
-async def member_workers(pool: Pool) -> list[Worker]:
-    """Known workers that are still members (revoked and departed ones do not count).
-
-    Membership is read from Redis at most every MEMBERS_TTL seconds, not per submission.
-    """
-    checked_at, active = pool.member_cache
-    workers = list(pool.scheduler.workers.values())
-    if time.monotonic() - checked_at > MEMBERS_TTL or any(w.node_id not in active for w in workers):
-        active = await membership.active_among(pool.db, [w.node_id for w in workers])
-        pool.member_cache = (time.monotonic(), active)
-    return [w for w in workers if active.get(w.node_id)]
 
 
 def check_visible(caller: Caller, record: TaskRecord, owner: str = "") -> None:
@@ -109,13 +95,10 @@ async def cancel(pool: Pool, caller: Caller, task_id: str, owner: str = "") -> T
     await visible_task(pool, caller, task_id, owner)
     state, node_id, attempt = await pool.tasks.cancel(task_id)
     if state == TaskState.CANCELLED:
-        pool.scheduler.dequeue(task_id)
-        pool.queued.pop(task_id, None)
+        pool.dispatch.withdraw(task_id)
         pool.settle(task_id)
     else:
-        session = pool.sessions.get(node_id)
-        if session is not None:
-            session.send(cancel_message(task_id, attempt))
+        pool.liveness.send(node_id, cancel_message(task_id, attempt))
     return await pool.tasks.get(task_id)
 
 

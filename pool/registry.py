@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,11 +111,17 @@ def live_state(session: AgentSession | None, state: str = "", last_heartbeat: fl
 
 
 async def flush_heartbeats(
-    db: Any, sessions: dict[str, AgentSession], node_ids: list[str], last_seen: dict[str, float]
+    db: Any,
+    sessions: Mapping[str, AgentSession],
+    node_ids: list[str],
+    last_heartbeats: Mapping[str, float],
 ) -> None:
-    """Write the live state of these workers to Redis in one command."""
+    """Write the live state of these workers to Redis in one command (the disconnected
+    ones: offline, with their last heartbeat)."""
     states = {
-        node_id: live_state(sessions.get(node_id), NodeState.OFFLINE, last_seen.get(node_id, 0))
+        node_id: live_state(
+            sessions.get(node_id), NodeState.OFFLINE, last_heartbeats.get(node_id, 0)
+        )
         for node_id in node_ids
     }
     if states:
@@ -122,7 +129,7 @@ async def flush_heartbeats(
 
 
 async def node_states(
-    db: Any, sessions: dict[str, AgentSession], scheduler: Scheduler, owner: str = ""
+    db: Any, sessions: Mapping[str, AgentSession], scheduler: Scheduler, owner: str = ""
 ) -> list[pb.NodeState]:
     """Every active member with its live pool state (workers: capacity, use, tasks); with
     ``owner``, ``running`` lists that account's tasks only (``running_count`` all)."""
@@ -156,7 +163,7 @@ async def _keep_tasks_of(db: Any, owner: str, states: list[pb.NodeState]) -> Non
 def _node_state(
     node: dict[str, str],
     worker: dict[str, Any],
-    sessions: dict[str, AgentSession],
+    sessions: Mapping[str, AgentSession],
     scheduler: Scheduler,
 ) -> pb.NodeState:
     node_id = node["id"]

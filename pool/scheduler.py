@@ -89,6 +89,20 @@ class Scheduler:
             worker.name, worker.capacity = name, capacity
         return worker
 
+    def stop_placing_on(self, node_id: str) -> None:
+        """Place nothing on the worker until it is marked connected again."""
+        worker = self.workers.get(node_id)
+        if worker is not None:
+            worker.connected = False
+
+    def set_draining(self, node_id: str, draining: bool) -> bool:
+        """Record whether the worker is draining; True when that changed."""
+        worker = self.workers.get(node_id)
+        if worker is None or worker.draining == draining:
+            return False
+        worker.draining = draining
+        return True
+
     # ---- queue ---------------------------------------------------------------------------
 
     def enqueue(self, task_id: str, score: float, attempt: int, request: Resources) -> None:
@@ -101,6 +115,13 @@ class Scheduler:
     def dequeue(self, task_id: str) -> None:
         if self.pending.pop(task_id, None) is not None:
             self._order_stale = True
+
+    def queued_ids(self) -> list[str]:
+        return list(self.pending)
+
+    def tracks(self, task_id: str) -> bool:
+        """Whether the task is queued here or an attempt of it holds capacity."""
+        return task_id in self.pending or task_id in self.allocations
 
     def place(self) -> list[Placement]:
         """Reserve capacity for every queued task that fits now, in queue order."""
@@ -161,6 +182,11 @@ class Scheduler:
         worker = self.workers.get(held[0])
         if worker is not None:
             worker.allocated = worker.allocated - held[1]
+
+    def node_holding(self, task_id: str) -> str:
+        """The node an attempt of the task holds capacity on ("" when none does)."""
+        held = self.allocations.get(task_id)
+        return held[0] if held else ""
 
     def tasks_on(self, node_id: str) -> list[str]:
         return [t for t, (n, _r, _a) in self.allocations.items() if n == node_id]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lab import CliUser, Host, Lab, Mesh
+from tests.support.lab import CliUser, Host, Lab, Mesh
 
 HUB_API = "http://100.64.0.1:5001"
 

@@ -1,10 +1,12 @@
 """The mesh status page (``/mesh``) and its data (``GET /api/v1/mesh``).
 
 One row per member node, from three sources joined on the node: the registry in Redis
-(name, role, overlay IP, WireGuard key), the hub's WireGuard interface (last handshake,
-rx/tx) and the pool (connection, heartbeat, capacity, allocation, use, running tasks).
-A worker is online while its pool stream is connected; any other node while its last
-handshake is recent (WireGuard re-handshakes at least every 2 minutes on a live tunnel).
+(WireGuard key), the hub's WireGuard interface (last handshake, rx/tx) and the pool (name,
+role, overlay IP, connection, heartbeat, capacity, allocation, use, running tasks). The
+rows are ``mesh/inventory.py``'s, the same ``hivemind-hub nodes`` prints, with the pool's
+figures added; ``pool_state`` is a worker's live state there (ready, draining, offline,
+lost). A worker is online while its pool stream is connected; any other node while its
+last handshake is recent.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 from flask import Blueprint, render_template, request
 from flask.typing import ResponseReturnValue
 
+from hivemind_cluster.client.views import View
 from hivemind_cluster.core.errors import HiveMindError
+from hivemind_cluster.mesh import inventory
 from hivemind_cluster.mesh import nodes as registry
-from hivemind_cluster.mesh.wireguard import ONLINE_HANDSHAKE_AGE
 from hivemind_cluster.web.auth import current_user, login_required
-from hivemind_cluster.web.services import services
+from hivemind_cluster.web.services import Services, services
 
 bp = Blueprint("mesh", __name__)
 log = logging.getLogger("hivemind.web.mesh")
@@ -31,56 +34,53 @@ def snapshot(account: str) -> dict[str, Any]:
     found = services()
     now = time.time()
     keys = registry.wg_keys_by_node(found.db)
+    peers = _peers(found)
+    members = [
+        _member(node, keys.get(node["id"], ""), now)
+        for node in found.pool(account).nodes()  # the ids of the user's own tasks only
+    ]
+    rows = inventory.node_rows(found.settings, members, peers, now, _hub_figures())
+    return {"time": now, "wireguard": peers is not None, "totals": _totals(rows), "nodes": rows}
+
+
+def _peers(found: Services) -> inventory.Peers:
+    """The hub's WireGuard peers; None when the interface is gone (say so, show the rest)."""
     try:
-        peers = {p.public_key: p for p in found.wireguard_peers()}
-        wireguard_ok = True
-    except HiveMindError as exc:  # the interface is gone: say so, show the rest
+        return inventory.peers_by_key(found.wireguard_peers())
+    except HiveMindError as exc:
         log.warning("cannot read WireGuard peers: %s", exc.message)
-        peers, wireguard_ok = {}, False
-    rows = [_hub_row(found.settings.name or "hub", found.settings.hub_ip)]
-    for node in found.pool(account).nodes():  # the ids of the user's own tasks only
-        peer = peers.get(keys.get(node["id"], ""))
-        handshake = peer.latest_handshake if peer and peer.latest_handshake else None
-        handshake_age = now - handshake if handshake else None
-        heartbeat_age = now - node["last_heartbeat"] if node["last_heartbeat"] else None
-        worker = node["role"] == "worker"
-        fresh = handshake_age is not None and handshake_age < ONLINE_HANDSHAKE_AGE
-        rows.append(
-            {
-                "id": node["id"],
-                "name": node["name"],
-                "role": node["role"],
-                "overlay_ip": node["overlay_ip"],
-                "online": bool(node["connected"]) if worker else fresh,
-                "state": node["state"] or ("online" if fresh else "offline"),
-                "handshake_age": handshake_age,
-                "rx_bytes": peer.rx_bytes if peer else None,
-                "tx_bytes": peer.tx_bytes if peer else None,
-                "heartbeat_age": heartbeat_age,
-                "capacity": node["capacity"],
-                "allocated": node["allocated"],
-                "cpu_percent": node["cpu_percent"],
-                "memory_used_bytes": node["memory_used_bytes"],
-                "gpus": node["gpus"],
-                "running": node["running"],
-                "running_tasks": node["running_tasks"],
-            }
-        )
-    return {"time": now, "wireguard": wireguard_ok, "totals": _totals(rows), "nodes": rows}
+        return None
 
 
-def _hub_row(name: str, overlay_ip: str) -> dict[str, Any]:
+def _member(node: View, wg_public_key: str, now: float) -> inventory.Member:
+    """A node of the pool's list (active members only), with its figures from the pool."""
+    figures = {
+        "pool_state": node["state"],
+        "heartbeat_age": now - node["last_heartbeat"] if node["last_heartbeat"] else None,
+        "capacity": node["capacity"],
+        "allocated": node["allocated"],
+        "cpu_percent": node["cpu_percent"],
+        "memory_used_bytes": node["memory_used_bytes"],
+        "gpus": node["gpus"],
+        "running": node["running"],
+        "running_tasks": node["running_tasks"],
+    }
+    return inventory.Member(
+        id=node["id"],
+        name=node["name"],
+        role=node["role"],
+        overlay_ip=node["overlay_ip"],
+        wg_public_key=wg_public_key,
+        connected=bool(node["connected"]) if node["role"] == "worker" else None,
+        details=figures,
+    )
+
+
+def _hub_figures() -> dict[str, Any]:
+    """The hub runs no tasks: its pool figures are empty."""
     empty = dict.fromkeys(RESOURCES, 0)
     return {
-        "id": "hub",
-        "name": name,
-        "role": "hub",
-        "overlay_ip": overlay_ip,
-        "online": True,
-        "state": "serving",
-        "handshake_age": None,
-        "rx_bytes": None,
-        "tx_bytes": None,
+        "pool_state": "",
         "heartbeat_age": None,
         "capacity": empty,
         "allocated": dict(empty),

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require, require_root_network
-from tests.lab import Lab, tool
+from tests.support.lab import Lab, tool
+from tests.support.prerequisites import REPO, require, require_root_network
 
 pytestmark = pytest.mark.privileged
 SSHD_CONFIG = """\
@@ -198,7 +198,9 @@ def test_playbook_provisions_a_hub_and_two_agents(site: Site) -> None:
     )
     first = site.playbook()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap(first.stdout).values())
+    hosts = recap(first.stdout)
+    assert sorted(hosts) == ["a1", "a2", "hub"], first.stdout[-4000:]
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in hosts.values())
     assert "hm1_" not in first.stdout + first.stderr  # join tokens never reach the log
     nodes = json.loads(site.hub_cli("nodes", "--json"))
     workers = {n["name"]: n for n in nodes if n["role"] == "worker"}

@@ -3,7 +3,7 @@
 One host, ``web``: a small stdlib HTTP server on its underlay address serves a page with a
 form whose submit handler POSTs to ``/api/greet`` with ``fetch`` and writes the reply into
 the page. The browser session runs in the same namespace as a subprocess (see
-``tests/browser.py`` for why): ``python -m tests.e2e.test_browser_smoke browse URL DIR``
+``tests/support/browser.py`` for why): ``python -m tests.e2e.test_browser_smoke browse URL DIR``
 fills and submits the form, waits for the JS-updated text, takes screenshots and prints a
 JSON line. The test checks that result, the screenshots, the server's log, a Chromium
 net-log (only the page's origin was contacted) and that no browser process or temporary
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.browser import (
+from tests.support.browser import (
     DESKTOP,
     KNOWN_BLOCKED_REQUESTS,
     MOBILE,
@@ -45,8 +45,8 @@ from tests.browser import (
     wait_for,
     wait_for_text,
 )
-from tests.conftest import REPO, require, require_root_network
-from tests.lab import Host, Lab
+from tests.support.lab import Host, Lab
+from tests.support.prerequisites import REPO, require, require_root_network
 
 pytestmark = pytest.mark.privileged
 

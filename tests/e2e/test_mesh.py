@@ -16,8 +16,8 @@ import pytest
 
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.tokens import JoinToken
-from tests.conftest import require_root_network
-from tests.lab import Host, Lab, Mesh
+from tests.support.lab import Host, Lab, Mesh
+from tests.support.prerequisites import require_root_network
 
 pytestmark = pytest.mark.privileged
 
@@ -40,8 +40,9 @@ class World:
 
     def ipam_next(self) -> str:
         code = (
-            "import sys; from hivemind_cluster.mesh import store, hub;"
-            "s = hub.load_settings(sys.argv[1]);"
+            "import sys; from hivemind_cluster.mesh import store;"
+            "from hivemind_cluster.core.settings import load_hub_settings;"
+            "s = load_hub_settings(sys.argv[1]);"
             "print(store.connect_hub(s).get('hm:ipam:next'))"
         )
         return self.hub.run(sys.executable, "-c", code, str(self.mesh.hub_dir)).stdout.strip()
@@ -121,7 +122,9 @@ def test_rejoining_an_enrolled_node_is_a_no_op(world: World) -> None:
 
 
 def test_only_enrollment_answers_on_the_hub_underlay(world: World) -> None:
-    scan = world.outsider.run(sys.executable, "-m", "tests.portscan", world.hub.ip, timeout=300)
+    scan = world.outsider.run(
+        sys.executable, "-m", "tests.support.portscan", world.hub.ip, timeout=300
+    )
     assert json.loads(scan.stdout) == [7443]
 
 

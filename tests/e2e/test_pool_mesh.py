@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import tool
-from tests.poolworld import PoolWorld, pool_world, remove_containers
+from tests.support.lab import tool
+from tests.support.poolworld import PoolWorld, pool_world, remove_containers
 
 pytestmark = pytest.mark.privileged
 
@@ -233,7 +233,7 @@ def test_killing_a_worker_requeues_its_task_exactly_once(world: PoolWorld) -> No
     late = world.w1.run(
         sys.executable,
         "-m",
-        "tests.late_result",
+        "tests.support.late_result",
         str(world.mesh.agent_dir(world.w1)),
         task_id,
         "1",

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import artifacts_dir, browser_prerequisites, run_in_host
-from tests.conftest import require
-from tests.lab import CliUser
-from tests.poolworld import PoolWorld, pool_world
+from tests.support.browser import artifacts_dir, browser_prerequisites, run_in_host
+from tests.support.lab import CliUser
+from tests.support.poolworld import PoolWorld, pool_world
+from tests.support.prerequisites import require
 
 pytestmark = pytest.mark.privileged
 HUB_WEB = "http://100.64.0.1:5001"

@@ -4,7 +4,7 @@
 through the web UI over the overlay: register, log out, log in, submit a task through the
 form, watch it finish on its page without reloading, open /mesh and wait for both workers
 online — with screenshots (desktop and phone) in SHOTS. Prints one JSON line (see
-tests/browser.py ``runner_main``).
+tests/support/browser.py ``runner_main``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import (
+from tests.support.browser import (
     MOBILE,
     HeadlessChromium,
     headless_chromium,

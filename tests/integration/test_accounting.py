@@ -14,20 +14,20 @@ import redis
 
 from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.hub.redis_server import RedisServer
-from hivemind_cluster.mesh import store
 from hivemind_cluster.model.accounts import ESCROW, REGISTRATION_GRANT
 from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.pool import store
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from tests.poolkit import (
+from tests.support.poolkit import (
     LOSS_TIMEOUT,
     Cluster,
     ScriptedExecutor,
     block_until_cancelled,
     run_in_cluster,
 )
-from tests.settle_outstanding import RATES
+from tests.support.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
 USAGE = Usage(cpu_seconds=2.5, peak_memory_bytes=200_000_000, wall_seconds=3.0, gpu_seconds=0.0)
@@ -56,17 +56,17 @@ def run(
     assert report["ok"], report
 
 
-def request(cpu: int = 1000, memory: int = 256 << 20, **kw: object) -> pb.SubmitRequest:
+def request(cpu: int = 1000, memory: int = 256 << 20, **kw: Any) -> pb.SubmitRequest:
     return pb.SubmitRequest(
         image="hivemind/busybox:latest",
         command=["x"],
         resources=pb.Resources(cpu_millis=cpu, memory_bytes=memory),
         timeout_seconds=60,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
-async def balance(stub: pb_grpc.TasksStub, account: str = "") -> int:
+async def balance(stub: pb_grpc.TasksAsyncStub, account: str = "") -> int:
     return (await stub.Balance(pb.AccountRef(account=account))).balance
 
 

@@ -22,8 +22,8 @@ from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from tests.conftest import free_port
-from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo, run_in_cluster
+from tests.support.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo, run_in_cluster
+from tests.support.scratch import free_port
 
 pytestmark = pytest.mark.privileged
 

@@ -29,9 +29,9 @@ from hivemind_cluster.client.apiclient import ApiClient
 from hivemind_cluster.core.errors import Unauthenticated
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.pool.ledger import Ledger
-from tests.lab import tool
-from tests.poolkit import block_until_cancelled
-from tests.webkit import PASSWORD, WebCluster, web_cluster
+from tests.support.lab import tool
+from tests.support.poolkit import block_until_cancelled
+from tests.support.webkit import PASSWORD, WebCluster, web_cluster
 
 pytestmark = pytest.mark.privileged
 USAGE = Usage(cpu_seconds=2.5, peak_memory_bytes=200_000_000, wall_seconds=3.0, gpu_seconds=0.0)

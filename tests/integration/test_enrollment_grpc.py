@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,27 +30,37 @@ from hivemind_cluster.mesh import constants, nodes, tokens
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.enrollment import Enroller, create_server
 from hivemind_cluster.protos import enrollment_pb2 as pb
+from tests.support.scratch import sorted_set
+
+pytestmark = pytest.mark.privileged
+
+
+class CountingEnroller(Enroller):
+    """The hub's side of enrollment, counting the requests that reach it."""
+
+    calls = 0
+
+    def enroll(self, request: pb.EnrollRequest) -> pb.EnrollResponse:
+        self.calls += 1
+        return super().enroll(request)
 
 
 class Server:
     """An enrollment server on 127.0.0.1:<random port>, run on its own event loop thread."""
 
-    def __init__(self, enroller: Enroller, ca: CertificateAuthority) -> None:
+    def __init__(self, enroller: CountingEnroller, ca: CertificateAuthority) -> None:
         self.loop = asyncio.new_event_loop()
-        self.calls = 0
-        original = enroller.enroll
-
-        def counting(request: pb.EnrollRequest) -> pb.EnrollResponse:
-            self.calls += 1
-            return original(request)
-
-        enroller.enroll = counting  # type: ignore[method-assign]
+        self.enroller = enroller
         cert, key = ca.issue_server_certificate(["127.0.0.1"])
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server, self.port = asyncio.run_coroutine_threadsafe(
             create_server(enroller, "127.0.0.1:0", cert + ca.pem, key), self.loop
         ).result()
+
+    @property
+    def calls(self) -> int:
+        return self.enroller.calls
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result()
@@ -66,7 +76,7 @@ def ca() -> CertificateAuthority:
 @pytest.fixture
 def server(client: redis.Redis, ca: CertificateAuthority, tmp_path: Path) -> Iterator[Server]:
     settings = HubSettings(state_dir=str(tmp_path), endpoint="198.51.100.2:7443")
-    enroller = Enroller(settings, ca, client, None, generate_wireguard_keypair()[1])
+    enroller = CountingEnroller(settings, ca, client, None, generate_wireguard_keypair()[1])
     running = Server(enroller, ca)
     yield running
     running.close()
@@ -92,7 +102,7 @@ def state(client: redis.Redis) -> tuple[object, ...]:
     return (
         client.get(constants.IPAM_NEXT),
         client.zcard(constants.NODES),
-        [client.hget(f"hm:token:{t}", "uses_left") for t in client.zrange(constants.TOKENS, 0, -1)],
+        [client.hget(f"hm:token:{t}", "uses_left") for t in sorted_set(client, constants.TOKENS)],
     )
 
 
@@ -156,9 +166,9 @@ def test_bad_requests_are_refused_and_change_nothing(
     server: Server,
     client: redis.Redis,
     ca: CertificateAuthority,
-    mutate,
-    error,
-    message,  # type: ignore[no-untyped-def]
+    mutate: Callable[[pb.EnrollRequest], None],
+    error: type[HiveMindError],
+    message: str,
 ) -> None:
     endpoint = f"127.0.0.1:{server.port}"
     token = tokens.create_token(client, [endpoint], ca.pin)

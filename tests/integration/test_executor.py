@@ -23,7 +23,8 @@ import pytest
 
 from hivemind_cluster.agent.executor import DockerExecutor, Outcome, TaskRun
 from hivemind_cluster.model.bundles import MIB, check_bundle, default_command
-from tests.conftest import require, zip_of
+from tests.support.prerequisites import require
+from tests.support.scratch import zip_of
 
 pytestmark = pytest.mark.privileged
 

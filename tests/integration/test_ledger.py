@@ -19,15 +19,16 @@ from hypothesis import strategies as st
 from hivemind_cluster.core import errors
 from hivemind_cluster.core.units import MICRO, format_cpt, parse_cpt
 from hivemind_cluster.hub.redis_server import RedisServer
-from hivemind_cluster.mesh import store
 from hivemind_cluster.model.accounts import ESCROW, REGISTRATION_GRANT, TOTAL_SUPPLY, TREASURY
 from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool import store
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.poolkit import BUSYBOX_SPEC
-from tests.settle_outstanding import RATES
+from tests.support.poolkit import BUSYBOX_SPEC
+from tests.support.scratch import sorted_set
+from tests.support.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
 SPEC = dataclasses.replace(BUSYBOX_SPEC, owner="u1")
@@ -250,7 +251,7 @@ def test_submissions_settlements_refunds_and_tips_conserve_everything(
     balances = {a["account"]: a["balance"] for a in book.accounts()}
     assert all(v >= 0 for v in balances.values())
     unsettled_caps = 0
-    for task_id in client.zrange(keys.TASKS, 0, -1):
+    for task_id in sorted_set(client, keys.TASKS):
         raw = client.hgetall(f"hm:task:{task_id}")
         if raw.get("settled") != "1":
             unsettled_caps += int(raw["price_cap"])

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,12 +26,11 @@ from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.model.resources import Resources
-from hivemind_cluster.pool import operations
-from hivemind_cluster.pool import pool as pool_module
+from hivemind_cluster.pool import members, watchdog
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
-from tests.late_result import report as late_result
-from tests.poolkit import (
+from tests.support.late_result import report as late_result
+from tests.support.poolkit import (
     LOSS_TIMEOUT,
     Cluster,
     GiB,
@@ -43,17 +44,21 @@ pytestmark = pytest.mark.privileged
 
 
 def submit(
-    command: list[str], cpu: int = 1000, memory: int = 256 << 20, **kw: object
+    command: list[str], cpu: int = 1000, memory: int = 256 << 20, **kw: Any
 ) -> pb.SubmitRequest:
     return pb.SubmitRequest(
         image="hivemind/busybox:latest",
         command=command,
         resources=pb.Resources(cpu_millis=cpu, memory_bytes=memory),
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
-async def logs_of(stub: pb_grpc.TasksStub, task_id: str) -> list[tuple[str, bytes]]:
+def started_more_than(executor: ScriptedExecutor, count: int) -> Callable[[], bool]:
+    return lambda: len(executor.started) > count
+
+
+async def logs_of(stub: pb_grpc.TasksAsyncStub, task_id: str) -> list[tuple[str, bytes]]:
     return [(e.stream, e.data) async for e in stub.StreamLogs(pb.LogsRequest(task_id=task_id))]
 
 
@@ -109,7 +114,7 @@ def test_capacity_is_never_overcommitted_and_order_is_fifo(
         # FIFO gives it to the oldest still queued.
         for n in range(2, 5):
             release(executor.started[n - 2].task_id)
-            await cluster.until(lambda n=n: len(executor.started) > n, f"task {n} started")
+            await cluster.until(started_more_than(executor, n), f"task {n} started")
             assert executor.started[n].task_id == ids[n]
         for task_id in ids:
             release(task_id)
@@ -392,7 +397,7 @@ def test_a_worker_that_reconnects_resumes_its_running_task(
 def test_an_assignment_that_never_starts_is_taken_back(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pool_module, "START_DEADLINE", 1)
+    monkeypatch.setattr(watchdog, "START_DEADLINE", 1)
 
     async def body(cluster: Cluster) -> None:
         silent = await cluster.add_node("silent", "worker")
@@ -439,7 +444,7 @@ def test_only_current_members_count_for_could_never_fit(
         assert "largest node offers 8 CPU, 8 GiB memory" in (refused.value.details() or "")
         assert (await stub.Submit(submit(["x"], cpu=4000))).id
         await cluster.pool.db.hset(mesh_keys.NODE.format(id="big"), "state", "revoked")
-        await asyncio.sleep(operations.MEMBERS_TTL + 0.1)  # membership is re-read this often
+        await asyncio.sleep(members.MEMBERS_TTL + 0.1)  # membership is re-read this often
         with pytest.raises(grpc.aio.AioRpcError) as gone:
             await stub.Submit(submit(["x"], cpu=4000))
         assert "largest node offers 1 CPU" in (gone.value.details() or "")

@@ -4,7 +4,6 @@ then restart Redis from its AOF and lose nothing."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,15 +13,16 @@ from pathlib import Path
 import pytest
 
 from hivemind_cluster.hub.redis_server import RedisServer
-from hivemind_cluster.mesh import store
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT
+from hivemind_cluster.pool import store
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.ledger import AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.conftest import REPO, require, scratch_redis
-from tests.poolkit import BUSYBOX_SPEC, redis_client
-from tests.settle_outstanding import RATES
+from tests.support.poolkit import BUSYBOX_SPEC, redis_client
+from tests.support.prerequisites import REPO, require_redis_server
+from tests.support.scratch import scratch_redis
+from tests.support.settle_outstanding import RATES
 
 pytestmark = pytest.mark.privileged
 TASKS = 100
@@ -54,14 +54,14 @@ async def prepare(server: RedisServer, data_dir: Path) -> list[str]:
 def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
     tmp_path: Path,
 ) -> None:
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    require_redis_server()
     with scratch_redis(tmp_path / "redis") as server:
         store.connect(server.bind, server.port, server.password).close()  # loads the Lua
         ids = asyncio.run(prepare(server, tmp_path / "tasks"))
         command = [
             sys.executable,
             "-m",
-            "tests.settle_outstanding",
+            "tests.support.settle_outstanding",
             server.bind,
             str(server.port),
             server.password,

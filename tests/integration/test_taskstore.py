@@ -14,7 +14,7 @@ from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.poolkit import BUSYBOX_SPEC, Cluster, ScriptedExecutor, echo
+from tests.support.poolkit import BUSYBOX_SPEC, Cluster, ScriptedExecutor, echo
 
 pytestmark = pytest.mark.privileged
 

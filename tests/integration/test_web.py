@@ -1,4 +1,4 @@
-"""The web app through Flask's test client, over a real pool and Redis (tests/webkit.py).
+"""The web app through Flask's test client, over a real pool and Redis (tests/support/webkit.py).
 
 Every route: pages and API, the happy path, authentication failures, CSRF, bad forms and
 bodies, oversized uploads; and that a refused input changes nothing.
@@ -21,14 +21,14 @@ from flask.testing import FlaskClient
 from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.mesh.tokens import secret_hash as token_digest
 from hivemind_cluster.mesh.wireguard import PeerStatus
 from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
-from hivemind_cluster.web.users import token_digest
-from tests.conftest import zip_of
-from tests.poolkit import block_until_cancelled
-from tests.webkit import (
+from tests.support.poolkit import block_until_cancelled
+from tests.support.scratch import zip_of
+from tests.support.webkit import (
     PASSWORD,
     WebCluster,
     api_login,

@@ -23,7 +23,7 @@ from schemathesis.checks import (
 
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.pool.ledger import Ledger
-from tests.webkit import WebCluster, api_login, web_cluster
+from tests.support.webkit import WebCluster, api_login, web_cluster
 
 pytestmark = pytest.mark.privileged
 users = itertools.count()

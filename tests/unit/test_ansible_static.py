@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import REPO
-from tests.lab import tool
+from tests.support.lab import tool
+from tests.support.prerequisites import REPO
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -29,8 +29,15 @@ def test_playbook_syntax() -> None:
 
 
 def test_every_default_is_commented() -> None:
-    for defaults in sorted(REPO.glob("ansible/roles/*/defaults/main.yml")):
+    found = sorted(REPO.glob("ansible/roles/*/defaults/main.yml"))
+    assert found, f"no ansible/roles/*/defaults/main.yml under {REPO}"
+    for defaults in found:
         lines = defaults.read_text().splitlines()
-        for number, line in enumerate(lines):
-            if line and not line.startswith((" ", "#", "-", "---")):
-                assert lines[number - 1].startswith(("#", "  ")), f"{defaults}:{number + 1}"
+        settings = [
+            number
+            for number, line in enumerate(lines)
+            if line and not line.startswith((" ", "#", "-", "---"))
+        ]
+        assert settings, f"{defaults} sets no variable"
+        for number in settings:
+            assert lines[number - 1].startswith(("#", "  ")), f"{defaults}:{number + 1}"

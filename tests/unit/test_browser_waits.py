@@ -1,4 +1,5 @@
-"""tests/browser.py ``wait_until``: a page that changes under a wait is "not yet", not an error."""
+"""tests/support/browser.py ``wait_until``: a page that changes under a wait is "not yet",
+not an error."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pytest
 from selenium.common.exceptions import TimeoutException, WebDriverException
 
-from tests.browser import wait_until
+from tests.support.browser import wait_until
 
 REPLACED = "unknown error: Node with given id does not belong to the document"
 

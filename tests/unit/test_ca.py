@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -32,7 +34,7 @@ def test_pin_is_sha256_of_the_der_certificate(ca: CertificateAuthority) -> None:
     assert ca.pin != CertificateAuthority.create().pin
 
 
-def test_save_and_load(tmp_path, ca: CertificateAuthority) -> None:  # type: ignore[no-untyped-def]
+def test_save_and_load(tmp_path: Path, ca: CertificateAuthority) -> None:
     (tmp_path / "ca.pem").write_bytes(ca.pem)
     (tmp_path / "ca.key").write_bytes(ca.key_pem)
     assert CertificateAuthority.load(tmp_path).pin == ca.pin
@@ -103,7 +105,7 @@ def tampered_csr() -> bytes:
     ],
     ids=["empty", "garbage", "huge", "name-mismatch", "rsa", "p384", "key-mismatch"],
 )
-def test_bad_csrs_are_refused_specifically(make, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_csrs_are_refused_specifically(make: Callable[[], bytes], message: str) -> None:
     with pytest.raises(CsrRejected, match=message):
         check_csr(make(), "worker-1")
 

@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,10 +25,10 @@ from hivemind_cluster.client.views import View
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, NotFound
 from hivemind_cluster.model.submission import from_json
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.conftest import zip_of
+from tests.support.scratch import zip_of
 
 
-def task(status: str, **fields: object) -> View:
+def task(status: str, **fields: Any) -> View:
     return views.task_view(
         pb.Task(
             id="t1",
@@ -38,7 +39,7 @@ def task(status: str, **fields: object) -> View:
             command=["sh", "-c", "echo hi"],
             node_name="worker-a" if status != "queued" else "",
             node_id="n1" if status != "queued" else "",
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
     )
 
@@ -251,7 +252,7 @@ def test_limits_and_timeouts_are_checked_before_any_call() -> None:
 
 def test_tables_and_their_json(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(FakeClient(), capsys, "list", "--status", "running")
-    assert status == 0 and out.splitlines()[0].split() == [c.upper() for c in cli.TASK_COLUMNS]
+    assert status == 0 and out.splitlines()[0].split() == [c.upper() for c in views.TASK_COLUMNS]
     assert "t1  running" in out
     _, out, _ = run(FakeClient(), capsys, "nodes", "--json")
     assert json.loads(out)[0]["name"] == "worker-a"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.agent.executor import TaskRun, container_options
 from hivemind_cluster.agent.gpus import (
     MIB,
     NVIDIA_SMI_FIELDS,
@@ -15,6 +14,8 @@ from hivemind_cluster.agent.gpus import (
     detect_gpus,
     parse_nvidia_smi_csv,
 )
+from hivemind_cluster.agent.sandbox import container_options
+from hivemind_cluster.agent.taskrun import TaskRun
 
 RECORDING = Path(__file__).resolve().parent.parent / "data" / "nvidia-smi-2xA100.csv"
 EXPECTED = [

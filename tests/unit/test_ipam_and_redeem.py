@@ -12,7 +12,9 @@ from hivemind_cluster.core.errors import AddressRangeExhausted, AlreadyExists, T
 from hivemind_cluster.core.keys import generate_wireguard_keypair
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants, ipam, nodes, store, tokens
+from tests.support.scratch import sorted_set
 
+pytestmark = pytest.mark.privileged
 NET = ipaddress.IPv4Network("100.64.0.0/16")
 PIN = "A" * 43
 
@@ -69,7 +71,7 @@ def snapshot(client: redis.Redis) -> tuple[object, ...]:
         client.hlen(constants.NODE_BY_IP),
         sorted(
             client.hget(f"hm:token:{t}", "uses_left") or ""
-            for t in client.zrange(constants.TOKENS, 0, -1)
+            for t in sorted_set(client, constants.TOKENS)
         ),
     )
 

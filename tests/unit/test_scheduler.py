@@ -8,7 +8,7 @@ from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.units import format_bytes, parse_cpus, parse_size
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool.scheduler import Scheduler
-from tests.poolkit import GiB
+from tests.support.poolkit import GiB
 
 
 def scheduler_with(*capacities: Resources) -> Scheduler:

@@ -4,6 +4,8 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -58,7 +60,7 @@ def test_round_trip() -> None:
         "huge",
     ],
 )
-def test_malformed_tokens_have_specific_errors(mangle, message) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_tokens_have_specific_errors(mangle: Callable[[str], str], message: str) -> None:
     with pytest.raises(TokenMalformed, match=message):
         JoinToken.parse(mangle(sample().encode()))
 
@@ -92,6 +94,7 @@ def test_parse_duration_rejects(text: str) -> None:
         tokens.parse_duration(text)
 
 
+@pytest.mark.privileged
 def test_store_keeps_only_a_hash(client: redis.Redis) -> None:
     token = tokens.create_token(client, ["198.51.100.2:7443"], PIN, role="operator", uses=3)
     stored = client.hgetall(f"hm:token:{token.token_id}")
@@ -101,6 +104,7 @@ def test_store_keeps_only_a_hash(client: redis.Redis) -> None:
     assert (record.role, record.uses_left, record.state()) == ("operator", 3, "active")
 
 
+@pytest.mark.privileged
 def test_states_and_revocation(client: redis.Redis) -> None:
     token = tokens.create_token(client, ["h:1"], PIN, ttl_seconds=60)
     [record] = tokens.list_tokens(client)
@@ -111,13 +115,14 @@ def test_states_and_revocation(client: redis.Redis) -> None:
         tokens.revoke_token(client, "ffffffffffff")
 
 
+@pytest.mark.privileged
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"role": "admin"}, "role"), ({"uses": 0}, "uses"), ({"ttl_seconds": 0}, "ttl")],
 )
 def test_create_rejects_bad_arguments(
-    client: redis.Redis, kwargs: dict[str, object], message: str
+    client: redis.Redis, kwargs: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
-        tokens.create_token(client, ["h:1"], PIN, **kwargs)  # type: ignore[arg-type]
+        tokens.create_token(client, ["h:1"], PIN, **kwargs)
     assert tokens.list_tokens(client) == []

@@ -12,7 +12,7 @@ from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity
 from hivemind_cluster.model.resources import Resources
-from tests.poolkit import GiB, ScriptedExecutor
+from tests.support.poolkit import GiB, ScriptedExecutor
 
 IDENTITY = Identity("w1", b"", b"", b"", "127.0.0.1:1")
 

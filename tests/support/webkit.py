@@ -26,7 +26,7 @@ from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.wireguard import PeerStatus
 from hivemind_cluster.web import create_app
 from hivemind_cluster.web.users import Limits
-from tests.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo
+from tests.support.poolkit import LOOPBACK, Cluster, ScriptedExecutor, echo
 
 T = TypeVar("T")
 # Cheap hashing for tests only (the real default costs ~50 ms and 64 MiB per hash).

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.agent.facts import Facts
@@ -27,14 +28,15 @@ from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
-from hivemind_cluster.mesh import store
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import TaskSpec
 from hivemind_cluster.pool.pool import Pool
+from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.service import create_server
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+from tests.support.scratch import connect_with_every_library
 
 LOOPBACK = "127.0.0.1"
 GiB = 1 << 30
@@ -80,7 +82,7 @@ def block_until_cancelled(task: TaskRun, on_output: OnOutput, cancel: threading.
     return Outcome("cancelled", 137, "cancelled", NO_USAGE, b"")
 
 
-def node_record(node_id: str, role: str, overlay_ip: str, now: float) -> dict[str, Any]:
+def node_record(node_id: str, role: str, overlay_ip: str, now: float) -> dict[FieldT, EncodableT]:
     """A member's record (the ``mesh_keys.NODE`` hash) as enrollment writes it."""
     return {
         "id": node_id,
@@ -104,7 +106,7 @@ async def fresh_pool(server: RedisServer, settings: HubSettings) -> Pool:
     task data under the settings' state directory."""
     db = redis_client(server)
     await db.flushall()
-    store.connect(server.bind, server.port, server.password).close()  # loads the Lua
+    connect_with_every_library(server).close()  # loads the Lua, as ``Pool.open`` does
     return Pool(settings, db, redis_client(server, False), settings.path / "tasks")
 
 
@@ -199,22 +201,22 @@ class Cluster:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def sessions(self) -> dict[str, Any]:
+    def sessions(self) -> Mapping[str, AgentSession]:
         assert self.pool is not None
         return self.pool.sessions
 
-    async def tasks_stub(self, identity: Identity) -> pb_grpc.TasksStub:
+    async def tasks_stub(self, identity: Identity) -> pb_grpc.TasksAsyncStub:
         """The tasks API as ``identity``, on a channel of its own that ``stop()`` closes."""
         channel = aio_channel(identity)
         self.channels.append(channel)
         return pb_grpc.TasksStub(channel)
 
-    async def operator_stub(self, node_id: str = "op") -> pb_grpc.TasksStub:
+    async def operator_stub(self, node_id: str = "op") -> pb_grpc.TasksAsyncStub:
         """The tasks API as a new operator node ``node_id``."""
         return await self.tasks_stub(await self.add_node(node_id, "operator"))
 
     async def wait_status(
-        self, stub: pb_grpc.TasksStub, task_id: str, statuses: set[str], timeout: float = 15
+        self, stub: pb_grpc.TasksAsyncStub, task_id: str, statuses: set[str], timeout: float = 15
     ) -> pb.Task:
         deadline = time.monotonic() + timeout
         while True:
@@ -226,7 +228,7 @@ class Cluster:
             await asyncio.sleep(0.05)
 
     async def wait_settled(
-        self, stub: pb_grpc.TasksStub, task_id: str, timeout: float = 10
+        self, stub: pb_grpc.TasksAsyncStub, task_id: str, timeout: float = 10
     ) -> pb.Task:
         """The task once its settlement (payment and refund) is done: that is asynchronous."""
         deadline = time.monotonic() + timeout

@@ -322,7 +322,9 @@ class CliUser:
     def settled(self, task_id: str, timeout: float = 20) -> dict[str, Any]:
         """The task once it has been paid for (settlement is asynchronous)."""
         deadline = time.monotonic() + timeout
-        while not (task := self.json("status", task_id))["settled"]:
+        while True:
+            task: dict[str, Any] = self.json("status", task_id)
+            if task["settled"]:
+                return task
             assert time.monotonic() < deadline, task
             time.sleep(0.3)
-        return task  # type: ignore[no-any-return]

@@ -1,6 +1,6 @@
 """Settle every ended, unsettled task, printing each as it goes (the crash test kills it).
 
-python -m tests.settle_outstanding HOST PORT PASSWORD DATA_DIR [PAUSE_SECONDS]
+python -m tests.support.settle_outstanding HOST PORT PASSWORD DATA_DIR [PAUSE_SECONDS]
 
 PAUSE_SECONDS (default 0) between tasks keeps the settlement going long enough for the
 test's kill to land in its middle however slowly the test process runs.

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import require, require_root_network
-from tests.lab import Host, Lab, Mesh
+from tests.support.lab import Host, Lab, Mesh
+from tests.support.prerequisites import require, require_root_network
 
 IMAGES = ("hivemind/busybox:latest", "hivemind/python:3.11")
 

@@ -1,4 +1,4 @@
-"""A full TCP connect scan of one address: ``python -m tests.portscan HOST`` prints the
+"""A full TCP connect scan of one address: ``python -m tests.support.portscan HOST`` prints the
 open ports as JSON. Bounded: 65,535 connection attempts, each with a short timeout."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Report a result for an old attempt, as a killed worker coming back late would.
 
-    python -m tests.late_result AGENT_STATE_DIR TASK_ID ATTEMPT
+    python -m tests.support.late_result AGENT_STATE_DIR TASK_ID ATTEMPT
 
 Run inside the worker's namespace: brings the worker's WireGuard interface back up from
 its saved state, opens a pool stream with the worker's certificate, sends a

@@ -1,6 +1,6 @@
 """Headless Chromium for browser tests, run *inside* a lab host's network namespace.
 
-Why inside the namespace: a lab host (``tests/lab.py``) is a network namespace whose only
+Why inside the namespace: a lab host (``tests/support/lab.py``) is a network namespace whose only
 links are its loopback and a veth on the lab bridge; the root namespace has no address on
 that bridge. Selenium talks to chromedriver over HTTP on ``localhost:<port>`` and
 chromedriver talks to Chromium over the DevTools port, also on loopback. Started inside a
@@ -71,8 +71,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.conftest import REPO
-from tests.lab import UNDERLAY, Host
+from tests.support.lab import UNDERLAY, Host
+from tests.support.prerequisites import REPO
 
 T = TypeVar("T")
 Driver = TypeVar("Driver", bound=webdriver.Chrome)

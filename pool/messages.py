@@ -1,0 +1,84 @@
+"""What the pool says on an agent's stream, and the checks on what an agent says.
+
+Builders of the ``PoolMessage``s the pool sends (registered, assign, cancel, accepted,
+rejected) and the bounds an agent's log chunks and results must keep, in one place so
+that the parts sending them (pool, dispatch, operations) build them alike.
+"""
+
+from __future__ import annotations
+
+from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.model.bundles import MAX_OUTPUT_BYTES
+from hivemind_cluster.model.states import REPORTED_STATES
+from hivemind_cluster.pool.records import TaskRecord
+from hivemind_cluster.protos import pool_pb2 as pb
+
+MAX_LOG_CHUNK = 256 * 1024
+# Agent messages about one attempt: a rejection names the attempt it refuses.
+ATTEMPT_MESSAGES = ("started", "log", "result")
+
+
+def cancel_message(task_id: str, attempt: int) -> pb.PoolMessage:
+    return pb.PoolMessage(cancel=pb.CancelTask(task_id=task_id, attempt=attempt))
+
+
+def registered_message(
+    node_id: str, heartbeat_interval: float, superseded: list[tuple[str, int]]
+) -> pb.PoolMessage:
+    """The answer to a Register: the beat to keep, the reported attempts not to finish."""
+    return pb.PoolMessage(
+        registered=pb.Registered(
+            node_id=node_id,
+            heartbeat_interval=heartbeat_interval,
+            superseded=[pb.RunningAttempt(task_id=t, attempt=a) for t, a in superseded],
+        )
+    )
+
+
+def assign_message(record: TaskRecord, attempt: int, bundle: bytes) -> pb.PoolMessage:
+    return pb.PoolMessage(
+        assign=pb.Assign(
+            task_id=record.id,
+            attempt=attempt,
+            image=record.image,
+            command=record.command,
+            env=record.env,
+            resources=record.request.to_proto(),
+            timeout_seconds=record.timeout_seconds,
+            network=record.network,
+            input_bundle=bundle,
+        )
+    )
+
+
+def accepted_message(result: pb.TaskResult) -> pb.PoolMessage:
+    return pb.PoolMessage(
+        accepted=pb.ResultAccepted(task_id=result.task_id, attempt=result.attempt)
+    )
+
+
+def rejected_message(message: pb.AgentMessage, reason: str) -> pb.PoolMessage:
+    """Refuse an agent's message, naming its attempt when it is about one."""
+    kind = message.WhichOneof("kind")
+    about = getattr(message, kind) if kind in ATTEMPT_MESSAGES else None
+    return pb.PoolMessage(
+        rejected=pb.Rejected(
+            task_id=getattr(about, "task_id", ""),
+            attempt=getattr(about, "attempt", 0),
+            reason=reason,
+        )
+    )
+
+
+def check_log_chunk(chunk: pb.LogChunk) -> None:
+    if chunk.stream not in ("stdout", "stderr"):
+        raise InvalidInput(f"log stream must be stdout or stderr, not {chunk.stream[:20]!r}")
+    if len(chunk.data) > MAX_LOG_CHUNK:
+        raise InvalidInput(f"log chunk larger than {MAX_LOG_CHUNK} bytes")
+
+
+def check_result(result: pb.TaskResult) -> None:
+    if result.status not in REPORTED_STATES:
+        raise InvalidInput(f"result status {result.status[:20]!r} is not a final state")
+    if len(result.output_bundle) > MAX_OUTPUT_BYTES:
+        raise InvalidInput("result bundle is larger than the pool accepts")

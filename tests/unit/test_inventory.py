@@ -3,6 +3,8 @@ show: online, state, handshakes and traffic computed once, unknowns left unknown
 
 from __future__ import annotations
 
+from typing import Any
+
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.cli import node_line
 from hivemind_cluster.mesh.inventory import Member, Row, node_rows
@@ -17,15 +19,15 @@ def peer(key: str, seconds_ago: int, rx: int = 1 << 20, tx: int = 2 << 20) -> Pe
     return PeerStatus(key, "198.51.100.3:51820", ("100.64.0.2/32",), handshake, rx, tx)
 
 
-def member(key: str, **fields: object) -> Member:
-    base: dict[str, object] = {
+def member(key: str, **fields: Any) -> Member:
+    base: dict[str, Any] = {
         "id": f"n-{key}",
         "name": key,
         "role": "operator",
         "overlay_ip": "100.64.0.2",
         "wg_public_key": key,
     }
-    return Member(**(base | fields))  # type: ignore[arg-type]
+    return Member(**(base | fields))
 
 
 def rows_by_name(members: list[Member], peers: list[PeerStatus] | None) -> dict[str, Row]:

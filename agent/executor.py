@@ -31,7 +31,6 @@ from hivemind_cluster.agent.sandbox import (
     task_mounts,
 )
 from hivemind_cluster.agent.taskrun import (
-    NO_USAGE,
     OnOutput,
     Outcome,
     TaskRun,
@@ -43,8 +42,6 @@ from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.core.units import format_bytes
 from hivemind_cluster.model.bundles import pack_directory
-
-__all__ = ["NO_USAGE", "DockerExecutor", "OnOutput", "Outcome", "TaskRun", "Usage"]
 
 log = logging.getLogger(__name__)
 

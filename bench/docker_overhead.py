@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hivemind_cluster.agent.executor import DockerExecutor, TaskRun
+from hivemind_cluster.agent.executor import DockerExecutor
+from hivemind_cluster.agent.taskrun import TaskRun
 
 IMAGE = "hivemind/busybox:latest"
 RUNS = 5

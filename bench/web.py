@@ -35,7 +35,7 @@ from flask import Flask
 from waitress import wasyncore
 from waitress.task import ThreadedTaskDispatcher
 
-from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun
+from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun
 from hivemind_cluster.web.server import THREADS
 from tests.support.poolkit import echo
 from tests.support.scratch import scratch_redis

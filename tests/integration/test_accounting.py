@@ -12,7 +12,7 @@ import grpc
 import pytest
 import redis
 
-from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.agent.taskrun import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.model.accounts import ESCROW, REGISTRATION_GRANT
 from hivemind_cluster.model.resources import Resources

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.client.apiclient import ApiClient
 from hivemind_cluster.core.errors import Unauthenticated
 from hivemind_cluster.hub.redis_server import RedisServer

@@ -21,7 +21,8 @@ import docker
 import docker.errors
 import pytest
 
-from hivemind_cluster.agent.executor import DockerExecutor, Outcome, TaskRun
+from hivemind_cluster.agent.executor import DockerExecutor
+from hivemind_cluster.agent.taskrun import Outcome, TaskRun
 from hivemind_cluster.model.bundles import MIB, check_bundle, default_command
 from tests.support.prerequisites import require
 from tests.support.scratch import zip_of

@@ -18,8 +18,8 @@ import grpc
 import pytest
 from cryptography import x509
 
-from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun
 from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.taskrun import NO_USAGE, OnOutput, Outcome, TaskRun
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.hub.redis_server import RedisServer

@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hivemind_cluster.agent.executor import OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh.tokens import secret_hash as token_digest

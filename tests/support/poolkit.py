@@ -21,8 +21,8 @@ import grpc
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from hivemind_cluster.agent.executor import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.taskrun import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.core.settings import HubSettings

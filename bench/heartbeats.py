@@ -13,7 +13,8 @@ with its own client certificate (node id in the URI SAN, 127.0.0.1 bound): the p
 sessions by node id, so agents cannot share one. Because the identity is per TLS
 connection, each agent has its own channel (connection) and one ``Connect`` stream on it:
 ``Register``, then a ``Heartbeat`` every second (random phase, +-50 ms jitter, no drift).
-The agents are spread over ``--generators`` load-generator processes (grpc.aio).
+The agents are spread over ``--generators`` load-generator processes (grpc.aio). Both
+kinds of child process are in bench/heartbeat_lab.py.
 
 Once all agents are connected and 3 s have passed, a ``--window``-second window is
 measured: the CPU seconds of the pool process (all threads; psutil) over wall seconds =
@@ -38,247 +39,30 @@ top functions by own time.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import cProfile
-import io
 import json
-import multiprocessing
-import pstats
-import random
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc
 import psutil
 import redis
-import redis.asyncio as aioredis
 
-from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
-from hivemind_cluster.core.settings import HubSettings
+from bench.heartbeat_lab import INTERVAL, Child, Identity, PoolConfig, cpu_seconds, generate, serve
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.pool import constants as keys
-from hivemind_cluster.pool.pool import Pool
-from hivemind_cluster.pool.registry import AgentSession
-from hivemind_cluster.pool.service import create_server
-from hivemind_cluster.protos import pool_pb2 as pb
-from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 from tests.support.poolkit import LOOPBACK, node_record
-from tests.support.scratch import connect_with_every_library, scratch_redis
+from tests.support.scratch import connect_with_every_library, scratch_dir_with_redis
 
 GOAL_AGENTS = 5000
-INTERVAL = 1.0
-JITTER = 0.05
 WARMUP = 3.0
 FRESH_SECONDS = 3.0
-CONNECTS_IN_FLIGHT = 32  # per generator: TLS handshakes at once
-Identity = tuple[str, bytes, bytes]  # node id, certificate, key
-RedisInfo = tuple[str, int, str]  # host, port, password
-
-
-def answer_commands(conn: Connection, handle: Callable[[str], Any]) -> asyncio.Event:
-    """Answer the parent's commands on ``conn`` from the event loop; set on "stop"."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def readable() -> None:
-        command = conn.recv()
-        if command == "stop":
-            loop.remove_reader(conn.fileno())
-            stop.set()
-        else:
-            conn.send(handle(command))
-
-    loop.add_reader(conn.fileno(), readable)
-    return stop
-
-
-# ---- the pool process -------------------------------------------------------------------
-
-
-class CountingPool(Pool):
-    """The pool, counting the heartbeats it handles and timing its Redis flushes."""
-
-    heartbeats = 0
-    flush_seconds: list[float]
-
-    def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
-        self.heartbeats += 1
-        super()._heartbeat(session, heartbeat)
-
-    async def flush_once(self) -> None:
-        began = time.perf_counter()
-        await super().flush_once()
-        self.flush_seconds.append(time.perf_counter() - began)
-
-
-def serve(
-    conn: Connection,
-    redis_info: RedisInfo,
-    state_dir: str,
-    server_pem: bytes,
-    server_key: bytes,
-    ca_pem: bytes,
-    profile: bool,
-) -> None:
-    profiler = cProfile.Profile() if profile else None
-    if profiler is not None:
-        profiler.enable()
-    asyncio.run(_serve(conn, redis_info, state_dir, server_pem, server_key, ca_pem))
-    if profiler is not None:
-        profiler.disable()
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
-        conn.send(out.getvalue())
-
-
-async def _serve(
-    conn: Connection,
-    redis_info: RedisInfo,
-    state_dir: str,
-    server_pem: bytes,
-    server_key: bytes,
-    ca_pem: bytes,
-) -> None:
-    host, port, password = redis_info
-
-    def client(decode: bool) -> aioredis.Redis:
-        return aioredis.Redis(host=host, port=port, password=password, decode_responses=decode)
-
-    settings = HubSettings(state_dir=state_dir, overlay="127.0.0.0/24")
-    pool = CountingPool(settings, client(True), client(False), Path(state_dir) / "tasks")
-    pool.flush_seconds = []
-    await pool.start()
-    server, pool_port = await create_server(
-        pool, f"{LOOPBACK}:0", server_pem + ca_pem, server_key, ca_pem
-    )
-
-    def stats(_command: str) -> dict[str, Any]:
-        flushes, pool.flush_seconds = pool.flush_seconds, []
-        return {
-            "sessions": len(pool.sessions),
-            "heartbeats": pool.heartbeats,
-            "flushes": flushes,
-            "time": time.monotonic(),  # system-wide clock: comparable across processes
-        }
-
-    stop = answer_commands(conn, stats)
-    conn.send(pool_port)
-    await stop.wait()
-    await server.stop(grace=0.5)
-    await pool.close()
-
-
-# ---- the load generators ----------------------------------------------------------------
-
-
-def generate(conn: Connection, address: str, ca_pem: bytes, identities: list[Identity]) -> None:
-    asyncio.run(_generate(conn, address, ca_pem, identities))
-
-
-async def _generate(
-    conn: Connection, address: str, ca_pem: bytes, identities: list[Identity]
-) -> None:
-    counts = {"connected": 0, "sent": 0, "failed": 0}
-    errors: dict[str, int] = {}
-    handshakes = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
-    register = pb.AgentMessage(
-        register=pb.Register(
-            capacity=pb.Resources(cpu_millis=2000, memory_bytes=4 << 30),
-            docker_available=True,
-            agent_version="bench",
-        )
-    )
-    beat = pb.AgentMessage(
-        heartbeat=pb.Heartbeat(cpu_percent=12.5, memory_used_bytes=1 << 30, running_tasks=0)
-    )
-    options = [*POOL_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-
-    async def agent(node_id: str, cert: bytes, key: bytes) -> None:
-        credentials = grpc.ssl_channel_credentials(ca_pem, key, cert)
-        try:
-            async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
-                async with handshakes:
-                    call = pb_grpc.PoolStub(channel).Connect()
-                    await call.write(register)
-                    first = await call.read()
-                    if not isinstance(first, pb.PoolMessage) or not first.HasField("registered"):
-                        raise ConnectionError(f"{node_id}: not registered")
-                counts["connected"] += 1
-                due = time.monotonic() + random.uniform(0, INTERVAL)
-                while True:
-                    due += INTERVAL
-                    await asyncio.sleep(
-                        max(0.0, due + random.uniform(-JITTER, JITTER) - time.monotonic())
-                    )
-                    await call.write(beat)
-                    counts["sent"] += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            counts["failed"] += 1
-            name = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
-            errors[name] = errors.get(name, 0) + 1
-
-    stop = answer_commands(conn, lambda _command: {**counts, "errors": dict(errors)})
-    agents = [asyncio.create_task(agent(*identity)) for identity in identities]
-    await stop.wait()
-    for task in agents:
-        task.cancel()
-    await asyncio.gather(*agents, return_exceptions=True)
-
-
-# ---- the parent ------------------------------------------------------------------------
-
-
-class Child:
-    """A spawned process and its command pipe."""
-
-    def __init__(self, target: Callable[..., None], *args: Any) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child_end = context.Pipe()
-        self.process = context.Process(target=target, args=(child_end, *args), daemon=True)
-        self.process.start()
-        child_end.close()
-        assert self.process.pid is not None
-        self.ps = psutil.Process(self.process.pid)
-
-    def ask(self, timeout: float = 30) -> Any:
-        self.conn.send("stats")
-        return self.receive(timeout)
-
-    def receive(self, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise TimeoutError("the child process did not answer")
-        return self.conn.recv()
-
-    def cpu(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def stop(self, timeout: float = 20) -> Any:
-        """Ask it to stop; returns what it sends last (a profile), if anything."""
-        last = None
-        with contextlib.suppress(OSError, EOFError):
-            self.conn.send("stop")
-            if self.conn.poll(timeout):
-                last = self.conn.recv()
-        self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
-        return last
 
 
 def record_nodes(db: redis.Redis, identities: list[Identity]) -> None:
@@ -301,6 +85,59 @@ def stale_records(db: redis.Redis, identities: list[Identity]) -> int:
     return sum(1 for beat in beats if now - float(beat) > FRESH_SECONDS)
 
 
+@dataclass
+class Connecting:
+    """How the agents of a step came up: the pool's sessions when the wait ended, and when."""
+
+    sessions: int
+    seconds: float
+
+
+@dataclass
+class Window:
+    """What the children reported over one measured window."""
+
+    before: dict[str, Any]  # the pool's stats as the window began
+    after: dict[str, Any]  # ... and as it ended
+    sent_before: int  # heartbeats the generators had sent as it began
+    generated: list[dict[str, Any]]  # each generator's counts as it ended
+    cores: tuple[float, ...]  # used over the window: pool, generators, redis-server
+    wall: float
+
+
+def wait_for_sessions(pool: Child, generators: list[Child], count: int, began: float) -> int:
+    """Until the pool has every agent's session, an agent failed or time ran out."""
+    deadline = began + 60 + count / 50
+    sessions: int = pool.ask()["sessions"]
+    while sessions < count:
+        failed = sum(g.ask()["failed"] for g in generators)
+        if failed or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        sessions = pool.ask()["sessions"]
+    return sessions
+
+
+def measure_window(
+    pool: Child, generators: list[Child], redis_ps: psutil.Process, seconds: float
+) -> Window:
+    def cpu_now() -> tuple[float, float, float]:
+        return (pool.cpu(), sum(g.cpu() for g in generators), cpu_seconds(redis_ps))
+
+    pool.ask()  # drops the flush timings of the warm-up
+    before = pool.ask()
+    sent_before = sum(g.ask()["sent"] for g in generators)
+    cpu_before = cpu_now()
+    wall_began = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - wall_began
+    cpu_after = cpu_now()
+    after = pool.ask()
+    generated = [g.ask() for g in generators]
+    cores = tuple((end - start) / wall for start, end in zip(cpu_before, cpu_after, strict=True))
+    return Window(before, after, sent_before, generated, cores, wall)
+
+
 def run_step(
     args: argparse.Namespace,
     redis_server: RedisServer,
@@ -315,43 +152,37 @@ def run_step(
     assert redis_server.process is not None
     redis_ps = psutil.Process(redis_server.process.pid)
     redis_info = (redis_server.bind, redis_server.port, redis_server.password)
-    state_dir = workdir / f"pool-{count}"
-    pool = Child(serve, redis_info, str(state_dir), *server, ca.pem, args.profile)
+    config = PoolConfig(redis_info, str(workdir / f"pool-{count}"), *server, ca.pem)
+    pool = Child(serve, config, args.profile)
     generators: list[Child] = []
-    profile = None
     try:
         address = f"{LOOPBACK}:{pool.receive(60)}"
         share = [identities[i :: args.generators] for i in range(args.generators)]
         began = time.monotonic()
         generators = [Child(generate, address, ca.pem, part) for part in share if part]
-        deadline = began + 60 + count / 50
-        while (sessions := pool.ask()["sessions"]) < count:
-            failed = sum(g.ask()["failed"] for g in generators)
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        connect_seconds = time.monotonic() - began
+        sessions = wait_for_sessions(pool, generators, count, began)
+        connecting = Connecting(sessions, time.monotonic() - began)
         time.sleep(WARMUP)
-        pool.ask()  # drops the flush timings of the warm-up
-        before = pool.ask()
-        sent_before = sum(g.ask()["sent"] for g in generators)
-        cpu_before = (pool.cpu(), sum(g.cpu() for g in generators), redis_cpu(redis_ps))
-        wall_began = time.monotonic()
-        time.sleep(args.window)
-        wall = time.monotonic() - wall_began
-        cpu_after = (pool.cpu(), sum(g.cpu() for g in generators), redis_cpu(redis_ps))
-        after = pool.ask()
-        generated = [g.ask() for g in generators]
+        window = measure_window(pool, generators, redis_ps, args.window)
         stale = stale_records(db, identities)
     finally:
         for generator in generators:
             generator.stop()
         profile = pool.stop()
         db.close()
+    result = step_result(count, connecting, window, stale)
+    if isinstance(profile, str):
+        result["profile"] = profile
+    return result
+
+
+def step_result(count: int, connecting: Connecting, window: Window, stale: int) -> dict[str, Any]:
+    """A step's figures, and whether it sustained its agents (see the module's docstring)."""
+    before, after, generated = window.before, window.after, window.generated
     handled = after["heartbeats"] - before["heartbeats"]
-    sent = sum(g["sent"] for g in generated) - sent_before
+    sent = sum(g["sent"] for g in generated) - window.sent_before
     expected = count * (after["time"] - before["time"]) / INTERVAL
-    cores = (cpu_after[0] - cpu_before[0]) / wall
+    cores = window.cores[0]
     flushes = after["flushes"]
     errors: dict[str, int] = {}
     for g in generated:
@@ -359,13 +190,13 @@ def run_step(
             errors[name] = errors.get(name, 0) + n
     result = {
         "agents": count,
-        "connected": sessions,
+        "connected": connecting.sessions,
         "connected_at_end": after["sessions"],
-        "connect_seconds": connect_seconds,
-        "window_seconds": wall,
+        "connect_seconds": connecting.seconds,
+        "window_seconds": window.wall,
         "pool_cores": cores,
-        "generator_cores": (cpu_after[1] - cpu_before[1]) / wall,
-        "redis_cores": (cpu_after[2] - cpu_before[2]) / wall,
+        "generator_cores": window.cores[1],
+        "redis_cores": window.cores[2],
         "heartbeats_expected": expected,
         "heartbeats_sent": sent,
         "heartbeats_handled": handled,
@@ -385,8 +216,6 @@ def run_step(
         and stale == 0
         and cores < 1.0
     )
-    if isinstance(profile, str):
-        result["profile"] = profile
     return result
 
 
@@ -397,11 +226,6 @@ def median_step(runs: list[dict[str, Any]]) -> dict[str, Any]:
     step["pool_cores_runs"] = [run["pool_cores"] for run in runs]
     step["sustained_runs"] = [run["sustained"] for run in runs]
     return step
-
-
-def redis_cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 def issue(ca: CertificateAuthority, count: int) -> list[Identity]:
@@ -460,11 +284,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the pool process")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp,
-        scratch_redis(Path(tmp) / "redis") as redis_server,
-    ):
-        workdir = Path(tmp)
+    with scratch_dir_with_redis("hivemind-bench-") as (workdir, redis_server):
         ca = CertificateAuthority.create()
         server = ca.issue_server_certificate([LOOPBACK])
         identities = issue(ca, max(args.agents))

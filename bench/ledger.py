@@ -24,7 +24,6 @@ import multiprocessing
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from hivemind_cluster.pool.ledger import KEYS, AsyncLedger, Ledger
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.support.poolkit import BUSYBOX_SPEC
-from tests.support.scratch import scratch_redis
+from tests.support.scratch import scratch_dir_with_redis
 from tests.support.settle_outstanding import RATES
 
 ACCOUNTS = 1000
@@ -124,10 +123,7 @@ def main() -> int:
     parser.add_argument("--settlements", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="hivemind-bench-ledger-") as tmp,
-        scratch_redis(Path(tmp) / "redis") as server,
-    ):
+    with scratch_dir_with_redis("hivemind-bench-ledger-") as (workdir, server):
         client = store.connect(server.bind, server.port, server.password)
         ledger = Ledger(client)
         ledger.genesis()
@@ -138,9 +134,7 @@ def main() -> int:
             for run in range(args.runs)
         ]
         audit = ledger.audit()
-        settlements = asyncio.run(
-            measure_settlements(server, Path(tmp) / "tasks", args.settlements)
-        )
+        settlements = asyncio.run(measure_settlements(server, workdir / "tasks", args.settlements))
         client.close()
     result: dict[str, Any] = {
         "transfers_per_second": round(statistics.median(rates)),

@@ -43,7 +43,6 @@ import json
 import pstats
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.support.poolkit import LOOPBACK, GiB, fresh_pool
-from tests.support.scratch import scratch_redis
+from tests.support.scratch import scratch_dir_with_redis
 
 GOAL_PLACEMENTS_PER_SECOND = 2000
 AGENT_CAPACITY = pb.Resources(cpu_millis=4000, memory_bytes=8 * GiB)
@@ -372,11 +371,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="hivemind-bench-") as tmp,
-        scratch_redis(Path(tmp) / "redis") as redis_server,
-    ):
-        report = asyncio.run(run(args, redis_server, Path(tmp)))
+    with scratch_dir_with_redis("hivemind-bench-") as (workdir, redis_server):
+        report = asyncio.run(run(args, redis_server, workdir))
     if args.json:
         print(json.dumps({"benchmark": "scheduling", **report}, indent=2))
     else:

@@ -21,7 +21,6 @@ import logging
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +37,7 @@ from waitress.task import ThreadedTaskDispatcher
 from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun
 from hivemind_cluster.web.server import THREADS
 from tests.support.poolkit import echo
-from tests.support.scratch import scratch_redis
+from tests.support.scratch import scratch_dir_with_redis
 from tests.support.webkit import PASSWORD, api_login, csrf_token, web_cluster
 
 Request = Callable[[http.client.HTTPConnection], int]
@@ -124,9 +123,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth": the point
     with (
-        tempfile.TemporaryDirectory(prefix="hivemind-bench-web-") as tmp,
-        scratch_redis(Path(tmp) / "redis") as redis_server,
-        web_cluster(redis_server, Path(tmp) / "state") as world,
+        scratch_dir_with_redis("hivemind-bench-web-") as (workdir, redis_server),
+        web_cluster(redis_server, workdir / "state") as world,
     ):
         world.start_worker("w1", chatty)
         app = world.app()

@@ -37,7 +37,9 @@ from tests.support.poolkit import (
     ScriptedExecutor,
     block_until_cancelled,
     echo,
+    in_a_cluster,
     run_in_cluster,
+    succeed_after,
 )
 
 pytestmark = pytest.mark.privileged
@@ -62,31 +64,26 @@ async def logs_of(stub: pb_grpc.TasksAsyncStub, task_id: str) -> list[tuple[str,
     return [(e.stream, e.data) async for e in stub.StreamLogs(pb.LogsRequest(task_id=task_id))]
 
 
-def test_a_task_runs_streams_logs_and_reports_usage(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(cluster: Cluster) -> None:
-        await cluster.start_worker("w1", ScriptedExecutor(echo))
-        stub = await cluster.operator_stub()
-        task = await stub.Submit(submit(["echo", "hello"], name="greeting"))
-        assert task.status in {"queued", "assigned"} and task.attempt == 1
-        done = await cluster.wait_status(stub, task.id, {"succeeded"})
-        assert done.node_id == "w1" and done.exit_code == 0 and done.has_exit_code
-        assert done.usage.cpu_seconds == 0.5 and done.usage.peak_memory_bytes == 1 << 20
-        assert [a.status for a in done.attempts] == ["succeeded"]
-        assert ("stdout", b"echo hello\n") in await logs_of(stub, task.id)
-        listed = await stub.List(pb.ListRequest())
-        assert [t.id for t in listed.tasks] == [task.id]
-        nodes = {n.id: n for n in (await stub.ListNodes(pb.ListNodesRequest())).nodes}
-        assert nodes["w1"].connected and nodes["w1"].capacity.cpu_millis == 2000
-        assert nodes["w1"].allocated.cpu_millis == 0
-
-    run_in_cluster(redis_server, tmp_path, body)
+@in_a_cluster()
+async def test_a_task_runs_streams_logs_and_reports_usage(cluster: Cluster) -> None:
+    await cluster.start_worker("w1", ScriptedExecutor(echo))
+    stub = await cluster.operator_stub()
+    task = await stub.Submit(submit(["echo", "hello"], name="greeting"))
+    assert task.status in {"queued", "assigned"} and task.attempt == 1
+    done = await cluster.wait_status(stub, task.id, {"succeeded"})
+    assert done.node_id == "w1" and done.exit_code == 0 and done.has_exit_code
+    assert done.usage.cpu_seconds == 0.5 and done.usage.peak_memory_bytes == 1 << 20
+    assert [a.status for a in done.attempts] == ["succeeded"]
+    assert ("stdout", b"echo hello\n") in await logs_of(stub, task.id)
+    listed = await stub.List(pb.ListRequest())
+    assert [t.id for t in listed.tasks] == [task.id]
+    nodes = {n.id: n for n in (await stub.ListNodes(pb.ListNodesRequest())).nodes}
+    assert nodes["w1"].connected and nodes["w1"].capacity.cpu_millis == 2000
+    assert nodes["w1"].allocated.cpu_millis == 0
 
 
-def test_capacity_is_never_overcommitted_and_order_is_fifo(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+@in_a_cluster()
+async def test_capacity_is_never_overcommitted_and_order_is_fifo(cluster: Cluster) -> None:
     releases: dict[str, threading.Event] = {}  # task id -> lets that task finish
     running_now: list[str] = []
     peak = [0]
@@ -101,103 +98,83 @@ def test_capacity_is_never_overcommitted_and_order_is_fifo(
     def release(task_id: str) -> None:
         releases.setdefault(task_id, threading.Event()).set()
 
-    async def body(cluster: Cluster) -> None:
-        executor = ScriptedExecutor(hold)
-        await cluster.start_worker("w1", executor)
-        stub = await cluster.operator_stub()
-        ids = [(await stub.Submit(submit(["true"], name=f"t{i}"))).id for i in range(5)]
-        await cluster.until(lambda: len(executor.started) == 2, "two tasks running")
-        await asyncio.sleep(0.5)
-        assert len(executor.started) == 2, "a 2-CPU worker must not take a third 1-CPU task"
-        assert {t.task_id for t in executor.started} == set(ids[:2])
-        # One slot frees at a time, so which task takes it is the scheduler's choice alone:
-        # FIFO gives it to the oldest still queued.
-        for n in range(2, 5):
-            release(executor.started[n - 2].task_id)
-            await cluster.until(started_more_than(executor, n), f"task {n} started")
-            assert executor.started[n].task_id == ids[n]
-        for task_id in ids:
-            release(task_id)
-        for task_id in ids:
-            await cluster.wait_status(stub, task_id, {"succeeded"})
-        assert len(executor.started) == 5 and peak[0] == 2
-
-    run_in_cluster(redis_server, tmp_path, body)
+    executor = ScriptedExecutor(hold)
+    await cluster.start_worker("w1", executor)
+    stub = await cluster.operator_stub()
+    ids = [(await stub.Submit(submit(["true"], name=f"t{i}"))).id for i in range(5)]
+    await cluster.until(lambda: len(executor.started) == 2, "two tasks running")
+    await asyncio.sleep(0.5)
+    assert len(executor.started) == 2, "a 2-CPU worker must not take a third 1-CPU task"
+    assert {t.task_id for t in executor.started} == set(ids[:2])
+    # One slot frees at a time, so which task takes it is the scheduler's choice alone:
+    # FIFO gives it to the oldest still queued.
+    for n in range(2, 5):
+        release(executor.started[n - 2].task_id)
+        await cluster.until(started_more_than(executor, n), f"task {n} started")
+        assert executor.started[n].task_id == ids[n]
+    for task_id in ids:
+        release(task_id)
+    for task_id in ids:
+        await cluster.wait_status(stub, task_id, {"succeeded"})
+    assert len(executor.started) == 5 and peak[0] == 2
 
 
-def test_tasks_spread_over_workers_by_free_capacity(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(cluster: Cluster) -> None:
-        big, small = (
-            ScriptedExecutor(block_until_cancelled),
-            ScriptedExecutor(block_until_cancelled),
-        )
-        await cluster.start_worker("big", big, Resources(4000, 8 * GiB, 0))
-        await cluster.start_worker("small", small, Resources(1000, 2 * GiB, 0))
-        stub = await cluster.operator_stub()
-        ids = [(await stub.Submit(submit(["sleep"]))).id for _ in range(5)]
-        await cluster.until(lambda: len(big.started) + len(small.started) == 5, "5 placed")
-        assert (len(big.started), len(small.started)) == (4, 1)
-        for task_id in ids:
-            await stub.Cancel(pb.TaskRef(task_id=task_id))
-        for task_id in ids:
-            await cluster.wait_status(stub, task_id, {"cancelled"})
-
-    run_in_cluster(redis_server, tmp_path, body)
+@in_a_cluster()
+async def test_tasks_spread_over_workers_by_free_capacity(cluster: Cluster) -> None:
+    big, small = (
+        ScriptedExecutor(block_until_cancelled),
+        ScriptedExecutor(block_until_cancelled),
+    )
+    await cluster.start_worker("big", big, Resources(4000, 8 * GiB, 0))
+    await cluster.start_worker("small", small, Resources(1000, 2 * GiB, 0))
+    stub = await cluster.operator_stub()
+    ids = [(await stub.Submit(submit(["sleep"]))).id for _ in range(5)]
+    await cluster.until(lambda: len(big.started) + len(small.started) == 5, "5 placed")
+    assert (len(big.started), len(small.started)) == (4, 1)
+    for task_id in ids:
+        await stub.Cancel(pb.TaskRef(task_id=task_id))
+    for task_id in ids:
+        await cluster.wait_status(stub, task_id, {"cancelled"})
 
 
-def test_a_lost_worker_is_requeued_once_and_its_late_result_refused(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(cluster: Cluster) -> None:
-        doomed = ScriptedExecutor(block_until_cancelled)
-        await cluster.start_worker("doomed", doomed)
-        stub = await cluster.operator_stub()
-        task = await stub.Submit(submit(["work"], max_attempts=3))
-        await cluster.until(lambda: len(doomed.started) == 1, "started on doomed")
-        await cluster.kill_worker("doomed")
-        survivor = ScriptedExecutor(echo)
-        await cluster.start_worker("survivor", survivor)
-        done = await cluster.wait_status(stub, task.id, {"succeeded"}, timeout=30)
-        assert done.attempt == 2 and done.node_id == "survivor"
-        assert [(a.attempt, a.node_id, a.status) for a in done.attempts] == [
-            (1, "doomed", "lost"),
-            (2, "survivor", "succeeded"),
-        ]
-        assert len(survivor.started) == 1
-        # The killed attempt reports late over a fresh stream: refused, nothing changes.
-        identity = await cluster.add_node("doomed", "worker")
-        reply = await late_result(identity, task.id, attempt=1, status="failed")
-        assert reply.WhichOneof("kind") == "rejected"
-        assert "no longer current" in reply.rejected.reason
-        after = await stub.Get(pb.TaskRef(task_id=task.id))
-        assert after.status == "succeeded" and after.attempt == 2 and after.node_id == "survivor"
-
-    run_in_cluster(redis_server, tmp_path, body, heartbeat_timeout=LOSS_TIMEOUT)
+@in_a_cluster(heartbeat_timeout=LOSS_TIMEOUT)
+async def test_a_lost_worker_is_requeued_once_and_its_late_result_refused(cluster: Cluster) -> None:
+    stub = await cluster.operator_stub()
+    survivor = ScriptedExecutor(echo)
+    task = await cluster.lose_a_worker_mid_task(stub, submit(["work"], max_attempts=3), survivor)
+    done = await cluster.wait_status(stub, task.id, {"succeeded"}, timeout=30)
+    assert done.attempt == 2 and done.node_id == "survivor"
+    assert [(a.attempt, a.node_id, a.status) for a in done.attempts] == [
+        (1, "doomed", "lost"),
+        (2, "survivor", "succeeded"),
+    ]
+    assert len(survivor.started) == 1
+    # The killed attempt reports late over a fresh stream: refused, nothing changes.
+    identity = await cluster.add_node("doomed", "worker")
+    reply = await late_result(identity, task.id, attempt=1, status="failed")
+    assert reply.WhichOneof("kind") == "rejected"
+    assert "no longer current" in reply.rejected.reason
+    after = await stub.Get(pb.TaskRef(task_id=task.id))
+    assert after.status == "succeeded" and after.attempt == 2 and after.node_id == "survivor"
 
 
-def test_cancel_stops_a_running_task_and_a_queued_one(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(cluster: Cluster) -> None:
-        executor = ScriptedExecutor(block_until_cancelled)
-        await cluster.start_worker("w1", executor, Resources(1000, 4 * GiB, 0))
-        stub = await cluster.operator_stub()
-        running = await stub.Submit(submit(["a"]))
-        waiting = await stub.Submit(submit(["b"]))
-        await cluster.until(lambda: len(executor.started) == 1, "first started")
-        assert (await stub.Cancel(pb.TaskRef(task_id=waiting.id))).status == "cancelled"
-        assert (await stub.Cancel(pb.TaskRef(task_id=running.id))).cancel_requested
-        done = await cluster.wait_status(stub, running.id, {"cancelled"})
-        assert done.exit_code == 137
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Cancel(pb.TaskRef(task_id=running.id))
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "already cancelled" in (refused.value.details() or "")
-        assert len(executor.started) == 1
-
-    run_in_cluster(redis_server, tmp_path, body)
+@in_a_cluster()
+async def test_cancel_stops_a_running_task_and_a_queued_one(cluster: Cluster) -> None:
+    executor = ScriptedExecutor(block_until_cancelled)
+    await cluster.start_worker("w1", executor, Resources(1000, 4 * GiB, 0))
+    stub = await cluster.operator_stub()
+    running = await stub.Submit(submit(["a"]))
+    waiting = await stub.Submit(submit(["b"]))
+    await cluster.until(lambda: len(executor.started) == 1, "first started")
+    assert (await stub.Cancel(pb.TaskRef(task_id=waiting.id))).status == "cancelled"
+    assert (await stub.Cancel(pb.TaskRef(task_id=running.id))).cancel_requested
+    done = await cluster.wait_status(stub, running.id, {"cancelled"})
+    assert done.exit_code == 137
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Cancel(pb.TaskRef(task_id=running.id))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already cancelled" in (refused.value.details() or "")
+    assert len(executor.started) == 1
 
 
 @pytest.mark.parametrize(
@@ -236,18 +213,14 @@ def test_bad_submissions_are_refused_and_store_nothing(
     run_in_cluster(redis_server, tmp_path, body)
 
 
-def test_with_no_worker_yet_a_task_is_accepted_and_waits(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(cluster: Cluster) -> None:
-        stub = await cluster.operator_stub()
-        task = await stub.Submit(submit(["echo", "later"], cpu=1500))
-        await asyncio.sleep(0.3)
-        assert (await stub.Get(pb.TaskRef(task_id=task.id))).status == "queued"
-        await cluster.start_worker("w1", ScriptedExecutor(echo))
-        await cluster.wait_status(stub, task.id, {"succeeded"})
-
-    run_in_cluster(redis_server, tmp_path, body)
+@in_a_cluster()
+async def test_with_no_worker_yet_a_task_is_accepted_and_waits(cluster: Cluster) -> None:
+    stub = await cluster.operator_stub()
+    task = await stub.Submit(submit(["echo", "later"], cpu=1500))
+    await asyncio.sleep(0.3)
+    assert (await stub.Get(pb.TaskRef(task_id=task.id))).status == "queued"
+    await cluster.start_worker("w1", ScriptedExecutor(echo))
+    await cluster.wait_status(stub, task.id, {"succeeded"})
 
 
 async def call_code(identity: Identity, method: str) -> grpc.StatusCode:
@@ -271,127 +244,104 @@ async def call_code(identity: Identity, method: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def test_the_pool_refuses_wrong_callers(redis_server: RedisServer, tmp_path: Path) -> None:
-    async def body(cluster: Cluster) -> None:
-        assert cluster.pool is not None
-        operator = await cluster.add_node("op", "operator")
-        worker = await cluster.add_node("w1", "worker")
-        assert await call_code(operator, "tasks") == grpc.StatusCode.OK
-        # Roles: a worker may not use the tasks API, an operator may not act as a worker.
-        assert await call_code(worker, "tasks") == grpc.StatusCode.PERMISSION_DENIED
-        assert await call_code(operator, "pool") == grpc.StatusCode.PERMISSION_DENIED
-        # A valid certificate bound to another overlay address.
-        elsewhere = await cluster.add_node("op2", "operator", overlay_ip="127.0.0.9")
-        assert await call_code(elsewhere, "tasks") == grpc.StatusCode.PERMISSION_DENIED
-        # A revoked certificate.
-        cert = x509.load_pem_x509_certificate(operator.cert_pem)
-        await cluster.pool.db.sadd(mesh_keys.REVOKED_SERIALS, str(cert.serial_number))
-        assert await call_code(operator, "tasks") == grpc.StatusCode.PERMISSION_DENIED
-        # No client certificate at all: the TLS handshake fails.
-        bare = grpc.ssl_channel_credentials(cluster.ca.pem)
-        async with grpc.aio.secure_channel(
-            f"127.0.0.1:{cluster.port}",
-            bare,
-            options=[("grpc.ssl_target_name_override", "hub.hivemind.internal")],
-        ) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await pb_grpc.TasksStub(channel).List(pb.ListRequest(), timeout=5)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        # A certificate from another CA.
-        other_cert, other_key = CertificateAuthority.create().issue_client_certificate(
-            "op", "127.0.0.1"
-        )
-        stranger = Identity("op", other_cert, other_key, cluster.ca.pem, operator.pool_address)
-        assert await call_code(stranger, "tasks") == grpc.StatusCode.UNAVAILABLE
-
-    run_in_cluster(redis_server, tmp_path, body)
+@in_a_cluster()
+async def test_the_pool_refuses_wrong_callers(cluster: Cluster) -> None:
+    assert cluster.pool is not None
+    operator = await cluster.add_node("op", "operator")
+    worker = await cluster.add_node("w1", "worker")
+    assert await call_code(operator, "tasks") == grpc.StatusCode.OK
+    # Roles: a worker may not use the tasks API, an operator may not act as a worker.
+    assert await call_code(worker, "tasks") == grpc.StatusCode.PERMISSION_DENIED
+    assert await call_code(operator, "pool") == grpc.StatusCode.PERMISSION_DENIED
+    # A valid certificate bound to another overlay address.
+    elsewhere = await cluster.add_node("op2", "operator", overlay_ip="127.0.0.9")
+    assert await call_code(elsewhere, "tasks") == grpc.StatusCode.PERMISSION_DENIED
+    # A revoked certificate.
+    cert = x509.load_pem_x509_certificate(operator.cert_pem)
+    await cluster.pool.db.sadd(mesh_keys.REVOKED_SERIALS, str(cert.serial_number))
+    assert await call_code(operator, "tasks") == grpc.StatusCode.PERMISSION_DENIED
+    # No client certificate at all: the TLS handshake fails.
+    bare = grpc.ssl_channel_credentials(cluster.ca.pem)
+    async with grpc.aio.secure_channel(
+        f"127.0.0.1:{cluster.port}",
+        bare,
+        options=[("grpc.ssl_target_name_override", "hub.hivemind.internal")],
+    ) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await pb_grpc.TasksStub(channel).List(pb.ListRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    # A certificate from another CA.
+    other_cert, other_key = CertificateAuthority.create().issue_client_certificate(
+        "op", "127.0.0.1"
+    )
+    stranger = Identity("op", other_cert, other_key, cluster.ca.pem, operator.pool_address)
+    assert await call_code(stranger, "tasks") == grpc.StatusCode.UNAVAILABLE
 
 
-def test_drain_finishes_running_work_and_takes_no_more(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+@in_a_cluster(heartbeat_timeout=30)
+async def test_drain_finishes_running_work_and_takes_no_more(cluster: Cluster) -> None:
     finish = threading.Event()
-
-    def slow(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-        finish.wait(10)
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
-
-    async def body(cluster: Cluster) -> None:
-        executor = ScriptedExecutor(slow)
-        worker = await cluster.start_worker("w1", executor, drain_seconds=10)
-        stub = await cluster.operator_stub()
-        first = await stub.Submit(submit(["a"]))
-        await cluster.until(lambda: len(executor.started) == 1, "first started")
-        worker.drain()
-        await cluster.until(
-            lambda: cluster.pool is not None and cluster.pool.scheduler.workers["w1"].draining,
-            "the pool sees the worker draining",
-        )
-        second = await stub.Submit(submit(["b"]))
-        await asyncio.sleep(0.5)
-        assert (await stub.Get(pb.TaskRef(task_id=second.id))).status == "queued"
-        finish.set()
-        assert (await cluster.wait_status(stub, first.id, {"succeeded"})).attempt == 1
-        assert len(executor.started) == 1
-
-    run_in_cluster(redis_server, tmp_path, body, heartbeat_timeout=30)
+    executor = ScriptedExecutor(succeed_after(finish))
+    worker = await cluster.start_worker("w1", executor, drain_seconds=10)
+    stub = await cluster.operator_stub()
+    first = await stub.Submit(submit(["a"]))
+    await cluster.until(lambda: len(executor.started) == 1, "first started")
+    worker.drain()
+    await cluster.until(
+        lambda: cluster.pool is not None and cluster.pool.scheduler.workers["w1"].draining,
+        "the pool sees the worker draining",
+    )
+    second = await stub.Submit(submit(["b"]))
+    await asyncio.sleep(0.5)
+    assert (await stub.Get(pb.TaskRef(task_id=second.id))).status == "queued"
+    finish.set()
+    assert (await cluster.wait_status(stub, first.id, {"succeeded"})).attempt == 1
+    assert len(executor.started) == 1
 
 
-def test_drain_past_its_window_hands_tasks_back_and_halt_is_immediate(
-    redis_server: RedisServer, tmp_path: Path
+# A long heartbeat timeout: only the drain and the halt may end these attempts.
+@in_a_cluster(heartbeat_timeout=30)
+async def test_drain_past_its_window_hands_tasks_back_and_halt_is_immediate(
+    cluster: Cluster,
 ) -> None:
-    async def body(cluster: Cluster) -> None:
-        executor = ScriptedExecutor(block_until_cancelled)
-        worker = await cluster.start_worker("w1", executor, drain_seconds=1)
-        stub = await cluster.operator_stub()
-        task = await stub.Submit(submit(["a"]))
-        await cluster.until(lambda: len(executor.started) == 1, "started")
-        worker.drain()
-        handed_back = await cluster.wait_status(stub, task.id, {"queued"}, timeout=30)
-        assert handed_back.attempt == 2
-        assert [(a.attempt, a.status) for a in handed_back.attempts] == [(1, "interrupted")]
-        # A second worker halted at once: its task comes back without waiting a window.
-        executor2 = ScriptedExecutor(block_until_cancelled)
-        worker2 = await cluster.start_worker("w2", executor2, drain_seconds=60)
-        await cluster.until(lambda: len(executor2.started) == 1, "retried on w2")
-        worker2.halt()
-        again = await cluster.wait_status(stub, task.id, {"queued"}, timeout=30)
-        assert again.attempt == 3
-
-    # A long heartbeat timeout: only the drain and the halt may end these attempts.
-    run_in_cluster(redis_server, tmp_path, body, heartbeat_timeout=30)
+    executor = ScriptedExecutor(block_until_cancelled)
+    worker = await cluster.start_worker("w1", executor, drain_seconds=1)
+    stub = await cluster.operator_stub()
+    task = await stub.Submit(submit(["a"]))
+    await cluster.until(lambda: len(executor.started) == 1, "started")
+    worker.drain()
+    handed_back = await cluster.wait_status(stub, task.id, {"queued"}, timeout=30)
+    assert handed_back.attempt == 2
+    assert [(a.attempt, a.status) for a in handed_back.attempts] == [(1, "interrupted")]
+    # A second worker halted at once: its task comes back without waiting a window.
+    executor2 = ScriptedExecutor(block_until_cancelled)
+    worker2 = await cluster.start_worker("w2", executor2, drain_seconds=60)
+    await cluster.until(lambda: len(executor2.started) == 1, "retried on w2")
+    worker2.halt()
+    again = await cluster.wait_status(stub, task.id, {"queued"}, timeout=30)
+    assert again.attempt == 3
 
 
-def test_a_worker_that_reconnects_resumes_its_running_task(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+@in_a_cluster()
+async def test_a_worker_that_reconnects_resumes_its_running_task(cluster: Cluster) -> None:
+    assert cluster.pool is not None
     finish = threading.Event()
-
-    def slow(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-        finish.wait(10)
-        on_output("stdout", b"after the blip\n")
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
-
-    async def body(cluster: Cluster) -> None:
-        assert cluster.pool is not None
-        executor = ScriptedExecutor(slow)
-        await cluster.start_worker("w1", executor)
-        stub = await cluster.operator_stub()
-        task = await stub.Submit(submit(["a"]))
-        await cluster.until(lambda: len(executor.started) == 1, "started")
-        first_session = cluster.sessions()["w1"]
-        first_session.close()  # the stream drops, as in a network blip
-        await cluster.until(
-            lambda: cluster.sessions().get("w1") not in (None, first_session), "reconnected"
-        )
-        assert cluster.pool.scheduler.tasks_on("w1") == [task.id]
-        finish.set()
-        done = await cluster.wait_status(stub, task.id, {"succeeded"})
-        assert done.attempt == 1 and [a.status for a in done.attempts] == ["succeeded"]
-        assert ("stdout", b"after the blip\n") in await logs_of(stub, task.id)
-        assert len(executor.started) == 1
-
-    run_in_cluster(redis_server, tmp_path, body)
+    executor = ScriptedExecutor(succeed_after(finish, stdout=b"after the blip\n"))
+    await cluster.start_worker("w1", executor)
+    stub = await cluster.operator_stub()
+    task = await stub.Submit(submit(["a"]))
+    await cluster.until(lambda: len(executor.started) == 1, "started")
+    first_session = cluster.sessions()["w1"]
+    first_session.close()  # the stream drops, as in a network blip
+    await cluster.until(
+        lambda: cluster.sessions().get("w1") not in (None, first_session), "reconnected"
+    )
+    assert cluster.pool.scheduler.tasks_on("w1") == [task.id]
+    finish.set()
+    done = await cluster.wait_status(stub, task.id, {"succeeded"})
+    assert done.attempt == 1 and [a.status for a in done.attempts] == ["succeeded"]
+    assert ("stdout", b"after the blip\n") in await logs_of(stub, task.id)
+    assert len(executor.started) == 1
 
 
 def test_an_assignment_that_never_starts_is_taken_back(
@@ -431,51 +381,40 @@ def test_registration_lists_finished_but_unacknowledged_attempts() -> None:
     assert [(r.task_id, r.attempt) for r in running] == [("t000000000001", 2)]
 
 
-def test_only_current_members_count_for_could_never_fit(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(cluster: Cluster) -> None:
-        assert cluster.pool is not None
-        await cluster.start_worker("big", ScriptedExecutor(echo), Resources(8000, 2 * GiB, 0))
-        await cluster.start_worker("small", ScriptedExecutor(echo), Resources(1000, 8 * GiB, 0))
-        stub = await cluster.operator_stub()
-        with pytest.raises(grpc.aio.AioRpcError) as refused:  # no single worker has both
-            await stub.Submit(submit(["x"], cpu=4000, memory=4 * GiB))
-        assert "largest node offers 8 CPU, 8 GiB memory" in (refused.value.details() or "")
-        assert (await stub.Submit(submit(["x"], cpu=4000))).id
-        await cluster.pool.db.hset(mesh_keys.NODE.format(id="big"), "state", "revoked")
-        await asyncio.sleep(members.MEMBERS_TTL + 0.1)  # membership is re-read this often
-        with pytest.raises(grpc.aio.AioRpcError) as gone:
-            await stub.Submit(submit(["x"], cpu=4000))
-        assert "largest node offers 1 CPU" in (gone.value.details() or "")
-
-    run_in_cluster(redis_server, tmp_path, body)
+@in_a_cluster()
+async def test_only_current_members_count_for_could_never_fit(cluster: Cluster) -> None:
+    assert cluster.pool is not None
+    await cluster.start_worker("big", ScriptedExecutor(echo), Resources(8000, 2 * GiB, 0))
+    await cluster.start_worker("small", ScriptedExecutor(echo), Resources(1000, 8 * GiB, 0))
+    stub = await cluster.operator_stub()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # no single worker has both
+        await stub.Submit(submit(["x"], cpu=4000, memory=4 * GiB))
+    assert "largest node offers 8 CPU, 8 GiB memory" in (refused.value.details() or "")
+    assert (await stub.Submit(submit(["x"], cpu=4000))).id
+    await cluster.pool.db.hset(mesh_keys.NODE.format(id="big"), "state", "revoked")
+    await asyncio.sleep(members.MEMBERS_TTL + 0.1)  # membership is re-read this often
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await stub.Submit(submit(["x"], cpu=4000))
+    assert "largest node offers 1 CPU" in (gone.value.details() or "")
 
 
-def test_each_gpu_task_gets_devices_of_its_own(redis_server: RedisServer, tmp_path: Path) -> None:
+@in_a_cluster()
+async def test_each_gpu_task_gets_devices_of_its_own(cluster: Cluster) -> None:
     release = threading.Event()
-
-    def hold(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-        release.wait(10)
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
-
-    async def body(cluster: Cluster) -> None:
-        executor = ScriptedExecutor(hold)
-        gpus = (pb.Gpu(index=0, uuid="GPU-a"), pb.Gpu(index=1, uuid="GPU-b"))
-        await cluster.start_worker("g", executor, Resources(4000, 8 * GiB, 2), gpus=gpus)
-        stub = await cluster.operator_stub()
-        one_gpu = pb.SubmitRequest(
-            image="hivemind/busybox:latest",
-            command=["x"],
-            resources=pb.Resources(cpu_millis=1000, memory_bytes=256 << 20, gpus=1),
-        )
-        ids = [(await stub.Submit(one_gpu)).id for _ in range(3)]
-        await cluster.until(lambda: len(executor.started) == 2, "two GPU tasks running")
-        await asyncio.sleep(0.3)
-        assert sorted(t.gpu_ids for t in executor.started) == [("GPU-a",), ("GPU-b",)]
-        release.set()
-        for task_id in ids:
-            await cluster.wait_status(stub, task_id, {"succeeded"})
-        assert len(executor.started[2].gpu_ids) == 1  # the third got a freed device
-
-    run_in_cluster(redis_server, tmp_path, body)
+    executor = ScriptedExecutor(succeed_after(release))
+    gpus = (pb.Gpu(index=0, uuid="GPU-a"), pb.Gpu(index=1, uuid="GPU-b"))
+    await cluster.start_worker("g", executor, Resources(4000, 8 * GiB, 2), gpus=gpus)
+    stub = await cluster.operator_stub()
+    one_gpu = pb.SubmitRequest(
+        image="hivemind/busybox:latest",
+        command=["x"],
+        resources=pb.Resources(cpu_millis=1000, memory_bytes=256 << 20, gpus=1),
+    )
+    ids = [(await stub.Submit(one_gpu)).id for _ in range(3)]
+    await cluster.until(lambda: len(executor.started) == 2, "two GPU tasks running")
+    await asyncio.sleep(0.3)
+    assert sorted(t.gpu_ids for t in executor.started) == [("GPU-a",), ("GPU-b",)]
+    release.set()
+    for task_id in ids:
+        await cluster.wait_status(stub, task_id, {"succeeded"})
+    assert len(executor.started[2].gpu_ids) == 1  # the third got a freed device

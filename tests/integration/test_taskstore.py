@@ -12,9 +12,18 @@ from hivemind_cluster.core.errors import Conflict, InvalidInput, StaleAttempt
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller
+from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.taskstore import TaskStore
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.support.poolkit import BUSYBOX_SPEC, Cluster, ScriptedExecutor, echo
+from tests.support.poolkit import (
+    BUSYBOX_SPEC,
+    Cluster,
+    ScriptedExecutor,
+    echo,
+    in_a_cluster,
+    pytest_decorator,
+    run_in_cluster,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -24,16 +33,24 @@ SPEC = BUSYBOX_SPEC
 def with_store(
     redis_server: RedisServer, tmp_path: Path, body: Callable[[TaskStore], Awaitable[None]]
 ) -> None:
-    async def main() -> None:
-        cluster = Cluster(redis_server, tmp_path, log_cap_bytes=100)
-        await cluster.start()
-        assert cluster.pool is not None
-        try:
-            await body(cluster.pool.tasks)
-        finally:
-            await cluster.stop()
+    """``body(store)`` on the task store of a started pool that caps logs at 100 bytes."""
 
-    asyncio.run(main())
+    async def on_its_store(cluster: Cluster) -> None:
+        assert cluster.pool is not None
+        await body(cluster.pool.tasks)
+
+    run_in_cluster(redis_server, tmp_path, on_its_store, log_cap_bytes=100)
+
+
+# ``@on_a_task_store`` over ``async def test_…(store)``: the test, run by ``with_store``.
+on_a_task_store = pytest_decorator(with_store)
+
+
+async def assigned_task(store: TaskStore) -> TaskRecord:
+    """A new task with its attempt 1 assigned to node w1: where most transitions start."""
+    task = await store.submit(SPEC, b"")
+    assert await store.assign_many([(task.id, 1, "w1")]) == [True]
+    return task
 
 
 def result(
@@ -44,145 +61,111 @@ def result(
     )
 
 
-def test_concurrent_results_for_one_attempt_complete_it_exactly_once(
-    redis_server: RedisServer, tmp_path: Path
+@on_a_task_store
+async def test_concurrent_results_for_one_attempt_complete_it_exactly_once(
+    store: TaskStore,
 ) -> None:
-    async def body(store: TaskStore) -> None:
-        task = await store.submit(SPEC, b"")
-        assert await store.assign_many([(task.id, 1, "w1")]) == [True]
-        outcomes = await asyncio.gather(
-            *(store.finish("w1", result(task.id, 1)) for _ in range(10)), return_exceptions=True
-        )
-        assert outcomes.count("succeeded") == 1
-        assert all(isinstance(o, StaleAttempt) for o in outcomes if o != "succeeded")
-        assert len(await store.attempts(task.id)) == 1
-
-    with_store(redis_server, tmp_path, body)
+    task = await assigned_task(store)
+    outcomes = await asyncio.gather(
+        *(store.finish("w1", result(task.id, 1)) for _ in range(10)), return_exceptions=True
+    )
+    assert outcomes.count("succeeded") == 1
+    assert all(isinstance(o, StaleAttempt) for o in outcomes if o != "succeeded")
+    assert len(await store.attempts(task.id)) == 1
 
 
-def test_a_superseded_attempt_can_neither_log_start_nor_finish(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(store: TaskStore) -> None:
-        task = await store.submit(SPEC, b"")
-        await store.assign_many([(task.id, 1, "w1")])
-        assert await store.requeue(task.id, 1, "w1", "node w1 lost") == "lost"
-        for stale in (
-            store.start(task.id, 1, "w1"),
-            store.log(task.id, 1, "w1", "stdout", b"late"),
-            store.finish("w1", result(task.id, 1, out=b"PK-late")),
-        ):
-            with pytest.raises(StaleAttempt):
-                await stale
-        assert not list((store.data_dir / task.id).glob("output-*"))  # late output removed
-        # The wrong node cannot report attempt 2 either, and assigning attempt 1 again fails.
-        assert await store.assign_many([(task.id, 1, "w2")]) == [False]
-        assert await store.assign_many([(task.id, 2, "w2")]) == [True]
+@on_a_task_store
+async def test_a_superseded_attempt_can_neither_log_start_nor_finish(store: TaskStore) -> None:
+    task = await assigned_task(store)
+    assert await store.requeue(task.id, 1, "w1", "node w1 lost") == "lost"
+    for stale in (
+        store.start(task.id, 1, "w1"),
+        store.log(task.id, 1, "w1", "stdout", b"late"),
+        store.finish("w1", result(task.id, 1, out=b"PK-late")),
+    ):
         with pytest.raises(StaleAttempt):
-            await store.finish("w1", result(task.id, 2))
-        assert await store.finish("w2", result(task.id, 2)) == "succeeded"
+            await stale
+    assert not list((store.data_dir / task.id).glob("output-*"))  # late output removed
+    # The wrong node cannot report attempt 2 either, and assigning attempt 1 again fails.
+    assert await store.assign_many([(task.id, 1, "w2")]) == [False]
+    assert await store.assign_many([(task.id, 2, "w2")]) == [True]
+    with pytest.raises(StaleAttempt):
+        await store.finish("w1", result(task.id, 2))
+    assert await store.finish("w2", result(task.id, 2)) == "succeeded"
 
-    with_store(redis_server, tmp_path, body)
 
-
-def test_the_last_attempt_lost_fails_the_task_and_cancel_wins_over_requeue(
-    redis_server: RedisServer, tmp_path: Path
+@on_a_task_store
+async def test_the_last_attempt_lost_fails_the_task_and_cancel_wins_over_requeue(
+    store: TaskStore,
 ) -> None:
-    async def body(store: TaskStore) -> None:
-        task = await store.submit(SPEC, b"")
-        await store.assign_many([(task.id, 1, "w1")])
-        await store.requeue(task.id, 1, "w1", "node w1 lost")
-        await store.assign_many([(task.id, 2, "w1")])
-        assert await store.requeue(task.id, 2, "w1", "node w1 lost") == "failed"
-        assert "last attempt (2 of 2)" in (await store.get(task.id)).error
+    task = await assigned_task(store)
+    await store.requeue(task.id, 1, "w1", "node w1 lost")
+    await store.assign_many([(task.id, 2, "w1")])
+    assert await store.requeue(task.id, 2, "w1", "node w1 lost") == "failed"
+    assert "last attempt (2 of 2)" in (await store.get(task.id)).error
 
-        other = await store.submit(SPEC, b"")
-        await store.assign_many([(other.id, 1, "w1")])
-        assert (await store.cancel(other.id))[0] == "cancelling"
-        assert await store.requeue(other.id, 1, "w1", "node w1 lost") == "cancelled"
-        with pytest.raises(Conflict):
-            await store.cancel(other.id)
-
-    with_store(redis_server, tmp_path, body)
+    other = await store.submit(SPEC, b"")
+    await store.assign_many([(other.id, 1, "w1")])
+    assert (await store.cancel(other.id))[0] == "cancelling"
+    assert await store.requeue(other.id, 1, "w1", "node w1 lost") == "cancelled"
+    with pytest.raises(Conflict):
+        await store.cancel(other.id)
 
 
-def test_logs_are_capped_with_one_truncation_mark(
-    redis_server: RedisServer, tmp_path: Path
+@on_a_task_store
+async def test_logs_are_capped_with_one_truncation_mark(store: TaskStore) -> None:
+    task = await assigned_task(store)
+    stored = [await store.log(task.id, 1, "w1", "stdout", b"x" * 40) for _ in range(5)]
+    assert stored == [True, True, False, False, False]
+    assert store.log_cap_bytes == 100
+
+
+@on_a_task_store
+async def test_an_idempotency_key_returns_the_first_task(store: TaskStore) -> None:
+    first = await store.submit(SPEC, b"", idempotency_key="k1")
+    again = await store.submit(SPEC, b"", idempotency_key="k1")
+    other = await store.submit(SPEC, b"", idempotency_key="k2")
+    assert first.id == again.id != other.id
+    assert len(await store.queued()) == 2
+
+
+@in_a_cluster()
+async def test_queued_and_running_tasks_survive_a_pool_restart(cluster: Cluster) -> None:
+    assert cluster.pool is not None
+    operator = Caller("op", "op", "operator", "127.0.0.1", 1)
+    request = pb.SubmitRequest(image="hivemind/busybox:latest", command=["echo", "hi"])
+    task = await operations.submit(cluster.pool, operator, request)
+    await cluster.restart_pool()
+    assert task.id in cluster.pool.scheduler.pending
+    await cluster.start_worker("w1", ScriptedExecutor(echo))
+    stub = await cluster.operator_stub()
+    assert (await cluster.wait_status(stub, task.id, {"succeeded"})).attempt == 1
+
+
+@on_a_task_store
+async def test_a_repeated_or_forged_result_never_touches_the_accepted_output(
+    store: TaskStore,
 ) -> None:
-    async def body(store: TaskStore) -> None:
-        task = await store.submit(SPEC, b"")
-        await store.assign_many([(task.id, 1, "w1")])
-        stored = [await store.log(task.id, 1, "w1", "stdout", b"x" * 40) for _ in range(5)]
-        assert stored == [True, True, False, False, False]
-        assert store.log_cap_bytes == 100
-
-    with_store(redis_server, tmp_path, body)
-
-
-def test_an_idempotency_key_returns_the_first_task(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(store: TaskStore) -> None:
-        first = await store.submit(SPEC, b"", idempotency_key="k1")
-        again = await store.submit(SPEC, b"", idempotency_key="k1")
-        other = await store.submit(SPEC, b"", idempotency_key="k2")
-        assert first.id == again.id != other.id
-        assert len(await store.queued()) == 2
-
-    with_store(redis_server, tmp_path, body)
+    task = await assigned_task(store)
+    assert await store.finish("w1", result(task.id, 1, out=b"PK-good")) == "succeeded"
+    accepted = await store.get(task.id)
+    with pytest.raises(StaleAttempt):
+        await store.finish("w1", result(task.id, 1, out=b"PK-evil"))
+    assert store.output_bundle(accepted) == b"PK-good"
+    assert [p.name for p in (store.data_dir / task.id).iterdir()] == [accepted.output]
+    with pytest.raises(InvalidInput):
+        await store.finish("w1", result("../../escape", 1, out=b"PK"))
+    assert not (store.data_dir.parent / "escape").exists()
 
 
-def test_queued_and_running_tasks_survive_a_pool_restart(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def main() -> None:
-        cluster = Cluster(redis_server, tmp_path)
-        await cluster.start()
-        assert cluster.pool is not None
-        operator = Caller("op", "op", "operator", "127.0.0.1", 1)
-        request = pb.SubmitRequest(image="hivemind/busybox:latest", command=["echo", "hi"])
-        task = await operations.submit(cluster.pool, operator, request)
-        await cluster.restart_pool()
-        assert task.id in cluster.pool.scheduler.pending
-        await cluster.start_worker("w1", ScriptedExecutor(echo))
-        stub = await cluster.operator_stub()
-        assert (await cluster.wait_status(stub, task.id, {"succeeded"})).attempt == 1
-        await cluster.stop()
-
-    asyncio.run(main())
-
-
-def test_a_repeated_or_forged_result_never_touches_the_accepted_output(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(store: TaskStore) -> None:
-        task = await store.submit(SPEC, b"")
-        await store.assign_many([(task.id, 1, "w1")])
-        assert await store.finish("w1", result(task.id, 1, out=b"PK-good")) == "succeeded"
-        accepted = await store.get(task.id)
-        with pytest.raises(StaleAttempt):
-            await store.finish("w1", result(task.id, 1, out=b"PK-evil"))
-        assert store.output_bundle(accepted) == b"PK-good"
-        assert [p.name for p in (store.data_dir / task.id).iterdir()] == [accepted.output]
-        with pytest.raises(InvalidInput):
-            await store.finish("w1", result("../../escape", 1, out=b"PK"))
-        assert not (store.data_dir.parent / "escape").exists()
-
-    with_store(redis_server, tmp_path, body)
-
-
-def test_interrupted_attempts_do_not_use_up_attempts(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    async def body(store: TaskStore) -> None:
-        task = await store.submit(SPEC, b"")  # max_attempts 2
-        for attempt in (1, 2, 3):
-            await store.assign_many([(task.id, attempt, "w1")])
-            status = await store.finish("w1", result(task.id, attempt, status="interrupted"))
-            assert status == "queued"
-        await store.assign_many([(task.id, 4, "w1")])
-        assert await store.requeue(task.id, 4, "w1", "node w1 lost") == "lost"
-        await store.assign_many([(task.id, 5, "w1")])
-        assert await store.requeue(task.id, 5, "w1", "node w1 lost") == "failed"
-
-    with_store(redis_server, tmp_path, body)
+@on_a_task_store
+async def test_interrupted_attempts_do_not_use_up_attempts(store: TaskStore) -> None:
+    task = await store.submit(SPEC, b"")  # max_attempts 2
+    for attempt in (1, 2, 3):
+        await store.assign_many([(task.id, attempt, "w1")])
+        status = await store.finish("w1", result(task.id, attempt, status="interrupted"))
+        assert status == "queued"
+    await store.assign_many([(task.id, 4, "w1")])
+    assert await store.requeue(task.id, 4, "w1", "node w1 lost") == "lost"
+    await store.assign_many([(task.id, 5, "w1")])
+    assert await store.requeue(task.id, 5, "w1", "node w1 lost") == "failed"

@@ -3,7 +3,8 @@
 Every caller connects from 127.0.0.1, so every certificate here binds 127.0.0.1 (the
 hub's too: the overlay is 127.0.0.0/24, whose first address is the hub's). ``Cluster``
 registers nodes in Redis the way enrollment does, issues their certificates, and runs
-``Worker``s with a scriptable in-process executor.
+``Worker``s with a scriptable in-process executor; ``@in_a_cluster()`` makes an
+``async def test_…(cluster)`` run on a fresh one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
@@ -56,11 +57,14 @@ BUSYBOX_SPEC = TaskSpec(
 TWO_CPUS = Resources(2000, 4 * GiB, 0)
 
 
+Behaviour = Callable[[TaskRun, OnOutput, threading.Event], Outcome]
+
+
 @dataclass
 class ScriptedExecutor:
     """Runs nothing: ``behaviour(task, on_output, cancel)`` decides the outcome."""
 
-    behaviour: Callable[[TaskRun, OnOutput, threading.Event], Outcome] | None = None
+    behaviour: Behaviour | None = None
     started: list[TaskRun] = field(default_factory=list)
 
     def run(self, task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
@@ -80,6 +84,19 @@ def block_until_cancelled(task: TaskRun, on_output: OnOutput, cancel: threading.
     on_output("stdout", b"working\n")
     cancel.wait(60)
     return Outcome("cancelled", 137, "cancelled", NO_USAGE, b"")
+
+
+def succeed_after(release: threading.Event, stdout: bytes = b"") -> Behaviour:
+    """Holds every task until ``release`` is set (10 s at the most), then prints ``stdout``
+    (if any) and succeeds: for tests that need a task still running while they act."""
+
+    def hold(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        release.wait(10)
+        if stdout:
+            on_output("stdout", stdout)
+        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+
+    return hold
 
 
 def node_record(node_id: str, role: str, overlay_ip: str, now: float) -> dict[FieldT, EncodableT]:
@@ -194,6 +211,19 @@ class Cluster:
         await self.until(lambda: node_id in self.sessions(), f"{node_id} connected")
         return worker
 
+    async def lose_a_worker_mid_task(
+        self, stub: pb_grpc.TasksAsyncStub, request: pb.SubmitRequest, survivor: ScriptedExecutor
+    ) -> pb.Task:
+        """Submits ``request``; its first attempt starts on a worker "doomed", which is then
+        killed, and a worker "survivor" (running ``survivor``) joins. Returns the task."""
+        doomed = ScriptedExecutor(block_until_cancelled)
+        await self.start_worker("doomed", doomed)
+        task = await stub.Submit(request)
+        await self.until(lambda: len(doomed.started) == 1, "started on doomed")
+        await self.kill_worker("doomed")
+        await self.start_worker("survivor", survivor)
+        return task
+
     async def kill_worker(self, node_id: str) -> None:
         """As SIGKILL would: the stream just stops, no result, no goodbye."""
         _, task = self.workers.pop(node_id)
@@ -247,9 +277,10 @@ class Cluster:
             await asyncio.sleep(0.02)
 
 
-def run_in_cluster(
-    redis_server: RedisServer, tmp_path: Path, body: Callable[[Cluster], Awaitable[None]], **kw: Any
-) -> None:
+ClusterBody = Callable[[Cluster], Awaitable[None]]
+
+
+def run_in_cluster(redis_server: RedisServer, tmp_path: Path, body: ClusterBody, **kw: Any) -> None:
     """``body(cluster)`` on a started ``Cluster``, stopped afterwards whatever happens."""
 
     async def main() -> None:
@@ -261,3 +292,36 @@ def run_in_cluster(
             await cluster.stop()
 
     asyncio.run(main())
+
+
+BodyT = TypeVar("BodyT", bound=Callable[..., Awaitable[None]])
+FixtureTest = Callable[[RedisServer, Path], None]
+
+
+def pytest_decorator(
+    run: Callable[[RedisServer, Path, BodyT], None],
+) -> Callable[[BodyT], FixtureTest]:
+    """A decorator that makes ``async def test_…(world)`` a test pytest runs: its
+    ``redis_server`` and ``tmp_path`` fixtures go to ``run``, with the body. The test is a
+    plain function of those two, not a ``functools.wraps`` copy: pytest would follow
+    ``__wrapped__`` and ask for the body's argument as a fixture."""
+
+    def decorate(body: BodyT) -> FixtureTest:
+        def test(redis_server: RedisServer, tmp_path: Path) -> None:
+            run(redis_server, tmp_path, body)
+
+        test.__name__ = test.__qualname__ = body.__name__
+        test.__module__, test.__doc__ = body.__module__, body.__doc__
+        return test
+
+    return decorate
+
+
+def in_a_cluster(**settings: Any) -> Callable[[ClusterBody], FixtureTest]:
+    """``@in_a_cluster(**settings)`` over ``async def test_…(cluster)``: the test, run on a
+    started ``Cluster`` with these hub settings (``run_in_cluster``)."""
+
+    def run(redis_server: RedisServer, tmp_path: Path, body: ClusterBody) -> None:
+        run_in_cluster(redis_server, tmp_path, body, **settings)
+
+    return pytest_decorator(run)

@@ -1,11 +1,13 @@
 """Throwaway things a test or a benchmark makes for itself: a free loopback port, a
-redis-server of its own and what is in it, a zip archive in memory."""
+redis-server of its own (alone or in a temporary directory) and what is in it, a zip
+archive in memory."""
 
 from __future__ import annotations
 
 import io
 import secrets
 import socket
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -42,6 +44,17 @@ def scratch_redis(directory: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+@contextmanager
+def scratch_dir_with_redis(prefix: str) -> Iterator[tuple[Path, RedisServer]]:
+    """A temporary directory (its name starts with ``prefix``) and a ``scratch_redis`` with
+    its data in ``redis/`` there: where a benchmark works; both go on the way out."""
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+        scratch_redis(Path(tmp) / "redis") as server,
+    ):
+        yield Path(tmp), server
+
+
 def connect_with_every_library(server: RedisServer) -> redis.Redis:
     """A client of ``server`` with every HiveMind function library loaded, as on a hub."""
     return redisdb.connect(server.bind, server.port, server.password, EVERY_LIBRARY)
@@ -53,10 +66,10 @@ def sorted_set(client: redis.Redis, key: str) -> list[str]:
     return cast(list[str], client.zrange(key, 0, -1))
 
 
-def zip_of(files: Mapping[str, str | bytes]) -> bytes:
-    """A zip archive of ``name -> content``."""
+def zip_of(files: Mapping[str, str | bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip archive of ``name -> content`` (stored as is unless ``compression`` says)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, content in files.items():
             archive.writestr(name, content)
     return buffer.getvalue()

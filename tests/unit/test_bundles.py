@@ -21,14 +21,7 @@ from hivemind_cluster.model.bundles import (
     pack_directory,
     unpack_bundle,
 )
-
-
-def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
+from tests.support.scratch import zip_of
 
 
 def zeros_zip(name: str, size: int) -> bytes:
@@ -45,7 +38,9 @@ def zeros_zip(name: str, size: int) -> bytes:
 
 
 def test_good_bundle_round_trip(tmp_path: Path) -> None:
-    data = make_zip({"main.py": b"print('hi')\n", "lib/util.py": b"X = 1\n", "data/": b""})
+    data = zip_of(
+        {"main.py": b"print('hi')\n", "lib/util.py": b"X = 1\n", "data/": b""}, zipfile.ZIP_DEFLATED
+    )
     assert check_bundle(data) == ["main.py", "lib/util.py", "data/"]
     unpack_bundle(data, tmp_path / "work")
     assert (tmp_path / "work" / "main.py").read_bytes() == b"print('hi')\n"
@@ -81,7 +76,7 @@ def test_task_bundles_stay_readable_by_the_task_whatever_the_umask(tmp_path: Pat
     ],
 )
 def test_paths_outside_the_bundle_are_refused(tmp_path: Path, name: str, message: str) -> None:
-    data = make_zip({"ok.txt": b"fine", name: b"evil"})
+    data = zip_of({"ok.txt": b"fine", name: b"evil"}, zipfile.ZIP_DEFLATED)
     with pytest.raises(InvalidInput, match=message.replace("\\", "\\\\")):
         check_bundle(data)
     with pytest.raises(InvalidInput, match=r"escapes|absolute"):
@@ -115,13 +110,13 @@ def test_absurd_compression_ratio_is_refused() -> None:
 
 
 def test_many_small_files_over_the_unpacked_cap() -> None:
-    data = make_zip({f"f{i}": bytes(64 * 1024) for i in range(20)}, zipfile.ZIP_STORED)
+    data = zip_of({f"f{i}": bytes(64 * 1024) for i in range(20)}, zipfile.ZIP_STORED)
     with pytest.raises(InvalidInput, match=r"^bundle unpacks to more than 1 MiB \(zip bomb\?\)$"):
         check_bundle(data, max_unpacked=MIB)
 
 
 def test_too_many_files() -> None:
-    data = make_zip({f"f{i}": b"" for i in range(MAX_FILES + 1)}, zipfile.ZIP_STORED)
+    data = zip_of({f"f{i}": b"" for i in range(MAX_FILES + 1)}, zipfile.ZIP_STORED)
     with pytest.raises(InvalidInput, match="bundle has more than 10000 files"):
         check_bundle(data)
 
@@ -139,7 +134,7 @@ def test_too_large_compressed() -> None:
 
 def lying_zip(actual: bytes, declared_size: int) -> bytes:
     """A stored member whose local and central headers claim ``declared_size`` bytes."""
-    data = bytearray(make_zip({"big": actual}, zipfile.ZIP_STORED))
+    data = bytearray(zip_of({"big": actual}, zipfile.ZIP_STORED))
     size = struct.pack("<I", len(actual))
     for offset in (data.find(b"PK\x03\x04") + 22, data.find(b"PK\x01\x02") + 24):
         assert data[offset : offset + 4] == size
@@ -159,7 +154,7 @@ def test_lying_header_cannot_bypass_the_cap(tmp_path: Path) -> None:
 def test_streaming_cap_counts_real_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Even if the checks before extraction were fooled, extraction stops at the cap.
     monkeypatch.setattr("hivemind_cluster.model.bundles.checked_members", lambda a, m: a.infolist())
-    data = make_zip({"a": bytes(MIB), "b": bytes(MIB)})
+    data = zip_of({"a": bytes(MIB), "b": bytes(MIB)}, zipfile.ZIP_DEFLATED)
     with pytest.raises(InvalidInput, match="unpacks to more than 1048586 bytes"):
         unpack_bundle(data, tmp_path / "work", max_unpacked=MIB + 10)
     assert (tmp_path / "work" / "b").stat().st_size <= 10
@@ -203,10 +198,10 @@ def test_bundle_from_path(tmp_path: Path) -> None:
     (source / "main.py").write_text("print(1)\n")
     assert check_bundle(bundle_from_path(source)) == ["main.py"]
     archive = tmp_path / "b.zip"
-    archive.write_bytes(make_zip({"app.py": b""}))
+    archive.write_bytes(zip_of({"app.py": b""}, zipfile.ZIP_DEFLATED))
     assert check_bundle(bundle_from_path(archive)) == ["app.py"]
     evil = tmp_path / "evil.zip"
-    evil.write_bytes(make_zip({"../x": b""}))
+    evil.write_bytes(zip_of({"../x": b""}, zipfile.ZIP_DEFLATED))
     with pytest.raises(InvalidInput, match="escapes the bundle"):
         bundle_from_path(evil)
     with pytest.raises(NotFound, match="does not exist"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,34 +21,46 @@ from hivemind_cluster.hub import cli as hub
 
 Path = tuple[str, ...]
 
-HUB_COMMANDS: dict[Path, Callable[..., int]] = {
-    ("init",): hub.cmd_init,
-    ("up",): hub.cmd_up,
-    ("web",): hub.cmd_web,
-    ("token", "create"): hub.cmd_token_create,
-    ("token", "list"): hub.cmd_token_list,
-    ("token", "revoke"): hub.cmd_token_revoke,
-    ("nodes",): hub.cmd_nodes,
-    ("node", "revoke"): hub.cmd_node_revoke,
-    ("ledger", "audit"): hub.cmd_ledger_audit,
-    ("ledger", "history"): hub.cmd_ledger_history,
-    ("account", "list"): hub.cmd_account_list,
-    ("account", "create"): hub.cmd_account_create,
-}
-TASK_COMMANDS: dict[Path, Callable[..., int]] = {
-    ("submit",): poolcli.cmd_submit,
-    ("status",): poolcli.cmd_status,
-    ("cancel",): poolcli.cmd_cancel,
-    ("wait",): poolcli.cmd_wait,
-    ("logs",): poolcli.cmd_logs,
-    ("result",): poolcli.cmd_result,
-    ("list",): poolcli.cmd_list,
-    ("nodes",): poolcli.cmd_nodes,
-    ("balance",): poolcli.cmd_balance,
-    ("history",): poolcli.cmd_history,
-    ("tip",): poolcli.cmd_tip,
-    ("rates",): poolcli.cmd_rates,
-}
+
+def handlers_by_name(module: ModuleType, *commands: str) -> dict[Path, Callable[..., int]]:
+    """Each command (its words, space-separated) with the function of ``module`` named
+    after its words, ``cmd_<words>``: the naming every HiveMind CLI keeps."""
+    return {
+        tuple(words.split()): getattr(module, f"cmd_{words.replace(' ', '_')}")
+        for words in commands
+    }
+
+
+HUB_COMMANDS = handlers_by_name(
+    hub,
+    "init",
+    "up",
+    "web",
+    "token create",
+    "token list",
+    "token revoke",
+    "nodes",
+    "node revoke",
+    "ledger audit",
+    "ledger history",
+    "account list",
+    "account create",
+)
+TASK_COMMANDS = handlers_by_name(
+    poolcli,
+    "submit",
+    "status",
+    "cancel",
+    "wait",
+    "logs",
+    "result",
+    "list",
+    "nodes",
+    "balance",
+    "history",
+    "tip",
+    "rates",
+)
 LOGIN_COMMANDS: dict[Path, Callable[..., int]] = {
     ("register",): hivemind.cmd_login,  # registers first when args.command says so
     ("login",): hivemind.cmd_login,

@@ -1,6 +1,6 @@
 """``hivemind-agent``: join the overlay, run the agent service, show status, leave.
 
-Each subcommand names its handler (``set_defaults(func=...)``) and ``main`` calls only that:
+Each subcommand names its handler (``set_defaults(handler=...)``) and ``main`` calls only that:
 a command without one is an error, never whatever an if-chain happened to end with (``leave``
 deregisters the node and deletes its state).
 """
@@ -22,6 +22,7 @@ from hivemind_cluster.core.console import (
     options,
     print_json,
     program,
+    run_handler,
     run_main,
     setup_logging,
 )
@@ -50,18 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not start the service (a supervisor such as systemd will run it)",
     )
-    p.set_defaults(func=cmd_join)
+    p.set_defaults(handler=cmd_join)
     p = sub.add_parser("run", parents=[common], help="run the agent service (foreground)")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(handler=cmd_run)
     p = sub.add_parser("status", parents=[common], help="identity and overlay state")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(handler=cmd_status)
     p = sub.add_parser("leave", parents=[common], help="deregister and remove the interface")
-    p.set_defaults(func=cmd_leave)
+    p.set_defaults(handler=cmd_leave)
     p = sub.add_parser(
         "images", help="build the local task images (hivemind/busybox, hivemind/python:3.11)"
     )
-    p.set_defaults(func=cmd_images)
+    p.set_defaults(handler=cmd_images)
     return parser
 
 
@@ -161,12 +162,7 @@ def cmd_leave(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler | None = getattr(args, "func", None)
-    if handler is None:  # a subcommand added without its handler
-        parser.error(f"{args.command}: no handler")
-    return handler(args)
+    return run_handler(build_parser(), argv)
 
 
 def entry() -> int:

@@ -50,6 +50,17 @@ def options(state_dir: str = "", what: str = "", as_json: bool = True) -> argpar
     return parent
 
 
+def run_handler(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Parse ``argv`` and run the one handler its subcommand names (``set_defaults(
+    handler=...)``). A subcommand without one is refused: nothing is ever guessed, so a
+    forgotten branch can never fall through to a destructive command."""
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.error(f"{args.command}: this command has no handler")
+    return handler(args)
+
+
 def one_line(text: str) -> str:
     """Text from elsewhere (a server's message) made safe for a terminal: one line, no
     control characters (no escape sequences)."""

@@ -1,7 +1,7 @@
 """``hivemind-hub``: create and run a hub, make join tokens, list and revoke nodes, audit
 the CPT ledger.
 
-Every command's parser names its own handler (``set_defaults(run=...)``) and ``main`` calls
+Every command's parser names its own handler (``set_defaults(handler=...)``) and ``main`` calls
 only that: a command without one is an error, never another command (revoke, say).
 """
 
@@ -19,6 +19,7 @@ from hivemind_cluster.core.console import (
     print_json,
     print_table,
     program,
+    run_handler,
     run_main,
     setup_logging,
 )
@@ -55,7 +56,7 @@ def command(
 ) -> argparse.ArgumentParser:
     """A subcommand that runs ``run``, and nothing else."""
     parser = sub.add_parser(name, parents=parents, help=text)
-    parser.set_defaults(run=run)
+    parser.set_defaults(handler=run)
     return parser
 
 
@@ -291,12 +292,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run: Command | None = getattr(args, "run", None)
-    if run is None:  # a command added without a handler: refuse it, never guess one
-        parser.error(f"{args.command}: this command has no handler")
-    return run(args)
+    return run_handler(build_parser(), argv)
 
 
 def entry() -> int:

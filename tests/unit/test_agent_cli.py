@@ -45,7 +45,7 @@ def called(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_every_subcommand_names_a_handler_of_its_own() -> None:
     handlers = {
-        command: parser.get_default("func")
+        command: parser.get_default("handler")
         for command, parser in subcommands(cli.build_parser()).choices.items()
     }
     assert handlers == {command: getattr(cli, name) for command, name in HANDLERS.items()}

@@ -105,8 +105,8 @@ def handlers(parser: argparse.ArgumentParser, *keys: str) -> dict[Path, dict[str
 
 
 def test_every_hub_command_runs_its_own_handler() -> None:
-    found = handlers(hub.build_parser(), "run")
-    assert {path: names["run"] for path, names in found.items()} == HUB_COMMANDS
+    found = handlers(hub.build_parser(), "handler")
+    assert {path: names["handler"] for path, names in found.items()} == HUB_COMMANDS
     assert len(set(HUB_COMMANDS.values())) == len(HUB_COMMANDS)
 
 

@@ -11,7 +11,6 @@ import argparse
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from importlib import resources
 
 from hivemind_cluster.agent import join as membership
@@ -27,8 +26,6 @@ from hivemind_cluster.core.console import (
     setup_logging,
 )
 from hivemind_cluster.core.names import DEFAULT_AGENT_DIR
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:

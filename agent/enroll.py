@@ -17,7 +17,7 @@ from hivemind_cluster.core.errors import PinMismatch, Unavailable
 from hivemind_cluster.core.grpcutil import error_from_rpc
 from hivemind_cluster.core.keys import TlsKey
 from hivemind_cluster.core.names import HUB_SERVER_NAME
-from hivemind_cluster.core.settings import split_host_port
+from hivemind_cluster.core.settings import ENROLL_PORT, split_host_port
 from hivemind_cluster.mesh.ca import leave_message, pin_of
 from hivemind_cluster.protos import enrollment_pb2 as pb
 from hivemind_cluster.protos import enrollment_pb2_grpc as pb_grpc
@@ -32,7 +32,7 @@ def fetch_pinned_ca(endpoint: str, pin: str) -> bytes:
     This first TLS connection verifies nothing and sends nothing: it only reads the chain.
     The real channel then verifies the server against this CA before the secret is sent.
     """
-    host, port = split_host_port(endpoint, 7443)
+    host, port = split_host_port(endpoint, ENROLL_PORT)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

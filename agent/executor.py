@@ -3,8 +3,7 @@
 ``DockerExecutor.run`` stages the task's directories and creates its container (both in
 agent/sandbox.py), starts it, forwards its output as it arrives (agent/output.py) while
 sampling its usage (agent/usage.py), kills it on timeout or cancel, and removes it
-afterwards; whatever the task wrote to ``/out`` comes back as a zip. The task and outcome
-types live in agent/taskrun.py and are re-exported here, the executor's interface.
+afterwards; whatever the task wrote to ``/out`` comes back as a zip.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.core.units import format_bytes
 from hivemind_cluster.model.bundles import pack_directory
+from hivemind_cluster.model.states import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class DockerExecutor:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
             raise SystemFailure(f"docker is not available: {one_line(str(error))}") from error
         if cancel.is_set():
-            return never_ran("cancelled", status="cancelled")
+            return never_ran("cancelled", status=TaskState.CANCELLED)
         try:
             with self.created_container(task, work, out) as container:
                 return self.supervise(container, task, out, on_output, cancel)
@@ -195,8 +195,8 @@ class DockerExecutor:
             output = pack_directory(out)
         except InvalidInput as too_big:
             output = b""
-            if status == "succeeded":
-                status, error = "failed", too_big.message
+            if status == TaskState.SUCCEEDED:
+                status, error = TaskState.FAILED, too_big.message
         return Outcome(status, exit_code, error, usage, output)
 
 
@@ -219,7 +219,7 @@ def watch(
         now = time.monotonic()
         if cancel.is_set() or now >= deadline:
             kill(container)
-            reason = "cancelled" if cancel.is_set() else "timed_out"
+            reason = TaskState.CANCELLED if cancel.is_set() else TaskState.TIMED_OUT
             return reason, wait_for_exit(container, SETTLE_SECONDS)
         meter.sample()
         budget = min(POLL_SECONDS, deadline - now)
@@ -245,12 +245,13 @@ def judge(
     task: TaskRun, stopped_because: str, exit_code: int, out_of_memory: bool
 ) -> tuple[str, str]:
     """(status, error) for a container that ran."""
-    if stopped_because == "cancelled":
-        return "cancelled", "cancelled"
-    if stopped_because == "timed_out":
-        return "timed_out", f"timed out after {task.timeout_seconds}s"
+    if stopped_because == TaskState.CANCELLED:
+        return TaskState.CANCELLED, "cancelled"
+    if stopped_because == TaskState.TIMED_OUT:
+        return TaskState.TIMED_OUT, f"timed out after {task.timeout_seconds}s"
     if out_of_memory:
-        return "failed", f"killed: out of memory (limit {format_bytes(task.memory_bytes)})"
+        limit = format_bytes(task.memory_bytes, exact=True)
+        return TaskState.FAILED, f"killed: out of memory (limit {limit})"
     if exit_code != 0:
-        return "failed", f"exited with status {exit_code}"
-    return "succeeded", ""
+        return TaskState.FAILED, f"exited with status {exit_code}"
+    return TaskState.SUCCEEDED, ""

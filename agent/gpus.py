@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import GPUtil
 
+from hivemind_cluster.core.units import MIB
+
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 # The columns GPUtil 1.4 asks nvidia-smi for, in order (--format=csv,noheader,nounits).
 NVIDIA_SMI_FIELDS = (
     "index",

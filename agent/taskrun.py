@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hivemind_cluster.model.states import TaskState
 from hivemind_cluster.protos import pool_pb2 as pb
 
 # Called with ("stdout" or "stderr", a chunk) as the task's output arrives.
@@ -55,7 +56,7 @@ class Outcome:
     output_bundle: bytes  # zip of /out, b"" if nothing was written
 
 
-def never_ran(error: str, status: str = "failed") -> Outcome:
+def never_ran(error: str, status: str = TaskState.FAILED) -> Outcome:
     return Outcome(status, -1, error, NO_USAGE, b"")
 
 

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +26,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
+from hivemind_cluster.core.names import TASKS_DIR
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
@@ -113,7 +113,7 @@ async def _serve(conn: Connection, config: PoolConfig) -> None:
         return aioredis.Redis(host=host, port=port, password=password, decode_responses=decode)
 
     settings = HubSettings(state_dir=config.state_dir, overlay="127.0.0.0/24")
-    pool = CountingPool(settings, client(True), client(False), Path(config.state_dir) / "tasks")
+    pool = CountingPool(settings, client(True), client(False), settings.path / TASKS_DIR)
     pool.flush_seconds = []
     await pool.start()
     server, pool_port = await create_server(

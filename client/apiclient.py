@@ -21,23 +21,23 @@ from hivemind_cluster.client.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
 from hivemind_cluster.client.views import View
 from hivemind_cluster.core import errors
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unavailable
+from hivemind_cluster.core.settings import DEFAULT_WEB_PORT
 from hivemind_cluster.core.units import format_cpt
 
 API_PATH = "/api/v1"
-DEFAULT_PORT = 5001
 LOG_POLL_SECONDS = 0.5
 
 
 def api_url(text: str) -> str:
     """``100.64.0.1`` → ``http://100.64.0.1:5001/api/v1``; a full URL keeps its port and path."""
     if not isinstance(text, str):  # a config file edited by hand
-        raise InvalidInput("the API URL must be text like http://100.64.0.1:5001")
+        raise InvalidInput(f"the API URL must be text like http://100.64.0.1:{DEFAULT_WEB_PORT}")
     text = text.strip().rstrip("/")
     try:
         if "://" not in text:
             text = f"http://{text}"
             if urlsplit(text).port is None:
-                text += f":{DEFAULT_PORT}"
+                text += f":{DEFAULT_WEB_PORT}"
         parts = urlsplit(text)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError:

@@ -27,7 +27,7 @@ from hivemind_cluster.core.names import (
     STATE_FILE,
     TLS_KEY,
 )
-from hivemind_cluster.core.settings import HubSettings, load
+from hivemind_cluster.core.settings import load_hub_settings
 
 DEFAULT_IDENTITIES = (DEFAULT_AGENT_DIR, DEFAULT_HUB_DIR)
 
@@ -82,7 +82,7 @@ class Identity:
 
     @classmethod
     def _from_hub(cls, root: Path) -> Identity:
-        settings = load(HubSettings, root / HUB_CONFIG, state_dir=str(root))
+        settings = load_hub_settings(str(root))
         return cls(
             HUB_NODE_ID,
             (root / HUB_CLIENT_CERT).read_bytes(),

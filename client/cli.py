@@ -26,6 +26,7 @@ from hivemind_cluster.client.views import amount_text
 from hivemind_cluster.core.console import print_json, run_main
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unauthenticated
 from hivemind_cluster.core.files import write_private
+from hivemind_cluster.core.settings import DEFAULT_WEB_PORT
 
 CONFIG_ENV = "HIVEMIND_CONFIG"
 
@@ -110,7 +111,9 @@ def credentials(args: argparse.Namespace) -> tuple[str, str]:
 
 def cmd_login(args: argparse.Namespace, path: Path, config: Config) -> int:
     if not args.api and not config.api:
-        raise InvalidInput(f"{args.command} needs --api URL (the hub's web UI, port 5001)")
+        raise InvalidInput(
+            f"{args.command} needs --api URL (the hub's web UI, port {DEFAULT_WEB_PORT})"
+        )
     client = ApiClient(args.api or config.api)
     username, password = credentials(args)
     account = client.register(username, password) if args.command == "register" else {}
@@ -154,7 +157,7 @@ def build_hivemind_parser() -> argparse.ArgumentParser:
         "--api",
         default="",
         metavar="URL",
-        help="the hub's web API, http://HUB:5001 (default: the saved one)",
+        help=f"the hub's web API, http://HUB:{DEFAULT_WEB_PORT} (default: the saved one)",
     )
     parser, sub = build_parser(
         "hivemind", "Run tasks on a HiveMind cluster with your account.", common, False

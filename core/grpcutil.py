@@ -17,25 +17,36 @@ from hivemind_cluster.core.errors import (
     grpc_status,
 )
 from hivemind_cluster.core.names import HUB_SERVER_NAME
+from hivemind_cluster.core.units import MIB
 
 log = logging.getLogger(__name__)
 
-MIB = 1 << 20
 # Message limits. The pool's carries a 16 MiB bundle (model/bundles.py MAX_INPUT_BYTES)
 # with room for the rest of the message; enrollment messages are small.
 POOL_MESSAGE_BYTES = 17 * MIB
 ENROLLMENT_MESSAGE_BYTES = 64 * 1024
-# Every client of the pool: the hub's certificate name, the limits, keepalives.
-POOL_CHANNEL_OPTIONS = [
-    ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
+POOL_MESSAGE_LIMITS = [
     ("grpc.max_receive_message_length", POOL_MESSAGE_BYTES),
     ("grpc.max_send_message_length", POOL_MESSAGE_BYTES),
+]
+# Both ends of a pool connection ping every 10 s and give up on it after 5 s unanswered.
+POOL_KEEPALIVE = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
+# Every client of the pool: the hub's certificate name, the limits, keepalives.
+POOL_CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", HUB_SERVER_NAME),
+    *POOL_MESSAGE_LIMITS,
+    *POOL_KEEPALIVE,
+]
+# The pool's server: the same limits and keepalives, and it lets clients ping it as often
+# as every 5 s, even between calls.
 POOL_SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", POOL_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", POOL_MESSAGE_BYTES),
+    *POOL_MESSAGE_LIMITS,
+    *POOL_KEEPALIVE,
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 

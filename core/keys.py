@@ -1,4 +1,5 @@
-"""Key material made locally: WireGuard (X25519) and TLS (ECDSA P-256) keys, CSRs, 0600 files."""
+"""Key material made locally: WireGuard (X25519) and TLS (ECDSA P-256) keys and CSRs (written
+to 0600 files by core/files.py)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -30,7 +31,7 @@ class Library:
     filename: str
     errors: LuaErrors
 
-    @property
+    @cached_property
     def code(self) -> str:
         return resources.files(self.package).joinpath(self.filename).read_text()
 
@@ -70,14 +71,21 @@ def connect(
         socket_timeout=10,
     )
     try:
-        client.ping()
         for library in libraries:
             client.function_load(library.code, replace=True)
+        if not libraries:
+            client.ping()  # fail here, not at the first command
     except redis.AuthenticationError:
         raise errors.PermissionDenied(f"Redis at {host}:{port} refused the password") from None
     except redis.ConnectionError as exc:
         raise errors.Unavailable(f"cannot reach Redis at {host}:{port} ({exc})") from None
     return client
+
+
+async def load_libraries(client: aioredis.Redis, libraries: tuple[Library, ...]) -> None:
+    """Load ``libraries`` over an asyncio client (replacing older versions)."""
+    for library in libraries:
+        await client.function_load(library.code, replace=True)
 
 
 def connect_hub(settings: HubSettings, libraries: tuple[Library, ...] = ()) -> redis.Redis:

@@ -17,6 +17,12 @@ from hivemind_cluster.core.errors import InvalidInput, NotFound
 from hivemind_cluster.core.names import HUB_CONFIG
 
 S = TypeVar("S")
+# Defaults of ``hivemind-hub init`` and of HubSettings.
+DEFAULT_OVERLAY = "100.64.0.0/16"
+DEFAULT_WG_PORT = 51820
+DEFAULT_INTERFACE = "hm0"
+ENROLL_PORT = 7443  # an endpoint or listen address without a port means this one
+DEFAULT_WEB_PORT = 5001  # the web UI and API, also what a bare ``--api HOST`` means
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,13 +33,13 @@ class HubSettings:
     # host[:port] agents dial for enrollment (written into every token).
     endpoint: str = ""
     # host:port the enrollment service binds on the underlay.
-    enroll_listen: str = "0.0.0.0:7443"
-    overlay: str = "100.64.0.0/16"
-    wg_port: int = 51820
-    interface: str = "hm0"
+    enroll_listen: str = f"0.0.0.0:{ENROLL_PORT}"
+    overlay: str = DEFAULT_OVERLAY
+    wg_port: int = DEFAULT_WG_PORT
+    interface: str = DEFAULT_INTERFACE
     redis_port: int = 6379
     pool_port: int = 50051
-    web_port: int = 5001
+    web_port: int = DEFAULT_WEB_PORT
     # Keepalive the agents send towards the hub (NAT traversal), seconds.
     persistent_keepalive: int = 25
     # Route traffic between spokes through the hub.
@@ -73,7 +79,7 @@ class HubSettings:
 
     @property
     def enroll_port(self) -> int:
-        return split_host_port(self.enroll_listen, 7443)[1]
+        return split_host_port(self.enroll_listen, ENROLL_PORT)[1]
 
     @property
     def path(self) -> Path:

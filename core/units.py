@@ -12,6 +12,7 @@ from hivemind_cluster.core.errors import InvalidInput
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MIB = 1 << 20  # the unit most limits are written in
 MAX_BYTES = 1 << 60  # an exbibyte: far beyond any machine, well inside int64
 MAX_CPU_MILLIS = 1 << 40
 

@@ -1,7 +1,8 @@
 """HiveMind: pool scattered machines into one private compute cluster.
 
-The top-level folders of the repository (``mesh/``, ``pool/``, ``agent/``, ``web/``,
-``protos/``) are the subpackages of this one import root; see README "Layout".
+The top-level folders of the repository (``core/``, ``model/``, ``client/``, ``mesh/``,
+``pool/``, ``agent/``, ``web/``, ``hub/``, ``protos/``) are the subpackages of this one import
+root; docs/architecture.md describes each and what it may import.
 """
 
 __version__ = "0.1.0"

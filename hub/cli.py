@@ -24,7 +24,13 @@ from hivemind_cluster.core.console import (
     setup_logging,
 )
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR
-from hivemind_cluster.core.settings import load_hub_settings
+from hivemind_cluster.core.settings import (
+    DEFAULT_INTERFACE,
+    DEFAULT_OVERLAY,
+    DEFAULT_WG_PORT,
+    ENROLL_PORT,
+    load_hub_settings,
+)
 from hivemind_cluster.core.units import format_bytes, format_cpt
 from hivemind_cluster.hub.init import init_hub
 from hivemind_cluster.hub.serve import serve
@@ -38,7 +44,7 @@ from hivemind_cluster.pool.ledger import Ledger
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 Command = Callable[[argparse.Namespace], int]
-NODE_COLUMNS = ["id", "name", "role", "overlay_ip", "status", "handshake", "rx", "tx"]
+HUB_NODE_COLUMNS = ["id", "name", "role", "overlay_ip", "status", "handshake", "rx", "tx"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +78,11 @@ def add_hub_commands(
     p.add_argument(
         "--endpoint",
         required=True,
-        help="HOST[:PORT] agents dial for enrollment (port default 7443)",
+        help=f"HOST[:PORT] agents dial for enrollment (port default {ENROLL_PORT})",
     )
-    p.add_argument("--overlay", default="100.64.0.0/16", help="overlay network (IPv4 CIDR)")
-    p.add_argument("--wg-port", type=int, default=51820, help="WireGuard UDP port")
-    p.add_argument("--interface", default="hm0", help="WireGuard interface name")
+    p.add_argument("--overlay", default=DEFAULT_OVERLAY, help="overlay network (IPv4 CIDR)")
+    p.add_argument("--wg-port", type=int, default=DEFAULT_WG_PORT, help="WireGuard UDP port")
+    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="WireGuard interface name")
     p.add_argument("--name", default="", help="the hub's name in node lists (default hostname)")
     p.add_argument("--force", action="store_true", help="replace an existing hub")
     p = command(sub, "up", cmd_up, state, "run the hub in the foreground")
@@ -205,7 +211,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table([node_line(row) for row in rows], NODE_COLUMNS)
+        print_table([node_line(row) for row in rows], HUB_NODE_COLUMNS)
     return 0
 
 

@@ -12,7 +12,15 @@ from hivemind_cluster.core import names
 from hivemind_cluster.core.errors import AlreadyExists, InvalidInput
 from hivemind_cluster.core.files import write_private, write_public
 from hivemind_cluster.core.keys import generate_wireguard_keypair
-from hivemind_cluster.core.settings import HubSettings, dump, split_host_port
+from hivemind_cluster.core.settings import (
+    DEFAULT_INTERFACE,
+    DEFAULT_OVERLAY,
+    DEFAULT_WG_PORT,
+    ENROLL_PORT,
+    HubSettings,
+    dump,
+    split_host_port,
+)
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.wireguard import check_interface_name
 
@@ -20,9 +28,9 @@ from hivemind_cluster.mesh.wireguard import check_interface_name
 def init_hub(
     state_dir: str,
     endpoint: str,
-    overlay: str = "100.64.0.0/16",
-    wg_port: int = 51820,
-    interface: str = "hm0",
+    overlay: str = DEFAULT_OVERLAY,
+    wg_port: int = DEFAULT_WG_PORT,
+    interface: str = DEFAULT_INTERFACE,
     force: bool = False,
     name: str = "",
 ) -> HubSettings:
@@ -30,12 +38,12 @@ def init_hub(
     root = Path(state_dir)
     if (root / names.HUB_CONFIG).exists() and not force:
         raise AlreadyExists(f"a hub already exists in {state_dir} (use --force to replace it)")
-    host, port = split_host_port(endpoint, 7443)
+    host, port = split_host_port(endpoint, ENROLL_PORT)
     try:
         network = ipaddress.IPv4Network(overlay)
     except ValueError:
         raise InvalidInput(
-            f"overlay {overlay!r} is not an IPv4 network like 100.64.0.0/16"
+            f"overlay {overlay!r} is not an IPv4 network like {DEFAULT_OVERLAY}"
         ) from None
     if network.prefixlen > 29:
         raise InvalidInput("overlay network must be /29 or larger")
@@ -73,7 +81,7 @@ def init_hub(
 
 
 def ensure_hub_client_certificate(settings: HubSettings, ca: CertificateAuthority) -> None:
-    """The hub's own client identity for the pool (``hivemind --identity <state dir>``)."""
+    """The hub's own client identity for the pool (``hivemind-pool --identity <state dir>``)."""
     cert, key = settings.path / names.HUB_CLIENT_CERT, settings.path / names.HUB_CLIENT_KEY
     if cert.exists() and key.exists():
         return

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -50,32 +51,53 @@ def read_run_file(settings: HubSettings) -> dict[str, object] | None:
     return data
 
 
+@dataclass(frozen=True)
+class HubFiles:
+    """What the hub reads from its state directory, all of it before changing anything."""
+
+    ca: CertificateAuthority
+    server_cert: bytes  # with the CA appended: the chain enrollment and the pool present
+    server_key: bytes
+    wg_private_key: str
+    wg_public_key: str
+    redis_password: str
+
+    @classmethod
+    def read(cls, settings: HubSettings) -> HubFiles:
+        root = settings.path
+        ca = CertificateAuthority.load(root)
+        return cls(
+            ca,
+            (root / names.SERVER_CERT).read_bytes() + ca.pem,
+            (root / names.SERVER_KEY).read_bytes(),
+            (root / names.WG_KEY).read_text().strip(),
+            (root / names.WG_PUB).read_text().strip(),
+            (root / names.REDIS_PASSWORD).read_text().strip(),
+        )
+
+
 async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
     """Run the hub until SIGTERM/SIGINT, then undo everything."""
     if read_run_file(settings) is not None:
         raise AlreadyExists(f"a hub is already running from {settings.state_dir}")
+    files = HubFiles.read(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as undo:
-        backend = bring_up_overlay(settings, backend_name, undo)
-        client = start_redis(settings, undo)
-        ca = CertificateAuthority.load(settings.path)
-        server_cert = (settings.path / names.SERVER_CERT).read_bytes() + ca.pem
-        server_key = (settings.path / names.SERVER_KEY).read_bytes()
-        interface = WireGuardInterface(settings.interface)
-        wg_public = (settings.path / names.WG_PUB).read_text().strip()
-        enroller = Enroller(settings, ca, client, interface, wg_public)
+        interface, backend = bring_up_overlay(settings, files, backend_name, undo)
+        client = start_redis(settings, files, interface, undo)
+        enroller = Enroller(settings, files.ca, client, interface, files.wg_public_key)
         enrollment, port = await create_enrollment_server(
-            enroller, settings.enroll_listen, server_cert, server_key
+            enroller, settings.enroll_listen, files.server_cert, files.server_key
         )
         undo.push_async_callback(enrollment.stop, GRACE_SECONDS)
-        ensure_hub_client_certificate(settings, ca)
-        pool = await Pool.open(settings, read_redis_password(settings))
+        ensure_hub_client_certificate(settings, files.ca)
+        pool = await Pool.open(settings, files.redis_password)
         undo.push_async_callback(pool.close)
         pool_server, _ = await create_pool_server(
-            pool, settings.pool_address, server_cert, server_key, ca.pem
+            pool, settings.pool_address, files.server_cert, files.server_key, files.ca.pem
         )
         undo.push_async_callback(pool_server.stop, GRACE_SECONDS)
         await start_web(settings, undo)
@@ -86,8 +108,8 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
 
 
 def bring_up_overlay(
-    settings: HubSettings, backend_name: str, undo: contextlib.AsyncExitStack
-) -> str:
+    settings: HubSettings, files: HubFiles, backend_name: str, undo: contextlib.AsyncExitStack
+) -> tuple[WireGuardInterface, str]:
     """The WireGuard interface, forwarding between spokes and the underlay guard."""
     backend = select_backend(backend_name)
     interface = WireGuardInterface(settings.interface)
@@ -96,9 +118,8 @@ def bring_up_overlay(
             f"interface {settings.interface} already exists "
             "(another hub running, or left over: `ip link delete` it)"
         )
-    private_key = (settings.path / names.WG_KEY).read_text().strip()
     address = f"{settings.hub_ip}/{settings.network.prefixlen}"
-    interface.up(backend, private_key, address, settings.wg_port, peers=[])
+    interface.up(backend, files.wg_private_key, address, settings.wg_port, peers=[])
     undo.callback(interface.down)
     if settings.forward_between_peers:
         previous = read_sysctl("net.ipv4.ip_forward")
@@ -107,16 +128,17 @@ def bring_up_overlay(
     if settings.guard_underlay:
         guard.install(settings.interface, settings.overlay)
         undo.callback(guard.remove, settings.interface)
-    return backend.name
+    return interface, backend.name
 
 
-def read_redis_password(settings: HubSettings) -> str:
-    return (settings.path / names.REDIS_PASSWORD).read_text().strip()
-
-
-def start_redis(settings: HubSettings, undo: contextlib.AsyncExitStack) -> redis.Redis:
+def start_redis(
+    settings: HubSettings,
+    files: HubFiles,
+    interface: WireGuardInterface,
+    undo: contextlib.AsyncExitStack,
+) -> redis.Redis:
     """Redis on the overlay address, and the active members back on the interface."""
-    password = read_redis_password(settings)
+    password = files.redis_password
     server = RedisServer(
         settings.path / names.REDIS_DIR, settings.hub_ip, settings.redis_port, password
     )
@@ -124,7 +146,6 @@ def start_redis(settings: HubSettings, undo: contextlib.AsyncExitStack) -> redis
     undo.callback(server.stop)
     client = store.connect(settings.hub_ip, settings.redis_port, password)
     undo.callback(client.close)
-    interface = WireGuardInterface(settings.interface)
     for node in nodes.list_nodes(client):
         if node.state == nodes.ACTIVE:
             interface.add_peer(PeerConfig(node.wg_public_key, (f"{node.overlay_ip}/32",)))

@@ -18,7 +18,7 @@ import redis
 from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied
 from hivemind_cluster.core.grpcutil import ENROLLMENT_MESSAGE_BYTES, ErrorInterceptor
 from hivemind_cluster.core.keys import check_wireguard_key
-from hivemind_cluster.core.settings import HubSettings, split_host_port
+from hivemind_cluster.core.settings import ENROLL_PORT, HubSettings, split_host_port
 from hivemind_cluster.mesh import nodes
 from hivemind_cluster.mesh.ca import (
     CertificateAuthority,
@@ -46,7 +46,7 @@ class Enroller:
     hub_public_key: str
 
     def hub_peer(self) -> pb.Peer:
-        host, _ = split_host_port(self.settings.endpoint, 7443)
+        host, _ = split_host_port(self.settings.endpoint, ENROLL_PORT)
         endpoint = (
             f"[{host}]:{self.settings.wg_port}"
             if ":" in host

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from hivemind_cluster.core.names import HUB_NODE_ID
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.mesh import nodes
 from hivemind_cluster.mesh.wireguard import ONLINE_HANDSHAKE_AGE, PeerStatus, WireGuardInterface
@@ -63,7 +64,7 @@ def hub_name(settings: HubSettings) -> str:
 
 def hub_row(settings: HubSettings, interface_up: bool) -> Row:
     return {
-        "id": "hub",
+        "id": HUB_NODE_ID,
         "name": hub_name(settings),
         "role": "hub",
         "overlay_ip": settings.hub_ip,

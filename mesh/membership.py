@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hivemind_cluster.mesh import constants
+from hivemind_cluster.mesh import constants, nodes
 
-ACTIVE = "active"
+ACTIVE = nodes.ACTIVE  # the state of a member in good standing (part of this API)
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,6 @@ class Standing:
     role: str  # "" for an unknown node
     state: str  # active, revoked, departed; "" for an unknown node
     name: str
-
-    @property
-    def active(self) -> bool:
-        return not self.revoked and self.state == ACTIVE
 
 
 async def standing(db: Any, node_id: str, serial: int) -> Standing:
@@ -62,11 +58,19 @@ async def revoked_among(db: Any, serials: list[int]) -> list[bool]:
     return [bool(r) for r in replies]
 
 
-async def active_members(db: Any) -> list[dict[str, str]]:
-    """Every active member's record (id, name, role, overlay_ip, …), in enrollment order."""
-    ids = await db.zrange(constants.NODES, 0, -1)
-    pipe = db.pipeline(transaction=False)
-    for node_id in ids:
+async def member_ids(db: Any) -> list[str]:
+    """Every node ever enrolled, in enrollment order (active or not: see ``is_active``)."""
+    ids: list[str] = await db.zrange(constants.NODES, 0, -1)
+    return ids
+
+
+def queue_records(pipe: Any, node_ids: list[str]) -> None:
+    """Queue the reads of these nodes' records (id, name, role, overlay_ip, state, …) on
+    the caller's pipeline, one reply each, so a caller can read its own keys in the same
+    round trip."""
+    for node_id in node_ids:
         pipe.hgetall(constants.NODE.format(id=node_id))
-    records: list[dict[str, str]] = await pipe.execute() if ids else []
-    return [r for r in records if r and r.get("state") == ACTIVE]
+
+
+def is_active(record: dict[str, str]) -> bool:
+    return bool(record) and record.get("state") == ACTIVE

@@ -1,6 +1,6 @@
 #!lua name=hivemind
 -- Atomic mesh operations, loaded with FUNCTION LOAD REPLACE by mesh/store.py.
--- Errors are returned as "<CODE> <detail>" and mapped to Python exceptions in store.py.
+-- Errors are returned as "<CODE> <detail>" and mapped to Python exceptions in mesh/store.py.
 
 -- Host offsets: 0 is the network, 1 the hub, the last one broadcast. Offsets only grow,
 -- so an address is never handed out twice, even after its node is revoked.

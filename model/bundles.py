@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import IO
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound, TooLarge
-from hivemind_cluster.core.units import format_bytes
+from hivemind_cluster.core.units import MIB, format_bytes
 
-MIB = 1024 * 1024
 MAX_INPUT_BYTES = 16 * MIB
 MAX_UNPACKED_BYTES = 256 * MIB
 MAX_FILES = 10_000

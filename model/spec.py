@@ -20,7 +20,7 @@ DEFAULT_PYTHON_IMAGE = "hivemind/python:3.11"
 MIN_MEMORY_BYTES = 6 << 20  # Docker refuses less
 MAX_COMMAND_ARGS = 256
 MAX_COMMAND_BYTES = 64 << 10
-MAX_ENV = 100
+MAX_ENV = 64  # environment variables per task (the web checks the same bound)
 MAX_VALUE_BYTES = 4096
 _IMAGE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"

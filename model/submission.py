@@ -19,7 +19,12 @@ from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.units import parse_cpt, parse_cpus, parse_size
 from hivemind_cluster.model.bundles import MAX_INPUT_BYTES, check_bundle
 from hivemind_cluster.model.pricing import RateCard
-from hivemind_cluster.model.spec import MAX_COMMAND_ARGS, timeout_with_default, with_defaults
+from hivemind_cluster.model.spec import (
+    MAX_COMMAND_ARGS,
+    MAX_ENV,
+    timeout_with_default,
+    with_defaults,
+)
 from hivemind_cluster.protos import pool_pb2 as pb
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -40,7 +45,6 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 MAX_TEXT = 4096
 _DIGITS = re.compile(r"[0-9]{1,10}")
-MAX_ENV = 64
 
 
 def from_json(body: Any) -> pb.SubmitRequest:

@@ -121,8 +121,8 @@ class PoolAuthorizer:
         if member.revoked:
             raise PermissionDenied(f"the certificate of {identity.node_id} has been revoked")
         if identity.node_id == HUB_NODE_ID and identity.overlay_ip == self.hub_ip:
-            role, state, name = "hub", "active", "hub"
-        if state != "active":
+            role, state, name = "hub", membership.ACTIVE, "hub"
+        if state != membership.ACTIVE:
             raise PermissionDenied(f"node {identity.node_id} is not an active member")
         return Caller(identity.node_id, name or "", role, identity.overlay_ip, identity.serial)
 

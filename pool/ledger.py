@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -139,23 +139,6 @@ Request = Command | Batch | FunctionCall
 Operation = Generator[Request, Any, T]
 
 
-@dataclass(frozen=True)
-class Finished(Generic[T]):
-    """What an operation returned: it asks for nothing more."""
-
-    result: T
-
-
-def advance(operation: Operation[T], reply: Any) -> Request | Finished[T]:
-    """The operation's next request, once sent the previous one's reply (None at first).
-
-    The fronts below loop over this, each issuing the requests its own way."""
-    try:
-        return operation.send(reply)
-    except StopIteration as finished:
-        return Finished(finished.value)
-
-
 # ---- the operations ------------------------------------------------------------------------
 
 
@@ -219,8 +202,9 @@ def _summary(account: str) -> Operation[tuple[str, int, int]]:
 
 
 def _accounts() -> Operation[list[dict[str, Any]]]:
-    kinds = yield Command("hgetall", keys.LEDGER_ACCOUNTS)
-    balances = yield Command("hgetall", keys.LEDGER_BALANCES)
+    kinds, balances = yield Batch(
+        Command("hgetall", keys.LEDGER_ACCOUNTS), Command("hgetall", keys.LEDGER_BALANCES)
+    )
     return [
         {
             "account": name,
@@ -318,10 +302,14 @@ class Ledger:
         self.client: Any = client  # decode_responses=True; replies are untyped
 
     def _run(self, operation: Operation[T]) -> T:
-        step = advance(operation, None)
-        while not isinstance(step, Finished):
-            step = advance(operation, self._issue(step))
-        return step.result
+        """Issue each request the operation yields and send it the reply, until it returns."""
+        try:
+            request = next(operation)
+            while True:
+                request = operation.send(self._issue(request))
+        except StopIteration as finished:
+            result: T = finished.value
+            return result
 
     def _issue(self, request: Request) -> Any:
         if isinstance(request, FunctionCall):
@@ -371,10 +359,13 @@ class AsyncLedger:
         self.client = client  # redis.asyncio, decode_responses=True
 
     async def _run(self, operation: Operation[T]) -> T:
-        step = advance(operation, None)
-        while not isinstance(step, Finished):
-            step = advance(operation, await self._issue(step))
-        return step.result
+        try:
+            request = next(operation)
+            while True:
+                request = operation.send(await self._issue(request))
+        except StopIteration as finished:
+            result: T = finished.value
+            return result
 
     async def _issue(self, request: Request) -> Any:
         if isinstance(request, FunctionCall):

@@ -30,6 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from hivemind_cluster.core import names
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, StaleAttempt
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.model.pricing import RateCard
@@ -103,7 +104,7 @@ class Pool:
             )
             return aioredis.Redis(connection_pool=connections)
 
-        pool = cls(settings, client(True), client(False), settings.path / "tasks")
+        pool = cls(settings, client(True), client(False), settings.path / names.TASKS_DIR)
         await load_libraries(pool.db)
         await pool.start()
         return pool
@@ -283,9 +284,6 @@ class Pool:
 
     def enqueue(self, record: TaskRecord) -> None:
         self.dispatch.enqueue(record)
-
-    async def schedule_once(self) -> int:
-        return await self.dispatch.schedule_once()
 
     def settle(self, task_id: str) -> None:
         """Have an ended task settled soon, off the scheduling path (in batches)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import TaskSpec
+from hivemind_cluster.model.states import TaskState
 from hivemind_cluster.protos import pool_pb2 as pb
 
 
@@ -16,7 +17,7 @@ def spec_fields(spec: TaskSpec) -> dict[str, str]:
     return {
         "owner": spec.owner,
         "name": spec.name,
-        "status": "queued",
+        "status": TaskState.QUEUED,
         "image": spec.image,
         "command": json.dumps(spec.command),
         "env": json.dumps(spec.env),

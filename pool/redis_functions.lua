@@ -1,9 +1,9 @@
 #!lua name=hivemind_pool
--- Atomic task state transitions, loaded next to the mesh library by mesh/store.py.
+-- Atomic task state transitions, loaded next to the mesh library by pool/store.py.
 -- Every message from an agent names (task, attempt, node); a transition happens only when
 -- that is still the task's current attempt on that node ("fencing"), so a task completes
 -- exactly once however late a superseded attempt reports.
--- Errors are "<CODE> <detail>": NOT_FOUND, STALE, FINISHED (mapped in pool/taskstore.py).
+-- Errors are "<CODE> <detail>": NOT_FOUND, STALE, FINISHED (mapped in pool/store.py `TASKS`).
 -- ARGV[1] is always the task id.
 
 local function fenced(task_key, attempt, node)

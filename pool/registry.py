@@ -133,16 +133,18 @@ async def node_states(
 ) -> list[pb.NodeState]:
     """Every active member with its live pool state (workers: capacity, use, tasks); with
     ``owner``, ``running`` lists that account's tasks only (``running_count`` all)."""
-    members = await membership.active_members(db)
+    ids = await membership.member_ids(db)
     pipe = db.pipeline(transaction=False)
-    for node in members:
-        pipe.hgetall(keys.WORKER.format(id=node["id"]))
+    membership.queue_records(pipe, ids)
+    for node_id in ids:
+        pipe.hgetall(keys.WORKER.format(id=node_id))
     pipe.hgetall(keys.WORKER_LIVE)
-    *workers, live = await pipe.execute()
+    *replies, live = await pipe.execute()
     states = []
-    for node, worker in zip(members, workers, strict=True):
-        worker = {**worker, **json.loads(live.get(node["id"]) or "{}")}
-        states.append(_node_state(node, worker, sessions, scheduler))
+    for node, worker in zip(replies[: len(ids)], replies[len(ids) :], strict=True):
+        if membership.is_active(node):
+            worker = {**worker, **json.loads(live.get(node["id"]) or "{}")}
+            states.append(_node_state(node, worker, sessions, scheduler))
     if owner:
         await _keep_tasks_of(db, owner, states)
     return states

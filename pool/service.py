@@ -29,7 +29,6 @@ from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hivemind.pool")
-# Room for a 16 MiB bundle plus the rest of the message.
 REGISTER_TIMEOUT = 10.0
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -221,13 +220,7 @@ async def create_server(
     """The pool's server: mutual TLS (client certificates from the hub CA only)."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor(PoolAuthorizer(pool.db, pool.settings.hub_ip))],
-        options=[
-            *POOL_SERVER_OPTIONS,
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ],
+        options=POOL_SERVER_OPTIONS,
     )
     pb_grpc.add_PoolServicer_to_server(PoolService(pool), server)
     pb_grpc.add_TasksServicer_to_server(TasksService(pool), server)

@@ -41,5 +41,4 @@ def connect_hub(settings: HubSettings) -> redis.Redis:
 
 
 async def load_libraries(client: aioredis.Redis) -> None:
-    for library in LIBRARIES:
-        await client.function_load(library.code, replace=True)
+    await redisdb.load_libraries(client, LIBRARIES)

@@ -25,7 +25,7 @@ def serve(settings: HubSettings) -> None:
 
     from hivemind_cluster.web import create_app
 
-    app = create_app({"STATE_DIR": settings.state_dir})
+    app = create_app({"SETTINGS": settings})
     parent = os.environ.get(WEB_PARENT_ENV, "")
     if parent.isdigit():
         threading.Thread(target=_exit_with_parent, args=(int(parent),), daemon=True).start()

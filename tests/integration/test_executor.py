@@ -23,7 +23,8 @@ import pytest
 
 from hivemind_cluster.agent.executor import DockerExecutor
 from hivemind_cluster.agent.taskrun import Outcome, TaskRun
-from hivemind_cluster.model.bundles import MIB, check_bundle, default_command
+from hivemind_cluster.core.units import MIB
+from hivemind_cluster.model.bundles import check_bundle, default_command
 from tests.support.prerequisites import require
 from tests.support.scratch import zip_of
 

@@ -26,6 +26,7 @@ from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.taskrun import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity, aio_channel
+from hivemind_cluster.core.names import TASKS_DIR
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
@@ -124,7 +125,7 @@ async def fresh_pool(server: RedisServer, settings: HubSettings) -> Pool:
     db = redis_client(server)
     await db.flushall()
     connect_with_every_library(server).close()  # loads the Lua, as ``Pool.open`` does
-    return Pool(settings, db, redis_client(server, False), settings.path / "tasks")
+    return Pool(settings, db, redis_client(server, False), settings.path / TASKS_DIR)
 
 
 # Tests about lost workers pass this as ``heartbeat_timeout``; the others keep the default,

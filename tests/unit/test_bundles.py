@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound
+from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.bundles import (
     MAX_FILES,
-    MIB,
     bundle_from_path,
     check_bundle,
     default_command,

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from hivemind_cluster.agent.gpus import (
-    MIB,
     NVIDIA_SMI_FIELDS,
     Gpu,
     detect_gpus,
@@ -16,6 +15,7 @@ from hivemind_cluster.agent.gpus import (
 )
 from hivemind_cluster.agent.sandbox import container_options
 from hivemind_cluster.agent.taskrun import TaskRun
+from hivemind_cluster.core.units import MIB
 
 RECORDING = Path(__file__).resolve().parent.parent / "data" / "nvidia-smi-2xA100.csv"
 EXPECTED = [

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup images demo test lint protos unit e2e bench clean
+.PHONY: setup images demo test lint protos unit e2e bench gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,8 +39,15 @@ bench: setup
 	$(PY) bench/scheduling.py
 	$(PY) bench/heartbeats.py
 	$(PY) bench/docker_overhead.py
+	$(PY) bench/bundle_task.py
+	$(PY) bench/pull.py
+	$(PY) bench/requirements.py
 	$(PY) bench/ledger.py
 	$(PY) bench/web.py
+
+# On a machine with an NVIDIA GPU: detection, a pulled CUDA image, one GPU per task.
+gpu-check: setup
+	$(PY) scripts/gpu-check.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache artifacts

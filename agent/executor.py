@@ -3,18 +3,21 @@
 ``DockerExecutor.run`` stages the task's directories and creates its container (both in
 agent/sandbox.py), starts it, forwards its output as it arrives (agent/output.py) while
 sampling its usage (agent/usage.py), kills it on timeout or cancel, and removes it
-afterwards; whatever the task wrote to ``/out`` comes back as a zip.
+afterwards; whatever the task wrote to ``/out`` or changed in its working copy comes back as
+a zip (agent/workcopy.py), and filling its own disk (agent/taskdisk.py) fails it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import docker
@@ -23,11 +26,21 @@ import requests
 from docker.models.containers import Container
 
 from hivemind_cluster.agent.output import POLL_SECONDS, OutputPump
+from hivemind_cluster.agent.pulls import ImageUnavailable, image_digest
+from hivemind_cluster.agent.requirements import NO_DEPS, Deps, Requirements, RequirementsUnmet
 from hivemind_cluster.agent.sandbox import (
     LABEL_NODE,
     container_options,
     prepare_task_directory,
     task_mounts,
+)
+from hivemind_cluster.agent.taskdisk import (
+    DiskFullWatch,
+    disk_is_full,
+    disk_limit_error,
+    limit_shown,
+    task_disk,
+    unmount_leftovers,
 )
 from hivemind_cluster.agent.taskrun import (
     OnOutput,
@@ -37,10 +50,10 @@ from hivemind_cluster.agent.taskrun import (
     never_ran,
 )
 from hivemind_cluster.agent.usage import UsageMeter
+from hivemind_cluster.agent.workcopy import Snapshot, pack_result, snapshot
 from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.core.units import format_bytes
-from hivemind_cluster.model.bundles import pack_directory
 from hivemind_cluster.model.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -59,11 +72,14 @@ class DockerExecutor:
         node_id: str,
         client: docker.DockerClient | None = None,
         pids_limit: int = 256,
+        requirements: Requirements | None = None,
     ) -> None:
         self.work_root = work_root
         self.node_id = node_id
         self.client = client or docker.from_env()
         self.pids_limit = pids_limit
+        # Installs of tasks' requirements.txt (agent/requirements.py), shared by all tasks.
+        self.requirements = requirements or Requirements(work_root.parent / "requirements")
 
     @staticmethod
     def probe() -> tuple[bool, str]:
@@ -91,6 +107,8 @@ class DockerExecutor:
         for container in leftovers:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+        unmount_leftovers(self.work_root)
+        self.requirements.remove_leftovers()
         if self.work_root.is_dir():
             for entry in self.work_root.iterdir():
                 if entry.is_dir() and not entry.is_symlink():
@@ -102,38 +120,52 @@ class DockerExecutor:
 
         ``on_output`` is called on this thread as output arrives. Setting ``cancel`` from
         another thread kills the container within about POLL_SECONDS. Whatever the task does
-        becomes an Outcome; only a failure of Docker itself (daemon gone, connection lost)
-        raises SystemFailure, after the container and the task directory are removed (as far as
-        the daemon allows), so that the pool can retry the task elsewhere.
+        becomes an Outcome; only a failure of Docker itself (daemon gone, connection lost) or
+        of the task's disk (too little free, mount refused) raises SystemFailure, after the
+        container, the disk and the task directory are removed (as far as the daemon allows),
+        so that the pool can retry the task elsewhere.
         """
         if not SAFE_ID.match(task.task_id):
             return never_ran(f"task id {task.task_id!r} is not a safe name")
         task_dir = self.work_root / f"{task.task_id}-{task.attempt}"
         try:
-            return self.run_in(task_dir, task, on_output, cancel)
+            with task_disk(task_dir, task.disk_bytes) as root:
+                return self.run_in(root, task, on_output, cancel)
         finally:
             shutil.rmtree(task_dir, ignore_errors=True)
 
     def run_in(
-        self, task_dir: Path, task: TaskRun, on_output: OnOutput, cancel: threading.Event
+        self, root: Path, task: TaskRun, on_output: OnOutput, cancel: threading.Event
     ) -> Outcome:
         try:
-            work, out = prepare_task_directory(task_dir, task.input_bundle)
+            work, out = prepare_task_directory(root, task.input_bundle)
+            before = snapshot(work)
         except InvalidInput as error:
             return never_ran(f"bad input bundle: {error.message}")
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            limit = limit_shown(task.disk_bytes)
+            return never_ran(f"bad input bundle: it does not fit in the disk limit ({limit})")
         try:
-            self.client.images.get(task.image)
-        except docker.errors.ImageNotFound:
-            return never_ran(
-                f"image {task.image!r} is not available on this worker (build it with make images)"
-            )
+            digest = image_digest(self.client, task, system_notes(on_output), cancel)
+        except ImageUnavailable as unavailable:
+            return never_ran(unavailable.message, status=unavailable.status)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
             raise SystemFailure(f"docker is not available: {one_line(str(error))}") from error
         if cancel.is_set():
             return never_ran("cancelled", status=TaskState.CANCELLED)
         try:
-            with self.created_container(task, work, out) as container:
-                return self.supervise(container, task, out, on_output, cancel)
+            with (
+                self.requirements.held(
+                    self.client, self.node_id, task, system_notes(on_output), cancel
+                ) as deps,
+                self.created_container(task, work, out, deps) as container,
+            ):
+                outcome = self.supervise(container, task, (work, out, before), on_output, cancel)
+                return replace(outcome, image_digest=digest)
+        except RequirementsUnmet as unmet:
+            return never_ran(unmet.message, status=unmet.status)
         except docker.errors.APIError as error:
             return never_ran(f"docker refused the task: {one_line(str(error.explanation))}")
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
@@ -142,11 +174,15 @@ class DockerExecutor:
             ) from error
 
     @contextlib.contextmanager
-    def created_container(self, task: TaskRun, work: Path, out: Path) -> Iterator[Container]:
+    def created_container(
+        self, task: TaskRun, work: Path, out: Path, deps: Deps = NO_DEPS
+    ) -> Iterator[Container]:
         container = self.client.containers.create(
             task.image,
-            volumes=task_mounts(work, out),
-            **container_options(task, self.node_id, self.pids_limit),
+            volumes={**task_mounts(work, out), **deps.mounts()},
+            **container_options(
+                replace(task, env=deps.environment(task.env)), self.node_id, self.pids_limit
+            ),
         )
         try:
             yield container
@@ -162,10 +198,12 @@ class DockerExecutor:
         self,
         container: Container,
         task: TaskRun,
-        out: Path,
+        copy: tuple[Path, Path, Snapshot],
         on_output: OnOutput,
         cancel: threading.Event,
     ) -> Outcome:
+        work, out, before = copy
+        on_output = said_full = DiskFullWatch(on_output)
         pump = OutputPump(self.client, container)
         meter = UsageMeter(container)
         try:
@@ -181,7 +219,8 @@ class DockerExecutor:
             pump.close()
         container.reload()
         out_of_memory = bool(container.attrs.get("State", {}).get("OOMKilled"))
-        status, error = judge(task, stopped_because, exit_code, out_of_memory)
+        disk_full = disk_is_full(work.parent) or (exit_code != 0 and said_full.seen)
+        status, error = judge(task, stopped_because, exit_code, out_of_memory, disk_full)
         usage = Usage(
             cpu_seconds=round(meter.cpu_seconds, 6),
             # An OOM kill means the limit was reached, even if it happened between two samples.
@@ -192,12 +231,17 @@ class DockerExecutor:
             gpu_seconds=round(wall_seconds * task.gpus, 6),
         )
         try:
-            output = pack_directory(out)
+            output = pack_result(out, work, before)
         except InvalidInput as too_big:
             output = b""
             if status == TaskState.SUCCEEDED:
                 status, error = TaskState.FAILED, too_big.message
         return Outcome(status, exit_code, error, usage, output)
+
+
+def system_notes(on_output: OnOutput) -> Callable[[str], None]:
+    """Lines of the worker's own about the task (its image's pull), for the task's log."""
+    return lambda line: on_output("system", line.encode())
 
 
 def watch(
@@ -242,9 +286,9 @@ def wait_for_exit(container: Container, timeout: float) -> int:
 
 
 def judge(
-    task: TaskRun, stopped_because: str, exit_code: int, out_of_memory: bool
+    task: TaskRun, stopped_because: str, exit_code: int, out_of_memory: bool, disk_full: bool
 ) -> tuple[str, str]:
-    """(status, error) for a container that ran."""
+    """(status, error) for a container that ran; ``disk_full``: it filled its own disk."""
     if stopped_because == TaskState.CANCELLED:
         return TaskState.CANCELLED, "cancelled"
     if stopped_because == TaskState.TIMED_OUT:
@@ -252,6 +296,8 @@ def judge(
     if out_of_memory:
         limit = format_bytes(task.memory_bytes, exact=True)
         return TaskState.FAILED, f"killed: out of memory (limit {limit})"
+    if disk_full:
+        return TaskState.FAILED, disk_limit_error(task.disk_bytes)
     if exit_code != 0:
         return TaskState.FAILED, f"exited with status {exit_code}"
     return TaskState.SUCCEEDED, ""

@@ -85,4 +85,5 @@ class OutputPump:
             self.raw.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.socket.close()
-        self.thread.join(timeout=1)
+        if self.thread.is_alive():  # not started when the container could not start
+            self.thread.join(timeout=1)

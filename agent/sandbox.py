@@ -1,19 +1,18 @@
 """The hardened container a task runs in: its ``create()`` options and the directories it
 mounts.
 
-Every container gets the platform defaults: no network unless asked, a read-only root with a
-small tmpfs ``/tmp``, no capabilities, no-new-privileges, user nobody, a pids limit, the CPU
-and memory that were paid for (no swap), and labels naming this node so that a restarted
-agent finds what it left behind. The input bundle is unpacked into ``work`` (mounted
-read-only at ``/work``); ``out``, owned by nobody, is the only place the task can write to
-that outlives it.
+Every container gets the platform defaults: no network unless asked, a read-only root, no
+capabilities, no-new-privileges, user nobody, a pids limit, the CPU and memory that were paid
+for (no swap), and labels naming this node so that a restarted agent finds what it left
+behind. The input bundle is unpacked into ``work``, the task's
+writable working directory ``/work``; ``work``, ``out`` (``/out``) and ``tmp`` (``/tmp``) sit
+on a filesystem of the task's disk limit (agent/taskdisk.py) and are owned by nobody.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ def container_options(task: TaskRun, node_id: str, pids_limit: int) -> dict[str,
         "working_dir": "/work",
         "user": f"{NOBODY}:{NOBODY}",
         "read_only": True,
-        "tmpfs": {"/tmp": "rw,size=64m,mode=1777"},
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "pids_limit": pids_limit,
@@ -64,18 +62,27 @@ def container_options(task: TaskRun, node_id: str, pids_limit: int) -> dict[str,
 
 
 def task_mounts(work: Path, out: Path) -> dict[str, dict[str, str]]:
-    """The bundle read-only at ``/work``, the output directory writable at ``/out``."""
-    return {str(work): {"bind": "/work", "mode": "ro"}, str(out): {"bind": "/out"}}
+    """The working copy at ``/work``, the output directory at ``/out`` and the ``tmp`` beside
+    them at ``/tmp``, all writable and all on the task's own disk."""
+    tmp = work.parent / "tmp"
+    return {
+        str(work): {"bind": "/work", "mode": "rw"},
+        str(out): {"bind": "/out"},
+        str(tmp): {"bind": "/tmp", "mode": "rw"},
+    }
 
 
-def prepare_task_directory(task_dir: Path, bundle: bytes) -> tuple[Path, Path]:
-    """Fresh ``work`` (the unpacked bundle) and ``out`` (writable by the task) directories."""
-    shutil.rmtree(task_dir, ignore_errors=True)
-    work, out = task_dir / "work", task_dir / "out"
-    for directory in (task_dir, work, out):
-        directory.mkdir(parents=True)
-        directory.chmod(0o755)
-    os.chown(out, NOBODY, NOBODY)
+def prepare_task_directory(root: Path, bundle: bytes) -> tuple[Path, Path]:
+    """Fresh ``work`` (the unpacked bundle, the task's to change), ``out`` and ``tmp`` on the
+    task's own disk mounted at ``root`` (agent/taskdisk.py), owned by the task's user."""
+    work, out, tmp = root / "work", root / "out", root / "tmp"
+    for directory, mode in ((work, 0o755), (out, 0o755), (tmp, 0o1777)):
+        directory.mkdir()
+        directory.chmod(mode)
+        os.chown(directory, NOBODY, NOBODY)
     if bundle:
         unpack_bundle(bundle, work)
+        for folder, dirs, files in os.walk(work):
+            for name in dirs + files:
+                os.lchown(os.path.join(folder, name), NOBODY, NOBODY)
     return work, out

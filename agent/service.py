@@ -143,9 +143,15 @@ def start_worker(worker: Worker, stop: threading.Event) -> threading.Thread:
 
 def make_worker(settings: AgentSettings, enrollment: Enrollment) -> Worker:
     from hivemind_cluster.agent.executor import DockerExecutor
+    from hivemind_cluster.agent.requirements import Requirements
 
     facts = worker_facts(settings.cpus, settings.memory, settings.labels)
-    executor = DockerExecutor(settings.path / "work", enrollment.node_id)
+    requirements = Requirements(
+        settings.path / "requirements",
+        settings.package_index_url,
+        settings.requirements_cache_bytes,
+    )
+    executor = DockerExecutor(settings.path / "work", enrollment.node_id, requirements=requirements)
     if facts.docker_available:
         removed = executor.remove_leftovers()
         if removed:

@@ -40,6 +40,12 @@ class AgentSettings:
     # host:port of the local status page (`hivemind-agent run`); "" turns it off. Loopback
     # by default: it shows the node's identity and earnings, and has no login.
     status_listen: str = "127.0.0.1:5000"
+    # Where tasks' requirements.txt wheels come from (pip's --index-url, a PEP 503 index);
+    # "" uses pip's own configuration on this machine (pip.conf, PIP_INDEX_URL).
+    package_index_url: str = ""
+    # Bytes the cache of installed requirements may hold; past it, the least recently used
+    # installs no running task holds are removed.
+    requirements_cache_bytes: int = 4 * 1024 * 1024 * 1024
 
     @property
     def path(self) -> Path:

@@ -34,6 +34,10 @@ class TaskRun:
     input_bundle: bytes  # a zip, or b"" for none
     # The GPUs the worker set aside for this task (indices or UUIDs); empty: any `gpus`.
     gpu_ids: tuple[str, ...] = ()
+    # The hub allows pulls: a missing image is pulled from its registry (else the task fails).
+    pull: bool = False
+    # The size of the task's own disk (working copy, /out and /tmp); 0: the agent's default.
+    disk_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class Outcome:
     exit_code: int  # -1 when the container never ran
     error: str  # "" or one line
     usage: Usage
-    output_bundle: bytes  # zip of /out, b"" if nothing was written
+    output_bundle: bytes  # zip of /out and the changed working copy, b"" if nothing was written
+    image_digest: str = ""  # the image it ran (sha256:…), "" when it never had one
 
 
 def never_ran(error: str, status: str = TaskState.FAILED) -> Outcome:
@@ -75,6 +80,8 @@ def task_run(assign: pb.Assign, gpu_ids: tuple[str, ...]) -> TaskRun:
         network=assign.network,
         input_bundle=assign.input_bundle,
         gpu_ids=gpu_ids,
+        pull=assign.pull,
+        disk_bytes=assign.disk_bytes,
     )
 
 
@@ -96,4 +103,5 @@ def task_result(task: TaskRun, outcome: Outcome | None, status: str, error: str)
         )
     )
     result.output_bundle = outcome.output_bundle
+    result.image_digest = outcome.image_digest
     return result

@@ -34,6 +34,7 @@ from hivemind_cluster.client.views import (
     describe_task,
     entry_rows,
     node_rows,
+    rate_card_of,
     rates_text,
     task_rows,
 )
@@ -44,6 +45,7 @@ from hivemind_cluster.model.bundles import (
     bundle_from_path,
     check_bundle,
     current_umask,
+    is_bundle_path,
     unpack_bundle,
 )
 from hivemind_cluster.model.states import ALL_STATES, FINAL_STATES, MAX_ROWS, TaskState
@@ -102,13 +104,17 @@ def task_command(
 
 
 def add_submit(sub: Subcommands, prog: str, common: argparse.ArgumentParser) -> None:
-    p = task_command(sub, "submit", cmd_submit, common, f"submit a task: {prog} submit -- CMD…")
+    text = f"submit a task: {prog} submit [OPTIONS] -- CMD…, or {prog} submit [OPTIONS] job.zip"
+    p = task_command(sub, "submit", cmd_submit, common, text)
     p.add_argument("--image", default="", help="Docker image (default: Python, for main.py)")
     p.add_argument("--cpu", default="", help="CPUs: 1, 0.5, 500m (default: the hub's, 1)")
     p.add_argument("--memory", default="", help="memory: 512M, 2G (default: the hub's, 512M)")
+    p.add_argument(
+        "--disk", default="", help="disk for /work, /out and /tmp: 2G (default: the hub's, 1G)"
+    )
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--timeout", type=int, default=0, help="seconds (default: the hub's)")
-    p.add_argument("--bundle", help="a directory or .zip mounted read-only at /work")
+    p.add_argument("--bundle", help="a directory or .zip, unpacked into the writable /work")
     p.add_argument("--priority", type=int, default=0, help="0-9, higher runs first")
     p.add_argument("--max-attempts", type=int, default=0)
     p.add_argument("--network", action="store_true", help="ask for network access")
@@ -116,7 +122,9 @@ def add_submit(sub: Subcommands, prog: str, common: argparse.ArgumentParser) -> 
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-cost", default="", help="CPT held in escrow (default: rate card)")
     p.add_argument("--wait", action="store_true", help="wait for the task to end")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command")
+    p.add_argument(
+        "cmd", nargs=argparse.REMAINDER, help="-- then the command; or the bundle's path alone"
+    )
 
 
 def add_task_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -175,6 +183,7 @@ def submit_body(args: argparse.Namespace) -> View:
         "env": env,
         "cpu": args.cpu,
         "memory": args.memory,
+        "disk": args.disk,
         "gpus": args.gpus,
         "timeout": args.timeout,
         "priority": args.priority,
@@ -183,12 +192,25 @@ def submit_body(args: argparse.Namespace) -> View:
         "name": args.name,
         "max_cost": args.max_cost,
     }
-    if args.bundle:
-        bundle = bundle_from_path(Path(args.bundle))  # checked there
+    bundle_path, body["command"] = bundle_and_command(args)
+    if bundle_path:
+        bundle = bundle_from_path(Path(bundle_path))  # checked there
         body["bundle"] = base64.b64encode(bundle).decode()
-    body = {key: value for key, value in body.items() if value}
-    body["command"] = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    return body
+    return {key: value for key, value in body.items() if value or key == "command"}
+
+
+def bundle_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``--bundle`` and the command after ``--``. A bundle's path as the only argument
+    (``submit job.zip``, as the original CLI takes it) is ``--bundle job.zip``: a directory
+    or a .zip file is never a command anyway, and a missing .zip is a typo to report."""
+    bundle: str = args.bundle or ""
+    if args.cmd[:1] == ["--"]:
+        return bundle, args.cmd[1:]
+    if not bundle and len(args.cmd) == 1:
+        path = Path(args.cmd[0])
+        if is_bundle_path(path) or (path.suffix.lower() == ".zip" and not path.exists()):
+            return args.cmd[0], []
+    return bundle, args.cmd
 
 
 def wait_for(client: TaskClient, task_id: str, timeout: float, progress: bool) -> View:
@@ -212,9 +234,13 @@ def wait_for(client: TaskClient, task_id: str, timeout: float, progress: bool) -
         time.sleep(POLL_SECONDS)
 
 
-def show(args: argparse.Namespace, task: View) -> int:
-    """Print a task; the exit status of ``wait``: 0 only if it succeeded."""
-    print_json(task) if args.json else print(describe_task(task))
+def show(args: argparse.Namespace, task: View, client: TaskClient) -> int:
+    """Print a task (a settled one with its cost breakdown at the published rates); the
+    exit status of ``wait``: 0 only if it succeeded."""
+    if args.json:
+        print_json(task)
+    else:
+        print(describe_task(task, rate_card_of(client.rates()) if task["settled"] else None))
     return 0 if task["status"] == TaskState.SUCCEEDED else 1
 
 
@@ -226,7 +252,7 @@ def cmd_submit(args: argparse.Namespace, client: TaskClient) -> int:
         return 0
     if progress:
         print(f"submitted {task['id']}", file=sys.stderr)
-    return show(args, wait_for(client, task["id"], 0, progress))
+    return show(args, wait_for(client, task["id"], 0, progress), client)
 
 
 def cmd_logs(args: argparse.Namespace, client: TaskClient) -> int:
@@ -299,17 +325,17 @@ def print_found(args: argparse.Namespace, found: View, text: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace, client: TaskClient) -> int:
-    show(args, client.get(args.id))
+    show(args, client.get(args.id), client)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace, client: TaskClient) -> int:
-    show(args, client.cancel(args.id))
+    show(args, client.cancel(args.id), client)
     return 0
 
 
 def cmd_wait(args: argparse.Namespace, client: TaskClient) -> int:
-    return show(args, wait_for(client, args.id, args.timeout, shows_progress(args)))
+    return show(args, wait_for(client, args.id, args.timeout, shows_progress(args)), client)
 
 
 def cmd_list(args: argparse.Namespace, client: TaskClient) -> int:

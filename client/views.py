@@ -12,11 +12,13 @@ from typing import Any
 
 from hivemind_cluster.core.console import age
 from hivemind_cluster.core.units import MICRO, format_bytes, format_cpt
+from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.protos import pool_pb2 as pb
 
 View = dict[str, Any]
+TIMES = "\N{MULTIPLICATION SIGN}"  # between the factors of a cost breakdown
 
 
 def cpt(micro: int) -> float:
@@ -50,6 +52,8 @@ def task_view(task: pb.Task) -> View:
         "exit_code": task.exit_code if task.has_exit_code else None,
         "error": task.error,
         "image": task.image,
+        # What the last finished attempt ran: its registry digest, else the image id.
+        "image_digest": task.attempts[-1].image_digest if task.attempts else "",
         "command": list(task.command),
         "resources": resources_view(task.resources),
         "timeout_seconds": task.timeout_seconds,
@@ -72,6 +76,7 @@ def task_view(task: pb.Task) -> View:
                 "started_at": a.started_at or None,
                 "ended_at": a.ended_at or None,
                 "error": a.error,
+                "image_digest": a.image_digest,
             }
             for a in task.attempts
         ],
@@ -135,6 +140,34 @@ def rates_view(card: pb.RateCard) -> View:
     )
 
 
+def rate_card_of(rates: View) -> RateCard:
+    """The published rate card (``rates_view``) as the pool bills with it."""
+    return RateCard(rates["cpu_second_micro"], rates["gb_second_micro"], rates["gpu_second_micro"])
+
+
+def charge_view(task: View, card: RateCard) -> View | None:
+    """How a settled task's cost came about (None before): its wall time times each resource
+    it requested at its rate, the total, the cap, what was paid and refunded. Computed at
+    ``card``'s rates: ``as_settled`` says whether they reproduce the cost actually paid."""
+    if not task["settled"]:
+        return None
+    charge = card.charge(Resources(**task["resources"]), task["usage"]["wall_seconds"])
+    cap, cost = task["price_cap_micro"], task["cost_micro"]
+    return {
+        "wall_seconds": charge.wall_seconds,
+        "parts": [
+            {"unit": p.unit, "quantity": p.quantity, "rate_micro": p.rate, "cost_micro": p.cost}
+            for p in charge.parts
+            if p.quantity
+        ],
+        "total_micro": charge.total,
+        "price_cap_micro": cap,
+        "cost_micro": cost,
+        "refund_micro": cap - cost,
+        "as_settled": min(charge.total, cap) == cost,
+    }
+
+
 def log_view(entry: pb.LogEntry) -> View:
     """One chunk of a task's output (``data`` decoded as UTF-8, bad bytes replaced)."""
     return {
@@ -153,7 +186,24 @@ def amount_text(micro: int | None) -> str:
     return "-" if micro is None else f"{format_cpt(micro)} CPT"
 
 
-def describe_task(task: View) -> str:
+def charge_lines(charge: View) -> list[str]:
+    """A ``charge_view`` as text: one line per requested resource, then the outcome."""
+    lines = [
+        f"{charge['wall_seconds']:g} s {TIMES} {p['quantity']:g} {p['unit']} {TIMES} "
+        f"{amount_text(p['rate_micro'])}/{p['unit']}-s = {amount_text(p['cost_micro'])}"
+        for p in charge["parts"]
+    ]
+    lines.append(
+        f"total {amount_text(charge['total_micro'])}, cap {amount_text(charge['price_cap_micro'])}"
+        f" → paid {amount_text(charge['cost_micro'])}, "
+        f"refunded {amount_text(charge['refund_micro'])}"
+        + ("" if charge["as_settled"] else " (at today's rates; it was settled at others)")
+    )
+    return lines
+
+
+def describe_task(task: View, card: RateCard | None = None) -> str:
+    """The task for a terminal; with the rate card, a settled task's cost breakdown too."""
     resources = Resources(**task["resources"])
     lines = [
         f"task      {task['id']}{' (' + task['name'] + ')' if task['name'] else ''}",
@@ -163,12 +213,18 @@ def describe_task(task: View) -> str:
         f"attempt   {task['attempt']} of {task['max_attempts']}"
         + (f" on {task['node']}" if task["node"] else ""),
         f"image     {task['image']}  {' '.join(task['command'])}",
+        *([f"digest    {task['image_digest']}"] if task["image_digest"] else []),
         f"request   {resources.describe()}, timeout {task['timeout_seconds']}s",
     ]
     money = f"price cap {amount_text(task['price_cap_micro'])}"
     if task["settled"]:
         money += f", cost {amount_text(task['cost_micro'])}"
     lines.append(f"money     {money}")
+    charge = charge_view(task, card) if card else None
+    if charge:
+        lines += [
+            f"{'billed' if n == 0 else '':<10}{line}" for n, line in enumerate(charge_lines(charge))
+        ]
     if task["status"] in FINAL_STATES:
         u = task["usage"]
         lines.append(

@@ -54,12 +54,23 @@ class HubSettings:
     max_attempts: int = 3
     task_cpu_millis: int = 1000
     task_memory_bytes: int = 512 * 1024 * 1024
+    # A task's own disk: its working copy, /out and /tmp together (agent/taskdisk.py).
+    task_disk_bytes: int = 1024 * 1024 * 1024
+    max_task_disk_bytes: int = 64 * 1024 * 1024 * 1024
     # May a task ask for network access (`network: true`)? Off: tasks run with no network.
     allow_task_network: bool = False
+    # Images a task may name: comma-separated fnmatch patterns matched against the reference
+    # as written ("hivemind/*,python:3.*,ghcr.io/our-org/*"). The default "*" lets any image
+    # run, since every container is hardened the same way whatever its image.
+    allowed_images: str = "*"
+    # May a worker pull a missing image from its registry (with its own Docker credentials)?
+    # Off: only images already on a worker run.
+    allow_pulls: bool = True
     # Output a task attempt may stream to the pool; the rest is dropped, marked truncated.
     log_cap_bytes: int = 4 * 1024 * 1024
     # The rate card, in micro-CPT (1 CPT = 1,000,000): per CPU-second, per GB-second of
-    # memory, per GPU-second. A 1-CPU, 512 MiB task running an hour costs about 0.45 CPT.
+    # memory, per GPU-second — of what a task requested, for its wall time, used or not
+    # (model/pricing.py). A 1-CPU, 512 MiB task running an hour costs about 0.46 CPT.
     rate_cpu_second: int = 100
     rate_gb_second: int = 50
     rate_gpu_second: int = 2000

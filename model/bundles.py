@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -28,10 +28,17 @@ MAX_OUTPUT_BYTES = 16 * MIB
 MAX_COMPRESSION_RATIO = 200
 BOMB_MIN_BYTES = 1 * MIB
 CHUNK = 256 * 1024
+# What reading a member whose data does not match its headers raises.
+CORRUPT_MEMBER = (zipfile.BadZipFile, NotImplementedError, EOFError)
 # Bundles unpacked for a task container (another uid) stay world-readable.
 TASK_UMASK = 0o022
 
-DEFAULT_ENTRYPOINTS = ("main.py", "app.py", "run.py", "start.py")
+# A bundle with no command runs the first of these at its top level, else its first *.py
+# there in sorted order: the original worker's order, which its own sample bundles rely on.
+DEFAULT_ENTRYPOINTS = ("main.py", "task_script.py", "run.py", "app.py", "script.py", "start.py")
+# What that default command runs with: output as it is written (``python -u``), and the
+# bundle importable from wherever the entry point sits.
+PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": "/work"}
 
 _SEPARATORS = re.compile(r"[/\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -126,8 +133,12 @@ def unpack_bundle(
                 raise InvalidInput(
                     f"bundle entry {info.filename!r} clashes with another entry"
                 ) from None
-            except (zipfile.BadZipFile, NotImplementedError, EOFError) as error:
-                raise InvalidInput(f"bundle entry {info.filename!r} is corrupt ({error})") from None
+            except CORRUPT_MEMBER as error:
+                raise corrupt(info, error) from None
+
+
+def corrupt(info: zipfile.ZipInfo, error: Exception) -> InvalidInput:
+    return InvalidInput(f"bundle entry {info.filename!r} is corrupt ({error})")
 
 
 def make_directories(dest: Path, directory: Path, umask: int) -> None:
@@ -183,10 +194,17 @@ def pack_directory(
     Refuses (InvalidInput) a result over ``limit`` compressed bytes, or one that
     ``check_bundle`` would refuse for its file count or unpacked size.
     """
+    return pack_files(regular_files(directory), limit, what)
+
+
+def pack_files(
+    files: Iterable[tuple[Path, str]], limit: int = MAX_OUTPUT_BYTES, what: str = "task output"
+) -> bytes:
+    """Zip (path, name) pairs, as ``pack_directory`` does a directory's files."""
     buffer = io.BytesIO()
     count = unpacked = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path, name in regular_files(directory):
+        for path, name in files:
             count += 1
             if count > MAX_FILES:
                 raise InvalidInput(f"{what} has more than {MAX_FILES} files")
@@ -216,7 +234,7 @@ def bundle_from_path(path: Path) -> bytes:
         data = pack_directory(path, MAX_INPUT_BYTES, what=f"bundle directory {str(path)!r}")
         if not data:
             raise InvalidInput(f"bundle directory {str(path)!r} has no files")
-    elif path.is_file() and path.suffix.lower() == ".zip":
+    elif is_bundle_path(path):
         if path.stat().st_size > MAX_INPUT_BYTES:
             raise InvalidInput(f"bundle is larger than {shown(MAX_INPUT_BYTES)}")
         data = path.read_bytes()
@@ -228,10 +246,55 @@ def bundle_from_path(path: Path) -> bytes:
     return data
 
 
-def default_command(names: list[str]) -> list[str] | None:
-    """``python /work/<entrypoint>`` for the first DEFAULT_ENTRYPOINTS file at the top level."""
-    top_level = set(names)
+def is_bundle_path(path: Path) -> bool:
+    """A directory or a .zip file: what ``--bundle`` takes."""
+    return path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip")
+
+
+def member_path(name: str) -> str:
+    """A member name as one path: ``./lib\\util.py`` is ``lib/util.py``."""
+    return "/".join(path_parts(name))
+
+
+def file_paths(names: list[str]) -> list[str]:
+    """The bundle's files (no directories) as ``member_path`` spells them, in its order."""
+    return [member_path(name) for name in names if not name.endswith("/")]
+
+
+def default_entrypoint(names: list[str]) -> str | None:
+    """The file a bundle with no command runs: the first DEFAULT_ENTRYPOINTS file at its
+    top level, else the first top-level ``*.py`` in sorted order, else None."""
+    top_level = {path for path in file_paths(names) if "/" not in path}
     for entrypoint in DEFAULT_ENTRYPOINTS:
         if entrypoint in top_level:
-            return ["python", f"/work/{entrypoint}"]
+            return entrypoint
+    return min((path for path in top_level if path.endswith(".py")), default=None)
+
+
+def python_command(entrypoint: str) -> list[str]:
+    """How an entry point runs: ``python /work/<entrypoint>`` (with PYTHON_ENV)."""
+    return ["python", f"/work/{entrypoint}"]
+
+
+def default_command(names: list[str]) -> list[str] | None:
+    """``python_command`` of the bundle's ``default_entrypoint``, if it has one."""
+    entrypoint = default_entrypoint(names)
+    return python_command(entrypoint) if entrypoint else None
+
+
+def read_member(data: bytes, path: str, limit: int) -> bytes | None:
+    """The file at ``path`` (as ``member_path`` spells it) in a checked bundle, None if it
+    has none; refuses one larger than ``limit`` bytes."""
+    with open_zip(data) as archive:
+        for info in archive.infolist():
+            if info.is_dir() or member_path(info.filename) != path:
+                continue
+            try:
+                with archive.open(info) as source:
+                    content = source.read(limit + 1)
+            except CORRUPT_MEMBER as error:
+                raise corrupt(info, error) from None
+            if len(content) > limit:
+                raise InvalidInput(f"{path} in the bundle is larger than {shown(limit)}")
+            return content
     return None

@@ -6,18 +6,28 @@ nothing is stored before it has passed.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 
 from hivemind_cluster.core.errors import InvalidInput, PermissionDenied
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.units import format_bytes
-from hivemind_cluster.model.bundles import check_bundle, default_command
+from hivemind_cluster.model.bundles import (
+    DEFAULT_ENTRYPOINTS,
+    PYTHON_ENV,
+    check_bundle,
+    default_entrypoint,
+    file_paths,
+    python_command,
+)
 from hivemind_cluster.model.resources import Resources
+from hivemind_cluster.model.taskfile import read_task_file
 from hivemind_cluster.protos import pool_pb2 as pb
 
 DEFAULT_PYTHON_IMAGE = "hivemind/python:3.11"
 MIN_MEMORY_BYTES = 6 << 20  # Docker refuses less
+MIN_DISK_BYTES = 16 << 20  # ext4 keeps a few MiB of a task's disk for itself
 MAX_COMMAND_ARGS = 256
 MAX_COMMAND_BYTES = 64 << 10
 MAX_ENV = 64  # environment variables per task (the web checks the same bound)
@@ -43,21 +53,19 @@ class TaskSpec:
     max_attempts: int
     network: bool
     bundle_bytes: int = 0
+    disk_bytes: int = 0  # its working copy, /out and /tmp together
 
 
 def check_submission(request: pb.SubmitRequest, owner: str, settings: HubSettings) -> TaskSpec:
-    names = check_bundle(request.input_bundle) if request.input_bundle else []
+    request = with_bundle_defaults(request)
     image, command = request.image.strip(), list(request.command)
-    if not command:
-        entry = default_command(names)
-        if entry is not None:
-            command, image = entry, image or DEFAULT_PYTHON_IMAGE
     if not image:
         raise InvalidInput(
-            "no image: give --image, or a bundle with main.py/app.py/run.py/start.py"
+            "no image: give --image, or a bundle with a Python entry point and no command"
         )
     if len(image) > 255 or not _IMAGE.match(image):
         raise InvalidInput(f"image {image[:80]!r} is not a valid image reference")
+    check_image_allowed(image, settings)
     _check_command(command)
     env = dict(request.env)
     if len(env) > MAX_ENV:
@@ -86,7 +94,38 @@ def check_submission(request: pb.SubmitRequest, owner: str, settings: HubSetting
         max_attempts=_bounded("max attempts", request.max_attempts or settings.max_attempts, 1, 10),
         network=_check_network(request.network, settings),
         bundle_bytes=len(request.input_bundle),
+        disk_bytes=_check_disk(request.disk_bytes, settings),
     )
+
+
+def with_bundle_defaults(request: pb.SubmitRequest) -> pb.SubmitRequest:
+    """``request`` as its bundle (checked here) completes it, in the original convention:
+    the bundle's task.json fills the fields left empty, and with no command the bundle's
+    Python entry point runs, unbuffered, the bundle on PYTHONPATH, in the Python image
+    unless another is named. A bundle with nothing to run is refused here, not left to fail
+    on a worker after it was paid for."""
+    if not request.input_bundle:
+        return request
+    names = check_bundle(request.input_bundle)
+    task_file = read_task_file(request.input_bundle, file_paths(names))
+    merged = task_file.under(request)
+    if not merged.command:
+        entrypoint = task_file.entrypoint or default_entrypoint(names)
+        if entrypoint is None:
+            raise InvalidInput(NOTHING_TO_RUN)
+        merged.command.extend(python_command(entrypoint))
+        merged.image = merged.image.strip() or DEFAULT_PYTHON_IMAGE
+        for name, value in PYTHON_ENV.items():
+            if name not in merged.env:
+                merged.env[name] = value
+    return merged
+
+
+NOTHING_TO_RUN = (
+    "nothing to run: no command was given, and the bundle has none of "
+    f"{', '.join(DEFAULT_ENTRYPOINTS)} nor any other *.py at its top level "
+    "(give the command after --, or name the file as entrypoint in task.json)"
+)
 
 
 def _check_command(command: list[str]) -> None:
@@ -123,12 +162,35 @@ def _check_resources(message: pb.Resources, settings: HubSettings) -> Resources:
     return Resources(cpu, memory, _bounded("GPUs", message.gpus, 0, 64))
 
 
+def _check_disk(asked: int, settings: HubSettings) -> int:
+    """The task's disk limit: the hub's default when not asked, never over its maximum."""
+    disk = asked or settings.task_disk_bytes
+    if not MIN_DISK_BYTES <= disk <= settings.max_task_disk_bytes:
+        raise InvalidInput(
+            f"disk must be between {format_bytes(MIN_DISK_BYTES)} and "
+            f"{format_bytes(settings.max_task_disk_bytes)} (hub setting max_task_disk_bytes), "
+            f"got {format_bytes(disk)}"
+        )
+    return disk
+
+
 def _check_network(wanted: bool, settings: HubSettings) -> bool:
     if wanted and not settings.allow_task_network:
         raise PermissionDenied(
             "this hub does not allow tasks with network access (hub setting allow_task_network)"
         )
     return wanted
+
+
+def check_image_allowed(image: str, settings: HubSettings) -> None:
+    """Refuse, before anything is queued or charged, an image the hub's policy does not
+    list: a worker would otherwise pull and run it."""
+    patterns = [p.strip() for p in settings.allowed_images.split(",") if p.strip()]
+    if not any(fnmatch.fnmatchcase(image, pattern) for pattern in patterns):
+        raise PermissionDenied(
+            f"image {image!r} is not allowed on this hub "
+            f"(hub setting allowed_images: {settings.allowed_images!r})"
+        )
 
 
 def _bounded(what: str, value: int, low: int, high: int) -> int:

@@ -23,6 +23,7 @@ from hivemind_cluster.model.spec import (
     MAX_COMMAND_ARGS,
     MAX_ENV,
     timeout_with_default,
+    with_bundle_defaults,
     with_defaults,
 )
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -33,6 +34,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "env": dict,
     "cpu": (str, int, float),
     "memory": (str, int),
+    "disk": (str, int),
     "gpus": int,
     "timeout": int,
     "priority": int,
@@ -151,6 +153,7 @@ def _request(
         name=_text(fields, "name")[:200],
         idempotency_key=_text(fields, "idempotency_key")[:200],
         max_cost=_parsed("max_cost", parse_cpt, max_cost),
+        disk_bytes=_parsed("disk", parse_size, fields.get("disk")),
     )
 
 
@@ -169,6 +172,7 @@ def price_cap(request: pb.SubmitRequest, settings: HubSettings) -> int:
     the hub's rate card and defaults, the same ones the pool applies."""
     if request.max_cost:
         return request.max_cost
+    request = with_bundle_defaults(request)  # a task.json may ask for more than the defaults
     return RateCard.from_settings(settings).price_cap(
         with_defaults(request.resources, settings),
         timeout_with_default(request.timeout_seconds, settings),

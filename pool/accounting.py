@@ -6,10 +6,11 @@ nothing: whatever retries, lost workers, duplicate results or restarts happen, a
 paid for exactly once. The pool settles a task when it sees it end, and at start settles
 every ended task not marked settled (a crash between the two transfers is finished then).
 
-Policy: the worker that ran the final attempt is paid the cost of its measured usage (at
-most the price cap) — also when the task failed, timed out or was cancelled while running
-(usage up to the stop). Attempts lost with their node, or interrupted by a draining agent,
-are not paid. The rest of the price cap goes back to the submitter.
+Policy: the worker that ran the final attempt is paid for what the task held — its
+requested resources for that attempt's wall time (model/pricing.py), at most the price cap —
+also when the task failed, timed out or was cancelled while running (wall time up to the
+stop). Attempts lost with their node, or interrupted by a draining agent, are not paid. The
+rest of the price cap goes back to the submitter.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Accounting:
             return record.cost
         final = attempts[-1] if attempts else {}
         worker = str(final.get("node_id", "")) if final.get("status") in FINAL_STATES else ""
-        cost = min(self.rates.cost(record.usage), record.price_cap) if worker else 0
+        wall_seconds = record.usage.get("wall_seconds", 0)
+        cost = min(self.rates.cost(record.request, wall_seconds), record.price_cap) if worker else 0
         if cost > 0:
             await self.open(worker, "worker")
         paid = await self.ledger.settle(

@@ -37,8 +37,10 @@ class Dispatch:
         scheduler: Scheduler,
         liveness: Liveness,
         watchdog: AttemptWatchdog,
+        allow_pulls: bool,
     ) -> None:
         self.db = db
+        self.allow_pulls = allow_pulls  # told to each worker in its Assign
         self.tasks = tasks
         self.scheduler = scheduler
         self.liveness = liveness
@@ -103,7 +105,7 @@ class Dispatch:
         except OSError as exc:
             log.error("task %s: cannot read its input bundle: %s", record.id, exc)
             return False  # left assigned and not started: the watchdog requeues it
-        session.send(assign_message(record, placement.attempt, bundle))
+        session.send(assign_message(record, placement.attempt, bundle, self.allow_pulls))
         return True
 
     async def run_forever(self) -> None:

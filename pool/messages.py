@@ -7,6 +7,8 @@ that the parts sending them (pool, dispatch, operations) build them alike.
 
 from __future__ import annotations
 
+import re
+
 from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.model.bundles import MAX_OUTPUT_BYTES
 from hivemind_cluster.model.states import REPORTED_STATES
@@ -16,6 +18,10 @@ from hivemind_cluster.protos import pool_pb2 as pb
 MAX_LOG_CHUNK = 256 * 1024
 # Agent messages about one attempt: a rejection names the attempt it refuses.
 ATTEMPT_MESSAGES = ("started", "log", "result")
+# The streams of an agent's log chunks: the task's, and the worker's own lines about the
+# attempt (its image's pull), shown as the pool's are.
+LOG_STREAMS = ("stdout", "stderr", "system")
+IMAGE_DIGEST = re.compile(r"(sha256:[0-9a-f]{64})?")
 
 
 def cancel_message(task_id: str, attempt: int) -> pb.PoolMessage:
@@ -35,7 +41,9 @@ def registered_message(
     )
 
 
-def assign_message(record: TaskRecord, attempt: int, bundle: bytes) -> pb.PoolMessage:
+def assign_message(
+    record: TaskRecord, attempt: int, bundle: bytes, allow_pulls: bool
+) -> pb.PoolMessage:
     return pb.PoolMessage(
         assign=pb.Assign(
             task_id=record.id,
@@ -47,6 +55,8 @@ def assign_message(record: TaskRecord, attempt: int, bundle: bytes) -> pb.PoolMe
             timeout_seconds=record.timeout_seconds,
             network=record.network,
             input_bundle=bundle,
+            pull=allow_pulls,
+            disk_bytes=record.disk_bytes,
         )
     )
 
@@ -71,8 +81,10 @@ def rejected_message(message: pb.AgentMessage, reason: str) -> pb.PoolMessage:
 
 
 def check_log_chunk(chunk: pb.LogChunk) -> None:
-    if chunk.stream not in ("stdout", "stderr"):
-        raise InvalidInput(f"log stream must be stdout or stderr, not {chunk.stream[:20]!r}")
+    if chunk.stream not in LOG_STREAMS:
+        raise InvalidInput(
+            f"log stream must be stdout, stderr or system, not {chunk.stream[:20]!r}"
+        )
     if len(chunk.data) > MAX_LOG_CHUNK:
         raise InvalidInput(f"log chunk larger than {MAX_LOG_CHUNK} bytes")
 
@@ -82,3 +94,5 @@ def check_result(result: pb.TaskResult) -> None:
         raise InvalidInput(f"result status {result.status[:20]!r} is not a final state")
     if len(result.output_bundle) > MAX_OUTPUT_BYTES:
         raise InvalidInput("result bundle is larger than the pool accepts")
+    if not IMAGE_DIGEST.fullmatch(result.image_digest):
+        raise InvalidInput(f"image digest {result.image_digest[:80]!r} is not sha256:<hex>")

@@ -78,7 +78,9 @@ class Pool:
         self.scheduler = Scheduler()
         self.liveness = Liveness(db, settings.heartbeat_timeout)
         self.watchdog = AttemptWatchdog()
-        self.dispatch = Dispatch(db, self.tasks, self.scheduler, self.liveness, self.watchdog)
+        self.dispatch = Dispatch(
+            db, self.tasks, self.scheduler, self.liveness, self.watchdog, settings.allow_pulls
+        )
         self.settlement = Settlement(self.accounting)
         self.members = MemberCache(db, self.scheduler)
         self._passes = 0

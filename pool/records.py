@@ -29,6 +29,7 @@ def spec_fields(spec: TaskSpec) -> dict[str, str]:
         "max_attempts": str(spec.max_attempts),
         "network": "1" if spec.network else "0",
         "bundle_bytes": str(spec.bundle_bytes),
+        "disk_bytes": str(spec.disk_bytes),
         "attempt": "1",
         "node_id": "",
     }
@@ -91,6 +92,7 @@ class TaskRecord(TaskSpec):
             output=raw.get("output", ""),
             output_bytes=int(raw.get("output_bytes") or 0),
             bundle_bytes=int(raw.get("bundle_bytes") or 0),
+            disk_bytes=int(raw.get("disk_bytes") or 0),
             price_cap=int(raw.get("price_cap") or 0),
             cost=int(raw.get("cost") or 0),
             settled=raw.get("settled") == "1",
@@ -139,6 +141,7 @@ class TaskRecord(TaskSpec):
                     started_at=float(a.get("started_at", 0)),
                     ended_at=float(a.get("ended_at", 0)),
                     error=str(a.get("error", "")),
+                    image_digest=str(a.get("image_digest", "")),
                 )
                 for a in attempts or []
             ],
@@ -146,4 +149,5 @@ class TaskRecord(TaskSpec):
             price_cap=self.price_cap,
             cost=self.cost,
             settled=self.settled,
+            disk_bytes=self.disk_bytes,
         )

@@ -24,11 +24,13 @@ local function system_log(logs_key, attempt, now, text)
     'attempt', attempt, 'time', now)
 end
 
-local function record_attempt(attempts_key, task_key, attempt, node, status, now, err)
+-- digest: the image the attempt ran (nil when it never reported one).
+local function record_attempt(attempts_key, task_key, attempt, node, status, now, err, digest)
   local started = redis.call('HGET', task_key, 'attempt_started_at') or ''
   redis.call('RPUSH', attempts_key, cjson.encode({
     attempt = tonumber(attempt), node_id = node, status = status,
     started_at = tonumber(started) or 0, ended_at = tonumber(now), error = err,
+    image_digest = digest,
   }))
 end
 
@@ -154,7 +156,7 @@ end)
 
 -- KEYS: task, queue, node_tasks, attempts, logs
 -- ARGV: id, attempt, node, now, status, exit_code ('' if none), error, usage_json,
---       output_name, output_bytes
+--       output_name, output_bytes, image_digest
 redis.register_function('hm_task_finish', function(keys, args)
   local err = fenced(keys[1], args[2], args[3])
   if err then
@@ -167,7 +169,7 @@ redis.register_function('hm_task_finish', function(keys, args)
   redis.call('HSET', keys[1], 'status', status, 'exit_code', args[6], 'error', args[7],
     'usage', args[8], 'output', args[9], 'output_bytes', args[10], 'ended_at', args[4])
   redis.call('HSETNX', keys[1], 'started_at', args[4])
-  record_attempt(keys[4], keys[1], args[2], args[3], status, args[4], args[7])
+  record_attempt(keys[4], keys[1], args[2], args[3], status, args[4], args[7], args[11])
   redis.call('SREM', keys[3], args[1])
   local text = 'attempt ' .. args[2] .. ' ' .. status
   if args[6] ~= '' then

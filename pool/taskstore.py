@@ -233,6 +233,7 @@ class TaskStore:
                     json.dumps(usage),
                     output_name,
                     len(result.output_bundle),
+                    result.image_digest,
                 ],
             )
         except errors.HiveMindError:

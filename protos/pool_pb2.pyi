@@ -286,6 +286,7 @@ class TaskResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     OUTPUT_BUNDLE_FIELD_NUMBER: _builtins.int
+    IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     status: _builtins.str
@@ -293,6 +294,8 @@ class TaskResult(_message.Message):
     exit_code: _builtins.int
     error: _builtins.str
     output_bundle: _builtins.bytes
+    image_digest: _builtins.str
+    """The image the attempt ran, resolved: its registry digest, else its image id (sha256:…)."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -305,10 +308,11 @@ class TaskResult(_message.Message):
         error: _builtins.str = ...,
         usage: Global___Usage | None = ...,
         output_bundle: _builtins.bytes = ...,
+        image_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "output_bundle", b"output_bundle", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "image_digest", b"image_digest", "output_bundle", b"output_bundle", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -413,12 +417,18 @@ class Assign(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     INPUT_BUNDLE_FIELD_NUMBER: _builtins.int
+    PULL_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     image: _builtins.str
     timeout_seconds: _builtins.int
     network: _builtins.bool
     input_bundle: _builtins.bytes
+    pull: _builtins.bool
+    """The hub allows pulls (hub setting allow_pulls): the worker pulls the image if missing."""
+    disk_bytes: _builtins.int
+    """The task's disk limit: its working copy, /out and /tmp together."""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -437,10 +447,12 @@ class Assign(_message.Message):
         timeout_seconds: _builtins.int = ...,
         network: _builtins.bool = ...,
         input_bundle: _builtins.bytes = ...,
+        pull: _builtins.bool = ...,
+        disk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "env", b"env", "image", b"image", "input_bundle", b"input_bundle", "network", b"network", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "image", b"image", "input_bundle", b"input_bundle", "network", b"network", "pull", b"pull", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -596,6 +608,7 @@ class SubmitRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     MAX_COST_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """default: the Python image when the bundle has main.py"""
     timeout_seconds: _builtins.int
@@ -606,13 +619,15 @@ class SubmitRequest(_message.Message):
     """0: the hub's default"""
     network: _builtins.bool
     input_bundle: _builtins.bytes
-    """a zip, mounted read-only at /work"""
+    """a zip, unpacked into the writable /work"""
     name: _builtins.str
     owner: _builtins.str
     """only the hub may submit on behalf of someone else"""
     idempotency_key: _builtins.str
     max_cost: _builtins.int
     """micro-CPT held in escrow; 0: computed from the rate card"""
+    disk_bytes: _builtins.int
+    """working copy + /out + /tmp; 0: the hub's default"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -637,10 +652,11 @@ class SubmitRequest(_message.Message):
         owner: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         max_cost: _builtins.int = ...,
+        disk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "input_bundle", b"input_bundle", "max_attempts", b"max_attempts", "max_cost", b"max_cost", "name", b"name", "network", b"network", "owner", b"owner", "priority", b"priority", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "input_bundle", b"input_bundle", "max_attempts", b"max_attempts", "max_cost", b"max_cost", "name", b"name", "network", b"network", "owner", b"owner", "priority", b"priority", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -679,12 +695,15 @@ class Attempt(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     node_id: _builtins.str
     status: _builtins.str
     started_at: _builtins.float
     ended_at: _builtins.float
     error: _builtins.str
+    image_digest: _builtins.str
+    """as in TaskResult; "" when the attempt had no image"""
     def __init__(
         self,
         *,
@@ -694,10 +713,11 @@ class Attempt(_message.Message):
         started_at: _builtins.float = ...,
         ended_at: _builtins.float = ...,
         error: _builtins.str = ...,
+        image_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "ended_at", b"ended_at", "error", b"error", "node_id", b"node_id", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "ended_at", b"ended_at", "error", b"error", "image_digest", b"image_digest", "node_id", b"node_id", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -734,6 +754,7 @@ class Task(_message.Message):
     PRICE_CAP_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     SETTLED_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -759,6 +780,8 @@ class Task(_message.Message):
     cost: _builtins.int
     """micro-CPT paid to the worker (once settled)"""
     settled: _builtins.bool
+    disk_bytes: _builtins.int
+    """the task's disk limit"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -797,10 +820,11 @@ class Task(_message.Message):
         price_cap: _builtins.int = ...,
         cost: _builtins.int = ...,
         settled: _builtins.bool = ...,
+        disk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "disk_bytes", b"disk_bytes", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   wireguard-go wireguard-tools iproute2 iputils-ping nftables iptables procps
   redis-server docker.io busybox-static debootstrap python3-venv ca-certificates
-  openssh-server openssh-client chromium chromium-driver python3-apt
+  openssh-server openssh-client chromium chromium-driver python3-apt docker-registry
+  e2fsprogs mount
 )
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
@@ -27,8 +28,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The packaged redis-server may have started a system instance on 127.0.0.1:6379; HiveMind
-# runs its own instances and does not use it.
+# The packaged redis-server may have started a system instance on 127.0.0.1:6379, and
+# docker-registry one on port 5000; HiveMind runs its own instances and does not use them.
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   say "creating $VENV"

@@ -83,6 +83,10 @@ SCHEMAS: dict[str, Schema] = {
             "env": {"type": "object", "additionalProperties": STRING},
             "cpu": {"oneOf": [STRING, NUMBER], "description": "1, 0.5 or 500m"},
             "memory": {"oneOf": [STRING, INTEGER], "description": "512M, 2G or bytes"},
+            "disk": {
+                "oneOf": [STRING, INTEGER],
+                "description": "the working copy, /out and /tmp together: 2G or bytes",
+            },
             "gpus": {"type": "integer", "minimum": 0},
             "timeout": {"type": "integer", "minimum": 0, "description": "seconds"},
             "priority": {"type": "integer", "minimum": 0, "maximum": 9},
@@ -103,6 +107,7 @@ SCHEMAS: dict[str, Schema] = {
             "started_at": nullable("number"),
             "ended_at": nullable("number"),
             "error": STRING,
+            "image_digest": STRING,
         }
     ),
     "Task": obj(
@@ -118,6 +123,7 @@ SCHEMAS: dict[str, Schema] = {
             "exit_code": nullable("integer"),
             "error": STRING,
             "image": STRING,
+            "image_digest": STRING,
             "command": {"type": "array", "items": STRING},
             "resources": RESOURCES,
             "timeout_seconds": INTEGER,

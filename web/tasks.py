@@ -6,10 +6,11 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from hivemind_cluster.client.views import amount_text
+from hivemind_cluster.client.views import amount_text, charge_lines, charge_view
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, TooLarge
 from hivemind_cluster.model import submission
 from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
 from hivemind_cluster.model.states import ALL_STATES
 from hivemind_cluster.web.auth import current_user, login_required
@@ -72,10 +73,13 @@ def new_task() -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>")
 @login_required
 def detail(task_id: str) -> ResponseReturnValue:
-    """The page, or with ``?partial=1`` only its live status panel (the page's script)."""
-    task = services().pool(current_user().account).get(task_id)
+    """The page, or with ``?partial=1`` only its live status panel (the page's script);
+    a settled task shows how its cost came about, at the hub's rate card."""
+    found = services()
+    task = found.pool(current_user().account).get(task_id)
+    charge = charge_view(task, RateCard.from_settings(found.settings))
     template = "_task_live.html" if request.args.get("partial") else "task.html"
-    return render_template(template, task=task)
+    return render_template(template, task=task, billed=charge_lines(charge) if charge else [])
 
 
 @bp.post("/tasks/<task_id>/cancel")

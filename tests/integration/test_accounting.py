@@ -86,8 +86,8 @@ async def test_the_submitter_pays_exactly_the_cost_and_the_worker_earns_it(
     assert task.price_cap == cap
     done = await cluster.wait_status(user, task.id, {"succeeded"})
     settled = await cluster.wait_settled(user, task.id)
-    cost = RATES.cost({"cpu_seconds": 2.5, "peak_memory_bytes": 200_000_000, "wall_seconds": 3.0})
-    assert cost == 250 + 30 and settled.cost == cost and done.status == "succeeded"
+    cost = RATES.cost(Resources(1000, 256 << 20, 0), USAGE.wall_seconds)  # what it held
+    assert cost == 300 + 41 and settled.cost == cost and done.status == "succeeded"
     assert await balance(user) == REGISTRATION_GRANT - cost
     assert await balance(hub, "w1") == worker_before + cost
     assert (await hub.Balance(pb.AccountRef(account="w1"))).earned == cost
@@ -135,8 +135,8 @@ async def test_a_lost_attempt_is_not_paid_and_the_retry_is_paid_once(cluster: Cl
     await cluster.wait_status(user, task.id, {"succeeded"}, timeout=30)
     await cluster.wait_settled(user, task.id)
     assert await balance(hub, "doomed") == REGISTRATION_GRANT
-    assert await balance(hub, "survivor") == REGISTRATION_GRANT + 280
-    assert await balance(user) == REGISTRATION_GRANT - 280
+    assert await balance(hub, "survivor") == REGISTRATION_GRANT + 341
+    assert await balance(user) == REGISTRATION_GRANT - 341
 
 
 @in_an_audited_cluster()

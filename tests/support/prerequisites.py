@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+import docker
+import docker.errors
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,3 +36,19 @@ def require_root_network() -> None:
     require(os.geteuid() == 0, "needs root (network namespaces, WireGuard)")
     for tool in ("ip", "wg", "wireguard-go", "redis-server", "nft", "ping"):
         require(shutil.which(tool) is not None, f"{tool} is not installed (make setup)")
+
+
+def require_docker_images(*images: str) -> docker.DockerClient:
+    """A client of the Docker daemon, once it answers and holds every image (``make images``)."""
+    from hivemind_cluster.agent.executor import DockerExecutor  # only the Docker tests need it
+
+    available, why = DockerExecutor.probe()
+    require(available, f"docker is not available: {why}")
+    client = docker.from_env()
+    for image in images:
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            client.close()
+            require(False, f"image {image} is missing: run make images")
+    return client

@@ -43,6 +43,7 @@ from hivemind_cluster.agent.wheels import (
     install,
     probe_tags,
 )
+from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.units import MIB, format_bytes
 
 DEFAULT_CACHE_BYTES = 4096 * MIB
@@ -113,7 +114,8 @@ def checked(number: int, line: str) -> str:
     try:
         requirement = Requirement(text)
     except InvalidRequirement as error:
-        raise RequirementsUnmet(f"{where}: {error}") from None
+        first_line = str(error).splitlines()[0] if str(error) else "not a requirement"
+        raise RequirementsUnmet(f"{where}: {one_line(first_line)} ({text!r})") from None
     if requirement.url:
         raise RequirementsUnmet(
             f"{where}: a URL or path cannot be installed; name the package and its version"
@@ -142,6 +144,7 @@ class Requirements:
         self.in_use: Counter[str] = Counter()
         self.builds: dict[str, threading.Lock] = {}
         self.sizes: dict[str, int] = {}  # of entries already measured
+        self.evicting = threading.Lock()
 
     def remove_leftovers(self) -> None:
         """Remove half-built entries left by a crashed agent (call before any task runs)."""
@@ -165,24 +168,17 @@ class Requirements:
             yield NO_DEPS
             return
         key = cache_key(str(client.images.get(task.image).id), self.index_url, wanted)
-        with self.build_lock(key):
-            entry = self.root / key
-            if entry.is_dir():
-                note(f"{REQUIREMENTS_NAME}: {counted(wanted)} from the cache ({key})")
-                os.utime(entry)  # its last use, for the LRU
-            else:
-                self.build(
-                    client,
-                    node_id,
-                    task,
-                    wanted,
-                    entry,
-                    note,
-                    Deadline(cancel, task.timeout_seconds),
-                )
-            with self.lock:
-                self.in_use[key] += 1
+        entry = self.root / key
+        with self.lock:  # held from before it is looked for: eviction cannot take it from here
+            self.in_use[key] += 1
         try:
+            with self.build_lock(key):
+                if entry.is_dir():
+                    note(f"{REQUIREMENTS_NAME}: {counted(wanted)} from the cache ({key})")
+                    os.utime(entry)  # its last use, for the LRU
+                else:
+                    deadline = Deadline(cancel, task.timeout_seconds)
+                    self.build(client, node_id, task, wanted, entry, note, deadline)
             self.evict()
             yield Deps(entry)
         finally:
@@ -233,6 +229,10 @@ class Requirements:
 
     def evict(self) -> None:
         """Remove the entries used longest ago, none that a task holds, until the cache fits."""
+        with self.evicting:  # one at a time: only eviction removes entries
+            self.evict_now()
+
+    def evict_now(self) -> None:
         entries = [e for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")]
         entries.sort(key=lambda entry: entry.stat().st_mtime)
         for entry in entries:

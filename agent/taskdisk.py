@@ -1,12 +1,12 @@
 """A task's own disk: a filesystem of exactly its disk limit, holding its working copy, ``/out``
 and ``/tmp``.
 
-A file of exactly the limit, allocated up front, formatted ext4 and loop-mounted in the task
-directory: whatever the task writes lands in that file, which cannot grow, so a task that
-writes too much gets ENOSPC inside its own filesystem, and since the space was reserved when
-the task started, tasks side by side cannot fill the worker's disk either. ``task_disk`` unmounts it
-(which frees its loop device) and removes the file however the task ends;
-``unmount_leftovers`` does the same for disks a crashed agent left mounted.
+A file of exactly the limit, allocated up front, formatted ext4, attached to a loop device and
+mounted in the task directory: whatever the task writes lands in that file, which cannot grow,
+so a task that writes too much gets ENOSPC inside its own filesystem; and since the space was
+reserved when the task started, tasks side by side cannot fill the worker's disk either.
+``task_disk`` unmounts it, frees its loop device and deletes the file however the task ends;
+``unmount_leftovers`` does the same for the disks of an agent that crashed.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ DISK_FULL_MARKERS = (b"No space left on device", b"ENOSPC", b"Disk quota exceede
 MKFS_OPTIONS = ("-m", "0", "-O", "^has_journal,^resize_inode", "-E", "root_owner=0:0,nodiscard")
 IMAGE_NAME = "disk.img"
 MOUNT_NAME = "fs"
+DOCKER_PID_FILE = "/var/run/docker.pid"
+# A propagating mount namespace can show one mount twice at the same place: unmount that often.
+MAX_STACKED_MOUNTS = 4
 
 
 def run_tool(*command: str) -> None:
@@ -68,11 +71,12 @@ def task_disk(task_dir: Path, size_bytes: int) -> Iterator[Path]:
     try:
         reserve(image, size_bytes)
         run_tool("mkfs.ext4", "-q", "-F", *MKFS_OPTIONS, str(image))
-        run_tool("mount", "-o", "loop,nosuid,nodev", str(image), str(root))
+        device = attach(image)
+        for namespace in mount_namespaces():
+            run_tool(*namespace, "mount", "-o", "nosuid,nodev", device, str(root))
         yield root
     finally:
-        unmount(root)
-        image.unlink(missing_ok=True)
+        release(image, root)
 
 
 def reserve(image: Path, size_bytes: int) -> None:
@@ -89,22 +93,69 @@ def reserve(image: Path, size_bytes: int) -> None:
         os.close(descriptor)
 
 
-def unmount(root: Path) -> None:
-    """Unmount ``root`` if it is mounted; ``mount -o loop`` set autoclear, so its loop device
-    goes with it. A mount still busy is detached lazily rather than left behind."""
-    if not os.path.ismount(root):
-        return
+def attach(image: Path) -> str:
+    """A loop device of the image (``/dev/loopN``: devices are seen from every namespace)."""
     try:
-        run_tool("umount", str(root))
-    except SystemFailure:
-        run_tool("umount", "--lazy", str(root))
+        found = subprocess.run(
+            ["losetup", "--find", "--show", str(image)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        raise SystemFailure(f"losetup failed: {one_line(str(error))}") from error
+    return found.stdout.strip()
+
+
+def mount_namespaces() -> list[tuple[str, ...]]:
+    """Where the task's disk is mounted: here, for the agent to fill and read it, and, when
+    Docker's daemon resolves bind mounts in another mount namespace (an agent started in a
+    network namespace by ``ip netns exec`` has one of its own), there too, through
+    ``nsenter``. Both mounts of the one loop device share one filesystem."""
+    ours: list[tuple[str, ...]] = [()]
+    try:
+        pid = int(Path(DOCKER_PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        pid = 1
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return ours
+    except OSError:
+        return ours
+    return [*ours, ("nsenter", f"--mount=/proc/{pid}/ns/mnt", "--")]
+
+
+def release(image: Path, root: Path) -> None:
+    """Unmount the disk wherever it is mounted, free its loop device, delete its image. A
+    mount still busy is detached lazily rather than left behind."""
+    for namespace in reversed(mount_namespaces()):
+        for _ in range(MAX_STACKED_MOUNTS):
+            if not namespace and not os.path.ismount(root):
+                break
+            try:
+                run_tool(*namespace, "umount", str(root))
+            except SystemFailure:
+                if namespace:
+                    break  # no (more) mount there
+                run_tool("umount", "--lazy", str(root))
+    if image.exists():
+        listed = subprocess.run(
+            ["losetup", "--noheadings", "--output", "NAME", "--associated", str(image)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for device in listed.stdout.split():
+            run_tool("losetup", "--detach", device)
+    image.unlink(missing_ok=True)
 
 
 def unmount_leftovers(work_root: Path) -> None:
-    """Unmount every task disk under ``work_root`` (an agent that crashed left them)."""
+    """Release every task disk under ``work_root`` (an agent that crashed left them)."""
     if work_root.is_dir():
-        for disk in sorted(work_root.glob(f"*/{MOUNT_NAME}")):
-            unmount(disk)
+        for root in sorted(work_root.glob(f"*/{MOUNT_NAME}")):
+            release(root.parent / IMAGE_NAME, root)
 
 
 def disk_is_full(root: Path) -> bool:

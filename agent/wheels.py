@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,10 @@ def download(
     command += ["--dest", ".", *targets, "-r", REQUIREMENTS_NAME]
     if index_url:
         command += ["--index-url", index_url]
+        if urllib.parse.urlsplit(index_url).scheme == "http":
+            # The worker's own choice of index: pip would otherwise ignore plain HTTP to any
+            # host but this one (the hashes on the index's pages are still checked).
+            command += ["--trusted-host", str(urllib.parse.urlsplit(index_url).netloc)]
     process = subprocess.Popen(
         command,
         cwd=wheels,
@@ -234,6 +239,8 @@ def download(
         exit_code = process.wait()
     if exit_code != 0:
         raise RequirementsUnmet(f"{REQUIREMENTS_NAME} cannot be met: {reason(lines, exit_code)}")
+    for wheel in wheels.iterdir():
+        wheel.chmod(0o644)  # the install reads them as nobody, whatever the agent's umask
 
 
 def install(

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hivemind_cluster.agent.taskdisk import unmount_leftovers
 from tests.support.lab import Host, Lab, Mesh
 from tests.support.prerequisites import require, require_root_network
 
@@ -110,3 +111,5 @@ def pool_world(workdir: Path) -> Iterator[PoolWorld]:
         lab.close()
         for node_id in node_ids:
             remove_containers(node_id)
+        for work in workdir.glob("*/work"):  # a killed agent's task disks, as its restart would
+            unmount_leftovers(work)

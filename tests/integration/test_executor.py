@@ -25,7 +25,7 @@ from hivemind_cluster.agent.executor import DockerExecutor
 from hivemind_cluster.agent.taskrun import Outcome, TaskRun
 from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.bundles import check_bundle, default_command
-from tests.support.prerequisites import require
+from tests.support.prerequisites import require_docker_images
 from tests.support.scratch import zip_of
 
 pytestmark = pytest.mark.privileged
@@ -36,14 +36,7 @@ PYTHON = "hivemind/python:3.11"
 
 @pytest.fixture(scope="module")
 def docker_client() -> Iterator[docker.DockerClient]:
-    available, why = DockerExecutor.probe()
-    require(available, f"docker is not available: {why}")
-    client = docker.from_env()
-    for image in (BUSYBOX, PYTHON):
-        try:
-            client.images.get(image)
-        except docker.errors.ImageNotFound:
-            require(False, f"image {image} is missing: run make images")
+    client = require_docker_images(BUSYBOX, PYTHON)
     yield client
     client.close()
 

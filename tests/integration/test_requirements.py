@@ -23,7 +23,7 @@ from hivemind_cluster.agent.requirements import Requirements
 from hivemind_cluster.agent.taskrun import Outcome, TaskRun
 from hivemind_cluster.core.units import MIB
 from tests.support.package_index import LabIndex, served
-from tests.support.prerequisites import require
+from tests.support.prerequisites import require_docker_images
 from tests.support.scratch import zip_of
 
 pytestmark = pytest.mark.privileged
@@ -56,13 +56,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabIndex]:
 
 @pytest.fixture(scope="module")
 def docker_client() -> Iterator[docker.DockerClient]:
-    available, why = DockerExecutor.probe()
-    require(available, f"docker is not available: {why}")
-    client = docker.from_env()
-    try:
-        client.images.get(PYTHON)
-    except docker.errors.ImageNotFound:
-        require(False, f"image {PYTHON} is missing: run make images")
+    client = require_docker_images(PYTHON)
     yield client
     client.close()
 

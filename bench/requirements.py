@@ -15,7 +15,6 @@ hivemind/python:3.11 image (``make images``).
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import statistics
 import sys
@@ -35,6 +34,7 @@ from hivemind_cluster.core.units import MIB
 from tests.support.package_index import LabIndex, served
 from tests.support.registry import has_image
 from tests.support.scratch import zip_of
+from tests.support.tasks import a_task
 
 IMAGE = "hivemind/python:3.11"
 RUNS = 3
@@ -57,18 +57,13 @@ PANDAS = (
 Workload = tuple[str, str, str, tuple[str, ...]]
 
 
-def a_task(workload: Workload) -> TaskRun:
-    return TaskRun(
-        task_id=f"bench{secrets.token_hex(4)}",
-        attempt=1,
-        image=IMAGE,
-        command=["python", "main.py"],
+def workload_task(workload: Workload) -> TaskRun:
+    return a_task(
+        IMAGE,
+        ["python", "main.py"],
         env={"PYTHONPATH": "/work"},
-        cpu_millis=1000,
         memory_bytes=256 * MIB,
-        gpus=0,
         timeout_seconds=300,
-        network=False,
         input_bundle=zip_of({"main.py": workload[2], "requirements.txt": workload[1]}),
     )
 
@@ -82,7 +77,7 @@ def start_seconds(executor: DockerExecutor, workload: Workload) -> float:
             first.append(time.perf_counter())
 
     started = time.perf_counter()
-    outcome = executor.run(a_task(workload), on_output, threading.Event())
+    outcome = executor.run(workload_task(workload), on_output, threading.Event())
     if outcome.status != "succeeded" or not first:
         raise SystemExit(f"error: the benchmark task did not succeed: {outcome.error}")
     return first[0] - started

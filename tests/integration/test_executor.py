@@ -13,7 +13,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.bundles import check_bundle, default_command
 from tests.support.prerequisites import require_docker_images
 from tests.support.scratch import zip_of
+from tests.support.tasks import a_task
 
 pytestmark = pytest.mark.privileged
 
@@ -58,20 +59,7 @@ def executor(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[Doc
 
 
 def task(command: list[str], **changes: Any) -> TaskRun:
-    base = TaskRun(
-        task_id=f"t{secrets.token_hex(4)}",
-        attempt=1,
-        image=BUSYBOX,
-        command=command,
-        env={},
-        cpu_millis=1000,
-        memory_bytes=64 * MIB,
-        gpus=0,
-        timeout_seconds=30,
-        network=False,
-        input_bundle=b"",
-    )
-    return replace(base, **changes)
+    return a_task(changes.pop("image", BUSYBOX), command, **changes)
 
 
 def sh(script: str, **changes: Any) -> TaskRun:

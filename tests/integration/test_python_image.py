@@ -18,6 +18,7 @@ from hivemind_cluster.agent.taskrun import Outcome, TaskRun
 from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
 from tests.support.prerequisites import require_docker_images
+from tests.support.tasks import a_task
 
 pytestmark = pytest.mark.privileged
 
@@ -63,10 +64,7 @@ def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerExecuto
 
 def python_task(*command: str) -> TaskRun:
     """A task in the default image: one CPU, 512 MiB, 120 s, no network, no bundle."""
-    task_id = f"t{secrets.token_hex(4)}"
-    return TaskRun(
-        task_id, 1, DEFAULT_PYTHON_IMAGE, list(command), {}, 1000, 512 * MIB, 0, 120, False, b""
-    )
+    return a_task(DEFAULT_PYTHON_IMAGE, command, memory_bytes=512 * MIB, timeout_seconds=120)
 
 
 def run(executor: DockerExecutor, the_task: TaskRun) -> tuple[Outcome, str]:

@@ -25,6 +25,7 @@ from hivemind_cluster.core.units import MIB
 from tests.support.package_index import LabIndex, served
 from tests.support.prerequisites import require_docker_images
 from tests.support.scratch import zip_of
+from tests.support.tasks import a_task
 
 pytestmark = pytest.mark.privileged
 
@@ -83,17 +84,12 @@ def executor(
 
 
 def task(requirements: str, **files: str) -> TaskRun:
-    return TaskRun(
-        task_id=f"t{secrets.token_hex(4)}",
-        attempt=1,
-        image=PYTHON,
-        command=["python", "main.py"],
+    return a_task(
+        PYTHON,
+        ["python", "main.py"],
         env={"PYTHONPATH": "/work"},
-        cpu_millis=1000,
         memory_bytes=128 * MIB,
-        gpus=0,
         timeout_seconds=120,
-        network=False,
         input_bundle=zip_of({"main.py": MAIN, "requirements.txt": requirements, **files}),
     )
 

@@ -2,9 +2,10 @@
 
 ``DockerExecutor.run`` stages the task's directories and creates its container (both in
 agent/sandbox.py), starts it, forwards its output as it arrives (agent/output.py) while
-sampling its usage (agent/usage.py), kills it on timeout or cancel, and removes it
-afterwards; whatever the task wrote to ``/out`` or changed in its working copy comes back as
-a zip (agent/workcopy.py), and filling its own disk (agent/taskdisk.py) fails it.
+sampling its usage (agent/usage.py), kills it on timeout, once its price cap is used up or on
+cancel, and removes it afterwards; whatever the task wrote to ``/out`` or changed in its
+working copy comes back as a zip (agent/workcopy.py), and filling its own disk
+(agent/taskdisk.py) fails it.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ from hivemind_cluster.agent.workcopy import Snapshot, pack_result, snapshot
 from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.core.units import format_bytes
+from hivemind_cluster.model.pricing import PRICE_CAP_REACHED
 from hivemind_cluster.model.states import TaskState
 
 log = logging.getLogger(__name__)
 
 # After a kill, how long the output stream and the exit status may take to arrive.
 SETTLE_SECONDS = 10.0
+# What stopped a container whose price cap was used up (it ends "failed", saying so).
+PRICE_CAP = "price_cap"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -253,17 +257,19 @@ def watch(
     cancel: threading.Event,
     started: float,
 ) -> tuple[str, int]:
-    """Forward output and sample usage until the container exits; kill on timeout or cancel.
+    """Forward output and sample usage until the container exits; kill on timeout, when its
+    price cap is used up, or on cancel.
 
-    Returns ("", exit code) when the task ended by itself, else ("timed_out" or "cancelled",
-    exit code after the kill).
+    Returns ("", exit code) when the task ended by itself, else ("timed_out", PRICE_CAP or
+    "cancelled", exit code after the kill).
     """
-    deadline = started + task.timeout_seconds
+    limit, limited_by = run_limit(task)
+    deadline = started + limit
     while True:
         now = time.monotonic()
         if cancel.is_set() or now >= deadline:
             kill(container)
-            reason = TaskState.CANCELLED if cancel.is_set() else TaskState.TIMED_OUT
+            reason = TaskState.CANCELLED if cancel.is_set() else limited_by
             return reason, wait_for_exit(container, SETTLE_SECONDS)
         meter.sample()
         budget = min(POLL_SECONDS, deadline - now)
@@ -273,6 +279,14 @@ def watch(
         with contextlib.suppress(requests.exceptions.RequestException):
             # The output has ended, so the process is normally gone already.
             return "", wait_for_exit(container, budget)
+
+
+def run_limit(task: TaskRun) -> tuple[float, str]:
+    """How long the container may run, and what stops it then: its timeout, or its price
+    cap when that buys less (the pool computed the seconds; the cost is wall time)."""
+    if 0 < task.price_cap_seconds < task.timeout_seconds:
+        return task.price_cap_seconds, PRICE_CAP
+    return task.timeout_seconds, TaskState.TIMED_OUT
 
 
 def kill(container: Container) -> None:
@@ -293,6 +307,8 @@ def judge(
         return TaskState.CANCELLED, "cancelled"
     if stopped_because == TaskState.TIMED_OUT:
         return TaskState.TIMED_OUT, f"timed out after {task.timeout_seconds}s"
+    if stopped_because == PRICE_CAP:
+        return TaskState.FAILED, f"{PRICE_CAP_REACHED} after {task.price_cap_seconds:g}s"
     if out_of_memory:
         limit = format_bytes(task.memory_bytes, exact=True)
         return TaskState.FAILED, f"killed: out of memory (limit {limit})"

@@ -1,7 +1,9 @@
 """The hardened container a task runs in: its ``create()`` options and the directories it
 mounts.
 
-Every container gets the platform defaults: no network unless asked, a read-only root, no
+Every container gets the platform defaults: no network unless asked (then Docker's default
+bridge, from which the worker's nftables table lets it reach the outside world only, never
+the overlay, the hub or the worker itself: agent/tasknet.py), a read-only root, no
 capabilities, no-new-privileges, user nobody, a pids limit, the CPU and memory that were paid
 for (no swap), and labels naming this node so that a restarted agent finds what it left
 behind. The input bundle is unpacked into ``work``, the task's

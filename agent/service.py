@@ -4,6 +4,8 @@ It owns the WireGuard interface while it runs: it brings it up from saved state 
 reboot, say), recreates it if it disappears, and removes it when stopped. On a worker it
 also runs the pool ``Worker`` (agent/worker.py) in a thread of its own, and on every node
 the local status page (agent/statuspage.py, ``status_listen``, default 127.0.0.1:5000).
+A worker's nftables table keeping tasks with network off the overlay (agent/tasknet.py) is
+loaded before the worker takes a task and removed after it has stopped.
 
 Signals: the first SIGTERM/SIGINT drains the worker (running tasks get ``drain_seconds``),
 a second one stops it at once; the interface goes down when the worker has stopped.
@@ -21,6 +23,11 @@ from hivemind_cluster.agent.facts import worker_facts
 from hivemind_cluster.agent.overlay import bring_up, hub_answers
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.agent.statuspage import start_status_server
+from hivemind_cluster.agent.tasknet import (
+    GuardedExecutor,
+    TaskNetworkGuard,
+    remove_task_network_rules,
+)
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity
 from hivemind_cluster.core.errors import AlreadyExists
@@ -66,6 +73,7 @@ def run_service(settings: AgentSettings, stop: threading.Event | None = None) ->
         if worker is not None and worker_thread is not None:
             worker.halt()
             worker_thread.join(timeout=15)
+            remove_task_network_rules(enrollment.interface)
         pid_file.unlink(missing_ok=True)
         overlay.interface.down()
         log.info("agent stopped; interface %s removed", overlay.interface.name)
@@ -158,7 +166,11 @@ def make_worker(settings: AgentSettings, enrollment: Enrollment) -> Worker:
             log.info("removed %d containers left by an earlier run", removed)
     else:
         log.warning("Docker is not available (%s): tasks will fail", facts.docker_version)
-    return Worker(Identity.load(settings.path), executor, facts, settings.drain_seconds)
+    # Before the worker takes a task: a task with network must never reach the overlay.
+    network_guard = TaskNetworkGuard(enrollment, executor.client)
+    network_guard.install()
+    guarded = GuardedExecutor(executor, network_guard)
+    return Worker(Identity.load(settings.path), guarded, facts, settings.drain_seconds)
 
 
 def _run_worker(worker: Worker, stop: threading.Event) -> None:

@@ -35,10 +35,11 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from hivemind_cluster.agent.attempts import SUPERSEDED, WorkerSnapshot
 from hivemind_cluster.agent.overlay import hub_peer_status
 from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.statushtml import JSON_PATH, render_html
-from hivemind_cluster.agent.worker import Worker, WorkerSnapshot
+from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity, sync_channel
 from hivemind_cluster.core.errors import HiveMindError
 from hivemind_cluster.core.grpcutil import error_from_rpc
@@ -264,7 +265,10 @@ def tasks_json(worker: WorkerSnapshot | None, ledger: LedgerView) -> dict[str, A
                 "status": a.status,
                 "exit_code": a.exit_code,
                 "ended_at": a.ended_at,
-                **money("earned", ledger.payments.get(a.task_id)),
+                # A superseded attempt earned nothing (a payment is another attempt's).
+                **money(
+                    "earned", None if a.status == SUPERSEDED else ledger.payments.get(a.task_id)
+                ),
             }
             for a in (worker.recent if worker else ())
         ],

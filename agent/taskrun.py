@@ -38,6 +38,9 @@ class TaskRun:
     pull: bool = False
     # The size of the task's own disk (working copy, /out and /tmp); 0: the agent's default.
     disk_bytes: int = 0
+    # The wall seconds its price cap buys: it is stopped there, failed "price cap reached".
+    # 0: the timeout comes first.
+    price_cap_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def task_run(assign: pb.Assign, gpu_ids: tuple[str, ...]) -> TaskRun:
         gpu_ids=gpu_ids,
         pull=assign.pull,
         disk_bytes=assign.disk_bytes,
+        price_cap_seconds=assign.price_cap_seconds,
     )
 
 

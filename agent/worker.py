@@ -3,8 +3,10 @@
 ``Worker.run()`` keeps a ``Connect`` stream open (reconnecting with backoff): it
 registers the machine's capacity and the attempts still running, sends a heartbeat every
 second, runs each ``Assign`` in the executor on a thread, streams its output, and reports
-its result until the pool acknowledges it. A reconnect resumes: running attempts continue
-and unacknowledged results are sent again (the pool's fencing makes that safe).
+its result until the pool acknowledges it. A reconnect resumes: running attempts continue,
+output not known to be stored is sent again (agent/tasklogs.py), then unacknowledged
+results (fencing makes that safe): a result always follows all of its attempt's output.
+An attempt the pool superseded is stopped and dropped, and shown so on the status page.
 
 Shutdown, as in rq: ``drain()`` (first SIGTERM) takes no new work — the heartbeat says
 ``draining`` — and lets running tasks finish for ``drain_seconds``; then, or at once on
@@ -26,14 +28,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
-import psutil
 
-from hivemind_cluster import __version__
+from hivemind_cluster.agent.agentmessages import heartbeat, registration
+from hivemind_cluster.agent.attempts import (
+    REFUSED,
+    SUPERSEDED,
+    AttemptView,
+    FinishedAttempt,
+    RunningAttempt,
+    WorkerSnapshot,
+    restated,
+)
 from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.tasklogs import AttemptLog, TaskLogs
 from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, task_result, task_run
 from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.model.states import INTERRUPTED
@@ -42,59 +52,17 @@ from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hivemind.agent.worker")
 LOG_PIECE = 64 * 1024
-MAX_BACKLOG = 10_000  # messages kept while disconnected; older log chunks are dropped
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 RECENT_ATTEMPTS = 20  # finished attempts kept for the status page
 Stream = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.PoolMessage]
 
 
+class ResendLater(Exception):
+    """The pool could not take a message just now: the stream is opened again."""
+
+
 class Executor(Protocol):
     def run(self, task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome: ...
-
-
-@dataclass
-class RunningAttempt:
-    task_id: str
-    attempt: int
-    cancel: threading.Event = field(default_factory=threading.Event)
-    interrupted: bool = False
-    image: str = ""
-    started_at: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True)
-class AttemptView:
-    """A running attempt, as read from another thread (times are unix seconds)."""
-
-    task_id: str
-    attempt: int
-    image: str
-    started_at: float
-
-
-@dataclass(frozen=True)
-class FinishedAttempt:
-    task_id: str
-    attempt: int
-    status: str
-    exit_code: int
-    ended_at: float
-
-
-@dataclass(frozen=True)
-class WorkerSnapshot:
-    """The worker at one instant. ``since`` is when ``connected`` last changed (None: never
-    connected yet); ``last_received`` is the pool's last message (it sends none while idle:
-    heartbeats go up only), ``last_sent`` the last one written to the stream."""
-
-    connected: bool
-    since: float | None
-    last_received: float | None
-    last_sent: float | None
-    draining: bool
-    completed: int
-    running: tuple[AttemptView, ...]
-    recent: tuple[FinishedAttempt, ...]  # newest first
 
 
 class Worker:
@@ -110,6 +78,10 @@ class Worker:
         # Cancels that overtook their Assign (bounded): applied when the Assign arrives.
         self._early_cancels: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)
         self.unacknowledged: dict[tuple[str, int], pb.TaskResult] = {}
+        # Unacknowledged results not written on the current stream yet (an ordered set).
+        self._unsent_results: dict[tuple[str, int], None] = {}
+        self.logs = TaskLogs()
+        self._backlog_signalled = False
         self.connected = False
         self.completed = 0
         # For snapshot(): what the event loop changes and other threads read.
@@ -120,7 +92,8 @@ class Worker:
         self._last_sent: float | None = None
         self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
+        # Messages to write; None: output or results are waiting (``_write_backlog``).
+        self._outbox: asyncio.Queue[pb.AgentMessage | None] | None = None
         self._draining: asyncio.Event | None = None
         self._halting: asyncio.Event | None = None
         self._jobs: set[asyncio.Task[None]] = set()
@@ -235,6 +208,8 @@ class Worker:
                     raise asyncio.CancelledError from exc
                 if isinstance(exc, grpc.aio.AioRpcError):
                     log.warning("pool stream ended: %s %s", exc.code().name, exc.details())
+                elif isinstance(exc, ResendLater):
+                    log.warning("reconnecting: %s", exc)
                 else:
                     log.exception("pool stream failed")
             self._set_connected(False)
@@ -246,17 +221,20 @@ class Worker:
         async with aio_channel(self.identity) as channel:
             call = pb_grpc.PoolStub(channel).Connect()
             await call.write(pb.AgentMessage(register=self._registration()))
-            first = await call.read()
-            if not isinstance(first, pb.PoolMessage) or first.WhichOneof("kind") != "registered":
-                raise ConnectionError("the pool did not acknowledge the registration")
+            registered, before = await self._registered(call)
             self._last_received = time.time()
             self._set_connected(True)
-            interval = first.registered.heartbeat_interval or 1.0
-            for gone in first.registered.superseded:
-                self._abandon(gone.task_id, gone.attempt, "the pool superseded it")
+            interval = registered.heartbeat_interval or 1.0
+            for gone in registered.superseded:
+                self._supersede(gone.task_id, gone.attempt, "the pool superseded it")
+            for ended in registered.ended:
+                self._forget_attempt((ended.task_id, ended.attempt))
             log.info("connected to the pool at %s", self.identity.pool_address)
-            for result in list(self.unacknowledged.values()):
-                await call.write(pb.AgentMessage(result=result))
+            for early in before:
+                self._dispatch(early)
+            self.logs.rewind()
+            self._unsent_results = dict.fromkeys(self.unacknowledged)
+            await self._write_backlog(call)
             writer = asyncio.create_task(self._write(call, interval))
             try:
                 while isinstance(message := await call.read(), pb.PoolMessage):
@@ -267,17 +245,43 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError, asyncio.InvalidStateError):
                     await writer  # InvalidStateError: it wrote after the call had ended
 
+    @staticmethod
+    async def _registered(call: Stream) -> tuple[pb.Registered, list[pb.PoolMessage]]:
+        """The pool's answer to the registration, and what it sent before it (the cancel of
+        an attempt cancelled while this agent was away), handled after it."""
+        before: list[pb.PoolMessage] = []
+        while isinstance(message := await call.read(), pb.PoolMessage):
+            if message.WhichOneof("kind") == "registered":
+                return message.registered, before
+            before.append(message)
+        raise ConnectionError("the pool did not acknowledge the registration")
+
     async def _write(self, call: Stream, interval: float) -> None:
         assert self._outbox is not None
         while True:
             try:
                 message = await asyncio.wait_for(self._outbox.get(), interval)
-            except TimeoutError:
+            except TimeoutError:  # each beat also sends what waits, had a signal gone amiss
                 message = pb.AgentMessage(heartbeat=self._heartbeat())
-            await call.write(message)
-            if message.WhichOneof("kind") != "heartbeat" and self._outbox.empty():
+            beat = message is not None and message.HasField("heartbeat")
+            if message is None or beat:
+                self._backlog_signalled = False
+                await self._write_backlog(call)
+            if message is not None:
+                await call.write(message)
+            if not beat and self._outbox.empty():
                 await call.write(pb.AgentMessage(heartbeat=self._heartbeat()))
             self._last_sent = time.time()
+
+    async def _write_backlog(self, call: Stream) -> None:
+        """Output not written yet, then the results not written yet. The results are taken
+        first: every chunk of theirs came before them, so it is among the chunks taken."""
+        results = [self.unacknowledged[key] for key in self._unsent_results]  # kept in step
+        self._unsent_results.clear()
+        for chunk in self.logs.take_unsent():
+            await call.write(pb.AgentMessage(log=chunk))
+        for result in results:
+            await call.write(pb.AgentMessage(result=result))
 
     def _dispatch(self, message: pb.PoolMessage) -> None:
         kind = message.WhichOneof("kind")
@@ -292,52 +296,56 @@ class Worker:
                 log.info("task %s: cancel requested", running.task_id)
                 running.cancel.set()
         elif kind == "accepted":
-            self.unacknowledged.pop((message.accepted.task_id, message.accepted.attempt), None)
+            self._forget_attempt((message.accepted.task_id, message.accepted.attempt))
         elif kind == "rejected":
             rejected = message.rejected
-            self.unacknowledged.pop((rejected.task_id, rejected.attempt), None)
-            self._abandon(rejected.task_id, rejected.attempt, rejected.reason)
+            if rejected.retry:  # a new stream sends everything not acknowledged again
+                raise ResendLater(f"the pool could not take a message now: {rejected.reason}")
+            reason = f"the pool refused it: {rejected.reason}"
+            self._supersede(rejected.task_id, rejected.attempt, reason, rejected.superseded)
 
-    def _abandon(self, task_id: str, attempt: int, reason: str) -> None:
-        running = self.running.get((task_id, attempt))
+    def _forget_attempt(self, key: tuple[str, int]) -> None:
+        """The pool needs nothing more of the attempt: it has its result, and so its output
+        (sent before it), or it refuses the attempt."""
+        self.unacknowledged.pop(key, None)
+        self._unsent_results.pop(key, None)
+        self.logs.close(key)
+
+    def _supersede(self, task_id: str, attempt: int, reason: str, superseded: bool = True) -> None:
+        """The pool will take nothing more of this attempt: stop it if it runs, forget its
+        output and result, and show it as superseded (or refused) on the status page."""
+        key = (task_id, attempt)
+        log.warning("task %s attempt %d: dropping it, %s", task_id, attempt, reason)
+        self._forget_attempt(key)
+        running = self.running.get(key)
         if running is not None:
-            log.warning("task %s attempt %d: stopping it, %s", task_id, attempt, reason)
-            running.interrupted = True
+            running.interrupted = running.superseded = True
             running.cancel.set()
+        with self._view_lock:
+            restated(self.recent, key, SUPERSEDED if superseded else REFUSED)
 
     # ---- messages ------------------------------------------------------------------------
 
     def _registration(self) -> pb.Register:
-        facts = self.facts
-        return pb.Register(
-            capacity=facts.capacity.to_proto(),
-            gpus=facts.gpus,
-            docker_available=facts.docker_available,
-            docker_version=facts.docker_version,
-            labels=facts.labels,
-            agent_version=__version__,
-            # Running attempts, and finished ones whose result the pool has not acknowledged
-            # yet (it must not requeue them: the result follows at once).
-            running=[
-                pb.RunningAttempt(task_id=task_id, attempt=attempt)
-                for task_id, attempt in {*self.running, *self.unacknowledged}
-            ],
-        )
+        # Running attempts, and finished ones whose result the pool has not acknowledged
+        # yet (it must not requeue them: the result follows at once).
+        return registration(self.facts, {*self.running, *self.unacknowledged})
 
     def _heartbeat(self) -> pb.Heartbeat:
         assert self._draining is not None
-        return pb.Heartbeat(
-            cpu_percent=psutil.cpu_percent(interval=None),
-            memory_used_bytes=psutil.virtual_memory().used,
-            running_tasks=len(self.running),
-            draining=self._draining.is_set(),
-        )
+        return heartbeat(len(self.running), self._draining.is_set())
 
     def _send(self, message: pb.AgentMessage) -> None:
         assert self._outbox is not None
-        if self._outbox.qsize() >= MAX_BACKLOG and message.WhichOneof("kind") == "log":
-            return
         self._outbox.put_nowait(message)
+
+    def _signal_backlog(self) -> None:
+        """Have the writer send the waiting output and results (one signal queued at most,
+        however much waits while disconnected)."""
+        assert self._outbox is not None
+        if not self._backlog_signalled:
+            self._backlog_signalled = True
+            self._outbox.put_nowait(None)
 
     # ---- running tasks -------------------------------------------------------------------
 
@@ -370,20 +378,22 @@ class Worker:
         self._send(pb.AgentMessage(started=pb.TaskStarted(task_id=task_id, attempt=attempt)))
         log.info("task %s attempt %d: starting %s", task_id, attempt, assign.image)
         task = task_run(assign, self._take_gpus(assign.resources.gpus))
-        outcome, status, error = await self._run_task(task, running)
+        output = self.logs.open(task_id, attempt)
+        outcome, status, error = await self._run_task(task, running, output)
         if running.interrupted:
             status = INTERRUPTED
         result = task_result(task, outcome, status, error)
-        self._report(task, result)
+        result.log_bytes = output.produced
+        self._report(task, result, running)
         log.info("task %s attempt %d: %s %s", task_id, attempt, status, error)
 
     async def _run_task(
-        self, task: TaskRun, running: RunningAttempt
+        self, task: TaskRun, running: RunningAttempt, output: AttemptLog
     ) -> tuple[Outcome | None, str, str]:
         """(outcome, status, error); no outcome when the executor itself failed, not the
         task: then the attempt is interrupted, so that the pool retries it."""
         loop = asyncio.get_running_loop()
-        on_output = self._output_sender(loop, task)
+        on_output = self._output_sender(loop, output)
         try:
             outcome = await loop.run_in_executor(
                 self._threads, self.executor.run, task, on_output, running.cancel
@@ -393,34 +403,34 @@ class Worker:
             return None, INTERRUPTED, f"agent error: {exc}"
         return outcome, outcome.status, outcome.error
 
-    def _output_sender(self, loop: asyncio.AbstractEventLoop, task: TaskRun) -> OnOutput:
+    def _output_sender(self, loop: asyncio.AbstractEventLoop, output: AttemptLog) -> OnOutput:
         """The executor's ``on_output``, called on its thread: the output goes up in
-        LOG_PIECE chunks, queued through the event loop (the outbox is not thread-safe)."""
+        LOG_PIECE chunks, kept through the event loop (the attempt's log is not thread-safe)."""
+
+        def keep(stream: str, piece: bytes) -> None:
+            if output.add(stream, piece):
+                self._signal_backlog()
 
         def on_output(stream: str, data: bytes) -> None:
             for start in range(0, len(data), LOG_PIECE):
-                chunk = pb.LogChunk(
-                    task_id=task.task_id,
-                    attempt=task.attempt,
-                    stream=stream,
-                    data=data[start : start + LOG_PIECE],
-                )
-                loop.call_soon_threadsafe(self._send, pb.AgentMessage(log=chunk))
+                loop.call_soon_threadsafe(keep, stream, data[start : start + LOG_PIECE])
 
         return on_output
 
-    def _report(self, task: TaskRun, result: pb.TaskResult) -> None:
+    def _report(self, task: TaskRun, result: pb.TaskResult, running: RunningAttempt) -> None:
         """Free the task's GPUs, move it from running to recent and send its result, kept
-        until the pool acknowledges it."""
+        until the pool acknowledges it (not for an attempt the pool superseded)."""
         key = (task.task_id, task.attempt)
         self._free_gpus.extend(task.gpu_ids)
+        shown = SUPERSEDED if running.superseded else result.status
         with self._view_lock:
             del self.running[key]
             self.recent.appendleft(
-                FinishedAttempt(
-                    task.task_id, task.attempt, result.status, result.exit_code, time.time()
-                )
+                FinishedAttempt(task.task_id, task.attempt, shown, result.exit_code, time.time())
             )
             self.completed += 1
+        if running.superseded:
+            return
         self.unacknowledged[key] = result
-        self._send(pb.AgentMessage(result=result))
+        self._unsent_results[key] = None
+        self._signal_backlog()

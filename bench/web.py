@@ -4,7 +4,7 @@
 
 No target in the issue; the figures are here to notice regressions. Method: a real
 redis-server and the pool on loopback (``tests/support/webkit.py``: real gRPC with mTLS, one
-scripted worker), the web app served by waitress with the same 8 threads ``hivemind-hub
+scripted worker), the web app served by waitress with the same threads ``hivemind-hub
 web`` uses, and ``--clients`` client threads in this process (on the same 2 cores, so the
 server gets at most what they leave). Each scenario runs for ``--seconds``: requests per
 second and p50/p99 latency, median of ``--runs``. Scenarios: GET a task (one token

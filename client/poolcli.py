@@ -38,10 +38,17 @@ from hivemind_cluster.client.views import (
     rates_text,
     task_rows,
 )
-from hivemind_cluster.core.console import print_json, print_table, program, run_main
+from hivemind_cluster.core.console import (
+    print_json,
+    print_table,
+    program,
+    raw_stream,
+    run_main,
+)
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput
 from hivemind_cluster.core.units import parse_cpt
 from hivemind_cluster.model.bundles import (
+    RESULT_RULES,
     bundle_from_path,
     check_bundle,
     current_umask,
@@ -256,13 +263,15 @@ def cmd_submit(args: argparse.Namespace, client: TaskClient) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, client: TaskClient) -> int:
+    """The task's output exactly as it wrote it (like ``docker logs``: its escape codes
+    too); the pool's own lines about it are escaped like everything else."""
     for entry in client.logs(args.id, args.follow):
         if args.json:
             print_json(entry)
         elif entry["stream"] == "system":
             print(f"--- {entry['data']}", file=sys.stderr, flush=True)
         else:
-            out = sys.stderr if entry["stream"] == "stderr" else sys.stdout
+            out = raw_stream(sys.stderr if entry["stream"] == "stderr" else sys.stdout)
             out.write(entry["data"])
             out.flush()
     return 0
@@ -286,7 +295,7 @@ def save_result(bundle: bytes, target: Path) -> list[str]:
     then its top-level entries are moved in; a name already in ``target`` stops it before
     anything is moved. Modes follow the user's umask, like any file they create.
     """
-    names = check_bundle(bundle)
+    names = check_bundle(bundle, RESULT_RULES)
     tops = sorted({name.split("/", 1)[0] for name in names})
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -297,7 +306,7 @@ def save_result(bundle: bytes, target: Path) -> list[str]:
             )
         staging = Path(tempfile.mkdtemp(prefix=".hivemind-result-", dir=target))
         try:
-            unpack_bundle(bundle, staging, umask=current_umask())
+            unpack_bundle(bundle, staging, RESULT_RULES, umask=current_umask())
             for name in tops:
                 os.replace(staging / name, target / name)
         finally:

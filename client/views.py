@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from hivemind_cluster.core.console import age
+from hivemind_cluster.core.console import age, printable
 from hivemind_cluster.core.units import MICRO, format_bytes, format_cpt
 from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.resources import Resources
@@ -232,7 +232,8 @@ def describe_task(task: View, card: RateCard | None = None) -> str:
             f"{u['wall_seconds']:.2f}s wall"
             + (f", {u['gpu_seconds']:.1f} GPU-s" if u["gpu_seconds"] else "")
         )
-    return "\n".join(lines)
+    # One line per field whatever it holds: a newline in a command cannot forge a line.
+    return "\n".join(printable(line, newlines=False) for line in lines)
 
 
 TASK_COLUMNS = ["id", "status", "node", "attempt", "exit_code", "image", "command"]

@@ -1,22 +1,33 @@
-"""What every HiveMind command-line tool shares: errors as one line, ``--json``, tables."""
+"""What every HiveMind command-line tool shares: errors as one line, ``--json``, tables, and
+no control character from elsewhere ever reaching the terminal (``printable``)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TextIO, cast
 
 from hivemind_cluster import __version__
 from hivemind_cluster.core.errors import HiveMindError
 
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Run a CLI entry point: a HiveMindError becomes ``error: …`` and exit status 1."""
+    """Run a CLI entry point: a HiveMindError becomes ``error: …`` and exit status 1.
+
+    Everything it prints passes through ``TerminalGuard``: a command, a node's name or a
+    server's message can never send an escape sequence to the user's terminal.
+    """
+    with guarded_output():
+        return _run(main, argv)
+
+
+def _run(main: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
     try:
         return main(list(sys.argv[1:] if argv is None else argv))
     except HiveMindError as exc:
@@ -61,6 +72,67 @@ def run_handler(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     return handler(args)
 
 
+def printable(text: str, newlines: bool = True) -> str:
+    """Untrusted text as a terminal may show it: every control character (ESC, CR, BEL,
+    C1, bidi overrides, …) written out as ``\\x1b``-style escapes, so nothing in it can move
+    the cursor, rewrite a line or retitle the window; newlines kept unless ``newlines`` is
+    false (a table cell or a one-line field). JSON output needs none of this: ``json.dumps``
+    escapes control characters itself."""
+    if (text.replace("\n", "") if newlines else text).isprintable():
+        return text  # the usual case, at C speed
+    return "".join(
+        c if c.isprintable() or (newlines and c == "\n") else _escape(ord(c)) for c in text
+    )
+
+
+def _escape(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class TerminalGuard:
+    """A text stream that writes ``printable`` text to the stream it wraps (the rest of
+    that stream — ``fileno``, ``isatty``, ``buffer`` — is the wrapped one's)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.raw = stream
+
+    def write(self, text: str) -> int:
+        self.raw.write(printable(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def raw_stream(stream: TextIO) -> TextIO:
+    """The stream under a ``TerminalGuard``: for a task's own output, shown as it is
+    (like ``docker logs``)."""
+    return stream.raw if isinstance(stream, TerminalGuard) else stream
+
+
+def _guarded(stream: TextIO) -> TextIO:
+    if stream is None or isinstance(stream, TerminalGuard):  # no console (pythonw), or nested
+        return stream
+    return cast(TextIO, TerminalGuard(stream))
+
+
+@contextlib.contextmanager
+def guarded_output() -> Iterator[None]:
+    """stdout and stderr through a ``TerminalGuard`` while the block runs."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _guarded(sys.stdout), _guarded(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
 def one_line(text: str) -> str:
     """Text from elsewhere (a server's message) made safe for a terminal: one line, no
     control characters (no escape sequences)."""
@@ -83,7 +155,10 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     if not rows:
         print("(none)")
         return
-    text = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    text = [
+        [("" if row.get(c) is None else printable(str(row.get(c)), False)) for c in columns]
+        for row in rows
+    ]
     widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in text:

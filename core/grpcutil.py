@@ -151,4 +151,7 @@ def error_from_rpc(exc: grpc.RpcError, what: str) -> HiveMindError:
         return rebuilt
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"{what}: {details or code.name.lower()}")
-    return HiveMindError(f"{what}: {code.name.lower()}: {details}")
+    status = code.name.lower()
+    # Our own servers' INTERNAL details already start with the status ("internal: ...").
+    text = details if (details or "").startswith(f"{status}: ") else f"{status}: {details}"
+    return HiveMindError(f"{what}: {text}")

@@ -2,7 +2,8 @@
 
 A hub state directory (``hivemind-hub init``) holds ``hub.toml``, the CA (``ca.pem``,
 ``ca.key``), the enrollment server's certificate, the hub's WireGuard key, the Redis
-password, the hub's own client certificate for the pool and, while it runs, ``run.json``.
+password, the hub's own client certificate for the pool and, while it runs, ``run.json`` and
+``up.json``.
 An agent state directory (``hivemind-agent join``) holds ``agent.json`` (identity and hub
 peer, no secrets), the WireGuard and TLS keys (0600), ``node.pem`` and ``ca.pem``.
 """
@@ -26,6 +27,7 @@ REDIS_PASSWORD = "redis.password"
 REDIS_DIR = "redis"
 TASKS_DIR = "tasks"  # the pool's task bundles and outputs, a directory per task
 RUN_FILE = "run.json"  # what the running hub publishes about itself
+UP_RECORD = "up.json"  # what `up` has changed so far, for the next `up` after a crash
 WEB_SECRET = "web-secret.key"  # the web's session signing key
 WEB_LOG = "web.log"
 WEB_PARENT_ENV = "HIVEMIND_WEB_PARENT"  # the web child leaves when this pid (`up`) is gone

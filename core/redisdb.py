@@ -71,8 +71,7 @@ def connect(
         socket_timeout=10,
     )
     try:
-        for library in libraries:
-            client.function_load(library.code, replace=True)
+        reload_libraries(client, libraries)
         if not libraries:
             client.ping()  # fail here, not at the first command
     except redis.AuthenticationError:
@@ -80,6 +79,13 @@ def connect(
     except redis.ConnectionError as exc:
         raise errors.Unavailable(f"cannot reach Redis at {host}:{port} ({exc})") from None
     return client
+
+
+def reload_libraries(client: redis.Redis, libraries: tuple[Library, ...]) -> None:
+    """Load ``libraries`` (again: Redis keeps them in its AOF, but a newer version of the
+    code replaces the one it kept)."""
+    for library in libraries:
+        client.function_load(library.code, replace=True)
 
 
 async def load_libraries(client: aioredis.Redis, libraries: tuple[Library, ...]) -> None:

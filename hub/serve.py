@@ -3,7 +3,10 @@
 This is the composition root: the one module that wires mesh (WireGuard, guard,
 enrollment), pool and web together. Every change ``serve`` makes (interface, sysctl,
 nftables, Redis, servers, the web child) is pushed on one ``AsyncExitStack``, so a signal
-or a failure at any step undoes exactly the steps done so far, in reverse order.
+or a failure at any step undoes exactly the steps done so far, in reverse order. Each is
+also noted in ``up.json`` first (hub/reclaim.py), so that the next ``up`` can undo them if
+this one dies without unwinding. While it runs, the hub restarts its children (Redis, the
+web) when they die (hub/supervisor.py), and stops with an error if one keeps dying.
 """
 
 from __future__ import annotations
@@ -15,40 +18,33 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 
 from hivemind_cluster.core import names
-from hivemind_cluster.core.errors import AlreadyExists, SystemFailure
+from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import read_sysctl, write_sysctl
+from hivemind_cluster.hub.database import HubDatabase, PoolCredentials, PoolRuntime
 from hivemind_cluster.hub.init import ensure_hub_client_certificate
-from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.hub.processes import ProcessIdentity, executable
+from hivemind_cluster.hub.reclaim import UpRecord, claim
+from hivemind_cluster.hub.supervisor import run_until_stopped
 from hivemind_cluster.hub.webprocess import WebProcess
-from hivemind_cluster.mesh import guard, nodes, store
+from hivemind_cluster.mesh import guard, nodes
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.enrollment import Enroller
 from hivemind_cluster.mesh.enrollment import create_server as create_enrollment_server
-from hivemind_cluster.mesh.wireguard import PeerConfig, WireGuardInterface, select_backend
-from hivemind_cluster.pool.pool import Pool
-from hivemind_cluster.pool.service import create_server as create_pool_server
+from hivemind_cluster.mesh.wireguard import (
+    PeerConfig,
+    WireGuardInterface,
+    select_backend,
+    userspace_pid,
+)
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 2
-
-
-def read_run_file(settings: HubSettings) -> dict[str, object] | None:
-    """What the running hub published about itself, or None when it is not up."""
-    try:
-        data: dict[str, object] = json.loads((settings.path / names.RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("pid")
-    if not isinstance(pid, int) or not Path(f"/proc/{pid}").exists():
-        return None
-    return data
 
 
 @dataclass(frozen=True)
@@ -75,57 +71,65 @@ class HubFiles:
             (root / names.REDIS_PASSWORD).read_text().strip(),
         )
 
+    def pool_credentials(self) -> PoolCredentials:
+        return PoolCredentials(self.redis_password, self.server_cert, self.server_key, self.ca.pem)
+
 
 async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
     """Run the hub until SIGTERM/SIGINT, then undo everything."""
-    if read_run_file(settings) is not None:
-        raise AlreadyExists(f"a hub is already running from {settings.state_dir}")
-    files = HubFiles.read(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    files = HubFiles.read(settings)
+    record = claim(settings, files.wg_public_key)  # refused while another hub runs
     async with contextlib.AsyncExitStack() as undo:
-        interface, backend = bring_up_overlay(settings, files, backend_name, undo)
-        client = start_redis(settings, files, interface, undo)
+        undo.callback(record.close)  # last: only once everything else is undone
+        interface, backend = bring_up_overlay(settings, files, backend_name, record, undo)
+        pool = PoolRuntime(settings, files.pool_credentials())
+        database, client = start_redis(settings, files, interface, pool, record, undo)
         enroller = Enroller(settings, files.ca, client, interface, files.wg_public_key)
         enrollment, port = await create_enrollment_server(
             enroller, settings.enroll_listen, files.server_cert, files.server_key
         )
         undo.push_async_callback(enrollment.stop, GRACE_SECONDS)
         ensure_hub_client_certificate(settings, files.ca)
-        pool = await Pool.open(settings, files.redis_password)
         undo.push_async_callback(pool.close)
-        pool_server, _ = await create_pool_server(
-            pool, settings.pool_address, files.server_cert, files.server_key, files.ca.pem
-        )
-        undo.push_async_callback(pool_server.stop, GRACE_SECONDS)
-        await start_web(settings, undo)
+        await pool.open()
+        web = await start_web(settings, record, undo)
         publish_run_file(settings, backend, port, undo)
         log_addresses(settings, backend)
-        await stop.wait()
-        log.info("hub stopping")
+        await run_until_stopped(stop, [database, web], undo)
 
 
 def bring_up_overlay(
-    settings: HubSettings, files: HubFiles, backend_name: str, undo: contextlib.AsyncExitStack
+    settings: HubSettings,
+    files: HubFiles,
+    backend_name: str,
+    record: UpRecord,
+    undo: contextlib.AsyncExitStack,
 ) -> tuple[WireGuardInterface, str]:
     """The WireGuard interface, forwarding between spokes and the underlay guard."""
     backend = select_backend(backend_name)
     interface = WireGuardInterface(settings.interface)
     if interface.exists():
         raise SystemFailure(
-            f"interface {settings.interface} already exists "
-            "(another hub running, or left over: `ip link delete` it)"
+            f"interface {settings.interface} already exists and is not this hub's "
+            "(another program's, or left over: `ip link delete` it)"
         )
     address = f"{settings.hub_ip}/{settings.network.prefixlen}"
+    record.note(interface=settings.interface, backend=backend.name)
     interface.up(backend, files.wg_private_key, address, settings.wg_port, peers=[])
     undo.callback(interface.down)
+    if (pid := userspace_pid(settings.interface)) is not None:
+        record.note(wireguard_go=ProcessIdentity.of(pid, executable("wireguard-go")))
     if settings.forward_between_peers:
         previous = read_sysctl("net.ipv4.ip_forward")
+        record.note(ip_forward_before=previous)
         write_sysctl("net.ipv4.ip_forward", "1")
         undo.callback(write_sysctl, "net.ipv4.ip_forward", previous)
     if settings.guard_underlay:
+        record.note(guard=True)
         guard.install(settings.interface, settings.overlay)
         undo.callback(guard.remove, settings.interface)
     return interface, backend.name
@@ -135,30 +139,29 @@ def start_redis(
     settings: HubSettings,
     files: HubFiles,
     interface: WireGuardInterface,
+    pool: PoolRuntime,
+    record: UpRecord,
     undo: contextlib.AsyncExitStack,
-) -> redis.Redis:
-    """Redis on the overlay address, and the active members back on the interface."""
-    password = files.redis_password
-    server = RedisServer(
-        settings.path / names.REDIS_DIR, settings.hub_ip, settings.redis_port, password
-    )
-    server.start()
-    undo.callback(server.stop)
-    client = store.connect(settings.hub_ip, settings.redis_port, password)
-    undo.callback(client.close)
+) -> tuple[HubDatabase, redis.Redis]:
+    """Redis on the overlay address (a client of it with the mesh's library), and the
+    active members back on the interface."""
+    database = HubDatabase(settings, files.redis_password, pool, record)
+    undo.callback(database.stop)
+    client = database.start()
     for node in nodes.list_nodes(client):
         if node.state == nodes.ACTIVE:
             interface.add_peer(PeerConfig(node.wg_public_key, (f"{node.overlay_ip}/32",)))
-    return client
+    return database, client
 
 
-async def start_web(settings: HubSettings, undo: contextlib.AsyncExitStack) -> None:
-    """The web UI in a supervised child process (restarted whenever it dies)."""
-    web = WebProcess(settings)
-    await asyncio.to_thread(web.start)  # a web that fails to start is stopped by start()
-    supervisor = asyncio.create_task(web.supervise())
-    undo.callback(supervisor.cancel)
-    undo.callback(web.stop)  # first: a stopping web is not restarted
+async def start_web(
+    settings: HubSettings, record: UpRecord, undo: contextlib.AsyncExitStack
+) -> WebProcess:
+    """The web UI in a child process (a web that fails to start is stopped by start())."""
+    web = WebProcess(settings, started=lambda identity: record.note(web=identity))
+    undo.callback(web.stop)
+    await web.start()
+    return web
 
 
 def publish_run_file(

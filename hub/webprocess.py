@@ -1,24 +1,22 @@
 """``WebProcess``: how ``hivemind-hub up`` starts the web UI (``hivemind-hub web``) in a
-process of its own, and restarts it whenever it dies."""
+process of its own; ``up`` restarts it whenever it dies (hub/supervisor.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.core.names import WEB_LOG, WEB_PARENT_ENV
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import stop_process
-
-log = logging.getLogger("hivemind.web")
-RESTART_DELAY = (1.0, 30.0)  # first and longest pause before restarting a crashed web
+from hivemind_cluster.hub.processes import ProcessIdentity, dies_with_parent, executable
 
 
 def answers(host: str, port: int) -> bool:
@@ -28,10 +26,19 @@ def answers(host: str, port: int) -> bool:
 
 
 class WebProcess:
-    def __init__(self, settings: HubSettings) -> None:
+    """The web child; a supervisor's ``Child`` (``exit_code``, ``restart``)."""
+
+    name = "the web UI"
+
+    def __init__(
+        self,
+        settings: HubSettings,
+        started: Callable[[ProcessIdentity | None], None] = lambda identity: None,
+    ) -> None:
         self.settings = settings
+        self.started = started  # told each new process (the hub notes it in up.json)
         self.process: subprocess.Popen[bytes] | None = None
-        self.stopping = False
+        self.log_hint = str(settings.path / WEB_LOG)
 
     @property
     def command(self) -> list[str]:
@@ -44,17 +51,33 @@ class WebProcess:
             self.settings.state_dir,
         ]
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start it and wait until it answers on its port."""
+    async def start(self) -> None:
+        """Start it (from the event loop's thread, see ``dies_with_parent``) and wait until
+        it answers on its port."""
+        self.spawn()
+        await asyncio.to_thread(self.wait_until_answering)
+
+    async def restart(self) -> None:
+        await self.start()
+
+    def exit_code(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def spawn(self) -> None:
         logfile = open(self.settings.path / WEB_LOG, "ab")  # noqa: SIM115
         with logfile:
             self.process = subprocess.Popen(
-                self.command,
+                dies_with_parent(self.command),
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the terminal's Ctrl-C is for `up`, which stops it
                 env={**os.environ, WEB_PARENT_ENV: str(os.getpid())},
             )
+        self.started(ProcessIdentity.of(self.process.pid, executable(sys.executable)))
+
+    def wait_until_answering(self, timeout: float = 20.0) -> None:
+        """SystemFailure (and stopped) if it exits or does not answer within ``timeout``."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while not answers(self.settings.hub_ip, self.settings.web_port):
             if self.process.poll() is not None:
@@ -69,22 +92,5 @@ class WebProcess:
                 )
             time.sleep(0.05)
 
-    async def supervise(self) -> None:
-        """Restart the web whenever it exits, with a growing pause (until ``stop``)."""
-        delay = RESTART_DELAY[0]
-        while not self.stopping:
-            await asyncio.sleep(0.5)
-            if self.process is None or self.process.poll() is None or self.stopping:
-                continue
-            log.warning("the web UI exited (code %s); restarting", self.process.returncode)
-            await asyncio.sleep(delay)
-            try:
-                await asyncio.to_thread(self.start)
-                delay = RESTART_DELAY[0]
-            except SystemFailure as exc:
-                log.error("%s", exc.message)
-                delay = min(delay * 2, RESTART_DELAY[1])
-
     def stop(self) -> None:
-        self.stopping = True
         stop_process(self.process)

@@ -6,14 +6,11 @@ the underlay could route 100.64.0.0/16 via the hub and reach Redis or the pool d
 
 from __future__ import annotations
 
-import shutil
-
-from hivemind_cluster.core.errors import SystemFailure
-from hivemind_cluster.core.system import run
+from hivemind_cluster.core import nftables
 
 
 def table_name(interface: str) -> str:
-    return "hivemind_" + "".join(c if c.isalnum() else "_" for c in interface)
+    return nftables.table_name(interface)
 
 
 def ruleset(interface: str, overlay: str) -> str:
@@ -33,15 +30,13 @@ def ruleset(interface: str, overlay: str) -> str:
 
 
 def install(interface: str, overlay: str) -> None:
-    if shutil.which("nft") is None:
-        raise SystemFailure(
-            "nft is not installed, so overlay services would answer on the underlay; "
-            "install nftables (`make setup`) or set guard_underlay = false"
-        )
-    remove(interface)
-    run(["nft", "-f", "-"], stdin=ruleset(interface, overlay))
+    nftables.load_table(
+        table_name(interface),
+        ruleset(interface, overlay),
+        "nft is not installed, so overlay services would answer on the underlay; "
+        "install nftables (`make setup`) or set guard_underlay = false",
+    )
 
 
 def remove(interface: str) -> None:
-    if shutil.which("nft") is not None:
-        run(["nft", "delete", "table", "inet", table_name(interface)], check=False)
+    nftables.delete_table(table_name(interface))

@@ -152,6 +152,22 @@ def check_interface_name(name: str) -> str:
     return name
 
 
+def userspace_pid(interface: str) -> int | None:
+    """The pid of the wireguard-go serving ``interface`` (it daemonises, so no child of
+    ours), found by its command line: interface names are unique on the machine."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        named = len(argv) >= 2 and argv[-1].decode(errors="replace") == interface
+        if named and Path(argv[0].decode(errors="replace")).name == "wireguard-go":
+            return int(entry.name)
+    return None
+
+
 def backend_of(interface: str) -> str:
     """Which backend runs an existing interface."""
     return "userspace" if (UAPI_DIR / f"{interface}.sock").exists() else "kernel"
@@ -213,6 +229,13 @@ class WireGuardInterface:
         """Drop the peer's session and re-add it: the next packet starts a new handshake."""
         self.remove_peer(peer.public_key)
         self.add_peer(peer)
+
+    def public_key(self) -> str:
+        """The public key the interface runs with ("" if it is not a WireGuard one)."""
+        try:
+            return run(["wg", "show", self.name, "public-key"]).strip()
+        except SystemFailure:
+            return ""
 
     def peers(self) -> list[PeerStatus]:
         lines = run(["wg", "show", self.name, "dump"]).splitlines()[1:]

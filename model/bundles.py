@@ -1,9 +1,15 @@
 """Zip bundles: task inputs (``--bundle DIR|ZIP``, unpacked at ``/work``) and outputs (``/out``).
 
 Every bundle from outside is checked before anything is written: size, file count, paths that
-would escape the destination (zip-slip), symbolic links, and zip bombs (declared size and
-per-member compression ratio). Unpacking then counts the bytes it actually writes, so a zip
-whose headers lie cannot get past the limits either.
+would escape the destination (zip-slip), symbolic links, and zip bombs (declared size, and for
+inputs the per-member compression ratio). Unpacking then counts the bytes it actually writes,
+so a zip whose headers lie cannot get past the limits either.
+
+What a zip may be is one ``BundleRules`` per kind, applied by every side that touches it: an
+input by the CLI that packs it, the pool and web that accept it and the worker that unpacks
+it; a result by the worker that packs it (a task whose result breaks them fails, saying why),
+the pool that accepts it and the CLI that unpacks it. So a result the platform accepted is
+never refused by its owner's CLI.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +32,8 @@ MAX_INPUT_BYTES = 16 * MIB
 MAX_UNPACKED_BYTES = 256 * MIB
 MAX_FILES = 10_000
 MAX_OUTPUT_BYTES = 16 * MIB
+# The default task disk (HubSettings.task_disk_bytes): a task on it cannot fill more.
+MAX_RESULT_UNPACKED_BYTES = 1024 * MIB
 # A member that inflates more than this, and to more than BOMB_MIN_BYTES, is a zip bomb.
 MAX_COMPRESSION_RATIO = 200
 BOMB_MIN_BYTES = 1 * MIB
@@ -39,6 +49,41 @@ DEFAULT_ENTRYPOINTS = ("main.py", "task_script.py", "run.py", "app.py", "script.
 # What that default command runs with: output as it is written (``python -u``), and the
 # bundle importable from wherever the entry point sits.
 PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": "/work"}
+
+
+@dataclass(frozen=True)
+class BundleRules:
+    """What one kind of zip may be (zipped) and hold (unpacked), for every side alike.
+
+    ``max_compression_ratio`` guards inputs, which come from anyone: a member inflating more
+    than that is refused as a zip bomb. Results have none: a task's zeros compress 1000:1,
+    and what bounds a result is its unpacked total, which the worker enforced as it packed.
+    """
+
+    name: str  # how messages call the zip: "bundle is larger than 16 MiB"
+    max_zip_bytes: int
+    max_unpacked_bytes: int
+    max_files: int = MAX_FILES
+    max_compression_ratio: int | None = None
+
+    def unpacks_too_much(self) -> InvalidInput:
+        return InvalidInput(
+            f"{self.name} unpacks to more than {shown(self.max_unpacked_bytes)} (zip bomb?)"
+        )
+
+    def holds_too_much(self, what: str, size: int | None = None) -> InvalidInput:
+        """``what`` (packed here) holds ``size`` bytes, or more than allowed if not known."""
+        amount = f"{format_bytes(size)} unpacked, more than" if size else "more than"
+        limit = shown(self.max_unpacked_bytes)
+        return InvalidInput(f"{what} holds {amount} the {limit} a {self.name} may hold")
+
+
+# A task's input: from anyone, so zip bombs are refused by their compression ratio too.
+INPUT_RULES = BundleRules(
+    "bundle", MAX_INPUT_BYTES, MAX_UNPACKED_BYTES, max_compression_ratio=MAX_COMPRESSION_RATIO
+)
+# A task's result: made by the worker under these rules, accepted and unpacked under them.
+RESULT_RULES = BundleRules("result", MAX_OUTPUT_BYTES, MAX_RESULT_UNPACKED_BYTES)
 
 _SEPARATORS = re.compile(r"[/\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -61,7 +106,7 @@ def path_parts(name: str) -> list[str]:
     return parts
 
 
-def check_member(info: zipfile.ZipInfo) -> None:
+def check_member(info: zipfile.ZipInfo, rules: BundleRules) -> None:
     path_parts(info.filename)
     file_type = stat.S_IFMT(info.external_attr >> 16)
     if file_type == stat.S_IFLNK:
@@ -70,43 +115,41 @@ def check_member(info: zipfile.ZipInfo) -> None:
         raise InvalidInput(f"bundle entry {info.filename!r} is not a regular file")
     if info.flag_bits & 0x1:
         raise InvalidInput(f"bundle entry {info.filename!r} is encrypted")
-    if info.file_size > BOMB_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(
-        info.compress_size, 1
-    ):
+    ratio = rules.max_compression_ratio
+    if ratio and info.file_size > max(BOMB_MIN_BYTES, ratio * max(info.compress_size, 1)):
         raise InvalidInput(
-            f"bundle entry {info.filename!r} is compressed more than "
-            f"{MAX_COMPRESSION_RATIO}:1 (zip bomb?)"
+            f"bundle entry {info.filename!r} is compressed more than {ratio}:1 (zip bomb?)"
         )
 
 
-def open_zip(data: bytes) -> zipfile.ZipFile:
-    if len(data) > MAX_INPUT_BYTES:
-        raise TooLarge(f"bundle is larger than {shown(MAX_INPUT_BYTES)}")
+def open_zip(data: bytes, rules: BundleRules = INPUT_RULES) -> zipfile.ZipFile:
+    if len(data) > rules.max_zip_bytes:
+        raise TooLarge(f"{rules.name} is larger than {shown(rules.max_zip_bytes)}")
     try:
         return zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
-        raise InvalidInput("bundle is not a zip file") from None
+        raise InvalidInput(f"{rules.name} is not a zip file") from None
 
 
-def checked_members(archive: zipfile.ZipFile, max_unpacked: int) -> list[zipfile.ZipInfo]:
+def checked_members(archive: zipfile.ZipFile, rules: BundleRules) -> list[zipfile.ZipInfo]:
     members = archive.infolist()
-    if len(members) > MAX_FILES:
-        raise InvalidInput(f"bundle has more than {MAX_FILES} files")
+    if len(members) > rules.max_files:
+        raise InvalidInput(f"{rules.name} has more than {rules.max_files} files")
     for info in members:
-        check_member(info)
-    if sum(info.file_size for info in members) > max_unpacked:
-        raise InvalidInput(f"bundle unpacks to more than {shown(max_unpacked)} (zip bomb?)")
+        check_member(info, rules)
+    if sum(info.file_size for info in members) > rules.max_unpacked_bytes:
+        raise rules.unpacks_too_much()
     return members
 
 
-def check_bundle(data: bytes, max_unpacked: int = MAX_UNPACKED_BYTES) -> list[str]:
+def check_bundle(data: bytes, rules: BundleRules = INPUT_RULES) -> list[str]:
     """Validate a zip bundle without unpacking it; return its member names."""
-    with open_zip(data) as archive:
-        return [info.filename for info in checked_members(archive, max_unpacked)]
+    with open_zip(data, rules) as archive:
+        return [info.filename for info in checked_members(archive, rules)]
 
 
 def unpack_bundle(
-    data: bytes, dest: Path, max_unpacked: int = MAX_UNPACKED_BYTES, umask: int = TASK_UMASK
+    data: bytes, dest: Path, rules: BundleRules = INPUT_RULES, umask: int = TASK_UMASK
 ) -> None:
     """Check the bundle, then extract it under ``dest`` (regular files and directories only).
 
@@ -116,9 +159,9 @@ def unpack_bundle(
     callers unpack into a fresh directory they remove anyway.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    with open_zip(data) as archive:
-        budget = max_unpacked
-        for info in checked_members(archive, max_unpacked):
+    with open_zip(data, rules) as archive:
+        budget = rules.max_unpacked_bytes
+        for info in checked_members(archive, rules):
             target = dest.joinpath(*path_parts(info.filename))
             try:
                 if info.is_dir():
@@ -128,7 +171,7 @@ def unpack_bundle(
                 executable = bool((info.external_attr >> 16) & 0o111)
                 mode = (0o777 if executable else 0o666) & ~umask
                 with archive.open(info) as source, open_new_file(target, mode) as sink:
-                    budget = copy_within(source, sink, budget, max_unpacked)
+                    budget = copy_within(source, sink, budget, rules)
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 raise InvalidInput(
                     f"bundle entry {info.filename!r} clashes with another entry"
@@ -166,12 +209,12 @@ def current_umask() -> int:
     return umask
 
 
-def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, max_unpacked: int) -> int:
+def copy_within(source: IO[bytes], sink: IO[bytes], budget: int, rules: BundleRules) -> int:
     """Copy, counting real bytes against ``budget``; return what is left of it."""
     while chunk := source.read(CHUNK):
         budget -= len(chunk)
         if budget < 0:
-            raise InvalidInput(f"bundle unpacks to more than {shown(max_unpacked)} (zip bomb?)")
+            raise rules.unpacks_too_much()
         sink.write(chunk)
     return budget
 
@@ -187,51 +230,61 @@ def regular_files(directory: Path) -> Iterator[tuple[Path, str]]:
 
 
 def pack_directory(
-    directory: Path, limit: int = MAX_OUTPUT_BYTES, what: str = "task output"
+    directory: Path, rules: BundleRules = RESULT_RULES, what: str = "task output"
 ) -> bytes:
     """Zip the regular files under ``directory`` (b"" when there are none).
 
-    Refuses (InvalidInput) a result over ``limit`` compressed bytes, or one that
-    ``check_bundle`` would refuse for its file count or unpacked size.
+    Refuses (InvalidInput) what ``rules`` would refuse unpacking it: too many files, more
+    unpacked than they allow, or a zip larger than they allow.
     """
-    return pack_files(regular_files(directory), limit, what)
+    return pack_files(regular_files(directory), rules, what)
 
 
 def pack_files(
-    files: Iterable[tuple[Path, str]], limit: int = MAX_OUTPUT_BYTES, what: str = "task output"
+    files: Iterable[tuple[Path, str]],
+    rules: BundleRules = RESULT_RULES,
+    what: str = "task output",
 ) -> bytes:
-    """Zip (path, name) pairs, as ``pack_directory`` does a directory's files."""
+    """Zip (path, name) pairs, as ``pack_directory`` does a directory's files.
+
+    Their count and total size are checked before anything is read, so the error says how
+    much there is; the bytes read are counted too, in case a file grows meanwhile.
+    """
+    listed = list(islice(files, rules.max_files + 1))
+    if len(listed) > rules.max_files:
+        raise InvalidInput(f"{what} has more than {rules.max_files} files")
+    total = sum(path.lstat().st_size for path, _ in listed)
+    if total > rules.max_unpacked_bytes:
+        raise rules.holds_too_much(what, total)
+    if not listed:
+        return b""
     buffer = io.BytesIO()
-    count = unpacked = 0
+    budget = rules.max_unpacked_bytes
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path, name in files:
-            count += 1
-            if count > MAX_FILES:
-                raise InvalidInput(f"{what} has more than {MAX_FILES} files")
+        for path, name in listed:
             info = zipfile.ZipInfo.from_file(path, name)
             info.compress_type = zipfile.ZIP_DEFLATED
             flags = os.O_RDONLY | os.O_NOFOLLOW
             with os.fdopen(os.open(path, flags), "rb") as source, archive.open(info, "w") as sink:
                 while chunk := source.read(CHUNK):
-                    unpacked += len(chunk)
-                    if unpacked > MAX_UNPACKED_BYTES:
-                        raise InvalidInput(
-                            f"{what} unpacks to more than {shown(MAX_UNPACKED_BYTES)}"
-                        )
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise rules.holds_too_much(what)
                     sink.write(chunk)
-                    if buffer.tell() > limit:
-                        raise InvalidInput(f"{what} is larger than {shown(limit)}")
-    if count == 0:
-        return b""
-    if buffer.tell() > limit:
-        raise InvalidInput(f"{what} is larger than {shown(limit)}")
+                    check_zipped_size(buffer, rules, what)
+    check_zipped_size(buffer, rules, what)
     return buffer.getvalue()
+
+
+def check_zipped_size(buffer: io.BytesIO, rules: BundleRules, what: str) -> None:
+    if buffer.tell() > rules.max_zip_bytes:
+        raise InvalidInput(f"{what} is larger than {shown(rules.max_zip_bytes)}")
 
 
 def bundle_from_path(path: Path) -> bytes:
     """The bundle for ``--bundle DIR|ZIP``: a directory is zipped, a .zip file is checked."""
     if path.is_dir():
-        data = pack_directory(path, MAX_INPUT_BYTES, what=f"bundle directory {str(path)!r}")
+        data = pack_directory(path, INPUT_RULES, what=f"bundle directory {str(path)!r}")
         if not data:
             raise InvalidInput(f"bundle directory {str(path)!r} has no files")
     elif is_bundle_path(path):

@@ -8,6 +8,12 @@ way). What it measurably used stays on its record; it does not change the price.
 All prices are integers of micro-CPT: per CPU-second, per GB-second of memory (GB = 10^9
 bytes) and per GPU-second. Wall time arrives as seconds; it is turned into integer
 microseconds once, and each part is rounded up to a whole micro-CPT with integer math.
+
+The price cap is a limit, not only a deposit: since the cost grows with wall time alone, a cap
+buys a known wall time for a request (``seconds_bought``, whole microseconds, never costing more
+than the cap). The pool tells the agent to stop the task there (``price_cap_seconds``) and pays
+exactly the cap for a task that used all of it (``capped_cost``); a cap buying less than
+MIN_CAP_SECONDS is refused at submission, as a container cannot do anything useful in less.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from hivemind_cluster.protos import pool_pb2 as pb
 GB = 10**9
 MICROSECONDS = 10**6
 MILLICPUS = 1000
+MIN_CAP_SECONDS = 1  # the least wall time a price cap must buy (a container takes ~0.5 s)
+PRICE_CAP_REACHED = "price cap reached"  # how a task the cap stopped ends ("failed")
 
 
 def _ceil_div(numerator: int, denominator: int) -> int:
@@ -30,6 +38,11 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 def _micros(seconds: Any) -> int:
     return max(0, round(float(seconds) * MICROSECONDS))
+
+
+def _part_cost(amount: int, per_unit: int, rate: int, wall_micros: int) -> int:
+    """``amount`` (in 1/``per_unit`` units) held ``wall_micros`` at ``rate``, rounded up."""
+    return _ceil_div(amount * wall_micros * rate, per_unit * MICROSECONDS)
 
 
 @dataclass(frozen=True)
@@ -67,29 +80,74 @@ class RateCard:
     def charge(self, request: Resources, wall_seconds: Any) -> Charge:
         """Wall time times each requested resource at its rate, each part rounded up."""
         wall = _micros(wall_seconds)
-        held = (
+        parts = tuple(
+            Part(unit, amount / per_unit, rate, _part_cost(amount, per_unit, rate, wall))
+            for unit, amount, per_unit, rate in self._held(request)
+        )
+        return Charge(wall / MICROSECONDS, parts)
+
+    def _held(self, request: Resources) -> tuple[tuple[str, int, int, int], ...]:
+        """(unit, amount requested, amount per unit, rate) of each resource a task holds."""
+        return (
             ("CPU", request.cpu_millis, MILLICPUS, self.cpu_second),
             ("GB", request.memory_bytes, GB, self.gb_second),
             ("GPU", request.gpus, 1, self.gpu_second),
         )
-        parts = tuple(
-            Part(
-                unit,
-                amount / per_unit,
-                rate,
-                _ceil_div(amount * wall * rate, per_unit * MICROSECONDS),
-            )
-            for unit, amount, per_unit, rate in held
+
+    def _micro_cost(self, request: Resources, wall_micros: int) -> int:
+        return sum(
+            _part_cost(amount, per_unit, rate, wall_micros)
+            for _unit, amount, per_unit, rate in self._held(request)
         )
-        return Charge(wall / MICROSECONDS, parts)
 
     def cost(self, request: Resources, wall_seconds: Any) -> int:
         """What a task that held ``request`` for ``wall_seconds`` costs (before the cap)."""
-        return self.charge(request, wall_seconds).total
+        return self._micro_cost(request, _micros(wall_seconds))
 
     def price_cap(self, request: Resources, timeout_seconds: int) -> int:
         """The most a task can cost: its whole request held for its whole timeout."""
         return self.cost(request, timeout_seconds)
+
+    def seconds_bought(self, request: Resources, price_cap: int) -> float | None:
+        """The longest wall time, in whole microseconds, that ``price_cap`` pays for: holding
+        ``request`` that long costs at most the cap, a microsecond more costs more. None when
+        the request costs nothing at these rates (no cap limits it)."""
+        micros = self._micros_bought(request, price_cap)
+        return None if micros is None else micros / MICROSECONDS
+
+    def _micros_bought(self, request: Resources, price_cap: int) -> int | None:
+        # Past ``high`` microseconds any one charged part alone costs more than the cap.
+        bounds = [
+            price_cap * per_unit * MICROSECONDS // (amount * rate) + 1
+            for _unit, amount, per_unit, rate in self._held(request)
+            if amount * rate > 0
+        ]
+        if not bounds:
+            return None
+        low, high = 0, min(bounds)  # the cost is monotonic: cost(low) <= cap < cost(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self._micro_cost(request, middle) <= price_cap:
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def price_cap_seconds(self, request: Resources, timeout_seconds: int, price_cap: int) -> float:
+        """When the price cap stops a started task: the wall time it buys, or 0 when the
+        timeout comes first (or nothing is charged), so the timeout alone ends the task."""
+        bought = self.seconds_bought(request, price_cap)
+        if bought is None or bought >= timeout_seconds:
+            return 0.0
+        return max(bought, 1 / MICROSECONDS)  # a cap that buys nothing stops it at once
+
+    def capped_cost(self, request: Resources, wall_seconds: Any, price_cap: int) -> int:
+        """What a task that held ``request`` for ``wall_seconds`` pays under its cap: all of
+        the cap once it ran for all the time the cap buys, else its cost (never over the cap)."""
+        bought = self._micros_bought(request, price_cap)
+        if bought is not None and _micros(wall_seconds) >= bought:
+            return price_cap
+        return min(self.cost(request, wall_seconds), price_cap)
 
     def to_proto(self, registration_grant: int) -> pb.RateCard:
         return pb.RateCard(

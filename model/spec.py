@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from hivemind_cluster.core.errors import InvalidInput, PermissionDenied
 from hivemind_cluster.core.settings import HubSettings
-from hivemind_cluster.core.units import format_bytes
+from hivemind_cluster.core.units import format_bytes, format_cpt
 from hivemind_cluster.model.bundles import (
     DEFAULT_ENTRYPOINTS,
     PYTHON_ENV,
@@ -21,6 +21,7 @@ from hivemind_cluster.model.bundles import (
     file_paths,
     python_command,
 )
+from hivemind_cluster.model.pricing import MIN_CAP_SECONDS, RateCard
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.taskfile import read_task_file
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -77,13 +78,15 @@ def check_submission(request: pb.SubmitRequest, owner: str, settings: HubSetting
             raise InvalidInput(f"environment variable {key} is too long or contains NUL")
     if not _NAME.match(request.name):
         raise InvalidInput("task name: up to 100 letters, digits, spaces and ._:/@+-")
+    resources = _check_resources(request.resources, settings)
+    _check_price_cap(request.max_cost, resources, settings)
     return TaskSpec(
         owner=owner,
         name=request.name,
         image=image,
         command=command,
         env=env,
-        request=_check_resources(request.resources, settings),
+        request=resources,
         timeout_seconds=_bounded(
             "timeout",
             timeout_with_default(request.timeout_seconds, settings),
@@ -160,6 +163,20 @@ def _check_resources(message: pb.Resources, settings: HubSettings) -> Resources:
             f"got {format_bytes(memory)}"
         )
     return Resources(cpu, memory, _bounded("GPUs", message.gpus, 0, 64))
+
+
+def _check_price_cap(max_cost: int, request: Resources, settings: HubSettings) -> None:
+    """Refuse a ``max_cost`` that cannot buy MIN_CAP_SECONDS of the request: the task would
+    be stopped before it did anything, and the submitter would pay for that."""
+    rates = RateCard.from_settings(settings)
+    bought = rates.seconds_bought(request, max_cost) if max_cost > 0 else None
+    if bought is not None and bought < MIN_CAP_SECONDS:
+        least = rates.cost(request, MIN_CAP_SECONDS)
+        raise InvalidInput(
+            f"max cost {format_cpt(max_cost)} CPT buys only {bought:g} s of "
+            f"{request.describe()} at the rate card; the least it may be is "
+            f"{format_cpt(least)} CPT ({MIN_CAP_SECONDS} s)"
+        )
 
 
 def _check_disk(asked: int, settings: HubSettings) -> int:

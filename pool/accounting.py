@@ -9,8 +9,10 @@ every ended task not marked settled (a crash between the two transfers is finish
 Policy: the worker that ran the final attempt is paid for what the task held — its
 requested resources for that attempt's wall time (model/pricing.py), at most the price cap —
 also when the task failed, timed out or was cancelled while running (wall time up to the
-stop). Attempts lost with their node, or interrupted by a draining agent, are not paid. The
-rest of the price cap goes back to the submitter.
+stop); a task its agent stopped once it had used all the time its cap buys pays exactly the
+cap. Attempts lost with their node, or interrupted by a draining agent, are not paid, so a
+retried task spends at most its one cap in all. The rest of the price cap goes back to the
+submitter.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class Accounting:
         final = attempts[-1] if attempts else {}
         worker = str(final.get("node_id", "")) if final.get("status") in FINAL_STATES else ""
         wall_seconds = record.usage.get("wall_seconds", 0)
-        cost = min(self.rates.cost(record.request, wall_seconds), record.price_cap) if worker else 0
+        cost = self.rates.capped_cost(record.request, wall_seconds, record.price_cap)
+        cost = cost if worker else 0
         if cost > 0:
             await self.open(worker, "worker")
         paid = await self.ledger.settle(

@@ -4,7 +4,8 @@
 of the schedule loop: a submission, a finished attempt or a (re)connected worker wakes it,
 and ``schedule_once`` has the ``Scheduler`` place what fits, records the placements in
 Redis in one pipeline, has the watchdog watch each attempt and queues its ``Assign`` on
-its worker's stream. ``reconcile`` makes the in-memory queue agree with Redis's.
+its worker's stream, saying how long the task's price cap lets it run. ``reconcile``
+makes the in-memory queue agree with Redis's.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class Dispatch:
             if not ok or record is None:
                 self.scheduler.release(placement.task_id, placement.attempt)
                 continue
-            self.watchdog.watch(record.id, placement.attempt, record.timeout_seconds, since=now)
-            if await self._send_assignment(record, placement):
+            price_cap_seconds = self.watchdog.watch(record, placement.attempt, since=now)
+            if await self._send_assignment(record, placement, price_cap_seconds):
                 sent += 1
         return sent
 
@@ -94,7 +95,11 @@ class Dispatch:
             if record is not None:
                 self.scheduler.enqueue(record.id, record.score, record.attempt, record.request)
 
-    async def _send_assignment(self, record: TaskRecord, placement: Placement) -> bool:
+    async def _send_assignment(
+        self, record: TaskRecord, placement: Placement, price_cap_seconds: float
+    ) -> bool:
+        """Send the attempt to its worker, with the wall time its price cap buys (the agent
+        stops it there)."""
         session = self.liveness.session(placement.node_id)
         if session is None:
             return False  # the worker left: it is lost, or the watchdog requeues the attempt
@@ -105,7 +110,9 @@ class Dispatch:
         except OSError as exc:
             log.error("task %s: cannot read its input bundle: %s", record.id, exc)
             return False  # left assigned and not started: the watchdog requeues it
-        session.send(assign_message(record, placement.attempt, bundle, self.allow_pulls))
+        session.send(
+            assign_message(record, placement.attempt, bundle, self.allow_pulls, price_cap_seconds)
+        )
         return True
 
     async def run_forever(self) -> None:

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import re
 
-from hivemind_cluster.core.errors import InvalidInput
-from hivemind_cluster.model.bundles import MAX_OUTPUT_BYTES
+from hivemind_cluster.core.errors import (
+    HiveMindError,
+    InvalidInput,
+    NotFound,
+    StaleAttempt,
+    SystemFailure,
+    Unavailable,
+)
+from hivemind_cluster.model.bundles import RESULT_RULES, check_bundle
 from hivemind_cluster.model.states import REPORTED_STATES
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -29,20 +36,31 @@ def cancel_message(task_id: str, attempt: int) -> pb.PoolMessage:
 
 
 def registered_message(
-    node_id: str, heartbeat_interval: float, superseded: list[tuple[str, int]]
+    node_id: str,
+    heartbeat_interval: float,
+    unrecognised: list[tuple[str, int]],
+    ended: list[tuple[str, int]],
 ) -> pb.PoolMessage:
-    """The answer to a Register: the beat to keep, the reported attempts not to finish."""
+    """The answer to a Register: the beat to keep; of the reported attempts the pool does
+    not book, those that ended their task (its result arrived, its acknowledgement was
+    lost) and those superseded (the agent drops them)."""
+    superseded = [key for key in unrecognised if key not in ended]
     return pb.PoolMessage(
         registered=pb.Registered(
             node_id=node_id,
             heartbeat_interval=heartbeat_interval,
             superseded=[pb.RunningAttempt(task_id=t, attempt=a) for t, a in superseded],
+            ended=[pb.RunningAttempt(task_id=t, attempt=a) for t, a in ended],
         )
     )
 
 
 def assign_message(
-    record: TaskRecord, attempt: int, bundle: bytes, allow_pulls: bool
+    record: TaskRecord,
+    attempt: int,
+    bundle: bytes,
+    allow_pulls: bool,
+    price_cap_seconds: float = 0.0,
 ) -> pb.PoolMessage:
     return pb.PoolMessage(
         assign=pb.Assign(
@@ -57,6 +75,7 @@ def assign_message(
             input_bundle=bundle,
             pull=allow_pulls,
             disk_bytes=record.disk_bytes,
+            price_cap_seconds=price_cap_seconds,
         )
     )
 
@@ -67,15 +86,19 @@ def accepted_message(result: pb.TaskResult) -> pb.PoolMessage:
     )
 
 
-def rejected_message(message: pb.AgentMessage, reason: str) -> pb.PoolMessage:
-    """Refuse an agent's message, naming its attempt when it is about one."""
+def rejected_message(message: pb.AgentMessage, refusal: HiveMindError) -> pb.PoolMessage:
+    """Refuse an agent's message, naming its attempt when it is about one, and whether that
+    attempt is superseded (the agent drops it), the pool cannot take it just now (the
+    agent sends it again) or the message was wrong."""
     kind = message.WhichOneof("kind")
     about = getattr(message, kind) if kind in ATTEMPT_MESSAGES else None
     return pb.PoolMessage(
         rejected=pb.Rejected(
             task_id=getattr(about, "task_id", ""),
             attempt=getattr(about, "attempt", 0),
-            reason=reason,
+            reason=refusal.message,
+            superseded=isinstance(refusal, StaleAttempt | NotFound),
+            retry=isinstance(refusal, Unavailable | SystemFailure),
         )
     )
 
@@ -89,10 +112,16 @@ def check_log_chunk(chunk: pb.LogChunk) -> None:
         raise InvalidInput(f"log chunk larger than {MAX_LOG_CHUNK} bytes")
 
 
+def chunk_offset(chunk: pb.LogChunk) -> int | None:
+    """Where the chunk starts in its attempt's output; None from an agent that does not say
+    (its chunks are stored as they come)."""
+    return chunk.offset if chunk.HasField("offset") else None
+
+
 def check_result(result: pb.TaskResult) -> None:
     if result.status not in REPORTED_STATES:
         raise InvalidInput(f"result status {result.status[:20]!r} is not a final state")
-    if len(result.output_bundle) > MAX_OUTPUT_BYTES:
-        raise InvalidInput("result bundle is larger than the pool accepts")
+    if result.output_bundle:  # what the owner's CLI will unpack: the same rules
+        check_bundle(result.output_bundle, RESULT_RULES)
     if not IMAGE_DIGEST.fullmatch(result.image_digest):
         raise InvalidInput(f"image digest {result.image_digest[:80]!r} is not sha256:<hex>")

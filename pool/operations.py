@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied, Unschedulable
+from hivemind_cluster.core.errors import InvalidInput, NotFound, Unschedulable
 from hivemind_cluster.core.units import MAX_AMOUNT
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import check_submission
@@ -62,12 +62,14 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
 
 def check_visible(caller: Caller, record: TaskRecord, owner: str = "") -> None:
     """Nodes see their own tasks; the hub sees every task, or, acting for ``owner``, that
-    account's only (another's is "not found", exactly as a task that does not exist)."""
+    account's only. Another's task is "not found", word for word as a task that does not
+    exist (``taskstore``), so nobody can learn which task ids exist."""
     if caller.role == "hub":
-        if owner and record.owner != owner:
-            raise NotFound(f"no task {record.id!r}")
-    elif record.owner != caller.node_id:
-        raise PermissionDenied(f"task {record.id} belongs to someone else")
+        visible = not owner or record.owner == owner
+    else:
+        visible = record.owner == caller.node_id
+    if not visible:
+        raise NotFound(f"no task {record.id!r}")
 
 
 async def visible_task(pool: Pool, caller: Caller, task_id: str, owner: str = "") -> TaskRecord:

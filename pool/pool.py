@@ -58,6 +58,10 @@ REDIS_CONNECTIONS = 256
 # How often silent workers are looked for: a lost one is noticed within timeout + this.
 REAP_INTERVAL = 0.25
 RECONCILE_EVERY = 20  # reaper passes (5 s)
+# After a restart, how much longer than heartbeat_timeout a worker with running attempts has
+# to come back: its overlay first needs a new WireGuard handshake with the new hub (the
+# agent forces one after two silent 5 s probes), then its stream reconnects (backoff ≤ 5 s).
+RESTORE_GRACE = 30.0
 
 
 class Pool:
@@ -77,7 +81,7 @@ class Pool:
         self.accounting = Accounting(self.ledger, self.rates, self.tasks)
         self.scheduler = Scheduler()
         self.liveness = Liveness(db, settings.heartbeat_timeout)
-        self.watchdog = AttemptWatchdog()
+        self.watchdog = AttemptWatchdog(self.rates)
         self.dispatch = Dispatch(
             db, self.tasks, self.scheduler, self.liveness, self.watchdog, settings.allow_pulls
         )
@@ -160,11 +164,11 @@ class Pool:
             running = await self.tasks.on_node(node_id)
             for record in running:
                 self.scheduler.allocate(record.id, node_id, record.request, record.attempt)
-                self.watchdog.watch(record.id, record.attempt, record.timeout_seconds, since=now)
+                self.watchdog.watch(record, record.attempt, since=now)
                 if record.status == TaskState.RUNNING:
                     self.watchdog.mark_started(record.id, record.attempt)
-            if running:
-                self.liveness.heard_from(node_id, at=now)  # it has until the timeout to come back
+            if running:  # it has until the timeout and the grace to come back
+                self.liveness.heard_from(node_id, at=now + RESTORE_GRACE)
         for record in await self.tasks.queued():
             self.enqueue(record)
         self.dispatch.wake()
@@ -203,7 +207,8 @@ class Pool:
         await registry.save_registration(self.db, session, capacity)
         await self.accounting.open(node_id, "worker")
         recognised, superseded = await self._reconcile_running(session)
-        session.send(messages.registered_message(node_id, HEARTBEAT_INTERVAL, superseded))
+        ended = await self.tasks.ended_by(node_id, superseded)
+        session.send(messages.registered_message(node_id, HEARTBEAT_INTERVAL, superseded, ended))
         worker.connected, worker.draining = True, False
         self.liveness.attach(session)
         log.info(
@@ -256,7 +261,7 @@ class Pool:
             else:
                 raise InvalidInput(f"unexpected {kind or 'empty'} message on an open stream")
         except HiveMindError as exc:
-            session.send(messages.rejected_message(message, exc.message))
+            session.send(messages.rejected_message(message, exc))
 
     def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
         self.liveness.beat(session, heartbeat)
@@ -270,11 +275,16 @@ class Pool:
     async def _log(self, session: AgentSession, chunk: pb.LogChunk) -> None:
         messages.check_log_chunk(chunk)
         await self.tasks.log(
-            chunk.task_id, chunk.attempt, session.node_id, chunk.stream, chunk.data
+            chunk.task_id,
+            chunk.attempt,
+            session.node_id,
+            chunk.stream,
+            chunk.data,
+            messages.chunk_offset(chunk),
         )
 
     async def _result(self, session: AgentSession, result: pb.TaskResult) -> None:
-        messages.check_result(result)
+        await asyncio.to_thread(messages.check_result, result)  # reads the zip's directory
         status = await self.tasks.finish(session.node_id, result)
         self._forget_attempt(result.task_id, result.attempt)
         session.send(messages.accepted_message(result))

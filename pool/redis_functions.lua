@@ -63,7 +63,7 @@ redis.register_function('hm_task_assign', function(keys, args)
     return redis.error_reply('STALE task is ' .. h[1] .. ', attempt ' .. tostring(h[2]))
   end
   redis.call('HSET', keys[1], 'status', 'assigned', 'node_id', args[3], 'assigned_at', args[4],
-    'attempt_started_at', args[4], 'log_bytes', 0, 'log_truncated', 0)
+    'attempt_started_at', args[4], 'log_bytes', 0, 'log_truncated', 0, 'log_offset', 0)
   redis.call('ZREM', keys[2], args[1])
   redis.call('SADD', keys[3], args[1])
   system_log(keys[4], args[2], args[4], 'attempt ' .. args[2] .. ' assigned to node ' .. args[3])
@@ -81,15 +81,71 @@ redis.register_function('hm_task_start', function(keys, args)
   return 1
 end)
 
--- KEYS: task, logs   ARGV: id, attempt, node, stream, data, cap_bytes, now
--- Returns 1 (stored), 0 (dropped: over the cap; a truncation mark is stored once).
+local FINAL = {succeeded = true, failed = true, cancelled = true, timed_out = true}
+
+-- A log chunk is the current attempt's, or late output of the attempt that ended the task
+-- (same attempt, same node: the pool may end it first, a timeout while its agent was away).
+-- A superseded attempt's chunk is refused.
+local function may_log(task_key, attempt, node)
+  local err = fenced(task_key, attempt, node)
+  if not err then
+    return nil
+  end
+  local h = redis.call('HMGET', task_key, 'status', 'attempt', 'node_id')
+  if FINAL[h[1]] and tonumber(h[2]) == tonumber(attempt) and h[3] == node then
+    return nil
+  end
+  return err
+end
+
+-- A line in the log where output is missing; it counts against the cap, and once the log
+-- is truncated there is none (its mark says enough).
+local function mark_missing(keys, attempt, now, text)
+  if redis.call('HGET', keys[1], 'log_truncated') == '1' then
+    return
+  end
+  redis.call('HINCRBY', keys[1], 'log_bytes', string.len(text))
+  system_log(keys[2], attempt, now, text)
+end
+
+-- The part of a chunk starting at `offset` of the attempt's output that is not stored yet
+-- (nil: all of it is, a chunk sent again after a reconnect); bytes skipped between the
+-- last stored one and the chunk get a mark.
+local function unstored_part(keys, attempt, now, offset, data)
+  local stored = tonumber(redis.call('HGET', keys[1], 'log_offset') or '0')
+  local ends = offset + string.len(data)
+  if ends <= stored then
+    return nil
+  end
+  if offset > stored then
+    mark_missing(keys, attempt, now, '[output lost: ' .. string.format('%d', offset - stored)
+      .. ' bytes of attempt ' .. attempt .. ' never reached the pool]')
+  end
+  redis.call('HSET', keys[1], 'log_offset', string.format('%d', ends))
+  if offset < stored then
+    return string.sub(data, stored - offset + 1)
+  end
+  return data
+end
+
+-- KEYS: task, logs   ARGV: id, attempt, node, stream, data, cap_bytes, now, offset
+-- offset: where the chunk starts in the attempt's output ('' when the agent sends none).
+-- Returns 1 (stored), 0 (dropped: over the cap; a truncation mark is stored once),
+-- 2 (already stored: nothing done).
 redis.register_function('hm_task_log', function(keys, args)
-  local err = fenced(keys[1], args[2], args[3])
+  local err = may_log(keys[1], args[2], args[3])
   if err then
     return redis.error_reply(err)
   end
+  local data = args[5]
+  if args[8] ~= '' then
+    data = unstored_part(keys, args[2], args[7], tonumber(args[8]), data)
+    if not data then
+      return 2
+    end
+  end
   local used = tonumber(redis.call('HGET', keys[1], 'log_bytes') or '0')
-  local size = string.len(args[5])
+  local size = string.len(data)
   if used + size > tonumber(args[6]) then
     if redis.call('HGET', keys[1], 'log_truncated') ~= '1' then
       redis.call('HSET', keys[1], 'log_truncated', '1')
@@ -98,11 +154,28 @@ redis.register_function('hm_task_log', function(keys, args)
     end
     return 0
   end
-  redis.call('HINCRBY', keys[1], 'log_bytes', size)
-  redis.call('XADD', keys[2], 'MAXLEN', '~', 100000, '*', 'stream', args[4], 'data', args[5],
-    'attempt', args[2], 'time', args[7])
+  if size > 0 then
+    redis.call('HINCRBY', keys[1], 'log_bytes', size)
+    redis.call('XADD', keys[2], 'MAXLEN', '~', 100000, '*', 'stream', args[4], 'data', data,
+      'attempt', args[2], 'time', args[7])
+  end
   return 1
 end)
+
+-- The attempt wrote `total` bytes of output ('' when its agent does not say): a mark when
+-- the last of them never arrived (its agent had to drop them).
+local function mark_missing_tail(keys, attempt, now, total)
+  if total == '' then
+    return
+  end
+  local stored = tonumber(redis.call('HGET', keys[1], 'log_offset') or '0')
+  if tonumber(total) > stored then
+    mark_missing(keys, attempt, now, '[output truncated: the last '
+      .. string.format('%d', tonumber(total) - stored) .. ' bytes of attempt ' .. attempt
+      .. ' never reached the pool]')
+    redis.call('HSET', keys[1], 'log_offset', total)
+  end
+end
 
 -- Put a task whose attempt ended without a result back in the queue, or end it when it
 -- was cancelled meanwhile or has used its last attempt.
@@ -156,12 +229,13 @@ end)
 
 -- KEYS: task, queue, node_tasks, attempts, logs
 -- ARGV: id, attempt, node, now, status, exit_code ('' if none), error, usage_json,
---       output_name, output_bytes, image_digest
+--       output_name, output_bytes, image_digest, log_bytes ('' if not reported)
 redis.register_function('hm_task_finish', function(keys, args)
   local err = fenced(keys[1], args[2], args[3])
   if err then
     return redis.error_reply(err)
   end
+  mark_missing_tail({keys[1], keys[5]}, args[2], args[4], args[12] or '')
   local status = args[5]
   if status == 'interrupted' then
     return requeue(keys, args[1], args[2], args[3], args[4], 'interrupted by its agent', 'queued')

@@ -9,7 +9,9 @@ missing file and a superseded attempt leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import logging
 import math
 import re
 import secrets
@@ -28,6 +30,7 @@ from hivemind_cluster.pool.store import TASKS
 from hivemind_cluster.protos import pool_pb2 as pb
 
 INPUT_FILE = "input.zip"
+log = logging.getLogger("hivemind.pool")
 
 
 _TASK_ID = re.compile(r"^t[0-9a-f]{12}$")
@@ -63,6 +66,8 @@ class TaskStore:
         self.db = db
         self.data_dir = data_dir
         self.log_cap_bytes = log_cap_bytes
+        # Attempts whose refused output was logged already (bounded).
+        self._refused_logs: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)
 
     async def _call(self, function: str, key_list: list[str], args: list[Any]) -> Any:
         return await TASKS.acall(self.db, function, key_list, args)
@@ -192,14 +197,37 @@ class TaskStore:
             [task_id, attempt, node_id, time.time()],
         )
 
-    async def log(self, task_id: str, attempt: int, node_id: str, stream: str, data: bytes) -> bool:
+    async def log(
+        self,
+        task_id: str,
+        attempt: int,
+        node_id: str,
+        stream: str,
+        data: bytes,
+        offset: int | None = None,
+    ) -> bool:
+        """Store a chunk of an attempt's output; False when it is dropped (over the cap) or
+        was stored already (``offset``: where it starts in the attempt's output, so that a
+        chunk sent again is stored once). A superseded attempt's chunk raises
+        ``StaleAttempt``, and the pool's log says so once per attempt."""
         task, _queue, _attempts, logs = self._task_keys(task_id)
-        stored = await self._call(
-            "hm_task_log",
-            [task, logs],
-            [task_id, attempt, node_id, stream, data, self.log_cap_bytes, time.time()],
+        where = "" if offset is None else offset
+        arguments = [task_id, attempt, node_id, stream, data, self.log_cap_bytes, time.time()]
+        try:
+            stored = await self._call("hm_task_log", [task, logs], [*arguments, where])
+        except errors.StaleAttempt as refused:
+            self._say_refused(task_id, attempt, node_id, refused.message)
+            raise
+        return bool(stored == 1)
+
+    def _say_refused(self, task_id: str, attempt: int, node_id: str, reason: str) -> None:
+        """Log a refused chunk once per attempt: a superseded agent may still send many."""
+        if (task_id, attempt) in self._refused_logs:
+            return
+        self._refused_logs.append((task_id, attempt))
+        log.warning(
+            "task %s attempt %d: output from %s refused: %s", task_id, attempt, node_id, reason
         )
-        return bool(stored)
 
     async def finish(self, node_id: str, result: pb.TaskResult) -> str:
         """Record an attempt's result (fenced); returns the task's new status."""
@@ -234,6 +262,7 @@ class TaskStore:
                     output_name,
                     len(result.output_bundle),
                     result.image_digest,
+                    result.log_bytes if result.HasField("log_bytes") else "",
                 ],
             )
         except errors.HiveMindError:
@@ -241,6 +270,22 @@ class TaskStore:
                 (self.data_dir / result.task_id / output_name).unlink(missing_ok=True)
             raise
         return status
+
+    async def ended_by(
+        self, node_id: str, attempts: list[tuple[str, int]]
+    ) -> list[tuple[str, int]]:
+        """Those of the (task, attempt)s that ended their task on this node, in one round
+        trip: a repeated result of theirs would be refused, yet the pool has it."""
+        pipe = self.db.pipeline(transaction=False)
+        for task_id, _attempt in attempts:
+            pipe.hmget(keys.TASK.format(id=task_id), ["status", "attempt", "node_id"])
+        return [
+            (task_id, attempt)
+            for (task_id, attempt), (status, current, node) in zip(
+                attempts, await pipe.execute(), strict=True
+            )
+            if status in FINAL_STATES and current == str(attempt) and node == node_id
+        ]
 
     async def unsettled(self) -> list[str]:
         """Ended tasks whose escrow has not been settled yet (after a crash, say)."""

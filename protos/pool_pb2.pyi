@@ -254,11 +254,16 @@ class LogChunk(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     stream: _builtins.str
     """"stdout" | "stderr" """
     data: _builtins.bytes
+    offset: _builtins.int
+    """Where the chunk starts in the attempt's output (all streams together): a chunk sent
+    again after a reconnect is stored once, and missing bytes leave a mark in the log.
+    """
     def __init__(
         self,
         *,
@@ -266,12 +271,15 @@ class LogChunk(_message.Message):
         attempt: _builtins.int = ...,
         stream: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        offset: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "attempt", b"attempt", "data", b"data", "offset", b"offset", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
+    _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
 
 Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
 
@@ -287,6 +295,7 @@ class TaskResult(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     OUTPUT_BUNDLE_FIELD_NUMBER: _builtins.int
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
+    LOG_BYTES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     status: _builtins.str
@@ -296,6 +305,10 @@ class TaskResult(_message.Message):
     output_bundle: _builtins.bytes
     image_digest: _builtins.str
     """The image the attempt ran, resolved: its registry digest, else its image id (sha256:…)."""
+    log_bytes: _builtins.int
+    """Bytes of output the attempt wrote in all: when the pool holds fewer, the log ends
+    with a mark saying how many never arrived.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -309,12 +322,15 @@ class TaskResult(_message.Message):
         usage: Global___Usage | None = ...,
         output_bundle: _builtins.bytes = ...,
         image_digest: _builtins.str = ...,
+        log_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes", "log_bytes", b"log_bytes", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "image_digest", b"image_digest", "output_bundle", b"output_bundle", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes", "attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "image_digest", b"image_digest", "log_bytes", b"log_bytes", "output_bundle", b"output_bundle", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__log_bytes: _TypeAlias = _typing.Literal["log_bytes"]  # noqa: Y015
+    _WhichOneofArgType__log_bytes: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_bytes) -> _WhichOneofReturnType__log_bytes | None: ...
 
 Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
 
@@ -363,11 +379,16 @@ class Registered(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     SUPERSEDED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     heartbeat_interval: _builtins.float
     @_builtins.property
     def superseded(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]:
         """Running attempts the pool no longer recognises: the agent stops them."""
+
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunningAttempt]:
+        """Reported attempts whose result the pool has already (its acknowledgement was lost)."""
 
     def __init__(
         self,
@@ -375,10 +396,11 @@ class Registered(_message.Message):
         node_id: _builtins.str = ...,
         heartbeat_interval: _builtins.float = ...,
         superseded: _abc.Iterable[Global___RunningAttempt] | None = ...,
+        ended: _abc.Iterable[Global___RunningAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "node_id", b"node_id", "superseded", b"superseded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "heartbeat_interval", b"heartbeat_interval", "node_id", b"node_id", "superseded", b"superseded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,6 +441,7 @@ class Assign(_message.Message):
     INPUT_BUNDLE_FIELD_NUMBER: _builtins.int
     PULL_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
+    PRICE_CAP_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     image: _builtins.str
@@ -429,6 +452,10 @@ class Assign(_message.Message):
     """The hub allows pulls (hub setting allow_pulls): the worker pulls the image if missing."""
     disk_bytes: _builtins.int
     """The task's disk limit: its working copy, /out and /tmp together."""
+    price_cap_seconds: _builtins.float
+    """Wall seconds the task's price cap buys for its request: the agent stops it there and
+    fails it "price cap reached". 0: the timeout comes first.
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -449,10 +476,11 @@ class Assign(_message.Message):
         input_bundle: _builtins.bytes = ...,
         pull: _builtins.bool = ...,
         disk_bytes: _builtins.int = ...,
+        price_cap_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "image", b"image", "input_bundle", b"input_bundle", "network", b"network", "pull", b"pull", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "image", b"image", "input_bundle", b"input_bundle", "network", b"network", "price_cap_seconds", b"price_cap_seconds", "pull", b"pull", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,19 +517,29 @@ class Rejected(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     reason: _builtins.str
+    superseded: _builtins.bool
+    """The attempt is no longer current (fencing), rather than the message being malformed."""
+    retry: _builtins.bool
+    """The pool could not take it now (its database is not answering): the agent sends it
+    again on a new stream.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
         reason: _builtins.str = ...,
+        superseded: _builtins.bool = ...,
+        retry: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "reason", b"reason", "retry", b"retry", "superseded", b"superseded", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

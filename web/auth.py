@@ -12,13 +12,24 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 
-from hivemind_cluster.core.errors import HiveMindError, InvalidInput
-from hivemind_cluster.web.errorpages import form_failed
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput, http_status
+from hivemind_cluster.web.errorpages import form_failed, respond
 from hivemind_cluster.web.services import services
-from hivemind_cluster.web.users import User
+from hivemind_cluster.web.users import HashingBusy, User
 
 bp = Blueprint("auth", __name__)
 P = ParamSpec("P")
@@ -28,6 +39,14 @@ R = TypeVar("R")
 def init_app(app: Flask) -> None:
     app.before_request(load_session_user)
     app.context_processor(lambda: {"user": g.get("user")})
+    app.register_error_handler(HashingBusy, _busy)
+
+
+def _busy(error: HashingBusy) -> ResponseReturnValue:
+    """503 with ``Retry-After``: the hashing slots are full (users.HashingGate)."""
+    response = make_response(respond(http_status(error), error.code, error.message))
+    response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 def load_session_user() -> None:

@@ -16,7 +16,10 @@ from hivemind_cluster.core.names import WEB_PARENT_ENV
 from hivemind_cluster.core.settings import HubSettings
 
 log = logging.getLogger("hivemind.web")
-THREADS = 8
+# Requests served at once. Password hashing holds at most registration_hashes + login_hashes
+# + twice waiting_hashes = 9 of them (users.Limits), so a flood of registrations or logins
+# always leaves threads to everyone else's requests.
+THREADS = 16
 
 
 def serve(settings: HubSettings) -> None:

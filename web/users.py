@@ -7,18 +7,26 @@ are random, shown once, and stored only as their SHA-256.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from hivemind_cluster.core.errors import AlreadyExists, InvalidInput, RateLimited, Unauthenticated
+from hivemind_cluster.core.errors import (
+    AlreadyExists,
+    InvalidInput,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from hivemind_cluster.mesh.tokens import secret_hash as token_digest
 from hivemind_cluster.web import constants as keys
 
@@ -26,16 +34,57 @@ USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 TOKEN_PREFIX = "hm_"
+BUSY = "the hub is busy checking passwords: try again in a second"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Limits:
     """Login attempts per username and per address in ``LOGIN_WINDOW``; registrations per
-    address and hour. (Tests raise the per-address ones: all their users share 127.0.0.1.)"""
+    address and hour. (Tests raise the per-address ones: all their users share 127.0.0.1.)
+
+    ``registration_hashes`` and ``login_hashes``: how many password hashes (argon2id, ~0.2 s
+    of both cores and 64 MiB each) each may compute at once, with ``waiting_hashes`` more
+    waiting up to ``hashing_wait`` seconds. Past that the answer is "busy, retry" at once: a
+    flood holds a few of the web's threads (``server.THREADS``), the rest serve everyone else.
+    """
 
     logins_per_user: int = 5
     logins_per_address: int = 20
     registrations_per_hour: int = 20
+    registration_hashes: int = 1
+    login_hashes: int = 2
+    waiting_hashes: int = 3
+    hashing_wait: float = 1.0
+
+
+class HashingBusy(Unavailable):
+    """Every password-hashing slot is taken: the caller should retry in a moment."""
+
+    retry_after = 1  # seconds, for the HTTP Retry-After header
+
+
+class HashingGate:
+    """At most ``slots`` hashes at once and ``waiting`` more waiting (``wait`` seconds at the
+    most); anyone else is refused at once with ``HashingBusy``, never queued."""
+
+    def __init__(self, slots: int, waiting: int, wait: float) -> None:
+        self._hashing = threading.BoundedSemaphore(slots)
+        self._admitted = threading.BoundedSemaphore(slots + waiting)
+        self.wait = wait
+
+    def run(self, work: Callable[[], T]) -> T:
+        if not self._admitted.acquire(blocking=False):
+            raise HashingBusy(BUSY)
+        try:
+            if not self._hashing.acquire(timeout=self.wait):
+                raise HashingBusy(BUSY)
+            try:
+                return work()
+            finally:
+                self._hashing.release()
+        finally:
+            self._admitted.release()
 
 
 @dataclass(frozen=True)
@@ -88,22 +137,32 @@ class UserStore:
         self.db = db
         self.open_account = open_account  # opens a user's ledger account, through the pool
         self.hasher = hasher or PasswordHasher()
-        self.limits = limits or Limits()
+        self.limits = limits = limits or Limits()
+        waiting, wait = limits.waiting_hashes, limits.hashing_wait
+        self.registration_gate = HashingGate(limits.registration_hashes, waiting, wait)
+        self.login_gate = HashingGate(limits.login_hashes, waiting, wait)
         # A hash to verify against for unknown users, so both cases take the same time.
         self._decoy = self.hasher.hash(secrets.token_hex(16))
 
     def register(self, username: str, password: str, address: str) -> User:
         """Create a user and open its ledger account (with the registration grant).
 
-        The user record is written in one step (``WATCH``/``MULTI``), so it is there whole
-        or not at all. Should opening the account fail, the first submission opens it.
+        Everything cheap comes first (the input, the limit, a taken name), the hash last:
+        a refused registration costs no hashing. The user record is written in one step
+        (``WATCH``/``MULTI``), so it is there whole or not at all. Should opening the
+        account fail, the first submission opens it.
         """
         name = check_username(normal_username(username))
-        password_hash = self.hasher.hash(check_password(password))
-        (registrations,) = self._hit([keys.REGISTRATIONS.format(ip=address)], 3600)
+        check_password(password)
+        counter = keys.REGISTRATIONS.format(ip=address)
+        (registrations,) = self._hit([counter], 3600)
         if registrations > self.limits.registrations_per_hour:
             raise RateLimited("too many attempts from this address: try again later")
         account, key = account_of(name), keys.USER.format(name=name)
+        if self.db.exists(key):
+            raise AlreadyExists(f"the username {name!r} is taken")
+        hashing = functools.partial(self.hasher.hash, password)
+        password_hash = self._hash_once(self.registration_gate, [counter], hashing)
         record: dict[Any, Any] = {  # (redis-py types mapping keys invariantly)
             "account": account,
             "password_hash": password_hash,
@@ -145,17 +204,36 @@ class UserStore:
                 wait = max(int(self.db.ttl(key)), 1)
                 raise RateLimited(f"too many failed logins: try again in {wait} s")
         stored = self.db.hget(keys.USER.format(name=name), "password_hash") if valid else None
+        checking = functools.partial(self._verifies, str(stored or self._decoy), password, valid)
+        if not (
+            self._hash_once(self.login_gate, [key for key, _ in counters], checking) and stored
+        ):
+            raise Unauthenticated("wrong username or password")
+        pipe = self.db.pipeline()
+        pipe.delete(*(key for key, _ in counters[1:]))  # this user starts afresh
+        pipe.decr(counters[0][0])
+        pipe.execute()
+        return User(name, account_of(name))
+
+    def _verifies(self, password_hash: str, password: str, valid: bool) -> bool:
+        """Whether ``password`` is the one hashed (never for an invalid name or password,
+        though it takes as long: the decoy stands in for a user that does not exist)."""
         try:
-            self.hasher.verify(str(stored or self._decoy), password if valid else "")
-            if stored:
-                pipe = self.db.pipeline()
-                pipe.delete(*(key for key, _ in counters[1:]))  # this user starts afresh
-                pipe.decr(counters[0][0])
-                pipe.execute()
-                return User(name, account_of(name))
+            return self.hasher.verify(password_hash, password if valid else "") and valid
         except (VerificationError, InvalidHashError):
-            pass
-        raise Unauthenticated("wrong username or password")
+            return False
+
+    def _hash_once(self, gate: HashingGate, counters: list[str], work: Callable[[], T]) -> T:
+        """``work`` through ``gate``; turned away busy, the attempt counted on ``counters``
+        did not happen (it is taken back), so a retry is not held against the caller."""
+        try:
+            return gate.run(work)
+        except HashingBusy:
+            pipe = self.db.pipeline()
+            for key in counters:
+                pipe.decr(key)
+            pipe.execute()
+            raise
 
     def _hit(self, counters: list[str], window: int) -> list[int]:
         """Count one more attempt on each counter (each lives ``window`` seconds from its

@@ -16,6 +16,7 @@ import pytest
 
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.tokens import JoinToken
+from tests.support.hostprocesses import pids_matching
 from tests.support.lab import Host, Lab, Mesh
 from tests.support.prerequisites import require_root_network
 
@@ -246,7 +247,7 @@ def test_leave_deregisters_and_removes_everything(world: World) -> None:
     assert op.wg_interface not in links(op)
     assert not world.mesh.agent_dir(op).exists()
     assert {n["id"]: n["state"] for n in world.mesh.nodes("--all")}[op_id] == "left"
-    assert op.run("pgrep", "-f", str(world.mesh.agent_dir(op)), check=False).returncode == 1
+    assert pids_matching(op, str(world.mesh.agent_dir(op))) == []
     status = world.mesh.agent(op, "status", check=False)
     assert status.returncode == 1 and "not enrolled" in status.stderr
 
@@ -256,8 +257,9 @@ def test_hub_restart_restores_the_overlay_and_stop_cleans_up(world: World) -> No
     assert mesh.stop_hub() == 0
     assert hub.wg_interface not in links(hub)
     assert not (mesh.hub_dir / "run.json").exists()
-    # Only the hub's Redis (its title shows its address; other instances may run on the machine).
-    assert hub.run("pgrep", "-f", "redis-server 100.64.0.1:", check=False).stdout == ""
+    # Only the hub's Redis (its title shows its address; other instances, other labs' hubs
+    # among them, may run on the machine: only the hub's namespace is searched).
+    assert pids_matching(hub, "redis-server 100.64.0.1:") == []
     assert "hivemind" not in hub.run("nft", "list", "tables").stdout
     assert not world.w1.can_ping("100.64.0.1")
     mesh.start_hub()  # peers come back from Redis (AOF)

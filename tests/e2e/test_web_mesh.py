@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import artifacts_dir, browser_prerequisites, run_in_host
+from tests.support.hostprocesses import pids_matching
 from tests.support.lab import CliUser
 from tests.support.poolworld import PoolWorld, pool_world
 from tests.support.prerequisites import require
@@ -110,9 +111,9 @@ def test_the_web_answers_on_the_overlay_only(world: PoolWorld) -> None:
 def test_the_hub_restarts_a_web_that_died(world: PoolWorld) -> None:
     run = json.loads((world.mesh.hub_dir / "run.json").read_text())
     assert run["web_url"] == HUB_WEB
-    pids = world.hub.run("pgrep", "-f", "hivemind_cluster.hub.cli web").stdout.split()
+    pids = pids_matching(world.hub, "hivemind_cluster.hub.cli web")  # this lab's web only
     assert len(pids) == 1
-    world.hub.run("kill", "-9", pids[0])
+    world.hub.run("kill", "-9", str(pids[0]))
     deadline = time.monotonic() + 20
     fetch = "import urllib.request as u, sys; print(u.urlopen(sys.argv[1], timeout=2).status)"
     while True:

@@ -7,8 +7,10 @@ with its node id is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
+import socket
 import threading
 import time
 import zipfile
@@ -187,15 +189,42 @@ def test_runs_as_nobody_without_privileges_on_a_read_only_root(executor: DockerE
     assert "Read-only file system" in result.text("stderr")
 
 
-def test_no_network_unless_asked(executor: DockerExecutor) -> None:
+@pytest.fixture
+def host_listener(docker_client: docker.DockerClient) -> Iterator[tuple[str, int]]:
+    """A TCP listener on this host, at the address Docker's default bridge routes to it."""
+    bridge = docker_client.networks.get("bridge")
+    gateway = str(bridge.attrs["IPAM"]["Config"][0]["Gateway"])
+    with socket.create_server((gateway, 0)) as server:
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept_and_close() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    server.accept()[0].close()
+
+        thread = threading.Thread(target=accept_and_close, daemon=True)
+        thread.start()
+        try:
+            yield gateway, server.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join()
+
+
+def test_no_network_unless_asked(executor: DockerExecutor, host_listener: tuple[str, int]) -> None:
+    # busybox nc: reaches the listener only with a network (its wget segfaults in this image).
+    address, port = host_listener
     probe = (
-        "ls /sys/class/net;"
-        "wget -q -T 2 -O- http://198.51.100.1/ && echo reached || echo unreachable"
+        f"ls /sys/class/net; if nc -w 3 {address} {port} -e true 2>/dev/null;"
+        " then echo reached; else echo unreachable; fi"
     )
     isolated = run(executor, sh(probe))
     assert isolated.text("stdout").split() == ["lo", "unreachable"]
-    connected = run(executor, sh("ls /sys/class/net", network=True))
-    assert "eth0" in connected.text("stdout").split()
+    connected = run(executor, sh(probe, network=True))
+    words = connected.text("stdout").split()
+    assert "eth0" in words
+    assert words[-1] == "reached", connected.chunks
 
 
 def test_memory_hog_is_killed(executor: DockerExecutor) -> None:

@@ -190,7 +190,8 @@ class Mesh:
             tool("hivemind-hub"), *args, "--state-dir", str(self.hub_dir), check=check
         )
 
-    def start_hub(self) -> None:
+    def init_hub(self) -> None:
+        """``hivemind-hub init`` unless done: a test may change hub.toml before ``up``."""
         if not (self.hub_dir / "hub.toml").exists():
             self.hub_cli(
                 "init",
@@ -203,6 +204,9 @@ class Mesh:
                 "--name",
                 self.hub.name,
             )
+
+    def start_hub(self) -> None:
+        self.init_hub()
         self.hub_process = self.hub.popen(
             tool("hivemind-hub"),
             "up",
@@ -233,13 +237,21 @@ class Mesh:
     def agent_dir(self, host: Host) -> Path:
         return self.lab.workdir / f"agent-{host.name}"
 
-    def agent(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def agent(
+        self, host: Host, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        state_dir = str(self.agent_dir(host))
         return host.run(
-            tool("hivemind-agent"), *args, "--state-dir", str(self.agent_dir(host)), check=check
+            tool("hivemind-agent"), *args, "--state-dir", state_dir, check=check, env=env
         )
 
     def join(
-        self, host: Host, token: str, check: bool = True, *extra: str
+        self,
+        host: Host,
+        token: str,
+        check: bool = True,
+        *extra: str,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return self.agent(
             host,
@@ -251,6 +263,7 @@ class Mesh:
             host.name,
             *extra,
             check=check,
+            env=env,
         )
 
     def nodes(self, *extra: str) -> list[dict[str, Any]]:

@@ -25,14 +25,19 @@ async def report(
     identity: Identity, task_id: str, attempt: int, status: str = "succeeded"
 ) -> pb.PoolMessage:
     """Register over a fresh stream, send the result, return the pool's answer to it."""
+    result = pb.TaskResult(task_id=task_id, attempt=attempt, status=status)
+    return await send_late(identity, pb.AgentMessage(result=result))
+
+
+async def send_late(identity: Identity, message: pb.AgentMessage) -> pb.PoolMessage:
+    """Register over a fresh stream, send ``message``, return the pool's answer to it."""
     async with aio_channel(identity) as channel:
         call = pb_grpc.PoolStub(channel).Connect()
         capacity = pb.Resources(cpu_millis=1000, memory_bytes=1 << 30)
         await call.write(pb.AgentMessage(register=pb.Register(capacity=capacity)))
         registered = await call.read()
         assert isinstance(registered, pb.PoolMessage) and registered.HasField("registered")
-        result = pb.TaskResult(task_id=task_id, attempt=attempt, status=status)
-        await call.write(pb.AgentMessage(result=result))
+        await call.write(message)
         reply = await call.read()
         call.cancel()
     assert isinstance(reply, pb.PoolMessage)

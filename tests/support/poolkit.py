@@ -150,25 +150,28 @@ class Cluster:
         self.pool = await fresh_pool(self.redis_server, self.settings)
         await self.serve()
 
-    async def serve(self) -> None:
+    async def serve(self, port: int = 0) -> None:
         assert self.pool is not None
         await self.pool.start()
         self.server, self.port = await create_server(
             self.pool,
-            f"{LOOPBACK}:0",
+            f"{LOOPBACK}:{port}",
             self.server_cert + self.ca.pem,
             self.server_key,
             self.ca.pem,
         )
 
-    async def restart_pool(self) -> None:
-        """A new pool process, as after a hub restart: same Redis, empty memory."""
+    async def restart_pool(self, while_down: Callable[[], Awaitable[object]] | None = None) -> None:
+        """A new pool process, as after a hub restart: same Redis, empty memory, same address
+        (workers reconnect to it); ``while_down`` is awaited while no pool is listening."""
         assert self.pool is not None and self.server is not None
         await self.server.stop(grace=0)
         old = self.pool
         await old.stop()
+        if while_down is not None:
+            await while_down()
         self.pool = Pool(old.settings, old.db, old.raw_db, old.tasks.data_dir)
-        await self.serve()
+        await self.serve(self.port)
 
     async def stop(self) -> None:
         for worker, task in self.workers.values():

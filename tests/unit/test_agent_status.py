@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from hivemind_cluster.agent.attempts import AttemptView, FinishedAttempt, WorkerSnapshot
 from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.statushtml import render_html
 from hivemind_cluster.agent.statuspage import (
@@ -23,7 +24,6 @@ from hivemind_cluster.agent.statuspage import (
     host_allowed,
     status_json,
 )
-from hivemind_cluster.agent.worker import AttemptView, FinishedAttempt, WorkerSnapshot
 
 NOW = 1_700_000_000.0
 EVIL_ID = '"><script>alert(1)</script>'

@@ -7,6 +7,7 @@ import os
 import stat
 import struct
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ import pytest
 from hivemind_cluster.core.errors import InvalidInput, NotFound
 from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.bundles import (
+    INPUT_RULES,
     MAX_FILES,
+    BundleRules,
     bundle_from_path,
     check_bundle,
     default_command,
@@ -22,6 +25,11 @@ from hivemind_cluster.model.bundles import (
     unpack_bundle,
 )
 from tests.support.scratch import zip_of
+
+
+def within(max_unpacked: int) -> BundleRules:
+    """The input rules with a smaller unpacked cap."""
+    return replace(INPUT_RULES, max_unpacked_bytes=max_unpacked)
 
 
 def zeros_zip(name: str, size: int) -> bytes:
@@ -112,7 +120,7 @@ def test_absurd_compression_ratio_is_refused() -> None:
 def test_many_small_files_over_the_unpacked_cap() -> None:
     data = zip_of({f"f{i}": bytes(64 * 1024) for i in range(20)}, zipfile.ZIP_STORED)
     with pytest.raises(InvalidInput, match=r"^bundle unpacks to more than 1 MiB \(zip bomb\?\)$"):
-        check_bundle(data, max_unpacked=MIB)
+        check_bundle(data, within(MIB))
 
 
 def test_too_many_files() -> None:
@@ -146,7 +154,7 @@ def test_lying_header_cannot_bypass_the_cap(tmp_path: Path) -> None:
     data = lying_zip(bytes(2 * MIB), declared_size=1000)
     assert check_bundle(data) == ["big"]  # the headers alone look harmless
     with pytest.raises(InvalidInput, match=r"bundle entry 'big' is corrupt|unpacks to more than"):
-        unpack_bundle(data, tmp_path / "work", max_unpacked=MIB)
+        unpack_bundle(data, tmp_path / "work", within(MIB))
     written = tmp_path / "work" / "big"
     assert not written.exists() or written.stat().st_size <= MIB
 
@@ -156,7 +164,7 @@ def test_streaming_cap_counts_real_bytes(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr("hivemind_cluster.model.bundles.checked_members", lambda a, m: a.infolist())
     data = zip_of({"a": bytes(MIB), "b": bytes(MIB)}, zipfile.ZIP_DEFLATED)
     with pytest.raises(InvalidInput, match="unpacks to more than 1048586 bytes"):
-        unpack_bundle(data, tmp_path / "work", max_unpacked=MIB + 10)
+        unpack_bundle(data, tmp_path / "work", within(MIB + 10))
     assert (tmp_path / "work" / "b").stat().st_size <= 10
 
 

@@ -136,6 +136,8 @@ class RateCard:
     def price_cap_seconds(self, request: Resources, timeout_seconds: int, price_cap: int) -> float:
         """When the price cap stops a started task: the wall time it buys, or 0 when the
         timeout comes first (or nothing is charged), so the timeout alone ends the task."""
+        if price_cap >= self.price_cap(request, timeout_seconds):
+            return 0.0  # the cap pays for the whole timeout (the default cap): no search
         bought = self.seconds_bought(request, price_cap)
         if bought is None or bought >= timeout_seconds:
             return 0.0

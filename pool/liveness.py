@@ -5,17 +5,20 @@ last heard from (the reaper loses a node silent for ``heartbeat_timeout`` second
 last heartbeat (wall clock) of workers whose stream ended, and the workers whose live
 state changed since the last flush. ``flush_once`` writes those into ``hm:worker-live``,
 one command per FLUSH_CHUNK workers; the pool calls it every HEARTBEAT_INTERVAL. It also
-holds a lock per node (connect and lose of one node run one at a time) and notices the
-workers revoked while connected.
+runs the changes of one node (its connect, its loss) one at a time, each to its end even
+when its caller is cancelled (a torn stream, the pool stopping): a half-done change would
+leave Redis and memory disagreeing, so the pool waits for those in flight when it stops.
+It notices the workers revoked while connected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from hivemind_cluster.mesh import membership
 from hivemind_cluster.model.states import NodeState
@@ -24,6 +27,8 @@ from hivemind_cluster.pool import registry
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.protos import pool_pb2 as pb
 
+log = logging.getLogger("hivemind.pool")
+T = TypeVar("T")
 HEARTBEAT_INTERVAL = 1.0  # what agents are told to keep, and how often live state is flushed
 FLUSH_CHUNK = 500
 
@@ -37,6 +42,7 @@ class Liveness:
         self._last_wall: dict[str, float] = {}  # disconnected worker -> its last heartbeat
         self._dirty: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._changes: set[asyncio.Task[Any]] = set()  # node changes in flight
         self._revoked_seen = -1
 
     # ---- sessions ------------------------------------------------------------------------
@@ -79,9 +85,34 @@ class Liveness:
         for session in list(self._sessions.values()):
             session.close()
 
-    def node_lock(self, node_id: str) -> asyncio.Lock:
-        """Serialises connect and lose of one node (each awaits Redis several times)."""
-        return self._locks.setdefault(node_id, asyncio.Lock())
+    async def change(self, node_id: str, change: Callable[[], Awaitable[T]]) -> T:
+        """Run ``change()`` under the node's lock: a connect and a loss of one node each
+        await Redis several times and must not interleave. Once begun, it runs to its end
+        (holding the lock) even if the caller is cancelled; still waiting for the lock, it
+        is dropped with its caller, as nothing was done yet."""
+        begun = False
+
+        async def under_lock() -> T:
+            nonlocal begun
+            async with self._locks.setdefault(node_id, asyncio.Lock()):
+                begun = True
+                return await change()
+
+        task = asyncio.create_task(under_lock(), name=f"change of node {node_id}")
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if begun:
+                task.add_done_callback(log_failure)  # nobody else hears how it ends
+            else:
+                task.cancel()
+            raise
+
+    def changes_in_flight(self) -> set[asyncio.Task[Any]]:
+        """The node changes begun or waiting (``Pool.stop`` lets them finish, briefly)."""
+        return set(self._changes)
 
     # ---- being heard ---------------------------------------------------------------------
 
@@ -136,3 +167,9 @@ class Liveness:
         for start in range(0, len(dirty), FLUSH_CHUNK):
             chunk = dirty[start : start + FLUSH_CHUNK]
             await registry.flush_heartbeats(self.db, self._sessions, chunk, self._last_wall)
+
+
+def log_failure(task: asyncio.Task[Any]) -> None:
+    """A node change whose caller went: its failure is logged here or nowhere."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s failed: %r", task.get_name(), error)

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,14 @@ RECONCILE_EVERY = 20  # reaper passes (5 s)
 # to come back: its overlay first needs a new WireGuard handshake with the new hub (the
 # agent forces one after two silent 5 s probes), then its stream reconnects (backoff ≤ 5 s).
 RESTORE_GRACE = 30.0
+# Stopping is warm, then cold, and bounded: the loops are cancelled at once (between passes
+# they only wait); a node's connect or loss under way gets STOP_GRACE seconds to finish,
+# then is cancelled. A task that swallows its cancellation (under Python 3.11 a library's
+# ``wait_for`` or timeout racing it can) is cancelled again every CANCEL_AGAIN seconds, and
+# left behind, logged, after STOP_WAIT: ``stop`` never waits on it forever.
+STOP_GRACE = 2.0
+STOP_WAIT = 2.0
+CANCEL_AGAIN = 0.2
 
 
 class Pool:
@@ -89,6 +97,7 @@ class Pool:
         self.members = MemberCache(db, self.scheduler)
         self._passes = 0
         self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -121,6 +130,7 @@ class Pool:
         await self.raw_db.aclose()
 
     async def start(self) -> None:
+        self._stopping = False
         await self.accounting.start()
         await self.restore()
         loops = {
@@ -133,18 +143,23 @@ class Pool:
             self._loops.append(asyncio.create_task(loop, name=name))
 
     async def stop(self) -> None:
+        """Stop the loops, then the node changes under way (see STOP_GRACE): in bounded
+        time, so that nothing of this pool writes to Redis once it returns, or almost."""
+        self._stopping = True
         self.liveness.close_all()
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._loops.clear()
+        loops, self._loops = self._loops, []
+        await cancel_and_wait(loops, STOP_WAIT)
+        changes = self.liveness.changes_in_flight()
+        if changes:
+            await asyncio.wait(changes, timeout=STOP_GRACE)
+            await cancel_and_wait(changes, STOP_WAIT)
 
-    @staticmethod
-    async def _repeat(interval: float, step: Callable[[], Awaitable[None]], failed: str) -> None:
-        """Run ``step`` every ``interval`` seconds; a failure is logged and waits its turn."""
-        while True:
+    async def _repeat(
+        self, interval: float, step: Callable[[], Awaitable[None]], failed: str
+    ) -> None:
+        """Run ``step`` every ``interval`` seconds; a failure is logged and waits its turn.
+        Stopping ends it at its next turn too, should its cancellation have been lost."""
+        while not self._stopping:
             await asyncio.sleep(interval)
             try:
                 await step()
@@ -192,8 +207,9 @@ class Pool:
         capacity = Resources.from_proto(register.capacity)
         if capacity.cpu_millis <= 0 or capacity.memory_bytes <= 0 or capacity.gpus < 0:
             raise InvalidInput("registration must report positive CPU and memory capacity")
-        async with self.liveness.node_lock(caller.node_id):
-            return await asyncio.shield(self._connect(caller, register, capacity))
+        return await self.liveness.change(
+            caller.node_id, lambda: self._connect(caller, register, capacity)
+        )
 
     async def _connect(
         self, caller: Caller, register: pb.Register, capacity: Resources
@@ -284,7 +300,10 @@ class Pool:
         )
 
     async def _result(self, session: AgentSession, result: pb.TaskResult) -> None:
-        await asyncio.to_thread(messages.check_result, result)  # reads the zip's directory
+        if result.output_bundle:  # reading a zip's directory may take a while: off the loop
+            await asyncio.to_thread(messages.check_result, result)
+        else:
+            messages.check_result(result)
         status = await self.tasks.finish(session.node_id, result)
         self._forget_attempt(result.task_id, result.attempt)
         session.send(messages.accepted_message(result))
@@ -345,12 +364,11 @@ class Pool:
 
     async def lose(self, node_id: str, only_if_silent: bool = False) -> None:
         """Requeue the worker's attempts and stop scheduling on it (silent, or revoked)."""
-        async with self.liveness.node_lock(node_id):
-            if only_if_silent and not self.liveness.is_silent(node_id):
-                return  # it reconnected while we waited for the lock
-            await asyncio.shield(self._lose(node_id))
+        await self.liveness.change(node_id, lambda: self._lose(node_id, only_if_silent))
 
-    async def _lose(self, node_id: str) -> None:
+    async def _lose(self, node_id: str, only_if_silent: bool) -> None:
+        if only_if_silent and not self.liveness.is_silent(node_id):
+            return  # it reconnected while we waited for the lock
         self.scheduler.stop_placing_on(node_id)
         await self.liveness.mark_lost(node_id)
         reason = f"node {node_id} lost (no heartbeat for {self.settings.heartbeat_timeout}s)"
@@ -373,3 +391,18 @@ class Pool:
 
     async def flush_once(self) -> None:
         await self.liveness.flush_once()
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], timeout: float) -> None:
+    """Cancel ``tasks`` and wait for them to end, ``timeout`` seconds at the most: those
+    still running are cancelled again every CANCEL_AGAIN seconds (a cancellation can be
+    swallowed), and any left at the end are logged, not awaited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending and (remaining := deadline - loop.time()) > 0:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(CANCEL_AGAIN, remaining))
+    for task in pending:
+        log.error("task %s ignored its cancellation: left behind", task.get_name())

@@ -33,8 +33,7 @@ from hivemind_cluster.agent.taskrun import TaskRun
 from hivemind_cluster.core.units import MIB
 from tests.support.package_index import LabIndex, served
 from tests.support.registry import has_image
-from tests.support.scratch import zip_of
-from tests.support.tasks import a_task
+from tests.support.tasks import a_python_bundle_task
 
 IMAGE = "hivemind/python:3.11"
 RUNS = 3
@@ -58,14 +57,8 @@ Workload = tuple[str, str, str, tuple[str, ...]]
 
 
 def workload_task(workload: Workload) -> TaskRun:
-    return a_task(
-        IMAGE,
-        ["python", "main.py"],
-        env={"PYTHONPATH": "/work"},
-        memory_bytes=256 * MIB,
-        timeout_seconds=300,
-        input_bundle=zip_of({"main.py": workload[2], "requirements.txt": workload[1]}),
-    )
+    files = {"main.py": workload[2], "requirements.txt": workload[1]}
+    return a_python_bundle_task(IMAGE, files, memory_bytes=256 * MIB, timeout_seconds=300)
 
 
 def start_seconds(executor: DockerExecutor, workload: Workload) -> float:

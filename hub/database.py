@@ -84,19 +84,22 @@ class HubDatabase:
 
     def start(self) -> redis.Redis:
         """At ``up``: Redis, and a client of it with the mesh's library."""
-        self.server.spawn()
-        self.record.note(redis=self.server.identity())
+        self._spawn()
         self.server.wait_until_ready()
         self.client = store.connect(self.server.bind, self.server.port, self.server.password)
         return self.client
+
+    def _spawn(self) -> None:
+        """Start redis-server and note it in up.json, for a successor to reclaim."""
+        self.server.spawn()
+        self.record.note(redis=self.server.identity())
 
     def exit_code(self) -> int | None:
         return self.server.exit_code()
 
     async def restart(self) -> None:
         await self.pool.close()
-        self.server.spawn()  # from the event loop's thread: it must die with the hub
-        self.record.note(redis=self.server.identity())
+        self._spawn()  # from the event loop's thread: it must die with the hub
         try:
             await asyncio.to_thread(self.server.wait_until_ready)
             if self.client is not None:

@@ -13,14 +13,17 @@ import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
+@cache
 def current_boot() -> str:
-    """This boot's id: a record from an earlier boot names no living process."""
+    """This boot's id (read once: it cannot change while we run): a record from an earlier
+    boot names no living process."""
     return BOOT_ID.read_text().strip()
 
 

@@ -34,8 +34,6 @@ from hivemind_cluster.mesh import guard
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 
 log = logging.getLogger("hivemind.hub")
-# The processes a hub starts, as up.json names them, stopped in this order.
-CHILDREN = ("web", "redis", "wireguard_go")
 
 
 def network_namespace() -> str:
@@ -118,13 +116,13 @@ def reclaim(previous: dict[str, Any], settings: HubSettings, wg_public_key: str)
         "the previous hub (pid %s) died without stopping: reclaiming what it left",
         recorded_pid(previous),
     )
-    for name in CHILDREN[:2]:
+    for name in ("web", "redis"):  # the children first; wireguard-go goes with the network
         stop_leftover(name, previous.get(name))
     if previous.get("netns") != network_namespace():
         log.warning("the previous hub ran in another network namespace: its network is left")
     else:
         reclaim_network(previous, settings, wg_public_key)
-    stop_leftover(CHILDREN[2], previous.get(CHILDREN[2]))
+    stop_leftover("wireguard_go", previous.get("wireguard_go"))
 
 
 def stop_leftover(name: str, recorded: Any) -> None:

@@ -26,7 +26,12 @@ from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import read_sysctl, write_sysctl
-from hivemind_cluster.hub.database import HubDatabase, PoolCredentials, PoolRuntime
+from hivemind_cluster.hub.database import (
+    GRACE_SECONDS,
+    HubDatabase,
+    PoolCredentials,
+    PoolRuntime,
+)
 from hivemind_cluster.hub.init import ensure_hub_client_certificate
 from hivemind_cluster.hub.processes import ProcessIdentity, executable
 from hivemind_cluster.hub.reclaim import UpRecord, claim
@@ -44,7 +49,6 @@ from hivemind_cluster.mesh.wireguard import (
 )
 
 log = logging.getLogger(__name__)
-GRACE_SECONDS = 2
 
 
 @dataclass(frozen=True)

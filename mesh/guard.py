@@ -7,10 +7,7 @@ the underlay could route 100.64.0.0/16 via the hub and reach Redis or the pool d
 from __future__ import annotations
 
 from hivemind_cluster.core import nftables
-
-
-def table_name(interface: str) -> str:
-    return nftables.table_name(interface)
+from hivemind_cluster.core.nftables import table_name
 
 
 def ruleset(interface: str, overlay: str) -> str:

@@ -24,8 +24,7 @@ from hivemind_cluster.agent.taskrun import Outcome, TaskRun
 from hivemind_cluster.core.units import MIB
 from tests.support.package_index import LabIndex, served
 from tests.support.prerequisites import require_docker_images
-from tests.support.scratch import zip_of
-from tests.support.tasks import a_task
+from tests.support.tasks import a_python_bundle_task
 
 pytestmark = pytest.mark.privileged
 
@@ -84,14 +83,8 @@ def executor(
 
 
 def task(requirements: str, **files: str) -> TaskRun:
-    return a_task(
-        PYTHON,
-        ["python", "main.py"],
-        env={"PYTHONPATH": "/work"},
-        memory_bytes=128 * MIB,
-        timeout_seconds=120,
-        input_bundle=zip_of({"main.py": MAIN, "requirements.txt": requirements, **files}),
-    )
+    files = {"main.py": MAIN, "requirements.txt": requirements, **files}
+    return a_python_bundle_task(PYTHON, files, memory_bytes=128 * MIB, timeout_seconds=120)
 
 
 def run(executor: DockerExecutor, the_task: TaskRun) -> tuple[Outcome, dict[str, str]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from hivemind_cluster.agent.taskrun import TaskRun
 from hivemind_cluster.core.units import MIB
+from tests.support.scratch import zip_of
 
 
 def a_task(image: str, command: Iterable[str], **changes: Any) -> TaskRun:
@@ -27,3 +28,15 @@ def a_task(image: str, command: Iterable[str], **changes: Any) -> TaskRun:
         input_bundle=b"",
     )
     return replace(base, **changes)
+
+
+def a_python_bundle_task(image: str, files: dict[str, str], **changes: Any) -> TaskRun:
+    """``python main.py`` from a bundle of ``files`` (importable from /work), the way the
+    requirements tests and benchmark run theirs."""
+    return a_task(
+        image,
+        ["python", "main.py"],
+        env={"PYTHONPATH": "/work"},
+        input_bundle=zip_of(files),
+        **changes,
+    )

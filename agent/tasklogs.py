@@ -8,7 +8,7 @@ it handles a stream's messages in order, so it had all the output before it.
 
 Two bounds per attempt keep memory finite: ``REPLAY_BYTES`` of written chunks are kept for
 a resend (a cut loses no more than is in flight), ``BACKLOG_BYTES`` of chunks not written
-yet (while disconnected). Past the backlog, output is dropped and only counted: the pool
+yet (while disconnected). Past the backlog, output is dropped (its offset still advances): the pool
 sees the gap in the offsets, or the result's ``log_bytes`` past its last chunk, and the log
 says how many bytes never arrived. Nothing is kept on disk: an agent that restarts has
 lost its attempts as well (the pool requeues them, and the next attempt's log is whole).
@@ -34,7 +34,6 @@ class AttemptLog:
     task_id: str
     attempt: int
     produced: int = 0  # bytes of output so far: the next chunk's offset
-    dropped: int = 0  # of which dropped, the backlog being full
     closed: bool = False  # the pool has it all, or refused the attempt: output is ignored
     written: collections.deque[pb.LogChunk] = field(default_factory=collections.deque)
     written_bytes: int = 0
@@ -47,7 +46,6 @@ class AttemptLog:
             return False
         offset, self.produced = self.produced, self.produced + len(data)
         if self.unsent_bytes + len(data) > BACKLOG_BYTES:
-            self.dropped += len(data)
             return False
         chunk = pb.LogChunk(
             task_id=self.task_id, attempt=self.attempt, stream=stream, data=data, offset=offset

@@ -146,10 +146,11 @@ class RateCard:
     def capped_cost(self, request: Resources, wall_seconds: Any, price_cap: int) -> int:
         """What a task that held ``request`` for ``wall_seconds`` pays under its cap: all of
         the cap once it ran for all the time the cap buys, else its cost (never over the cap)."""
-        bought = self._micros_bought(request, price_cap)
-        if bought is not None and _micros(wall_seconds) >= bought:
+        # Ran all the time the cap buys <=> one microsecond more would cost more than the cap.
+        wall = _micros(wall_seconds)
+        if self._micro_cost(request, wall + 1) > price_cap:
             return price_cap
-        return min(self.cost(request, wall_seconds), price_cap)
+        return min(self._micro_cost(request, wall), price_cap)
 
     def to_proto(self, registration_grant: int) -> pb.RateCard:
         return pb.RateCard(

@@ -162,8 +162,8 @@ def test_the_pool_ends_a_task_past_its_cap_when_its_agent_does_not(
 
     run_in_cluster(redis_server, tmp_path, body)
     ledger, client = sync_ledger(redis_server)
-    assert ledger.audit()["ok"]
-    client.close()
+    with client:
+        assert ledger.audit()["ok"]
 
 
 def settled_view(api: FlaskClient, headers: dict[str, str], task_id: str) -> Any:

@@ -175,7 +175,7 @@ class Flood:
         self.retry_after: set[str] = set()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.register) for _ in range(threads)]
+        self.threads = [threading.Thread(target=self.register, daemon=True) for _ in range(threads)]
 
     def register(self) -> None:
         while not self.stopping.is_set():
@@ -189,7 +189,11 @@ class Flood:
     def __enter__(self) -> Flood:
         for thread in self.threads:
             thread.start()
+        deadline = time.monotonic() + 60
         while sum(self.codes.values()) < 20:  # under way
+            if time.monotonic() > deadline or not any(t.is_alive() for t in self.threads):
+                self.__exit__()
+                raise AssertionError(f"the flood did not get under way: {self.codes}")
             time.sleep(0.01)
         return self
 
@@ -246,8 +250,9 @@ def test_a_registration_flood_leaves_other_users_fast(
     assert set(flood.codes) <= {201, 429, 503}, flood.codes
     assert flood.codes[201] <= limit and flood.codes[429] > 0
     assert flood.retry_after <= {"1"}
-    db = redis.Redis(host=redis_server.bind, port=redis_server.port, password=redis_server.password)
-    assert len(db.keys(keys.USER.format(name="flood*"))) == flood.codes[201] <= limit
-    db.close()
+    with redis.Redis(
+        host=redis_server.bind, port=redis_server.port, password=redis_server.password
+    ) as db:
+        assert len(db.keys(keys.USER.format(name="flood*"))) == flood.codes[201] <= limit
     # A sanity bound only, far above what either figure is (the flood is printed above).
     assert max(flooded["GET /rates"]) < 10

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hostprocesses import pids_named, processes_in
 from tests.support.hubcrash import (
     audit_ok,
     balance,
     check_delivered_whole,
     kill_redis,
     kill_redis_pid,
-    pids_named,
     pool_answers,
-    processes_in,
     settled_cost,
     start_hub_again,
     submit_talkers,

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.lab import CliUser, Host, Mesh
+from tests.support.hostprocesses import pids_named
+from tests.support.lab import CliUser, Mesh
 from tests.support.poolworld import PoolWorld
 
 LINES = 12
@@ -29,24 +30,6 @@ def submit_talkers(world: PoolWorld, count: int) -> list[str]:
     for task_id in ids:
         world.wait_status(task_id, "running", timeout=60)
     return ids
-
-
-def processes_in(host: Host) -> dict[int, str]:
-    """Every live process (no zombie) in ``host``'s network namespace: its command name."""
-    found = {}
-    for pid in host.run("ip", "netns", "pids", host.netns).stdout.split():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-        if state != "Z":
-            found[int(pid)] = name
-    return found
-
-
-def pids_named(host: Host, name: str) -> list[int]:
-    return sorted(pid for pid, comm in processes_in(host).items() if comm == name)
 
 
 def kill_redis(world: PoolWorld) -> int:

@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/requirements.py
 	$(PY) bench/ledger.py
 	$(PY) bench/web.py
+	$(PY) bench/transfer.py
 
 # On a machine with an NVIDIA GPU: detection, a pulled CUDA image, one GPU per task.
 gpu-check: setup

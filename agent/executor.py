@@ -4,8 +4,9 @@
 agent/sandbox.py), starts it, forwards its output as it arrives (agent/output.py) while
 sampling its usage (agent/usage.py), kills it on timeout, once its price cap is used up or on
 cancel, and removes it afterwards; whatever the task wrote to ``/out`` or changed in its
-working copy comes back as a zip (agent/workcopy.py), and filling its own disk
-(agent/taskdisk.py) fails it.
+working copy comes back as a zip (agent/workcopy.py) packed to a file in ``results_root``
+(the worker sends it, then deletes it), and filling its own disk (agent/taskdisk.py) fails
+it, as does a bundle or ``dir`` input that does not fit on it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from hivemind_cluster.agent.requirements import NO_DEPS, Deps, Requirements, Req
 from hivemind_cluster.agent.sandbox import (
     LABEL_NODE,
     container_options,
+    input_mounts,
     prepare_task_directory,
     task_mounts,
 )
@@ -46,15 +48,19 @@ from hivemind_cluster.agent.taskdisk import (
 from hivemind_cluster.agent.taskrun import (
     OnOutput,
     Outcome,
+    ResultFile,
     TaskRun,
     Usage,
     never_ran,
+    system_notes,
 )
 from hivemind_cluster.agent.usage import UsageMeter
 from hivemind_cluster.agent.workcopy import Snapshot, pack_result, snapshot
 from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.core.units import format_bytes
+from hivemind_cluster.model.blobs import DIR, hash_file
+from hivemind_cluster.model.bundles import unpacked_size
 from hivemind_cluster.model.pricing import PRICE_CAP_REACHED
 from hivemind_cluster.model.states import TaskState
 
@@ -77,8 +83,11 @@ class DockerExecutor:
         client: docker.DockerClient | None = None,
         pids_limit: int = 256,
         requirements: Requirements | None = None,
+        results_root: Path | None = None,
     ) -> None:
         self.work_root = work_root
+        # Result zips, until the worker has sent them (agent/results.py).
+        self.results_root = results_root or work_root.parent / "results"
         self.node_id = node_id
         self.client = client or docker.from_env()
         self.pids_limit = pids_limit
@@ -142,15 +151,15 @@ class DockerExecutor:
         self, root: Path, task: TaskRun, on_output: OnOutput, cancel: threading.Event
     ) -> Outcome:
         try:
-            work, out = prepare_task_directory(root, task.input_bundle)
+            check_room(root, task)
+            work, out = prepare_task_directory(root, task)
             before = snapshot(work)
         except InvalidInput as error:
-            return never_ran(f"bad input bundle: {error.message}")
+            return never_ran(error.message)
         except OSError as error:
             if error.errno != errno.ENOSPC:
                 raise
-            limit = limit_shown(task.disk_bytes)
-            return never_ran(f"bad input bundle: it does not fit in the disk limit ({limit})")
+            return never_ran(does_not_fit(task))
         try:
             digest = image_digest(self.client, task, system_notes(on_output), cancel)
         except ImageUnavailable as unavailable:
@@ -184,6 +193,7 @@ class DockerExecutor:
         container = self.client.containers.create(
             task.image,
             volumes={**task_mounts(work, out), **deps.mounts()},
+            mounts=input_mounts(work.parent, task.inputs),
             **container_options(
                 replace(task, env=deps.environment(task.env)), self.node_id, self.pids_limit
             ),
@@ -235,17 +245,44 @@ class DockerExecutor:
             gpu_seconds=round(wall_seconds * task.gpus, 6),
         )
         try:
-            output = pack_result(out, work, before)
+            output = self.packed_result(task, out, work, before)
         except InvalidInput as too_big:
-            output = b""
+            output = None
             if status == TaskState.SUCCEEDED:
                 status, error = TaskState.FAILED, too_big.message
         return Outcome(status, exit_code, error, usage, output)
 
+    def packed_result(
+        self, task: TaskRun, out: Path, work: Path, before: Snapshot
+    ) -> ResultFile | None:
+        """The result zip in ``results_root`` and its digest; None when nothing was written."""
+        self.results_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dest = self.results_root / f"{task.task_id}-{task.attempt}.zip"
+        dest.unlink(missing_ok=True)  # a run of the same attempt before an agent restart
+        size = pack_result(out, work, before, dest)
+        if not size:
+            return None
+        return ResultFile(dest, hash_file(dest).digest, size)
 
-def system_notes(on_output: OnOutput) -> Callable[[str], None]:
-    """Lines of the worker's own about the task (its image's pull), for the task's log."""
-    return lambda line: on_output("system", line.encode())
+
+def check_room(root: Path, task: TaskRun) -> None:
+    """Refuse, before writing anything, a bundle and ``dir`` inputs whose files alone need
+    more than the task's disk has (OSError ENOSPC, as a full disk would raise)."""
+    zips = [("bad input bundle", task.bundle)] if task.bundle is not None else []
+    zips += [(f"input {i.name}", i.path) for i in task.inputs if i.kind == DIR]
+    needed = 0
+    for what, path in zips:
+        try:
+            needed += unpacked_size(path)
+        except InvalidInput as error:
+            raise InvalidInput(f"{what}: {error.message}") from None
+    if needed > shutil.disk_usage(root).free:
+        raise OSError(errno.ENOSPC, "the bundle and inputs do not fit")
+
+
+def does_not_fit(task: TaskRun) -> str:
+    what = "the bundle and inputs do" if task.inputs else "bad input bundle: it does"
+    return f"{what} not fit in the disk limit ({limit_shown(task.disk_bytes)})"
 
 
 def watch(

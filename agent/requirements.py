@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 import secrets
 import shutil
 import threading
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from hivemind_cluster.agent.wheels import (
 )
 from hivemind_cluster.core.console import one_line
 from hivemind_cluster.core.units import MIB, format_bytes
+from hivemind_cluster.model.bundles import Source, open_zip
 
 DEFAULT_CACHE_BYTES = 4096 * MIB
 MAX_REQUIREMENTS_BYTES = 64 * 1024
@@ -76,7 +75,7 @@ class Deps:
 NO_DEPS = Deps()
 
 
-def wanted_by(bundle: bytes) -> list[str]:
+def wanted_by(bundle: Source | None) -> list[str]:
     """The requirements a bundle's top-level ``requirements.txt`` names ([] without one).
 
     Only requirements by name and version are accepted: an option line (``-r``, ``-e``,
@@ -85,7 +84,7 @@ def wanted_by(bundle: bytes) -> list[str]:
     """
     if not bundle:
         return []
-    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+    with open_zip(bundle) as archive:
         try:
             info = archive.getinfo(REQUIREMENTS_NAME)
         except KeyError:
@@ -163,7 +162,7 @@ class Requirements:
     ) -> Iterator[Deps]:
         """The task's requirements, installed (or found in the cache) and held for as long as
         the task runs; raises RequirementsUnmet, or a Docker error when the daemon fails."""
-        wanted = wanted_by(task.input_bundle)
+        wanted = wanted_by(task.bundle)
         if not wanted:
             yield NO_DEPS
             return

@@ -9,6 +9,11 @@ for (no swap), and labels naming this node so that a restarted agent finds what 
 behind. The input bundle is unpacked into ``work``, the task's
 writable working directory ``/work``; ``work``, ``out`` (``/out``) and ``tmp`` (``/tmp``) sit
 on a filesystem of the task's disk limit (agent/taskdisk.py) and are owned by nobody.
+
+Inputs are mounted read-only at ``/work/inputs/<name>``: a ``file`` straight from the
+worker's input cache (never copied), a ``dir`` unpacked into ``inputs/<name>`` beside
+``work`` on the task's disk (so it counts toward the limit). Their mountpoints are made in
+``work`` before its snapshot is taken, so they never come back as results.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from docker.types import DeviceRequest, LogConfig
+from docker.types import DeviceRequest, LogConfig, Mount
 
-from hivemind_cluster.agent.taskrun import TaskRun
+from hivemind_cluster.agent.taskrun import TaskInput, TaskRun
+from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.model.blobs import DIR, INPUTS_DIR
 from hivemind_cluster.model.bundles import unpack_bundle
 
 NOBODY = 65534
@@ -74,17 +81,65 @@ def task_mounts(work: Path, out: Path) -> dict[str, dict[str, str]]:
     }
 
 
-def prepare_task_directory(root: Path, bundle: bytes) -> tuple[Path, Path]:
+def prepare_task_directory(root: Path, task: TaskRun) -> tuple[Path, Path]:
     """Fresh ``work`` (the unpacked bundle, the task's to change), ``out`` and ``tmp`` on the
-    task's own disk mounted at ``root`` (agent/taskdisk.py), owned by the task's user."""
+    task's own disk mounted at ``root`` (agent/taskdisk.py), owned by the task's user, and
+    the task's ``dir`` inputs unpacked and every input's mountpoint made."""
     work, out, tmp = root / "work", root / "out", root / "tmp"
     for directory, mode in ((work, 0o755), (out, 0o755), (tmp, 0o1777)):
         directory.mkdir()
         directory.chmod(mode)
         os.chown(directory, NOBODY, NOBODY)
-    if bundle:
-        unpack_bundle(bundle, work)
+    if task.bundle is not None:
+        try:
+            unpack_bundle(task.bundle, work)
+        except InvalidInput as error:
+            raise InvalidInput(f"bad input bundle: {error.message}") from None
         for folder, dirs, files in os.walk(work):
             for name in dirs + files:
                 os.lchown(os.path.join(folder, name), NOBODY, NOBODY)
+    if task.inputs:
+        make_mountpoints(work / INPUTS_DIR, task.inputs)
+        for unpacked in task.inputs:
+            if unpacked.kind == DIR:
+                unpack_input(unpacked, root / INPUTS_DIR)
     return work, out
+
+
+def make_mountpoints(under: Path, inputs: tuple[TaskInput, ...]) -> None:
+    """An empty file or directory where each input is mounted (``under`` is the working
+    copy's ``inputs``, the task's; a bundle's own file of the same name is refused)."""
+    if not under.is_dir() or under.is_symlink():
+        if under.exists() or under.is_symlink():
+            raise InvalidInput(f"the bundle has a file {INPUTS_DIR}, where the inputs go")
+        under.mkdir(mode=0o755)
+        os.chown(under, NOBODY, NOBODY)
+    for mounted in inputs:
+        target = under / mounted.name
+        if os.path.lexists(target):
+            raise InvalidInput(f"input {mounted.name}: the bundle has {INPUTS_DIR}/{mounted.name}")
+        if mounted.kind == DIR:
+            target.mkdir(mode=0o755)
+        else:
+            target.touch(mode=0o444)
+        os.lchown(target, NOBODY, NOBODY)
+
+
+def unpack_input(unpacked: TaskInput, under: Path) -> None:
+    """A ``dir`` input unpacked on the task's disk, world-readable, the task's to read only."""
+    under.mkdir(mode=0o755, exist_ok=True)
+    try:
+        unpack_bundle(unpacked.path, under / unpacked.name)
+    except InvalidInput as error:
+        raise InvalidInput(f"input {unpacked.name}: {error.message}") from None
+
+
+def input_mounts(root: Path, inputs: tuple[TaskInput, ...]) -> list[Mount]:
+    """Each input read-only at ``/work/inputs/<name>``: a file from the cache, a directory
+    from where it was unpacked."""
+    mounts = []
+    for mounted in inputs:
+        source = root / INPUTS_DIR / mounted.name if mounted.kind == DIR else mounted.path
+        target = f"/work/{INPUTS_DIR}/{mounted.name}"
+        mounts.append(Mount(target, str(source), type="bind", read_only=True))
+    return mounts

@@ -5,7 +5,9 @@ reboot, say), recreates it if it disappears, and removes it when stopped. On a w
 also runs the pool ``Worker`` (agent/worker.py) in a thread of its own, and on every node
 the local status page (agent/statuspage.py, ``status_listen``, default 127.0.0.1:5000).
 A worker's nftables table keeping tasks with network off the overlay (agent/tasknet.py) is
-loaded before the worker takes a task and removed after it has stopped.
+loaded before the worker takes a task and removed after it has stopped. Its state directory
+holds ``work/`` (tasks' disks), ``cache/inputs/`` (inputs by digest, agent/inputs.py) and
+``results/`` (result zips until sent, agent/results.py).
 
 Signals: the first SIGTERM/SIGINT drains the worker (running tasks get ``drain_seconds``),
 a second one stops it at once; the interface goes down when the worker has stopped.
@@ -20,7 +22,9 @@ import threading
 from types import FrameType
 
 from hivemind_cluster.agent.facts import worker_facts
+from hivemind_cluster.agent.inputsources import UrlSource
 from hivemind_cluster.agent.overlay import bring_up, hub_answers
+from hivemind_cluster.agent.results import remove_leftovers as remove_result_leftovers
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.agent.statuspage import start_status_server
 from hivemind_cluster.agent.tasknet import (
@@ -28,6 +32,7 @@ from hivemind_cluster.agent.tasknet import (
     TaskNetworkGuard,
     remove_task_network_rules,
 )
+from hivemind_cluster.agent.transfers import Transfers
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity
 from hivemind_cluster.core.errors import AlreadyExists
@@ -159,7 +164,16 @@ def make_worker(settings: AgentSettings, enrollment: Enrollment) -> Worker:
         settings.package_index_url,
         settings.requirements_cache_bytes,
     )
-    executor = DockerExecutor(settings.path / "work", enrollment.node_id, requirements=requirements)
+    transfers = Transfers(
+        settings.path, settings.input_cache_bytes, UrlSource.for_overlay(enrollment.address)
+    )
+    remove_result_leftovers(transfers.results_root)
+    executor = DockerExecutor(
+        settings.path / "work",
+        enrollment.node_id,
+        requirements=requirements,
+        results_root=transfers.results_root,
+    )
     if facts.docker_available:
         removed = executor.remove_leftovers()
         if removed:
@@ -170,7 +184,8 @@ def make_worker(settings: AgentSettings, enrollment: Enrollment) -> Worker:
     network_guard = TaskNetworkGuard(enrollment, executor.client)
     network_guard.install()
     guarded = GuardedExecutor(executor, network_guard)
-    return Worker(Identity.load(settings.path), guarded, facts, settings.drain_seconds)
+    identity = Identity.load(settings.path)
+    return Worker(identity, guarded, facts, settings.drain_seconds, transfers)
 
 
 def _run_worker(worker: Worker, stop: threading.Event) -> None:

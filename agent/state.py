@@ -46,6 +46,9 @@ class AgentSettings:
     # Bytes the cache of installed requirements may hold; past it, the least recently used
     # installs no running task holds are removed.
     requirements_cache_bytes: int = 4 * 1024 * 1024 * 1024
+    # Bytes the cache of tasks' inputs (by digest, shared by all tasks) may hold; past it,
+    # the least recently used inputs no running task holds are removed.
+    input_cache_bytes: int = 20 * 1024 * 1024 * 1024
 
     @property
     def path(self) -> Path:

@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hivemind_cluster.agent.attemptrun import Executor
 from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, never_ran
-from hivemind_cluster.agent.worker import Executor
 from hivemind_cluster.core import nftables
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.core.settings import split_host_port

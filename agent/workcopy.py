@@ -80,6 +80,7 @@ def result_files(out: Path, work: Path, before: Snapshot) -> Iterator[tuple[Path
             yield path, name
 
 
-def pack_result(out: Path, work: Path, before: Snapshot) -> bytes:
-    """The result zip (b"" when nothing was written); InvalidInput when it is over the limits."""
-    return pack_files(result_files(out, work, before))
+def pack_result(out: Path, work: Path, before: Snapshot, dest: Path) -> int:
+    """The result zip, written to the new file ``dest``: its size (0, and no file, when
+    nothing was written); InvalidInput when it is over the limits."""
+    return pack_files(result_files(out, work, before), dest)

@@ -6,6 +6,9 @@ second, runs each ``Assign`` in the executor on a thread, streams its output, an
 its result until the pool acknowledges it. A reconnect resumes: running attempts continue,
 output not known to be stored is sent again (agent/tasklogs.py), then unacknowledged
 results (fencing makes that safe): a result always follows all of its attempt's output.
+An attempt's inputs are fetched before it runs (agent/attemptrun.py) and its result zip is
+sent before its result (agent/results.py), on the stream's channel, resumed across
+reconnects; the zip is deleted once the pool accepts the result or the attempt is dropped.
 An attempt the pool superseded is stopped and dropped, and shown so on the status page.
 
 Shutdown, as in rq: ``drain()`` (first SIGTERM) takes no new work — the heartbeat says
@@ -28,11 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import grpc
 
 from hivemind_cluster.agent.agentmessages import heartbeat, registration
+from hivemind_cluster.agent.attemptrun import Executor as Executor  # scripts import it here
+from hivemind_cluster.agent.attemptrun import fetch_and_run
 from hivemind_cluster.agent.attempts import (
     REFUSED,
     SUPERSEDED,
@@ -43,10 +47,17 @@ from hivemind_cluster.agent.attempts import (
     restated,
 )
 from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.results import Delivery, ResultZips
 from hivemind_cluster.agent.tasklogs import AttemptLog, TaskLogs
-from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, task_result, task_run
+from hivemind_cluster.agent.taskrun import (
+    OnOutput,
+    ResultFile,
+    TaskRun,
+    task_result,
+)
+from hivemind_cluster.agent.transfers import Transfers
 from hivemind_cluster.client.channel import Identity, aio_channel
-from hivemind_cluster.model.states import INTERRUPTED
+from hivemind_cluster.model.states import INTERRUPTED, TaskState
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
@@ -61,18 +72,22 @@ class ResendLater(Exception):
     """The pool could not take a message just now: the stream is opened again."""
 
 
-class Executor(Protocol):
-    def run(self, task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome: ...
-
-
 class Worker:
     def __init__(
-        self, identity: Identity, executor: Executor, facts: Facts, drain_seconds: float = 30
+        self,
+        identity: Identity,
+        executor: Executor,
+        facts: Facts,
+        drain_seconds: float = 30,
+        transfers: Transfers | None = None,
     ) -> None:
         self.identity = identity
         self.executor = executor
         self.facts = facts
         self.drain_seconds = drain_seconds
+        self._scratch = transfers is None  # its directory goes when the worker stops
+        self.transfers = transfers or Transfers.scratch(identity.node_id)
+        self._zips = ResultZips(self.transfers.deliver)
         # Keyed by (task, attempt): a task's next attempt may arrive while the old one stops.
         self.running: dict[tuple[str, int], RunningAttempt] = {}
         # Cancels that overtook their Assign (bounded): applied when the Assign arrives.
@@ -178,6 +193,9 @@ class Worker:
             self._set_connected(False)
             self._interrupt_all()  # killed: nothing is reported, but no thread is left waiting
             self._threads.shutdown(wait=False, cancel_futures=True)
+            self._zips.drop_all()  # their attempts end with the worker
+            if self._scratch:
+                self.transfers.remove()
         log.info("worker stopped (%d tasks completed)", self.completed)
 
     async def _all_done_or_halted(self) -> None:
@@ -236,11 +254,13 @@ class Worker:
             self._unsent_results = dict.fromkeys(self.unacknowledged)
             await self._write_backlog(call)
             writer = asyncio.create_task(self._write(call, interval))
+            await self.transfers.connected(channel)
             try:
                 while isinstance(message := await call.read(), pb.PoolMessage):
                     self._last_received = time.time()
                     self._dispatch(message)
             finally:
+                await self.transfers.connected(None)
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, asyncio.InvalidStateError):
                     await writer  # InvalidStateError: it wrote after the call had ended
@@ -306,10 +326,11 @@ class Worker:
 
     def _forget_attempt(self, key: tuple[str, int]) -> None:
         """The pool needs nothing more of the attempt: it has its result, and so its output
-        (sent before it), or it refuses the attempt."""
+        (sent before it) and its zip, or it refuses the attempt."""
         self.unacknowledged.pop(key, None)
         self._unsent_results.pop(key, None)
         self.logs.close(key)
+        self._zips.drop(key)
 
     def _supersede(self, task_id: str, attempt: int, reason: str, superseded: bool = True) -> None:
         """The pool will take nothing more of this attempt: stop it if it runs, forget its
@@ -328,8 +349,8 @@ class Worker:
 
     def _registration(self) -> pb.Register:
         # Running attempts, and finished ones whose result the pool has not acknowledged
-        # yet (it must not requeue them: the result follows at once).
-        return registration(self.facts, {*self.running, *self.unacknowledged})
+        # yet or whose zip is on its way (it must not requeue them: the result follows).
+        return registration(self.facts, {*self.running, *self._zips.uploads, *self.unacknowledged})
 
     def _heartbeat(self) -> pb.Heartbeat:
         assert self._draining is not None
@@ -377,31 +398,46 @@ class Worker:
         task_id, attempt = assign.task_id, assign.attempt
         self._send(pb.AgentMessage(started=pb.TaskStarted(task_id=task_id, attempt=attempt)))
         log.info("task %s attempt %d: starting %s", task_id, attempt, assign.image)
-        task = task_run(assign, self._take_gpus(assign.resources.gpus))
         output = self.logs.open(task_id, attempt)
-        outcome, status, error = await self._run_task(task, running, output)
+        on_output = self._output_sender(asyncio.get_running_loop(), output)
+        gpus = self._take_gpus(assign.resources.gpus)
+        task, outcome, status, error = await fetch_and_run(
+            self.executor, self.transfers, self._threads, assign, gpus, running.cancel, on_output
+        )
         if running.interrupted:
             status = INTERRUPTED
         result = task_result(task, outcome, status, error)
         result.log_bytes = output.produced
-        self._report(task, result, running)
-        log.info("task %s attempt %d: %s %s", task_id, attempt, status, error)
+        self._finish(task, result, running)
+        zipped = outcome.output if outcome is not None else None
+        if running.superseded:  # the pool takes nothing more of it
+            if zipped is not None:
+                zipped.path.unlink(missing_ok=True)
+            return
+        report = result if zipped is None else await self._send_zip(result, zipped)
+        if report is not None:
+            self._report(report)
+            log.info("task %s attempt %d: %s %s", task_id, attempt, report.status, report.error)
 
-    async def _run_task(
-        self, task: TaskRun, running: RunningAttempt, output: AttemptLog
-    ) -> tuple[Outcome | None, str, str]:
-        """(outcome, status, error); no outcome when the executor itself failed, not the
-        task: then the attempt is interrupted, so that the pool retries it."""
-        loop = asyncio.get_running_loop()
-        on_output = self._output_sender(loop, output)
-        try:
-            outcome = await loop.run_in_executor(
-                self._threads, self.executor.run, task, on_output, running.cancel
-            )
-        except Exception as exc:
-            log.exception("task %s: executor failed", task.task_id)
-            return None, INTERRUPTED, f"agent error: {exc}"
-        return outcome, outcome.status, outcome.error
+    async def _send_zip(self, result: pb.TaskResult, zipped: ResultFile) -> pb.TaskResult | None:
+        """Send the result zip; the result to report, None when the attempt is no longer
+        this worker's. An interrupted attempt's zip is not sent (the pool runs the task
+        again), one the hub refuses fails the task, one that cannot be sent interrupts it."""
+        key = (result.task_id, result.attempt)
+        if result.status == INTERRUPTED:
+            zipped.path.unlink(missing_ok=True)
+            delivery: Delivery | None = Delivery(False, result.error)
+        else:
+            delivery = await self._zips.deliver(key, zipped)
+        if delivery is None or delivery.sent:
+            return result if delivery is not None else None
+        if delivery.superseded:
+            self._supersede(*key, f"the pool refused its result: {delivery.error}")
+            return None
+        result.output_digest, result.output_size = "", 0
+        failed = TaskState.FAILED if delivery.refused else INTERRUPTED
+        result.status, result.error = failed, delivery.error
+        return result
 
     def _output_sender(self, loop: asyncio.AbstractEventLoop, output: AttemptLog) -> OnOutput:
         """The executor's ``on_output``, called on its thread: the output goes up in
@@ -417,9 +453,8 @@ class Worker:
 
         return on_output
 
-    def _report(self, task: TaskRun, result: pb.TaskResult, running: RunningAttempt) -> None:
-        """Free the task's GPUs, move it from running to recent and send its result, kept
-        until the pool acknowledges it (not for an attempt the pool superseded)."""
+    def _finish(self, task: TaskRun, result: pb.TaskResult, running: RunningAttempt) -> None:
+        """Free the task's GPUs and move it from running to recent."""
         key = (task.task_id, task.attempt)
         self._free_gpus.extend(task.gpu_ids)
         shown = SUPERSEDED if running.superseded else result.status
@@ -429,8 +464,10 @@ class Worker:
                 FinishedAttempt(task.task_id, task.attempt, shown, result.exit_code, time.time())
             )
             self.completed += 1
-        if running.superseded:
-            return
+
+    def _report(self, result: pb.TaskResult) -> None:
+        """Send the result, kept until the pool acknowledges it."""
+        key = (result.task_id, result.attempt)
         self.unacknowledged[key] = result
         self._unsent_results[key] = None
         self._signal_backlog()

@@ -50,10 +50,11 @@ print(json.dumps({"python": platform.python_version(), "mean": statistics.mean(r
 BUNDLE = zip_of({"main.py": MAIN_PY})
 
 
-def bundle_task() -> TaskRun:
-    """The run a worker makes of this bundle, submitted with nothing but the bundle (the
-    hub's default CPU, memory and timeout)."""
-    request = with_bundle_defaults(pb.SubmitRequest(input_bundle=BUNDLE))
+def bundle_task(bundle: Path) -> TaskRun:
+    """The run a worker makes of this bundle (its zip, fetched, at ``bundle``), submitted
+    with nothing but the bundle (the hub's default CPU, memory and timeout)."""
+    bundle.write_bytes(BUNDLE)
+    request = with_bundle_defaults(pb.SubmitRequest(), bundle)
     assign = pb.Assign(
         task_id="bench",
         attempt=1,
@@ -64,9 +65,8 @@ def bundle_task() -> TaskRun:
             cpu_millis=HubSettings.task_cpu_millis, memory_bytes=HubSettings.task_memory_bytes
         ),
         timeout_seconds=60,
-        input_bundle=BUNDLE,
     )
-    return task_run(assign, ())
+    return task_run(assign, (), bundle)
 
 
 def through_the_executor(executor: DockerExecutor, task: TaskRun) -> Callable[[], bytes]:
@@ -126,12 +126,12 @@ class Result:
 
 
 def measure(runs: int) -> Result:
-    task = bundle_task()
     client = docker.from_env()
     try:
-        if not has_image(client, task.image):
-            raise SystemExit(f"error: image {task.image} is missing: run make images")
         with tempfile.TemporaryDirectory(prefix="hm-bench-bundle-") as tmp:
+            task = bundle_task(Path(tmp) / "bundle.zip")
+            if not has_image(client, task.image):
+                raise SystemExit(f"error: image {task.image} is missing: run make images")
             bundle_dir, work_root = Path(tmp) / "bundle", Path(tmp) / "tasks"
             bundle_dir.mkdir(mode=0o755)
             work_root.mkdir()

@@ -50,7 +50,6 @@ def executor_noop(executor: DockerExecutor) -> Callable[[], None]:
             gpus=0,
             timeout_seconds=30,
             network=False,
-            input_bundle=b"",
         )
         outcome = executor.run(task, lambda _stream, _chunk: None, threading.Event())
         if outcome.status != "succeeded":

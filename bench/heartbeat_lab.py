@@ -23,10 +23,11 @@ from typing import Any
 
 import grpc
 import psutil
+import redis
 import redis.asyncio as aioredis
 
+from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
-from hivemind_cluster.core.names import TASKS_DIR
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.registry import AgentSession
@@ -113,7 +114,10 @@ async def _serve(conn: Connection, config: PoolConfig) -> None:
         return aioredis.Redis(host=host, port=port, password=password, decode_responses=decode)
 
     settings = HubSettings(state_dir=config.state_dir, overlay="127.0.0.0/24")
-    pool = CountingPool(settings, client(True), client(False), settings.path / TASKS_DIR)
+    blobs = BlobStore.for_hub(
+        settings, redis.Redis(host=host, port=port, password=password, decode_responses=True)
+    )
+    pool = CountingPool(settings, client(True), client(False), blobs)
     pool.flush_seconds = []
     await pool.start()
     server, pool_port = await create_server(

@@ -87,11 +87,11 @@ def measure_transfers(server: RedisServer, total: int, processes: int, run: int)
     return share * processes / (time.perf_counter() - started)
 
 
-async def measure_settlements(server: RedisServer, data_dir: Path, count: int) -> float:
+async def measure_settlements(server: RedisServer, count: int) -> float:
     db = aioredis.Redis(
         host=server.bind, port=server.port, password=server.password, decode_responses=True
     )
-    tasks = TaskStore(db, data_dir, 1 << 20)
+    tasks = TaskStore(db, 1 << 20)
     accounting = Accounting(AsyncLedger(db), RATES, tasks)
     await accounting.open("w1", "worker")
     for project in ("user",):
@@ -101,7 +101,7 @@ async def measure_settlements(server: RedisServer, data_dir: Path, count: int) -
     for n in range(count):
         task_id = f"t{n:012x}"
         await accounting.hold("user", task_id, 1000)
-        await tasks.submit(SPEC, b"", task_id=task_id, price_cap=1000)
+        await tasks.submit(SPEC, task_id=task_id, price_cap=1000)
         await tasks.assign_many([(task_id, 1, "w1")])
         usage = pb.Usage(cpu_seconds=1, peak_memory_bytes=10**8, wall_seconds=2)
         result = pb.TaskResult(task_id=task_id, attempt=1, status="succeeded", usage=usage)
@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("--settlements", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with scratch_dir_with_redis("hivemind-bench-ledger-") as (workdir, server):
+    with scratch_dir_with_redis("hivemind-bench-ledger-") as (_workdir, server):
         client = store.connect(server.bind, server.port, server.password)
         ledger = Ledger(client)
         ledger.genesis()
@@ -134,7 +134,7 @@ def main() -> int:
             for run in range(args.runs)
         ]
         audit = ledger.audit()
-        settlements = asyncio.run(measure_settlements(server, workdir / "tasks", args.settlements))
+        settlements = asyncio.run(measure_settlements(server, args.settlements))
         client.close()
     result: dict[str, Any] = {
         "transfers_per_second": round(statistics.median(rates)),

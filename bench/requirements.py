@@ -56,9 +56,9 @@ PANDAS = (
 Workload = tuple[str, str, str, tuple[str, ...]]
 
 
-def workload_task(workload: Workload) -> TaskRun:
+def workload_task(workload: Workload, bundles: Path) -> TaskRun:
     files = {"main.py": workload[2], "requirements.txt": workload[1]}
-    return a_python_bundle_task(IMAGE, files, memory_bytes=256 * MIB, timeout_seconds=300)
+    return a_python_bundle_task(IMAGE, files, bundles, memory_bytes=256 * MIB, timeout_seconds=300)
 
 
 def start_seconds(executor: DockerExecutor, workload: Workload) -> float:
@@ -70,7 +70,8 @@ def start_seconds(executor: DockerExecutor, workload: Workload) -> float:
             first.append(time.perf_counter())
 
     started = time.perf_counter()
-    outcome = executor.run(workload_task(workload), on_output, threading.Event())
+    bundles = executor.work_root.parent / "bundles"
+    outcome = executor.run(workload_task(workload, bundles), on_output, threading.Event())
     if outcome.status != "succeeded" or not first:
         raise SystemExit(f"error: the benchmark task did not succeed: {outcome.error}")
     return first[0] - started

@@ -4,28 +4,40 @@ Plain ``urllib``; proxies from the environment are ignored (the API answers only
 overlay, which no proxy can reach). An error the API sends, ``{"error": {"code",
 "message"}}``, becomes the matching ``HiveMindError`` with the server's message; a server
 that cannot be reached or does not answer is one ``Unavailable`` line naming the URL.
+
+Blobs go over ``http.client`` directly, streamed from and to files: an upload's pieces
+(``PATCH /uploads/<id>``, ``UPLOAD_REQUEST_BYTES`` each) are read from the file as they are
+sent, a result (``GET /tasks/<id>/result``, with ``Range`` to resume) is read in chunks.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
-from hivemind_cluster.client.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
+from hivemind_cluster.client.taskclient import CALL_TIMEOUT, TRANSFER_TIMEOUT
+from hivemind_cluster.client.transfer import ResultStream, UploadState, upload_state
 from hivemind_cluster.client.views import View
 from hivemind_cluster.core import errors
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, Unavailable
 from hivemind_cluster.core.settings import DEFAULT_WEB_PORT
-from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.core.units import MIB, format_cpt
+from hivemind_cluster.model.blobs import CHUNK_BYTES, OnBytes, digest_hex
 
 API_PATH = "/api/v1"
 LOG_POLL_SECONDS = 0.5
+UPLOAD_REQUEST_BYTES = 8 * MIB  # one PATCH (the web takes up to 16 MiB)
+OFFSET_HEADER = "Upload-Offset"
+CHUNK_TYPE = "application/offset+octet-stream"
+DIGEST_HEADER = "X-Content-SHA256"
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-[0-9]+/[0-9]+")
 
 
 def api_url(text: str) -> str:
@@ -80,6 +92,12 @@ class ApiClient:
         # the Authorization header to wherever a redirect points).
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
     def request(
         self,
         method: str,
@@ -90,9 +108,7 @@ class ApiClient:
     ) -> bytes:
         """The body of a successful answer; an error answer raises its ``HiveMindError``."""
         url = self.api + path + (f"?{urlencode(query, doseq=True)}" if query else "")
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers = self._headers()
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -177,8 +193,101 @@ class ApiClient:
             if not page["entries"]:
                 time.sleep(LOG_POLL_SECONDS)
 
-    def result(self, task_id: str) -> bytes:
-        return self.request("GET", task_path(task_id, "/result"), timeout=RESULT_TIMEOUT)
+    # Blobs (client/transfer.py runs the algorithms)
+
+    def begin_upload(self, digest: str, size: int) -> UploadState:
+        return upload_state(self.call("POST", "/uploads", {"size": size, "digest": digest}))
+
+    def send_upload(
+        self, upload_id: str, offset: int, source: BinaryIO, length: int, on_bytes: OnBytes
+    ) -> UploadState:
+        """One ``PATCH`` of up to UPLOAD_REQUEST_BYTES, its body read from ``source`` as it
+        goes out; 409 (someone else's offset) is ``Conflict``."""
+        length = min(length, UPLOAD_REQUEST_BYTES)
+        headers = self._headers() | {
+            OFFSET_HEADER: str(offset),
+            "Content-Type": CHUNK_TYPE,
+            "Content-Length": str(length),
+        }
+        connection = self._connection()
+        try:
+            path = self._path(f"/uploads/{quote(upload_id, safe='')}")
+            connection.request("PATCH", path, _Body(source, length, on_bytes), headers)
+            answer = connection.getresponse()
+            payload = answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc, TRANSFER_TIMEOUT) from None
+        finally:
+            connection.close()
+        if answer.status >= 300:
+            raise api_error(answer.status, payload, self.api)
+        try:
+            return upload_state(json.loads(payload))
+        except ValueError:
+            raise HiveMindError(f"{self.api} did not answer an upload with JSON") from None
+
+    def read_result(self, task_id: str, offset: int, digest: str) -> ResultStream:
+        """``GET /tasks/<id>/result``; from ``offset`` with ``Range``, ``If-Range`` naming
+        the digest (the hub's ETag): a result that is another blob comes whole (200)."""
+        headers = self._headers()
+        if offset:
+            headers |= {"Range": f"bytes={offset}-", "If-Range": f'"{digest_hex(digest)}"'}
+        connection = self._connection()
+        try:
+            connection.request("GET", self._path(task_path(task_id, "/result")), None, headers)
+            answer = connection.getresponse()
+            payload = b"" if answer.status in (200, 206) else answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise self._unreachable(exc, TRANSFER_TIMEOUT) from None
+        if answer.status not in (200, 206):
+            connection.close()
+            if answer.status == 416 and offset:  # the part is longer than the result
+                return self.read_result(task_id, 0, digest)
+            if answer.status == 204:  # the task wrote nothing
+                return ResultStream(0, iter(()))
+            raise api_error(answer.status, payload, self.api)
+        try:
+            start = self._result_start(answer, offset, digest)
+        except HiveMindError:
+            connection.close()
+            raise
+        return ResultStream(start, self._chunks(connection, answer))
+
+    def _result_start(self, answer: http.client.HTTPResponse, offset: int, digest: str) -> int:
+        sent = answer.getheader(DIGEST_HEADER)
+        if sent and sent != digest:
+            raise HiveMindError(f"{self.api} sent the result {sent}, but the task's is {digest}")
+        if answer.status == 200:
+            return 0
+        found = _CONTENT_RANGE.fullmatch(answer.getheader("Content-Range") or "")
+        if found is None or int(found[1]) != offset:
+            raise HiveMindError(f"{self.api} answered bytes={offset}- with another range")
+        return offset
+
+    def _chunks(
+        self, connection: http.client.HTTPConnection, answer: http.client.HTTPResponse
+    ) -> Iterator[bytes]:
+        try:
+            while chunk := answer.read(CHUNK_BYTES):
+                yield chunk
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc, TRANSFER_TIMEOUT) from None
+        finally:
+            connection.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """A new connection for one transfer request (no proxy, like the JSON calls)."""
+        parts = urlsplit(self.api)
+        kind = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        return kind(
+            parts.hostname or "", parts.port, timeout=TRANSFER_TIMEOUT, blocksize=CHUNK_BYTES
+        )
+
+    def _path(self, path: str) -> str:
+        return urlsplit(self.api).path + path
 
     def nodes(self) -> list[View]:
         found: list[View] = self.call("GET", "/nodes")["nodes"]
@@ -204,6 +313,23 @@ class ApiClient:
     def rates(self) -> View:
         found: View = self.call("GET", "/rates")
         return found
+
+
+class _Body:
+    """``length`` bytes of ``source`` as a request body, read as http.client sends them; a
+    file that ends early (it shrank) stops the request."""
+
+    def __init__(self, source: BinaryIO, length: int, on_bytes: OnBytes) -> None:
+        self.source, self.left, self.on_bytes = source, length, on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        data = self.source.read(want) if want else b""
+        if len(data) < want:
+            raise InvalidInput("the file got shorter while it was being sent")
+        self.left -= len(data)
+        self.on_bytes(len(data))
+        return data
 
 
 def task_path(task_id: str, rest: str = "") -> str:

@@ -4,19 +4,27 @@
 ledger account, which only the hub's certificate may do (the web API, for its users):
 tasks are submitted, listed and paid for as the account, and a task of anyone else is
 reported as not found, as the pool does for operator nodes.
+
+Blobs: uploads are ``Tasks.BeginUpload`` and one client stream ``Tasks.Upload`` for the
+rest of the file, in CHUNK_BYTES messages; a result is the stream ``Tasks.ReadResult``.
+Neither has a deadline (they last as long as the data takes); keepalives notice a peer
+that went away.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
 from hivemind_cluster.client import views
-from hivemind_cluster.client.taskclient import CALL_TIMEOUT, RESULT_TIMEOUT
+from hivemind_cluster.client.taskclient import CALL_TIMEOUT
+from hivemind_cluster.client.transfer import ResultStream, UploadState
 from hivemind_cluster.client.views import View
+from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.grpcutil import error_from_rpc
+from hivemind_cluster.model.blobs import CHUNK_BYTES, OnBytes
 from hivemind_cluster.model.submission import from_json
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
@@ -31,7 +39,7 @@ class GrpcTaskClient:
 
     @staticmethod
     def _call(
-        what: str, method: Callable[..., T], request: Any, timeout: float = CALL_TIMEOUT
+        what: str, method: Callable[..., T], request: Any, timeout: float | None = CALL_TIMEOUT
     ) -> T:
         try:
             return method(request, timeout=timeout)
@@ -79,9 +87,38 @@ class GrpcTaskClient:
         page = self._call("logs", self.stub.ReadLogs, request)
         return [views.log_view(e) for e in page.entries], page.done
 
-    def result(self, task_id: str) -> bytes:
-        found = self._call("result", self.stub.FetchResult, self._ref(task_id), RESULT_TIMEOUT)
-        return found.output_bundle
+    # Blobs (client/transfer.py runs the algorithms)
+
+    def begin_upload(self, digest: str, size: int) -> UploadState:
+        request = pb.UploadRequest(digest=digest, size=size, account=self.account)
+        return state_of(self._call("upload", self.stub.BeginUpload, request))
+
+    def send_upload(
+        self, upload_id: str, offset: int, source: BinaryIO, length: int, on_bytes: OnBytes
+    ) -> UploadState:
+        """All ``length`` bytes in one stream of CHUNK_BYTES messages, read as they go."""
+        chunks = UploadChunks(upload_id, offset, self.account, source, length)
+        try:
+            state = self._call("upload", self.stub.Upload, chunks.messages(on_bytes), None)
+        finally:
+            if chunks.error is not None:
+                raise chunks.error
+        return state_of(state)
+
+    def read_result(self, task_id: str, offset: int, digest: str) -> ResultStream:
+        """From ``offset``: the pool's blob of a task is the one its ``output_digest`` names."""
+        request = pb.ResultRead(task_id=task_id, owner=self.account, offset=offset)
+        return ResultStream(offset, self._result_chunks(request))
+
+    def _result_chunks(self, request: pb.ResultRead) -> Iterator[bytes]:
+        call = self.stub.ReadResult(request, timeout=None)
+        try:
+            for chunk in call:
+                yield chunk.data
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, "result") from None
+        finally:
+            call.cancel()
 
     def nodes(self) -> list[View]:
         found = self._call("nodes", self.stub.ListNodes, pb.ListNodesRequest(owner=self.account))
@@ -106,3 +143,41 @@ class GrpcTaskClient:
 
     def rates(self) -> View:
         return views.rates_view(self._call("rates", self.stub.GetRateCard, pb.RateCardRequest()))
+
+
+def state_of(state: pb.UploadState) -> UploadState:
+    return UploadState(
+        upload_id=state.upload_id,
+        offset=state.offset,
+        size=state.size,
+        digest=state.digest,
+        complete=state.complete,
+    )
+
+
+class UploadChunks:
+    """The messages of ``Tasks.Upload``: the first names the upload and its offset. A file
+    that ends early ends the stream and is the error (gRPC would only log it)."""
+
+    def __init__(
+        self, upload_id: str, offset: int, account: str, source: BinaryIO, length: int
+    ) -> None:
+        self.head = pb.UploadChunk(upload_id=upload_id, offset=offset, account=account)
+        self.source, self.length = source, length
+        self.error: InvalidInput | None = None
+
+    def messages(self, on_bytes: OnBytes) -> Iterator[pb.UploadChunk]:
+        left, first = self.length, True
+        while left:
+            data = self.source.read(min(CHUNK_BYTES, left))
+            if not data:
+                self.error = InvalidInput("the file got shorter while it was being sent")
+                return
+            left -= len(data)
+            on_bytes(len(data))
+            if first:
+                self.head.data = data
+                yield self.head
+                first = False
+            else:
+                yield pb.UploadChunk(data=data)

@@ -12,11 +12,7 @@ Every command takes ``--json``.
 from __future__ import annotations
 
 import argparse
-import base64
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +20,9 @@ from typing import TYPE_CHECKING
 
 from hivemind_cluster.client.channel import Identity, sync_channel
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
+from hivemind_cluster.client.inputs import Uploaded, send_data
+from hivemind_cluster.client.progress import Bars
+from hivemind_cluster.client.results import fetch_result
 from hivemind_cluster.client.taskclient import TaskClient
 from hivemind_cluster.client.views import (
     ENTRY_COLUMNS,
@@ -46,15 +45,8 @@ from hivemind_cluster.core.console import (
     run_main,
 )
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput
-from hivemind_cluster.core.units import parse_cpt
-from hivemind_cluster.model.bundles import (
-    RESULT_RULES,
-    bundle_from_path,
-    check_bundle,
-    current_umask,
-    is_bundle_path,
-    unpack_bundle,
-)
+from hivemind_cluster.core.units import format_bytes, parse_cpt
+from hivemind_cluster.model.bundles import is_bundle_path
 from hivemind_cluster.model.states import ALL_STATES, FINAL_STATES, MAX_ROWS, TaskState
 
 if TYPE_CHECKING:
@@ -122,6 +114,20 @@ def add_submit(sub: Subcommands, prog: str, common: argparse.ArgumentParser) -> 
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--timeout", type=int, default=0, help="seconds (default: the hub's)")
     p.add_argument("--bundle", help="a directory or .zip, unpacked into the writable /work")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a file or directory, read-only at /work/inputs/NAME (default: its name)",
+    )
+    p.add_argument(
+        "--input-url",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL#sha256=HEX",
+        help="a file the worker downloads (if the hub allows its URL), checked by its digest",
+    )
     p.add_argument("--priority", type=int, default=0, help="0-9, higher runs first")
     p.add_argument("--max-attempts", type=int, default=0)
     p.add_argument("--network", action="store_true", help="ask for network access")
@@ -148,7 +154,9 @@ def add_task_commands(sub: Subcommands, common: argparse.ArgumentParser) -> None
     p.add_argument("-f", "--follow", action="store_true", help="keep streaming until it ends")
     p = task_command(sub, "result", cmd_result, common, "download a task's /out files")
     p.add_argument("id")
-    p.add_argument("-o", "--output", required=True, help="directory to unpack into")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", help="directory to unpack into")
+    where.add_argument("--zip", help="keep the zip itself, as this new file")
     p = task_command(sub, "list", cmd_list, common, "recent tasks")
     p.add_argument("--status", action="append", default=[], choices=ALL_STATES)
     p.add_argument("--limit", type=limit, default=20, help=f"1-{MAX_ROWS}")
@@ -178,7 +186,8 @@ def account_option(parser: argparse.ArgumentParser, offered: bool) -> None:
 
 
 def submit_body(args: argparse.Namespace) -> View:
-    """The JSON of ``POST /api/v1/tasks`` from ``submit``'s options (defaults left out)."""
+    """The JSON of ``POST /api/v1/tasks`` from ``submit``'s options (defaults left out),
+    but its data (``bundle``, ``inputs``: ``submit_data`` uploads them)."""
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -199,11 +208,16 @@ def submit_body(args: argparse.Namespace) -> View:
         "name": args.name,
         "max_cost": args.max_cost,
     }
-    bundle_path, body["command"] = bundle_and_command(args)
-    if bundle_path:
-        bundle = bundle_from_path(Path(bundle_path))  # checked there
-        body["bundle"] = base64.b64encode(bundle).decode()
+    body["command"] = bundle_and_command(args)[1]
     return {key: value for key, value in body.items() if value or key == "command"}
+
+
+def submit_data(
+    args: argparse.Namespace, client: TaskClient, bars: Bars
+) -> tuple[View, list[Uploaded]]:
+    """The body's ``bundle`` and ``inputs``, uploaded (what the hub lacks), and what was
+    sent; every option is checked before anything is."""
+    return send_data(client, bundle_and_command(args)[0], args.input, args.input_url, bars)
 
 
 def bundle_and_command(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -253,13 +267,22 @@ def show(args: argparse.Namespace, task: View, client: TaskClient) -> int:
 
 def cmd_submit(args: argparse.Namespace, client: TaskClient) -> int:
     progress = shows_progress(args)
-    task = client.submit(submit_body(args))
+    body = submit_body(args)
+    data, uploaded = submit_data(args, client, Bars(progress))
+    if not args.json:
+        for done in uploaded:
+            if not done.sent_bytes:
+                what = f"input {done.name}" if done.name else "bundle"
+                size = format_bytes(done.size)
+                print(f"{what}: already on the hub ({size}), nothing sent", file=sys.stderr)
+    task = client.submit(body | data)
+    sent = {"uploads": [done.as_json() for done in uploaded]}
     if not args.wait:
-        print_json(task) if args.json else print(task["id"])
+        print_json(task | sent) if args.json else print(task["id"])
         return 0
     if progress:
         print(f"submitted {task['id']}", file=sys.stderr)
-    return show(args, wait_for(client, task["id"], 0, progress), client)
+    return show(args, wait_for(client, task["id"], 0, progress) | sent, client)
 
 
 def cmd_logs(args: argparse.Namespace, client: TaskClient) -> int:
@@ -278,42 +301,16 @@ def cmd_logs(args: argparse.Namespace, client: TaskClient) -> int:
 
 
 def cmd_result(args: argparse.Namespace, client: TaskClient) -> int:
-    bundle = client.result(args.id)
-    target = Path(args.output)
-    names = save_result(bundle, target) if bundle else []
+    kept = Path(args.zip) if args.zip else None
+    target = kept.parent if kept is not None else Path(args.output)
+    names = fetch_result(client, args.id, target, kept, Bars(shows_progress(args)))
+    shown = {"zip": str(kept)} if kept is not None else {"directory": str(target)}
     if args.json:
-        print_json({"id": args.id, "directory": str(target), "files": names})
+        print_json({"id": args.id, **shown, "files": names})
     else:
-        print(f"{len(names)} files from {args.id} in {target}" if names else "no output files")
+        where = kept if kept is not None else target
+        print(f"{len(names)} files from {args.id} in {where}" if names else "no output files")
     return 0
-
-
-def save_result(bundle: bytes, target: Path) -> list[str]:
-    """Unpack an output zip into ``target``, all or nothing, never over existing files.
-
-    It is unpacked next to ``target`` first (the bundle is checked entry by entry there),
-    then its top-level entries are moved in; a name already in ``target`` stops it before
-    anything is moved. Modes follow the user's umask, like any file they create.
-    """
-    names = check_bundle(bundle, RESULT_RULES)
-    tops = sorted({name.split("/", 1)[0] for name in names})
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        taken = [name for name in tops if (target / name).exists() or (target / name).is_symlink()]
-        if taken:
-            raise InvalidInput(
-                f"{target} already has {taken[0]!r}: give -o an empty or new directory"
-            )
-        staging = Path(tempfile.mkdtemp(prefix=".hivemind-result-", dir=target))
-        try:
-            unpack_bundle(bundle, staging, RESULT_RULES, umask=current_umask())
-            for name in tops:
-                os.replace(staging / name, target / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except OSError as exc:
-        raise HiveMindError(f"cannot write the result to {target}: {exc.strerror or exc}") from None
-    return names
 
 
 def shows_progress(args: argparse.Namespace) -> bool:

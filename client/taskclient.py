@@ -3,24 +3,29 @@
 Two implementations: ``client/grpcclient.py`` (gRPC with a node certificate, for
 ``hivemind-pool``) and ``client/apiclient.py`` (the JSON API with an account token, for
 ``hivemind``). Both return the dicts of ``client/views.py``, so the commands print the
-same thing over either.
+same thing over either. Data moves as blobs (``client/transfer.py``): each client is an
+upload transport (``begin_upload``, ``send_upload``) and a result source (``read_result``),
+and the algorithms over them are transfer.py's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
+from hivemind_cluster.client.transfer import ResultStream, UploadState
 from hivemind_cluster.client.views import View
+from hivemind_cluster.model.blobs import OnBytes
 
-# Seconds a client waits for one answer (a result download may be large).
+# Seconds a client waits for one answer; for a transfer, for each read or write of the
+# connection (the answer to the last piece of an upload waits for the hub to verify it).
 CALL_TIMEOUT = 30.0
-RESULT_TIMEOUT = 120.0
+TRANSFER_TIMEOUT = 300.0
 
 
 class TaskClient(Protocol):
     def submit(self, body: View) -> View:
-        """``body`` is the JSON of ``POST /api/v1/tasks`` (bundle in base64)."""
+        """``body`` is the JSON of ``POST /api/v1/tasks`` (data by digest, uploaded first)."""
         ...
 
     def get(self, task_id: str) -> View: ...
@@ -33,8 +38,18 @@ class TaskClient(Protocol):
         """Log entries (``views.log_view``); with ``follow``, until the task has ended."""
         ...
 
-    def result(self, task_id: str) -> bytes:
-        """The zip of what the task wrote to /out (empty: no output)."""
+    def begin_upload(self, digest: str, size: int) -> UploadState:
+        """What the hub holds of this blob for the caller: complete, or where to send from."""
+        ...
+
+    def send_upload(
+        self, upload_id: str, offset: int, source: BinaryIO, length: int, on_bytes: OnBytes
+    ) -> UploadState:
+        """Up to ``length`` bytes of ``source`` (at ``offset``): the state after."""
+        ...
+
+    def read_result(self, task_id: str, offset: int, digest: str) -> ResultStream:
+        """The zip of what the task wrote to /out (its ``output_digest``), from ``offset``."""
         ...
 
     def nodes(self) -> list[View]: ...

@@ -12,6 +12,7 @@ from typing import Any
 
 from hivemind_cluster.core.console import age, printable
 from hivemind_cluster.core.units import MICRO, format_bytes, format_cpt
+from hivemind_cluster.model.blobs import InputRef
 from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.states import FINAL_STATES
@@ -37,6 +38,11 @@ def resources_view(resources: pb.Resources) -> View:
         "memory_bytes": resources.memory_bytes,
         "gpus": resources.gpus,
     }
+
+
+def input_view(ref: pb.InputRef) -> View:
+    """An input (or the bundle) by content; ``url`` empty unless a worker fetches it there."""
+    return InputRef.of(ref).as_json()
 
 
 def task_view(task: pb.Task) -> View:
@@ -81,6 +87,9 @@ def task_view(task: pb.Task) -> View:
             for a in task.attempts
         ],
         "output_bytes": task.output_bytes,
+        "output_digest": task.output_digest,
+        "bundle": task.bundle.digest,  # as submitted: the zip's digest ("": none)
+        "inputs": [input_view(ref) for ref in task.inputs],
         "price_cap": cpt(task.price_cap),
         "price_cap_micro": task.price_cap,
         "cost": cpt(task.cost) if task.settled else None,
@@ -215,6 +224,7 @@ def describe_task(task: View, card: RateCard | None = None) -> str:
         f"image     {task['image']}  {' '.join(task['command'])}",
         *([f"digest    {task['image_digest']}"] if task["image_digest"] else []),
         f"request   {resources.describe()}, timeout {task['timeout_seconds']}s",
+        *input_lines(task),
     ]
     money = f"price cap {amount_text(task['price_cap_micro'])}"
     if task["settled"]:
@@ -234,6 +244,19 @@ def describe_task(task: View, card: RateCard | None = None) -> str:
         )
     # One line per field whatever it holds: a newline in a command cannot forge a line.
     return "\n".join(printable(line, newlines=False) for line in lines)
+
+
+def input_lines(task: View) -> list[str]:
+    """The bundle and each input: where it is, its kind and size, where it came from (an
+    upload, by digest, or a URL)."""
+    lines = [f"bundle    {task['bundle']}"] if task.get("bundle") else []
+    for n, ref in enumerate(task.get("inputs") or []):
+        size = f", {format_bytes(ref['size'])}" if ref["size"] else ""
+        lines.append(
+            f"{'inputs' if n == 0 else '':<10}/work/inputs/{ref['name']} "
+            f"({ref['kind'] or 'file'}{size}) {ref['url'] or ref['digest']}"
+        )
+    return lines
 
 
 TASK_COLUMNS = ["id", "status", "node", "attempt", "exit_code", "image", "command"]

@@ -21,9 +21,9 @@ from hivemind_cluster.core.units import MIB
 
 log = logging.getLogger(__name__)
 
-# Message limits. The pool's carries a 16 MiB bundle (model/bundles.py MAX_INPUT_BYTES)
-# with room for the rest of the message; enrollment messages are small.
-POOL_MESSAGE_BYTES = 17 * MIB
+# Message limits. Data travels in chunks of 1 MiB (model/blobs.py CHUNK_BYTES), so the
+# pool's messages are small: 4 MiB leaves room; enrollment messages are smaller still.
+POOL_MESSAGE_BYTES = 4 * MIB
 ENROLLMENT_MESSAGE_BYTES = 64 * 1024
 POOL_MESSAGE_LIMITS = [
     ("grpc.max_receive_message_length", POOL_MESSAGE_BYTES),

@@ -74,6 +74,21 @@ class HubSettings:
     rate_cpu_second: int = 100
     rate_gb_second: int = 50
     rate_gpu_second: int = 2000
+    # Blobs (blobs/): task inputs and results by SHA-256, under ``blob_dir`` ("": the
+    # state directory's blobs/). An upload, a result: at most these many bytes.
+    blob_dir: str = ""
+    max_input_bytes: int = 20 * 1024**3
+    max_result_bytes: int = 10 * 1024**3
+    # Bytes of uploads an account may hold (unfinished uploads count at their full size).
+    blob_quota_bytes: int = 100 * 1024**3
+    # An upload no task uses is kept this long after its last use; a result this long after
+    # its task ended. Then they are removed (the hub's disk does not grow without bound).
+    upload_retention_seconds: int = 7 * 86400
+    result_retention_seconds: int = 7 * 86400
+    # URL prefixes workers may fetch inputs from (``--input-url URL#sha256=HEX``),
+    # comma-separated ("https://data.example.org/,https://mirror.example.net/pub/");
+    # "" allows none.
+    input_url_prefixes: str = ""
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -95,6 +110,10 @@ class HubSettings:
     @property
     def path(self) -> Path:
         return Path(self.state_dir)
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.blob_dir) if self.blob_dir else self.path / "blobs"
 
 
 def split_host_port(value: str, default_port: int) -> tuple[str, int]:

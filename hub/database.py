@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import grpc
 import redis
 
+from hivemind_cluster.blobs import index as blob_index
+from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.core import names
 from hivemind_cluster.core.redisdb import reload_libraries
 from hivemind_cluster.core.settings import HubSettings
@@ -37,17 +39,22 @@ class PoolCredentials:
 
 
 class PoolRuntime:
-    """The pool and its gRPC server, opened over the hub's Redis, closed before it goes."""
+    """The pool and its gRPC server, opened over the hub's Redis, closed before it goes.
+    Its blob store (``blobs``, on a Redis client of its own) is set once Redis runs, and
+    outlives restarts of Redis: its client reconnects by itself."""
 
     def __init__(self, settings: HubSettings, credentials: PoolCredentials) -> None:
         self.settings = settings
         self.credentials = credentials
+        self.blobs: BlobStore | None = None
         self.pool: Pool | None = None
         self.server: grpc.aio.Server | None = None
 
     async def open(self) -> None:
         found = self.credentials
-        self.pool = await Pool.open(self.settings, found.redis_password)
+        if self.blobs is None:
+            raise RuntimeError("the pool's blob store is set before the pool opens")
+        self.pool = await Pool.open(self.settings, found.redis_password, self.blobs)
         self.server, _ = await create_pool_server(
             self.pool,
             self.settings.pool_address,
@@ -103,7 +110,8 @@ class HubDatabase:
         try:
             await asyncio.to_thread(self.server.wait_until_ready)
             if self.client is not None:
-                await asyncio.to_thread(reload_libraries, self.client, (store.LIBRARY,))
+                libraries = (store.LIBRARY, blob_index.LIBRARY)
+                await asyncio.to_thread(reload_libraries, self.client, libraries)
             await self.pool.open()
         except BaseException:
             await self.pool.close()

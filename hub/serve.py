@@ -6,7 +6,9 @@ nftables, Redis, servers, the web child) is pushed on one ``AsyncExitStack``, so
 or a failure at any step undoes exactly the steps done so far, in reverse order. Each is
 also noted in ``up.json`` first (hub/reclaim.py), so that the next ``up`` can undo them if
 this one dies without unwinding. While it runs, the hub restarts its children (Redis, the
-web) when they die (hub/supervisor.py), and stops with an error if one keeps dying.
+web) when they die (hub/supervisor.py), and stops with an error if one keeps dying. It
+also builds the blob store the pool serves task data from, and collects its garbage (at
+start, then every GARBAGE_INTERVAL seconds).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 
 import redis
 
-from hivemind_cluster.core import names
+from hivemind_cluster.blobs.store import BlobStore
+from hivemind_cluster.core import names, redisdb
 from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.settings import HubSettings
@@ -47,8 +50,10 @@ from hivemind_cluster.mesh.wireguard import (
     select_backend,
     userspace_pid,
 )
+from hivemind_cluster.pool.taskstore import tasks_live
 
 log = logging.getLogger(__name__)
+GARBAGE_INTERVAL = 300.0  # seconds between two collections of the blob store's garbage
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
         interface, backend = bring_up_overlay(settings, files, backend_name, record, undo)
         pool = PoolRuntime(settings, files.pool_credentials())
         database, client = start_redis(settings, files, interface, pool, record, undo)
+        pool.blobs = blobs = open_blob_store(settings, files, undo)
         enroller = Enroller(settings, files.ca, client, interface, files.wg_public_key)
         enrollment, port = await create_enrollment_server(
             enroller, settings.enroll_listen, files.server_cert, files.server_key
@@ -100,6 +106,7 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
         ensure_hub_client_certificate(settings, files.ca)
         undo.push_async_callback(pool.close)
         await pool.open()
+        start_garbage_collection(blobs, client, undo)
         web = await start_web(settings, record, undo)
         publish_run_file(settings, backend, port, undo)
         log_addresses(settings, backend)
@@ -156,6 +163,43 @@ def start_redis(
         if node.state == nodes.ACTIVE:
             interface.add_peer(PeerConfig(node.wg_public_key, (f"{node.overlay_ip}/32",)))
     return database, client
+
+
+def open_blob_store(
+    settings: HubSettings, files: HubFiles, undo: contextlib.AsyncExitStack
+) -> BlobStore:
+    """The hub's blob store, on a Redis client of its own (it is called from threads)."""
+    db = redisdb.connect(settings.hub_ip, settings.redis_port, files.redis_password)
+    undo.callback(db.close)
+    return BlobStore.for_hub(settings, db)
+
+
+def start_garbage_collection(
+    blobs: BlobStore, db: redis.Redis, undo: contextlib.AsyncExitStack
+) -> None:
+    """Collect the blob store's garbage now and every GARBAGE_INTERVAL seconds, until the
+    hub stops; a task's pins hold while it has not ended (asked of Redis through ``db``)."""
+
+    async def collect_forever() -> None:
+        while True:
+            try:
+                removed, freed = await asyncio.to_thread(
+                    blobs.collect_garbage, lambda task_ids: tasks_live(db, task_ids)
+                )
+                if removed:
+                    log.info("blob store: %d unused blobs removed (%d bytes)", removed, freed)
+            except Exception:
+                log.exception("blob garbage collection failed; tried again later")
+            await asyncio.sleep(GARBAGE_INTERVAL)
+
+    collector = asyncio.create_task(collect_forever(), name="blob-garbage")
+
+    async def stop() -> None:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+
+    undo.push_async_callback(stop)
 
 
 async def start_web(

@@ -28,16 +28,20 @@ from typing import IO
 from hivemind_cluster.core.errors import InvalidInput, NotFound, TooLarge
 from hivemind_cluster.core.units import MIB, format_bytes
 
-MAX_INPUT_BYTES = 16 * MIB
-MAX_UNPACKED_BYTES = 256 * MIB
+# Bundles travel as blobs (model/blobs.py): as large as an input or a result may be (hub
+# settings max_input_bytes, max_result_bytes); what they unpack to, as the largest task disk
+# (max_task_disk_bytes), which also bounds it physically on the worker.
+MAX_INPUT_BYTES = 20 * 1024 * MIB
+MAX_UNPACKED_BYTES = 64 * 1024 * MIB
 MAX_FILES = 10_000
-MAX_OUTPUT_BYTES = 16 * MIB
-# The default task disk (HubSettings.task_disk_bytes): a task on it cannot fill more.
-MAX_RESULT_UNPACKED_BYTES = 1024 * MIB
+MAX_OUTPUT_BYTES = 10 * 1024 * MIB
+MAX_RESULT_UNPACKED_BYTES = 64 * 1024 * MIB
 # A member that inflates more than this, and to more than BOMB_MIN_BYTES, is a zip bomb.
 MAX_COMPRESSION_RATIO = 200
 BOMB_MIN_BYTES = 1 * MIB
 CHUNK = 256 * 1024
+# Members this large get zip64 headers up front (they may grow past 4 GiB as they are read).
+ZIP64_FROM = 1 << 30
 # What reading a member whose data does not match its headers raises.
 CORRUPT_MEMBER = (zipfile.BadZipFile, NotImplementedError, EOFError)
 # Bundles unpacked for a task container (another uid) stay world-readable.
@@ -122,11 +126,17 @@ def check_member(info: zipfile.ZipInfo, rules: BundleRules) -> None:
         )
 
 
-def open_zip(data: bytes, rules: BundleRules = INPUT_RULES) -> zipfile.ZipFile:
-    if len(data) > rules.max_zip_bytes:
+# A zip in memory (small ones: tests, task.json checks) or in a file (a blob, a download).
+Source = bytes | Path
+
+
+def open_zip(source: Source, rules: BundleRules = INPUT_RULES) -> zipfile.ZipFile:
+    """The zip, read from memory or from its file (only its directory is read here)."""
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    if size > rules.max_zip_bytes:
         raise TooLarge(f"{rules.name} is larger than {shown(rules.max_zip_bytes)}")
     try:
-        return zipfile.ZipFile(io.BytesIO(data))
+        return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
         raise InvalidInput(f"{rules.name} is not a zip file") from None
 
@@ -142,14 +152,20 @@ def checked_members(archive: zipfile.ZipFile, rules: BundleRules) -> list[zipfil
     return members
 
 
-def check_bundle(data: bytes, rules: BundleRules = INPUT_RULES) -> list[str]:
+def check_bundle(source: Source, rules: BundleRules = INPUT_RULES) -> list[str]:
     """Validate a zip bundle without unpacking it; return its member names."""
-    with open_zip(data, rules) as archive:
+    with open_zip(source, rules) as archive:
         return [info.filename for info in checked_members(archive, rules)]
 
 
+def unpacked_size(source: Source, rules: BundleRules = INPUT_RULES) -> int:
+    """What the checked bundle declares it unpacks to (unpacking counts the real bytes)."""
+    with open_zip(source, rules) as archive:
+        return sum(info.file_size for info in checked_members(archive, rules))
+
+
 def unpack_bundle(
-    data: bytes, dest: Path, rules: BundleRules = INPUT_RULES, umask: int = TASK_UMASK
+    source: Source, dest: Path, rules: BundleRules = INPUT_RULES, umask: int = TASK_UMASK
 ) -> None:
     """Check the bundle, then extract it under ``dest`` (regular files and directories only).
 
@@ -159,7 +175,7 @@ def unpack_bundle(
     callers unpack into a fresh directory they remove anyway.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    with open_zip(data, rules) as archive:
+    with open_zip(source, rules) as archive:
         budget = rules.max_unpacked_bytes
         for info in checked_members(archive, rules):
             target = dest.joinpath(*path_parts(info.filename))
@@ -170,8 +186,8 @@ def unpack_bundle(
                 make_directories(dest, target.parent, umask)
                 executable = bool((info.external_attr >> 16) & 0o111)
                 mode = (0o777 if executable else 0o666) & ~umask
-                with archive.open(info) as source, open_new_file(target, mode) as sink:
-                    budget = copy_within(source, sink, budget, rules)
+                with archive.open(info) as member, open_new_file(target, mode) as sink:
+                    budget = copy_within(member, sink, budget, rules)
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 raise InvalidInput(
                     f"bundle entry {info.filename!r} clashes with another entry"
@@ -230,25 +246,29 @@ def regular_files(directory: Path) -> Iterator[tuple[Path, str]]:
 
 
 def pack_directory(
-    directory: Path, rules: BundleRules = RESULT_RULES, what: str = "task output"
-) -> bytes:
-    """Zip the regular files under ``directory`` (b"" when there are none).
+    directory: Path, dest: Path, rules: BundleRules = RESULT_RULES, what: str = "task output"
+) -> int:
+    """Zip the regular files under ``directory`` into the new file ``dest``; returns its
+    size (0, and no file, when there are none).
 
     Refuses (InvalidInput) what ``rules`` would refuse unpacking it: too many files, more
     unpacked than they allow, or a zip larger than they allow.
     """
-    return pack_files(regular_files(directory), rules, what)
+    return pack_files(regular_files(directory), dest, rules, what)
 
 
 def pack_files(
     files: Iterable[tuple[Path, str]],
+    dest: Path,
     rules: BundleRules = RESULT_RULES,
     what: str = "task output",
-) -> bytes:
-    """Zip (path, name) pairs, as ``pack_directory`` does a directory's files.
+) -> int:
+    """Zip (path, name) pairs into the new file ``dest``, as ``pack_directory`` does a
+    directory's files, streaming: memory does not grow with their size.
 
     Their count and total size are checked before anything is read, so the error says how
-    much there is; the bytes read are counted too, in case a file grows meanwhile.
+    much there is; the bytes read are counted too, in case a file grows meanwhile. On an
+    error ``dest`` is removed.
     """
     listed = list(islice(files, rules.max_files + 1))
     if len(listed) > rules.max_files:
@@ -257,46 +277,61 @@ def pack_files(
     if total > rules.max_unpacked_bytes:
         raise rules.holds_too_much(what, total)
     if not listed:
-        return b""
-    buffer = io.BytesIO()
+        return 0
+    try:
+        with open_new_file(dest, 0o600) as sink:
+            write_zip(listed, sink, rules, what)
+            return sink.tell()
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def write_zip(
+    listed: list[tuple[Path, str]], sink: IO[bytes], rules: BundleRules, what: str
+) -> None:
     budget = rules.max_unpacked_bytes
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    # The fastest deflate: a task's data is often incompressible, and packing must keep
+    # pace with the network.
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for path, name in listed:
             info = zipfile.ZipInfo.from_file(path, name)
             info.compress_type = zipfile.ZIP_DEFLATED
             flags = os.O_RDONLY | os.O_NOFOLLOW
-            with os.fdopen(os.open(path, flags), "rb") as source, archive.open(info, "w") as sink:
+            large = path.lstat().st_size >= ZIP64_FROM
+            with (
+                os.fdopen(os.open(path, flags), "rb") as source,
+                archive.open(info, "w", force_zip64=large) as member,
+            ):
                 while chunk := source.read(CHUNK):
                     budget -= len(chunk)
                     if budget < 0:
                         raise rules.holds_too_much(what)
-                    sink.write(chunk)
-                    check_zipped_size(buffer, rules, what)
-    check_zipped_size(buffer, rules, what)
-    return buffer.getvalue()
+                    member.write(chunk)
+                    check_zipped_size(sink, rules, what)
+    check_zipped_size(sink, rules, what)
 
 
-def check_zipped_size(buffer: io.BytesIO, rules: BundleRules, what: str) -> None:
-    if buffer.tell() > rules.max_zip_bytes:
+def check_zipped_size(sink: IO[bytes], rules: BundleRules, what: str) -> None:
+    if sink.tell() > rules.max_zip_bytes:
         raise InvalidInput(f"{what} is larger than {shown(rules.max_zip_bytes)}")
 
 
-def bundle_from_path(path: Path) -> bytes:
-    """The bundle for ``--bundle DIR|ZIP``: a directory is zipped, a .zip file is checked."""
+def bundle_from_path(path: Path, scratch: Path) -> Path:
+    """The zip for ``--bundle DIR|ZIP``, checked: a .zip file is itself, a directory is
+    zipped into a new file in the directory ``scratch`` (the caller removes it)."""
     if path.is_dir():
-        data = pack_directory(path, INPUT_RULES, what=f"bundle directory {str(path)!r}")
-        if not data:
+        zipped = scratch / "bundle.zip"
+        if not pack_directory(path, zipped, INPUT_RULES, what=f"bundle directory {str(path)!r}"):
             raise InvalidInput(f"bundle directory {str(path)!r} has no files")
     elif is_bundle_path(path):
-        if path.stat().st_size > MAX_INPUT_BYTES:
-            raise InvalidInput(f"bundle is larger than {shown(MAX_INPUT_BYTES)}")
-        data = path.read_bytes()
+        zipped = path
     elif not path.exists():
         raise NotFound(f"bundle {str(path)!r} does not exist")
     else:
         raise InvalidInput(f"bundle {str(path)!r} is neither a directory nor a .zip file")
-    check_bundle(data)
-    return data
+    check_bundle(zipped)
+    return zipped
 
 
 def is_bundle_path(path: Path) -> bool:
@@ -335,16 +370,16 @@ def default_command(names: list[str]) -> list[str] | None:
     return python_command(entrypoint) if entrypoint else None
 
 
-def read_member(data: bytes, path: str, limit: int) -> bytes | None:
+def read_member(source: Source, path: str, limit: int) -> bytes | None:
     """The file at ``path`` (as ``member_path`` spells it) in a checked bundle, None if it
     has none; refuses one larger than ``limit`` bytes."""
-    with open_zip(data) as archive:
+    with open_zip(source) as archive:
         for info in archive.infolist():
             if info.is_dir() or member_path(info.filename) != path:
                 continue
             try:
-                with archive.open(info) as source:
-                    content = source.read(limit + 1)
+                with archive.open(info) as member:
+                    content: bytes = member.read(limit + 1)
             except CORRUPT_MEMBER as error:
                 raise corrupt(info, error) from None
             if len(content) > limit:

@@ -1,18 +1,29 @@
 """Checking a submitted task: every field bounded, defaults filled in, one clear error each.
 
 ``check_submission`` turns a ``SubmitRequest`` into a ``TaskSpec`` or raises InvalidInput;
-nothing is stored before it has passed.
+nothing is stored before it has passed. A task's data (its bundle and inputs) is referred
+to by digest: ``data_refs`` checks the references' shape and the hub's URL policy, and
+``TaskData`` is what the hub holds of them (sizes, and the files of the zips it reads).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from hivemind_cluster.core.errors import InvalidInput, PermissionDenied
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.units import format_bytes, format_cpt
+from hivemind_cluster.model.blobs import (
+    DIR,
+    InputRef,
+    check_digest,
+    check_inputs,
+    check_url_allowed,
+)
 from hivemind_cluster.model.bundles import (
     DEFAULT_ENTRYPOINTS,
     PYTHON_ENV,
@@ -20,6 +31,7 @@ from hivemind_cluster.model.bundles import (
     default_entrypoint,
     file_paths,
     python_command,
+    unpacked_size,
 )
 from hivemind_cluster.model.pricing import MIN_CAP_SECONDS, RateCard
 from hivemind_cluster.model.resources import Resources
@@ -55,10 +67,62 @@ class TaskSpec:
     network: bool
     bundle_bytes: int = 0
     disk_bytes: int = 0  # its working copy, /out and /tmp together
+    bundle: InputRef | None = None  # the zip unpacked into /work (its size: bundle_bytes)
+    inputs: tuple[InputRef, ...] = ()  # mounted under /work/inputs/, with their sizes
+
+    def held_digests(self) -> list[str]:
+        """What of its data the hub holds, by digest: what its worker may read from it."""
+        return hub_digests(self.bundle, self.inputs)
 
 
-def check_submission(request: pb.SubmitRequest, owner: str, settings: HubSettings) -> TaskSpec:
-    request = with_bundle_defaults(request)
+@dataclass(frozen=True)
+class TaskData:
+    """A submission's data as the hub holds it: the bundle's and the inputs' references
+    with their sizes, and the blob files of the zips among them (the bundle, ``dir``
+    inputs), whose task.json and unpacked sizes the checks read."""
+
+    bundle: InputRef | None = None
+    inputs: tuple[InputRef, ...] = ()
+    files: Mapping[str, Path] = field(default_factory=dict)  # digest -> the blob's file
+
+    def held_digests(self) -> list[str]:
+        return hub_digests(self.bundle, self.inputs)
+
+    def zips(self) -> list[InputRef]:
+        """The references unpacked onto the task's disk: the bundle and ``dir`` inputs."""
+        bundle = [self.bundle] if self.bundle else []
+        return bundle + [ref for ref in self.inputs if ref.kind == DIR]
+
+
+NO_DATA = TaskData()
+
+
+def hub_digests(bundle: InputRef | None, inputs: tuple[InputRef, ...]) -> list[str]:
+    """The digests of a task's bundle and inputs, each once, but for URL inputs (a worker
+    fetches those from their URL)."""
+    refs = ([bundle] if bundle else []) + list(inputs)
+    return list(dict.fromkeys(ref.digest for ref in refs if not ref.url))
+
+
+def data_refs(request: pb.SubmitRequest, settings: HubSettings) -> TaskData:
+    """The request's bundle and inputs, checked in shape (digests, names, kinds) and against
+    the hub's URL policy (``input_url_prefixes``); their sizes are not known yet."""
+    bundle = None
+    if request.bundle_digest:
+        bundle = InputRef("", check_digest(request.bundle_digest, "bundle"))
+    inputs = tuple(check_inputs(list(request.inputs)))
+    for ref in inputs:
+        if ref.url:
+            check_url_allowed(ref.url, settings.input_url_prefixes)
+    return TaskData(bundle, inputs)
+
+
+def check_submission(
+    request: pb.SubmitRequest, owner: str, settings: HubSettings, data: TaskData = NO_DATA
+) -> TaskSpec:
+    """The checked task; ``data`` is its bundle and inputs as the hub holds them."""
+    bundle_file = data.files.get(data.bundle.digest) if data.bundle else None
+    request = with_bundle_defaults(request, bundle_file)
     image, command = request.image.strip(), list(request.command)
     if not image:
         raise InvalidInput(
@@ -96,21 +160,24 @@ def check_submission(request: pb.SubmitRequest, owner: str, settings: HubSetting
         priority=_bounded("priority", request.priority, 0, 9),
         max_attempts=_bounded("max attempts", request.max_attempts or settings.max_attempts, 1, 10),
         network=_check_network(request.network, settings),
-        bundle_bytes=len(request.input_bundle),
-        disk_bytes=_check_disk(request.disk_bytes, settings),
+        bundle_bytes=data.bundle.size if data.bundle else 0,
+        disk_bytes=_check_unpacked_fits(data, _check_disk(request.disk_bytes, settings)),
+        bundle=data.bundle,
+        inputs=data.inputs,
     )
 
 
-def with_bundle_defaults(request: pb.SubmitRequest) -> pb.SubmitRequest:
+def with_bundle_defaults(request: pb.SubmitRequest, bundle: Path | None = None) -> pb.SubmitRequest:
     """``request`` as its bundle (checked here) completes it, in the original convention:
     the bundle's task.json fills the fields left empty, and with no command the bundle's
     Python entry point runs, unbuffered, the bundle on PYTHONPATH, in the Python image
     unless another is named. A bundle with nothing to run is refused here, not left to fail
-    on a worker after it was paid for."""
-    if not request.input_bundle:
+    on a worker after it was paid for. ``bundle`` is the file of ``request.bundle_digest``
+    (the hub's blob); None: the request has no bundle."""
+    if bundle is None:
         return request
-    names = check_bundle(request.input_bundle)
-    task_file = read_task_file(request.input_bundle, file_paths(names))
+    names = check_bundle(bundle)
+    task_file = read_task_file(bundle, file_paths(names))
     merged = task_file.under(request)
     if not merged.command:
         entrypoint = task_file.entrypoint or default_entrypoint(names)
@@ -187,6 +254,22 @@ def _check_disk(asked: int, settings: HubSettings) -> int:
             f"disk must be between {format_bytes(MIN_DISK_BYTES)} and "
             f"{format_bytes(settings.max_task_disk_bytes)} (hub setting max_task_disk_bytes), "
             f"got {format_bytes(disk)}"
+        )
+    return disk
+
+
+def _check_unpacked_fits(data: TaskData, disk: int) -> int:
+    """Refuse, at submission, a task whose bundle and ``dir`` inputs declare they unpack to
+    more than its disk holds: it could only fail on a worker, after it was paid for."""
+    unpacked = 0
+    for ref in data.zips():
+        found = data.files.get(ref.digest)
+        if found is not None:
+            unpacked += unpacked_size(found)
+    if unpacked > disk:
+        raise InvalidInput(
+            f"the bundle and dir inputs unpack to {format_bytes(unpacked)}, more than the "
+            f"task's disk of {format_bytes(disk)} (ask for more with --disk)"
         )
     return disk
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hivemind_cluster.core.errors import InvalidInput
-from hivemind_cluster.model.bundles import member_path, read_member
+from hivemind_cluster.model.bundles import Source, member_path, read_member
 from hivemind_cluster.protos import pool_pb2 as pb
 
 TASK_FILE = "task.json"
@@ -65,7 +65,7 @@ class TaskFile:
         return merged
 
 
-def read_task_file(bundle: bytes, files: Collection[str]) -> TaskFile:
+def read_task_file(bundle: Source, files: Collection[str]) -> TaskFile:
     """The checked bundle's task.json, checked (an empty TaskFile when it has none);
     ``files`` are the bundle's ``file_paths``, which an entrypoint must be one of."""
     content = read_member(bundle, TASK_FILE, MAX_TASK_FILE_BYTES)

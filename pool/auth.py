@@ -26,9 +26,11 @@ _USERS = frozenset({"operator", "hub"})
 # ("/package.Service/Method"); a method's own entry overrides its service's. Workers use
 # the pool stream, and may read their own account (the agent's status page shows their
 # earnings; ``own_account`` in pool/service.py refuses anyone else's) but nothing else of
-# the tasks API.
+# the tasks API. Blobs is the workers' too: their attempts' inputs and results, each call
+# fenced to the caller's current attempt (pool/blobservice.py).
 ROLES_FOR_METHOD = {
     "/hivemind.pool.Pool/": frozenset({"worker"}),
+    "/hivemind.pool.Blobs/": frozenset({"worker"}),
     "/hivemind.pool.Tasks/": _USERS,
     "/hivemind.pool.Tasks/Balance": _USERS | {"worker"},
     "/hivemind.pool.Tasks/History": _USERS | {"worker"},

@@ -83,7 +83,7 @@ class Dispatch:
                 self.scheduler.release(placement.task_id, placement.attempt)
                 continue
             price_cap_seconds = self.watchdog.watch(record, placement.attempt, since=now)
-            if await self._send_assignment(record, placement, price_cap_seconds):
+            if self._send_assignment(record, placement, price_cap_seconds):
                 sent += 1
         return sent
 
@@ -95,7 +95,7 @@ class Dispatch:
             if record is not None:
                 self.scheduler.enqueue(record.id, record.score, record.attempt, record.request)
 
-    async def _send_assignment(
+    def _send_assignment(
         self, record: TaskRecord, placement: Placement, price_cap_seconds: float
     ) -> bool:
         """Send the attempt to its worker, with the wall time its price cap buys (the agent
@@ -103,16 +103,7 @@ class Dispatch:
         session = self.liveness.session(placement.node_id)
         if session is None:
             return False  # the worker left: it is lost, or the watchdog requeues the attempt
-        try:
-            bundle = b""
-            if record.bundle_bytes:
-                bundle = await asyncio.to_thread(self.tasks.input_bundle, record.id)
-        except OSError as exc:
-            log.error("task %s: cannot read its input bundle: %s", record.id, exc)
-            return False  # left assigned and not started: the watchdog requeues it
-        session.send(
-            assign_message(record, placement.attempt, bundle, self.allow_pulls, price_cap_seconds)
-        )
+        session.send(assign_message(record, placement.attempt, self.allow_pulls, price_cap_seconds))
         return True
 
     async def run_forever(self) -> None:

@@ -17,7 +17,7 @@ from hivemind_cluster.core.errors import (
     SystemFailure,
     Unavailable,
 )
-from hivemind_cluster.model.bundles import RESULT_RULES, check_bundle
+from hivemind_cluster.model.blobs import check_digest
 from hivemind_cluster.model.states import REPORTED_STATES
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -56,12 +56,9 @@ def registered_message(
 
 
 def assign_message(
-    record: TaskRecord,
-    attempt: int,
-    bundle: bytes,
-    allow_pulls: bool,
-    price_cap_seconds: float = 0.0,
+    record: TaskRecord, attempt: int, allow_pulls: bool, price_cap_seconds: float = 0.0
 ) -> pb.PoolMessage:
+    """The attempt for its worker, its data by reference (fetched with ``Blobs.Read``)."""
     return pb.PoolMessage(
         assign=pb.Assign(
             task_id=record.id,
@@ -72,10 +69,11 @@ def assign_message(
             resources=record.request.to_proto(),
             timeout_seconds=record.timeout_seconds,
             network=record.network,
-            input_bundle=bundle,
             pull=allow_pulls,
             disk_bytes=record.disk_bytes,
             price_cap_seconds=price_cap_seconds,
+            bundle=record.bundle.message() if record.bundle else None,
+            inputs=[ref.message() for ref in record.inputs],
         )
     )
 
@@ -119,9 +117,12 @@ def chunk_offset(chunk: pb.LogChunk) -> int | None:
 
 
 def check_result(result: pb.TaskResult) -> None:
+    """The result's own fields; its zip is checked in the store (``TaskBlobs.check_result``)."""
     if result.status not in REPORTED_STATES:
         raise InvalidInput(f"result status {result.status[:20]!r} is not a final state")
-    if result.output_bundle:  # what the owner's CLI will unpack: the same rules
-        check_bundle(result.output_bundle, RESULT_RULES)
+    if result.output_digest:
+        check_digest(result.output_digest, "result digest")
+        if result.output_size <= 0:
+            raise InvalidInput("a result with a digest must give its size")
     if not IMAGE_DIGEST.fullmatch(result.image_digest):
         raise InvalidInput(f"image digest {result.image_digest[:80]!r} is not sha256:<hex>")

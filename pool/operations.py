@@ -16,7 +16,7 @@ from typing import Any
 from hivemind_cluster.core.errors import InvalidInput, NotFound, Unschedulable
 from hivemind_cluster.core.units import MAX_AMOUNT
 from hivemind_cluster.model.resources import Resources
-from hivemind_cluster.model.spec import check_submission
+from hivemind_cluster.model.spec import TaskData, check_submission, data_refs
 from hivemind_cluster.model.states import FINAL_STATES, MAX_ROWS, PENDING_STATES, TaskState
 from hivemind_cluster.pool.auth import Caller, acting_for
 from hivemind_cluster.pool.messages import cancel_message
@@ -29,9 +29,34 @@ LOG_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
-    """Check a submission, hold its price cap in escrow, store and queue it."""
+    """Check a submission, pin its data, hold its price cap in escrow, store and queue it.
+
+    Its data first: every input the hub serves must be held by the owner (an upload of
+    theirs), else NotFound and nothing is queued or held in escrow."""
     owner = acting_for(caller, request.owner, "submit tasks on behalf of someone else")
-    spec = await asyncio.to_thread(check_submission, request, owner, pool.settings)
+    refs = data_refs(request, pool.settings)
+    task_id = new_task_id()
+
+    async def pin_check_and_store() -> TaskRecord:
+        data = await pool.data.pin(task_id, owner, refs)
+        try:
+            record = await check_and_store(pool, request, owner, task_id, data)
+        except BaseException:
+            await pool.data.unpin(task_id, owner, data)
+            raise
+        if record.id != task_id:  # an earlier submission with this key: not a new task
+            await pool.data.unpin(task_id, owner, data)
+        return record
+
+    # Shielded: a caller that goes away mid-call must not leave money, pins or a task halfway.
+    return await asyncio.shield(pin_check_and_store())
+
+
+async def check_and_store(
+    pool: Pool, request: pb.SubmitRequest, owner: str, task_id: str, data: TaskData
+) -> TaskRecord:
+    """The checked task, paid into escrow, stored and queued (its data is pinned)."""
+    spec = await asyncio.to_thread(check_submission, request, owner, pool.settings, data)
     members = await pool.members.workers()
     if members and not any(spec.request.fits_in(w.capacity) for w in members):
         largest = Resources.largest(w.capacity for w in members)
@@ -43,21 +68,13 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
     if request.max_cost < 0 or request.max_cost > MAX_AMOUNT:
         raise InvalidInput("max cost must be a positive number of micro-CPT")
     price_cap = request.max_cost or pool.rates.price_cap(spec.request, spec.timeout_seconds)
-    task_id = new_task_id()
-
-    async def pay_store_and_queue() -> TaskRecord:
-        await pool.accounting.hold(owner, task_id, price_cap)
-        record = await pool.tasks.submit(
-            spec, request.input_bundle, request.idempotency_key, task_id, price_cap
-        )
-        if record.id != task_id:  # an earlier submission with this key: not a new task
-            await pool.accounting.give_back(owner, task_id, price_cap)
-        if record.status in PENDING_STATES:
-            pool.enqueue(record)
-        return record
-
-    # Shielded: a caller that goes away mid-call must not leave money or a task halfway.
-    return await asyncio.shield(pay_store_and_queue())
+    await pool.accounting.hold(owner, task_id, price_cap)
+    record = await pool.tasks.submit(spec, request.idempotency_key, task_id, price_cap)
+    if record.id != task_id:  # an earlier submission with this key: not a new task
+        await pool.accounting.give_back(owner, task_id, price_cap)
+    if record.status in PENDING_STATES:
+        pool.enqueue(record)
+    return record
 
 
 def check_visible(caller: Caller, record: TaskRecord, owner: str = "") -> None:

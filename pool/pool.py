@@ -25,12 +25,11 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from hivemind_cluster.core import names
+from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, StaleAttempt
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.model.pricing import RateCard
@@ -49,6 +48,7 @@ from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.scheduler import Scheduler
 from hivemind_cluster.pool.settlement import Settlement
 from hivemind_cluster.pool.store import load_libraries
+from hivemind_cluster.pool.taskdata import TaskBlobs
 from hivemind_cluster.pool.taskstore import TaskStore, check_task_id
 from hivemind_cluster.pool.watchdog import AttemptWatchdog, Overdue
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -78,12 +78,14 @@ class Pool:
         settings: HubSettings,
         db: Any,
         raw_db: Any,
-        data_dir: Path,
+        blobs: BlobStore,
     ) -> None:
         self.settings = settings
         self.db = db
         self.raw_db = raw_db
-        self.tasks = TaskStore(db, data_dir, settings.log_cap_bytes)
+        self.blobs = blobs  # synchronous: called in threads (asyncio.to_thread)
+        self.tasks = TaskStore(db, settings.log_cap_bytes)
+        self.data = TaskBlobs(blobs, self.tasks, settings.max_input_bytes)
         self.rates = RateCard.from_settings(settings)
         self.ledger = AsyncLedger(db)
         self.accounting = Accounting(self.ledger, self.rates, self.tasks)
@@ -93,7 +95,7 @@ class Pool:
         self.dispatch = Dispatch(
             db, self.tasks, self.scheduler, self.liveness, self.watchdog, settings.allow_pulls
         )
-        self.settlement = Settlement(self.accounting)
+        self.settlement = Settlement(self.accounting, self.data)
         self.members = MemberCache(db, self.scheduler)
         self._passes = 0
         self._loops: list[asyncio.Task[None]] = []
@@ -102,8 +104,8 @@ class Pool:
     # ---- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, settings: HubSettings, redis_password: str) -> Pool:
-        """The hub's pool: its Redis on the overlay address, bundles in the state dir."""
+    async def open(cls, settings: HubSettings, redis_password: str, blobs: BlobStore) -> Pool:
+        """The hub's pool: its Redis on the overlay address, its data in ``blobs``."""
 
         def client(decode: bool) -> aioredis.Redis:
             # Blocking pool: past max_connections a call waits for a free connection
@@ -119,7 +121,7 @@ class Pool:
             )
             return aioredis.Redis(connection_pool=connections)
 
-        pool = cls(settings, client(True), client(False), settings.path / names.TASKS_DIR)
+        pool = cls(settings, client(True), client(False), blobs)
         await load_libraries(pool.db)
         await pool.start()
         return pool
@@ -132,6 +134,7 @@ class Pool:
     async def start(self) -> None:
         self._stopping = False
         await self.accounting.start()
+        await self.settlement.start()
         await self.restore()
         loops = {
             "schedule": self.dispatch.run_forever(),
@@ -300,10 +303,8 @@ class Pool:
         )
 
     async def _result(self, session: AgentSession, result: pb.TaskResult) -> None:
-        if result.output_bundle:  # reading a zip's directory may take a while: off the loop
-            await asyncio.to_thread(messages.check_result, result)
-        else:
-            messages.check_result(result)
+        messages.check_result(result)
+        await self.data.check_result(session.node_id, result)
         status = await self.tasks.finish(session.node_id, result)
         self._forget_attempt(result.task_id, result.attempt)
         session.send(messages.accepted_message(result))

@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from hivemind_cluster.model.blobs import InputRef
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import TaskSpec
-from hivemind_cluster.model.states import TaskState
+from hivemind_cluster.model.states import ACTIVE_STATES, TaskState
 from hivemind_cluster.protos import pool_pb2 as pb
 
 
@@ -30,6 +31,8 @@ def spec_fields(spec: TaskSpec) -> dict[str, str]:
         "network": "1" if spec.network else "0",
         "bundle_bytes": str(spec.bundle_bytes),
         "disk_bytes": str(spec.disk_bytes),
+        "bundle": json.dumps(spec.bundle.as_json()) if spec.bundle else "",
+        "inputs": json.dumps([ref.as_json() for ref in spec.inputs]),
         "attempt": "1",
         "node_id": "",
     }
@@ -37,6 +40,15 @@ def spec_fields(spec: TaskSpec) -> dict[str, str]:
 
 def _float(raw: dict[str, str], key: str) -> float:
     return float(raw.get(key) or 0)
+
+
+def _bundle(raw: dict[str, str]) -> InputRef | None:
+    text = raw.get("bundle") or ""
+    return InputRef.from_json(json.loads(text)) if text else None
+
+
+def _inputs(raw: dict[str, str]) -> tuple[InputRef, ...]:
+    return tuple(InputRef.from_json(item) for item in json.loads(raw.get("inputs") or "[]"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,11 +67,12 @@ class TaskRecord(TaskSpec):
     error: str
     usage: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
-    output: str = ""
+    output: str = ""  # the result zip's digest ("": the task wrote nothing)
     output_bytes: int = 0
     price_cap: int = 0
     cost: int = 0
     settled: bool = False
+    released: bool = False  # its data let go in the blob store (pool/settlement.py)
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
@@ -93,10 +106,17 @@ class TaskRecord(TaskSpec):
             output_bytes=int(raw.get("output_bytes") or 0),
             bundle_bytes=int(raw.get("bundle_bytes") or 0),
             disk_bytes=int(raw.get("disk_bytes") or 0),
+            bundle=_bundle(raw),
+            inputs=_inputs(raw),
             price_cap=int(raw.get("price_cap") or 0),
             cost=int(raw.get("cost") or 0),
             settled=raw.get("settled") == "1",
+            released=raw.get("released") == "1",
         )
+
+    def runs(self, attempt: int, node_id: str) -> bool:
+        """Whether ``attempt`` is its current attempt, on ``node_id`` (the Lua's fencing)."""
+        return self.status in ACTIVE_STATES and self.attempt == attempt and self.node_id == node_id
 
     def node_on(self, attempts: list[dict[str, Any]] | None) -> str:
         """Its node: the one running it, or the one that ran its last attempt."""
@@ -150,4 +170,7 @@ class TaskRecord(TaskSpec):
             cost=self.cost,
             settled=self.settled,
             disk_bytes=self.disk_bytes,
+            bundle=self.bundle.message() if self.bundle else None,
+            inputs=[ref.message() for ref in self.inputs],
+            output_digest=self.output,
         )

@@ -229,7 +229,8 @@ end)
 
 -- KEYS: task, queue, node_tasks, attempts, logs
 -- ARGV: id, attempt, node, now, status, exit_code ('' if none), error, usage_json,
---       output_name, output_bytes, image_digest, log_bytes ('' if not reported)
+--       output (the result's digest, '' if none), output_bytes, image_digest,
+--       log_bytes ('' if not reported)
 redis.register_function('hm_task_finish', function(keys, args)
   local err = fenced(keys[1], args[2], args[3])
   if err then
@@ -274,4 +275,19 @@ redis.register_function('hm_task_cancel', function(keys, args)
     return {'cancelling', h[2], h[3]}
   end
   return redis.error_reply('FINISHED task already ' .. h[1])
+end)
+
+-- KEYS: task   ARGV: id
+-- The ended task's data was let go in the blob store (its inputs unpinned, its result kept
+-- for the retention): done once, redone at start for an ended task not marked.
+redis.register_function('hm_task_released', function(keys, args)
+  local status = redis.call('HGET', keys[1], 'status')
+  if not status then
+    return redis.error_reply('NOT_FOUND no such task')
+  end
+  if not FINAL[status] then
+    return redis.error_reply('FINISHED task ' .. args[1] .. ' is ' .. status .. ', not ended')
+  end
+  redis.call('HSET', keys[1], 'released', 1)
+  return 1
 end)

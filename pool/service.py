@@ -1,7 +1,8 @@
 """The pool's gRPC services and ``create_server``: thin adapters over ``Pool``.
 
-Both services sit behind one interceptor (``ErrorInterceptor`` with ``PoolAuthorizer``):
-by the time a method runs, ``current_caller()`` is an authenticated, authorised node.
+All three services (Pool, Tasks, and Blobs in pool/blobservice.py) sit behind one
+interceptor (``ErrorInterceptor`` with ``PoolAuthorizer``): by the time a method runs,
+``current_caller()`` is an authenticated, authorised node.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hivemind_cluster.core.errors import Conflict, InvalidInput
+from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.grpcutil import POOL_SERVER_OPTIONS, ErrorInterceptor
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
-from hivemind_cluster.model.states import ALL_STATES, FINAL_STATES
-from hivemind_cluster.pool import operations
+from hivemind_cluster.model.states import ALL_STATES
+from hivemind_cluster.pool import blobservice, operations
 from hivemind_cluster.pool.auth import PoolAuthorizer, acting_for, current_caller
 from hivemind_cluster.pool.ledger import Entry
 from hivemind_cluster.pool.pool import Pool
@@ -126,14 +127,19 @@ class TasksService(pb_grpc.TasksServicer):
         )
         return pb.LogPage(entries=[log_entry(r) for r in page], done=done)
 
-    async def FetchResult(self, request: pb.TaskRef, context: Context) -> pb.ResultBundle:
-        record = await operations.visible_task(
-            self.pool, current_caller(), request.task_id, request.owner
-        )
-        if record.status not in FINAL_STATES:
-            raise Conflict(f"task {record.id} is {record.status}: no result yet")
-        bundle = await asyncio.to_thread(self.pool.tasks.output_bundle, record)
-        return pb.ResultBundle(task_id=record.id, output_bundle=bundle)
+    async def ReadResult(
+        self, request: pb.ResultRead, context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
+        async for chunk in blobservice.read_result(self.pool, current_caller(), request):
+            yield chunk
+
+    async def BeginUpload(self, request: pb.UploadRequest, context: Context) -> pb.UploadState:
+        return await blobservice.begin_upload(self.pool, current_caller(), request)
+
+    async def Upload(
+        self, request_iterator: AsyncIterator[pb.UploadChunk], context: Context
+    ) -> pb.UploadState:
+        return await blobservice.upload(self.pool, current_caller(), request_iterator)
 
     async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.NodeList:
         return pb.NodeList(nodes=await self.pool.nodes(request.owner))
@@ -224,6 +230,7 @@ async def create_server(
     )
     pb_grpc.add_PoolServicer_to_server(PoolService(pool), server)
     pb_grpc.add_TasksServicer_to_server(TasksService(pool), server)
+    pb_grpc.add_BlobsServicer_to_server(blobservice.BlobsService(pool), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     credentials = grpc.ssl_server_credentials(
@@ -233,6 +240,6 @@ async def create_server(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
-    for service in ("", "hivemind.pool.Pool", "hivemind.pool.Tasks"):
+    for service in ("", "hivemind.pool.Pool", "hivemind.pool.Tasks", "hivemind.pool.Blobs"):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     return server, port

@@ -1,25 +1,23 @@
 """Tasks in Redis: every state change is one call of a Lua function (pool/redis_functions.lua).
 
-Bundles live on the hub's disk next to Redis (``<data_dir>/<task>/input.zip`` and
-``output-<attempt>.zip``): an output file is written before its attempt is recorded as
-finished and deleted again when the pool refuses the result, so Redis never points at a
-missing file and a superseded attempt leaves nothing behind.
+A task's data is in the hub's blob store (blobs/), by digest: the task records its bundle
+and inputs (``TaskSpec.bundle``, ``inputs``) and its result's digest (``output``), which
+the pool checked was written for the attempt before it records it (``Pool._result``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging
 import math
 import re
 import secrets
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+import redis
 
 from hivemind_cluster.core import errors
 from hivemind_cluster.model.spec import TaskSpec
@@ -29,7 +27,6 @@ from hivemind_cluster.pool.records import TaskRecord, spec_fields
 from hivemind_cluster.pool.store import TASKS
 from hivemind_cluster.protos import pool_pb2 as pb
 
-INPUT_FILE = "input.zip"
 log = logging.getLogger("hivemind.pool")
 
 
@@ -61,10 +58,9 @@ class LogRecord:
 
 
 class TaskStore:
-    def __init__(self, db: Any, data_dir: Path, log_cap_bytes: int) -> None:
+    def __init__(self, db: Any, log_cap_bytes: int) -> None:
         # A redis.asyncio client with decode_responses=True (Any: its replies are untyped).
         self.db = db
-        self.data_dir = data_dir
         self.log_cap_bytes = log_cap_bytes
         # Attempts whose refused output was logged already (bounded).
         self._refused_logs: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)
@@ -86,16 +82,12 @@ class TaskStore:
     async def submit(
         self,
         spec: TaskSpec,
-        bundle: bytes,
         idempotency_key: str = "",
         task_id: str = "",
         price_cap: int = 0,
     ) -> TaskRecord:
         """Store and queue a task; with a known idempotency key, the earlier task instead."""
         task_id = task_id or new_task_id()
-        if bundle:
-            directory = self.data_dir / task_id
-            await asyncio.to_thread(_write_file, directory / INPUT_FILE, bundle)
         fields = {
             **spec_fields(spec),
             "submitted_at": repr(time.time()),
@@ -105,11 +97,9 @@ class TaskStore:
         if idempotency_key:
             key_list.append(keys.IDEMPOTENCY.format(owner=spec.owner, key=idempotency_key))
         flat = [item for pair in fields.items() for item in pair]
-        stored_id, created = await self._call(
+        stored_id, _created = await self._call(
             "hm_task_submit", key_list, [task_id, spec.priority, time.time(), *flat]
         )
-        if not created and bundle:
-            shutil.rmtree(self.data_dir / task_id, ignore_errors=True)
         return await self.get(stored_id)
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -230,15 +220,10 @@ class TaskStore:
         )
 
     async def finish(self, node_id: str, result: pb.TaskResult) -> str:
-        """Record an attempt's result (fenced); returns the task's new status."""
+        """Record an attempt's result (fenced); returns the task's new status. Its result zip
+        (``output_digest``) was checked by the caller: written for this attempt, and sound."""
         check_task_id(result.task_id)
         task, queue, attempts, logs = self._task_keys(result.task_id)
-        output_name = ""
-        if result.output_bundle:
-            # A name of its own: a repeated or forged result never touches an accepted file.
-            output_name = f"output-{result.attempt}-{secrets.token_hex(4)}.zip"
-            path = self.data_dir / result.task_id / output_name
-            await asyncio.to_thread(_write_file, path, result.output_bundle)
         usage = {
             "cpu_seconds": _bounded_figure(result.usage.cpu_seconds),
             "peak_memory_bytes": max(0, min(result.usage.peak_memory_bytes, 1 << 50)),
@@ -246,29 +231,24 @@ class TaskStore:
             "gpu_seconds": _bounded_figure(result.usage.gpu_seconds),
         }
         exit_code = str(result.exit_code) if result.exit_code >= 0 else ""
-        try:
-            status: str = await self._call(
-                "hm_task_finish",
-                [task, queue, keys.NODE_TASKS.format(id=node_id), attempts, logs],
-                [
-                    result.task_id,
-                    result.attempt,
-                    node_id,
-                    time.time(),
-                    result.status,
-                    exit_code,
-                    result.error[:1000],
-                    json.dumps(usage),
-                    output_name,
-                    len(result.output_bundle),
-                    result.image_digest,
-                    result.log_bytes if result.HasField("log_bytes") else "",
-                ],
-            )
-        except errors.HiveMindError:
-            if output_name:
-                (self.data_dir / result.task_id / output_name).unlink(missing_ok=True)
-            raise
+        status: str = await self._call(
+            "hm_task_finish",
+            [task, queue, keys.NODE_TASKS.format(id=node_id), attempts, logs],
+            [
+                result.task_id,
+                result.attempt,
+                node_id,
+                time.time(),
+                result.status,
+                exit_code,
+                result.error[:1000],
+                json.dumps(usage),
+                result.output_digest,
+                result.output_size if result.output_digest else 0,
+                result.image_digest,
+                result.log_bytes if result.HasField("log_bytes") else "",
+            ],
+        )
         return status
 
     async def ended_by(
@@ -289,15 +269,24 @@ class TaskStore:
 
     async def unsettled(self) -> list[str]:
         """Ended tasks whose escrow has not been settled yet (after a crash, say)."""
+        return await self.ended_without(("settled",))
+
+    async def ended_without(self, flags: tuple[str, ...]) -> list[str]:
+        """Ended tasks not marked with every one of ``flags`` ("settled": its escrow paid
+        out; "released": its data let go in the blob store), after a crash, say."""
         ids = await self.db.zrange(keys.TASKS, 0, -1)
         pipe = self.db.pipeline(transaction=False)
         for task_id in ids:
-            pipe.hmget(keys.TASK.format(id=task_id), ["status", "settled"])
+            pipe.hmget(keys.TASK.format(id=task_id), ["status", *flags])
         return [
             task_id
-            for task_id, (status, settled) in zip(ids, await pipe.execute(), strict=True)
-            if status in FINAL_STATES and settled != "1"
+            for task_id, (status, *marks) in zip(ids, await pipe.execute(), strict=True)
+            if status in FINAL_STATES and any(mark != "1" for mark in marks)
         ]
+
+    async def mark_released(self, task_id: str) -> None:
+        """The ended task's data was let go in the blob store (``ended_without``)."""
+        await self._call("hm_task_released", [keys.TASK.format(id=task_id)], [task_id])
 
     async def requeue(self, task_id: str, attempt: int, node_id: str, reason: str) -> str:
         task, queue, attempts, logs = self._task_keys(task_id)
@@ -316,17 +305,7 @@ class TaskStore:
         )
         return str(state), str(node_id), int(attempt)
 
-    # ---- bundles and logs ----------------------------------------------------------------
-
-    def input_bundle(self, task_id: str) -> bytes:
-        path = self.data_dir / task_id / INPUT_FILE
-        return path.read_bytes() if path.exists() else b""
-
-    def output_bundle(self, record: TaskRecord) -> bytes:
-        if not record.output:
-            return b""
-        path = self.data_dir / record.id / record.output
-        return path.read_bytes() if path.exists() else b""
+    # ---- logs ----------------------------------------------------------------------------
 
     async def read_logs(
         self, raw_db: Any, task_id: str, after: str, block_ms: int | None, count: int = 1000
@@ -349,8 +328,11 @@ class TaskStore:
         return records
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".part")
-    temporary.write_bytes(data)
-    temporary.replace(path)
+def tasks_live(db: redis.Redis, task_ids: list[str]) -> list[bool]:
+    """Which of the tasks have not ended, from a synchronous client (``decode_responses``):
+    the blob store's garbage collection asks, in its thread, whether a task's pins still
+    hold. A task that is not stored (its submission failed after pinning) is not live."""
+    pipe = db.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hget(keys.TASK.format(id=task_id), "status")
+    return [status is not None and status not in FINAL_STATES for status in pipe.execute()]

@@ -7,6 +7,8 @@ Pool     — one long-lived bidirectional stream per worker agent: registration 
            heartbeats go up, assignments and cancellations come down at once.
 Tasks    — submit and query tasks, stream logs, fetch results, list nodes
            (operators, the hub itself and, later, the web UI).
+Blobs    — workers fetch their tasks' inputs and send their results, in chunks, by
+           SHA-256 digest (blobs/ on the hub: content-addressed, resumable by offset).
 """
 
 from collections import abc as _abc
@@ -293,22 +295,25 @@ class TaskResult(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
-    OUTPUT_BUNDLE_FIELD_NUMBER: _builtins.int
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     LOG_BYTES_FIELD_NUMBER: _builtins.int
+    OUTPUT_DIGEST_FIELD_NUMBER: _builtins.int
+    OUTPUT_SIZE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     status: _builtins.str
     """succeeded | failed | timed_out | cancelled | interrupted (the agent stopped it: requeue)"""
     exit_code: _builtins.int
     error: _builtins.str
-    output_bundle: _builtins.bytes
     image_digest: _builtins.str
     """The image the attempt ran, resolved: its registry digest, else its image id (sha256:…)."""
     log_bytes: _builtins.int
     """Bytes of output the attempt wrote in all: when the pool holds fewer, the log ends
     with a mark saying how many never arrived.
     """
+    output_digest: _builtins.str
+    """The result zip the attempt sent with Blobs.WriteResult (empty: the task wrote nothing)."""
+    output_size: _builtins.int
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -320,13 +325,14 @@ class TaskResult(_message.Message):
         exit_code: _builtins.int = ...,
         error: _builtins.str = ...,
         usage: Global___Usage | None = ...,
-        output_bundle: _builtins.bytes = ...,
         image_digest: _builtins.str = ...,
         log_bytes: _builtins.int | None = ...,
+        output_digest: _builtins.str = ...,
+        output_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes", "log_bytes", b"log_bytes", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes", "attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "image_digest", b"image_digest", "log_bytes", b"log_bytes", "output_bundle", b"output_bundle", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes", "attempt", b"attempt", "error", b"error", "exit_code", b"exit_code", "image_digest", b"image_digest", "log_bytes", b"log_bytes", "output_digest", b"output_digest", "output_size", b"output_size", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__log_bytes: _TypeAlias = _typing.Literal["log_bytes"]  # noqa: Y015
     _WhichOneofArgType__log_bytes: _TypeAlias = _typing.Literal["_log_bytes", b"_log_bytes"]  # noqa: Y015
@@ -438,16 +444,16 @@ class Assign(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
-    INPUT_BUNDLE_FIELD_NUMBER: _builtins.int
     PULL_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
     PRICE_CAP_SECONDS_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     attempt: _builtins.int
     image: _builtins.str
     timeout_seconds: _builtins.int
     network: _builtins.bool
-    input_bundle: _builtins.bytes
     pull: _builtins.bool
     """The hub allows pulls (hub setting allow_pulls): the worker pulls the image if missing."""
     disk_bytes: _builtins.int
@@ -462,6 +468,14 @@ class Assign(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def resources(self) -> Global___Resources: ...
+    @_builtins.property
+    def bundle(self) -> Global___InputRef:
+        """The zip unpacked into /work (digest empty: none), and the other inputs, each fetched by
+        digest (Blobs.Read, or its url) into the worker's cache and mounted under /work/inputs/.
+        """
+
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputRef]: ...
     def __init__(
         self,
         *,
@@ -473,18 +487,57 @@ class Assign(_message.Message):
         resources: Global___Resources | None = ...,
         timeout_seconds: _builtins.int = ...,
         network: _builtins.bool = ...,
-        input_bundle: _builtins.bytes = ...,
         pull: _builtins.bool = ...,
         disk_bytes: _builtins.int = ...,
         price_cap_seconds: _builtins.float = ...,
+        bundle: Global___InputRef | None = ...,
+        inputs: _abc.Iterable[Global___InputRef] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "image", b"image", "input_bundle", b"input_bundle", "network", b"network", "price_cap_seconds", b"price_cap_seconds", "pull", b"pull", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "bundle", b"bundle", "command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "image", b"image", "inputs", b"inputs", "network", b"network", "price_cap_seconds", b"price_cap_seconds", "pull", b"pull", "resources", b"resources", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assign: _TypeAlias = Assign  # noqa: Y015
+
+@_typing.final
+class InputRef(_message.Message):
+    """One input of a task, by content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """its name under /work/inputs/ ("" for the bundle)"""
+    digest: _builtins.str
+    """sha256:<64 hex>"""
+    size: _builtins.int
+    """bytes of the blob"""
+    kind: _builtins.str
+    """"file" (mounted as is) | "dir" (a zip, unpacked read-only)"""
+    url: _builtins.str
+    """the worker fetches it from here (hub setting input_url_prefixes)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind", "name", b"name", "size", b"size", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputRef: _TypeAlias = InputRef  # noqa: Y015
 
 @_typing.final
 class CancelTask(_message.Message):
@@ -641,12 +694,13 @@ class SubmitRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
-    INPUT_BUNDLE_FIELD_NUMBER: _builtins.int
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     MAX_COST_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """default: the Python image when the bundle has main.py"""
     timeout_seconds: _builtins.int
@@ -656,8 +710,8 @@ class SubmitRequest(_message.Message):
     max_attempts: _builtins.int
     """0: the hub's default"""
     network: _builtins.bool
-    input_bundle: _builtins.bytes
-    """a zip, unpacked into the writable /work"""
+    bundle_digest: _builtins.str
+    """an uploaded zip (sha256:…), unpacked into the writable /work"""
     name: _builtins.str
     owner: _builtins.str
     """only the hub may submit on behalf of someone else"""
@@ -674,6 +728,10 @@ class SubmitRequest(_message.Message):
     def resources(self) -> Global___Resources:
         """zero fields take the hub's defaults"""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputRef]:
+        """name, and digest (uploaded) or url#digest; size is the hub's"""
+
     def __init__(
         self,
         *,
@@ -685,16 +743,17 @@ class SubmitRequest(_message.Message):
         priority: _builtins.int = ...,
         max_attempts: _builtins.int = ...,
         network: _builtins.bool = ...,
-        input_bundle: _builtins.bytes = ...,
+        bundle_digest: _builtins.str = ...,
         name: _builtins.str = ...,
         owner: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         max_cost: _builtins.int = ...,
         disk_bytes: _builtins.int = ...,
+        inputs: _abc.Iterable[Global___InputRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "input_bundle", b"input_bundle", "max_attempts", b"max_attempts", "max_cost", b"max_cost", "name", b"name", "network", b"network", "owner", b"owner", "priority", b"priority", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "command", b"command", "disk_bytes", b"disk_bytes", "env", b"env", "idempotency_key", b"idempotency_key", "image", b"image", "inputs", b"inputs", "max_attempts", b"max_attempts", "max_cost", b"max_cost", "name", b"name", "network", b"network", "owner", b"owner", "priority", b"priority", "resources", b"resources", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,6 +852,9 @@ class Task(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     SETTLED_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_DIGEST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -820,6 +882,8 @@ class Task(_message.Message):
     settled: _builtins.bool
     disk_bytes: _builtins.int
     """the task's disk limit"""
+    output_digest: _builtins.str
+    """the result zip (sha256:…; empty: no result)"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -828,6 +892,12 @@ class Task(_message.Message):
     def usage(self) -> Global___Usage: ...
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    @_builtins.property
+    def bundle(self) -> Global___InputRef:
+        """digest empty: no bundle"""
+
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputRef]: ...
     def __init__(
         self,
         *,
@@ -859,10 +929,13 @@ class Task(_message.Message):
         cost: _builtins.int = ...,
         settled: _builtins.bool = ...,
         disk_bytes: _builtins.int = ...,
+        bundle: Global___InputRef | None = ...,
+        inputs: _abc.Iterable[Global___InputRef] | None = ...,
+        output_digest: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "resources", b"resources", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "disk_bytes", b"disk_bytes", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "bundle", b"bundle", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "disk_bytes", b"disk_bytes", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "inputs", b"inputs", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "output_digest", b"output_digest", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1009,26 +1082,207 @@ class LogEntry(_message.Message):
 Global___LogEntry: _TypeAlias = LogEntry  # noqa: Y015
 
 @_typing.final
-class ResultBundle(_message.Message):
+class BlobChunk(_message.Message):
+    """---- blobs ---------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """at most 1 MiB"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobChunk: _TypeAlias = BlobChunk  # noqa: Y015
+
+@_typing.final
+class BlobRead(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    offset: _builtins.int
+    task_id: _builtins.str
+    """the attempt it is an input of (assigned to the caller)"""
+    attempt: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "digest", b"digest", "offset", b"offset", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobRead: _TypeAlias = BlobRead  # noqa: Y015
+
+@_typing.final
+class ResultRead(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
-    OUTPUT_BUNDLE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
-    output_bundle: _builtins.bytes
+    owner: _builtins.str
+    """as in TaskRef"""
+    offset: _builtins.int
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
-        output_bundle: _builtins.bytes = ...,
+        owner: _builtins.str = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_bundle", b"output_bundle", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "owner", b"owner", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ResultBundle: _TypeAlias = ResultBundle  # noqa: Y015
+Global___ResultRead: _TypeAlias = ResultRead  # noqa: Y015
+
+@_typing.final
+class ResultChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """these four in the first message (and ResultOffset)"""
+    attempt: _builtins.int
+    digest: _builtins.str
+    size: _builtins.int
+    offset: _builtins.int
+    """where this message's data starts"""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "digest", b"digest", "offset", b"offset", "size", b"size", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultChunk: _TypeAlias = ResultChunk  # noqa: Y015
+
+@_typing.final
+class UploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """sha256:<hex> of the whole blob"""
+    size: _builtins.int
+    account: _builtins.str
+    """only the hub may upload for another account"""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+        account: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "digest", b"digest", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadRequest: _TypeAlias = UploadRequest  # noqa: Y015
+
+@_typing.final
+class UploadChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """first message: the id and where its data starts"""
+    offset: _builtins.int
+    data: _builtins.bytes
+    account: _builtins.str
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        account: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "data", b"data", "offset", b"offset", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadChunk: _TypeAlias = UploadChunk  # noqa: Y015
+
+@_typing.final
+class UploadState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """"" when nothing needs to be sent"""
+    offset: _builtins.int
+    """bytes the hub holds of it"""
+    complete: _builtins.bool
+    """stored and verified: refer to it by digest"""
+    digest: _builtins.str
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        complete: _builtins.bool = ...,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "digest", b"digest", "offset", b"offset", "size", b"size", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadState: _TypeAlias = UploadState  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):

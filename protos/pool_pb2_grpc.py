@@ -97,6 +97,168 @@ class Pool:
             _registered_method=True)
 
 
+class BlobsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Read = channel.unary_stream(
+                '/hivemind.pool.Blobs/Read',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.BlobRead.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.WriteResult = channel.stream_unary(
+                '/hivemind.pool.Blobs/WriteResult',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultChunk.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
+                _registered_method=True)
+        self.ResultOffset = channel.unary_unary(
+                '/hivemind.pool.Blobs/ResultOffset',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultChunk.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
+                _registered_method=True)
+
+
+class BlobsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Read(self, request, context):
+        """A worker reads an input of an attempt assigned to it, from ``offset`` to the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteResult(self, request_iterator, context):
+        """A worker sends its attempt's result zip: the first message names it (task, attempt,
+        digest, size, offset), every message may carry data; resumed from ResultOffset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResultOffset(self, request, context):
+        """data ignored
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_BlobsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Read': grpc.unary_stream_rpc_method_handler(
+                    servicer.Read,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.BlobRead.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.BlobChunk.SerializeToString,
+            ),
+            'WriteResult': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteResult,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultChunk.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.SerializeToString,
+            ),
+            'ResultOffset': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResultOffset,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultChunk.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'hivemind.pool.Blobs', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('hivemind.pool.Blobs', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Blobs:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Read(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hivemind.pool.Blobs/Read',
+            hivemind__cluster_dot_protos_dot_pool__pb2.BlobRead.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteResult(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hivemind.pool.Blobs/WriteResult',
+            hivemind__cluster_dot_protos_dot_pool__pb2.ResultChunk.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResultOffset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivemind.pool.Blobs/ResultOffset',
+            hivemind__cluster_dot_protos_dot_pool__pb2.ResultChunk.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class TasksStub:
     """Missing associated documentation comment in .proto file."""
 
@@ -136,10 +298,20 @@ class TasksStub:
                 request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.SerializeToString,
                 response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogPage.FromString,
                 _registered_method=True)
-        self.FetchResult = channel.unary_unary(
-                '/hivemind.pool.Tasks/FetchResult',
-                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.TaskRef.SerializeToString,
-                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultBundle.FromString,
+        self.ReadResult = channel.unary_stream(
+                '/hivemind.pool.Tasks/ReadResult',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultRead.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.BeginUpload = channel.unary_unary(
+                '/hivemind.pool.Tasks/BeginUpload',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadRequest.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
+                _registered_method=True)
+        self.Upload = channel.stream_unary(
+                '/hivemind.pool.Tasks/Upload',
+                request_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadChunk.SerializeToString,
+                response_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
                 _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/hivemind.pool.Tasks/ListNodes',
@@ -213,7 +385,22 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def FetchResult(self, request, context):
+    def ReadResult(self, request, context):
+        """the result zip, from an offset
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginUpload(self, request, context):
+        """Uploads of the caller's (or, for the hub, ``account``'s) inputs, resumable by offset:
+        BeginUpload says what the hub holds already, Upload appends chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Upload(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,10 +476,20 @@ def add_TasksServicer_to_server(servicer, server):
                     request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogsRequest.FromString,
                     response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.LogPage.SerializeToString,
             ),
-            'FetchResult': grpc.unary_unary_rpc_method_handler(
-                    servicer.FetchResult,
-                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.TaskRef.FromString,
-                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultBundle.SerializeToString,
+            'ReadResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadResult,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.ResultRead.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.BlobChunk.SerializeToString,
+            ),
+            'BeginUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginUpload,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadRequest.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.SerializeToString,
+            ),
+            'Upload': grpc.stream_unary_rpc_method_handler(
+                    servicer.Upload,
+                    request_deserializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadChunk.FromString,
+                    response_serializer=hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -498,7 +695,34 @@ class Tasks:
             _registered_method=True)
 
     @staticmethod
-    def FetchResult(request,
+    def ReadResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hivemind.pool.Tasks/ReadResult',
+            hivemind__cluster_dot_protos_dot_pool__pb2.ResultRead.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginUpload(request,
             target,
             options=(),
             channel_credentials=None,
@@ -511,9 +735,36 @@ class Tasks:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hivemind.pool.Tasks/FetchResult',
-            hivemind__cluster_dot_protos_dot_pool__pb2.TaskRef.SerializeToString,
-            hivemind__cluster_dot_protos_dot_pool__pb2.ResultBundle.FromString,
+            '/hivemind.pool.Tasks/BeginUpload',
+            hivemind__cluster_dot_protos_dot_pool__pb2.UploadRequest.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hivemind.pool.Tasks/Upload',
+            hivemind__cluster_dot_protos_dot_pool__pb2.UploadChunk.SerializeToString,
+            hivemind__cluster_dot_protos_dot_pool__pb2.UploadState.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,8 @@ Pool     — one long-lived bidirectional stream per worker agent: registration 
            heartbeats go up, assignments and cancellations come down at once.
 Tasks    — submit and query tasks, stream logs, fetch results, list nodes
            (operators, the hub itself and, later, the web UI).
+Blobs    — workers fetch their tasks' inputs and send their results, in chunks, by
+           SHA-256 digest (blobs/ on the hub: content-addressed, resumable by offset).
 """
 
 from collections import abc as _abc
@@ -54,6 +56,61 @@ class PoolServicer(metaclass=_abc_1.ABCMeta):
 
 def add_PoolServicer_to_server(servicer: PoolServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class BlobsStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> BlobsAsyncStub: ...
+    Read: _grpc.UnaryStreamMultiCallable[_pool_pb2.BlobRead, _pool_pb2.BlobChunk]
+    """A worker reads an input of an attempt assigned to it, from ``offset`` to the end."""
+    WriteResult: _grpc.StreamUnaryMultiCallable[_pool_pb2.ResultChunk, _pool_pb2.UploadState]
+    """A worker sends its attempt's result zip: the first message names it (task, attempt,
+    digest, size, offset), every message may carry data; resumed from ResultOffset.
+    """
+    ResultOffset: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ResultChunk, _pool_pb2.UploadState]
+    """data ignored"""
+
+@_typing.type_check_only
+class BlobsAsyncStub(BlobsStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Read: _aio.UnaryStreamMultiCallable[_pool_pb2.BlobRead, _pool_pb2.BlobChunk]  # type: ignore[assignment]
+    """A worker reads an input of an attempt assigned to it, from ``offset`` to the end."""
+    WriteResult: _aio.StreamUnaryMultiCallable[_pool_pb2.ResultChunk, _pool_pb2.UploadState]  # type: ignore[assignment]
+    """A worker sends its attempt's result zip: the first message names it (task, attempt,
+    digest, size, offset), every message may carry data; resumed from ResultOffset.
+    """
+    ResultOffset: _aio.UnaryUnaryMultiCallable[_pool_pb2.ResultChunk, _pool_pb2.UploadState]  # type: ignore[assignment]
+    """data ignored"""
+
+class BlobsServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Read(
+        self,
+        request: _pool_pb2.BlobRead,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_pool_pb2.BlobChunk], _abc.AsyncIterator[_pool_pb2.BlobChunk]]:
+        """A worker reads an input of an attempt assigned to it, from ``offset`` to the end."""
+
+    @_abc_1.abstractmethod
+    def WriteResult(
+        self,
+        request_iterator: _MaybeAsyncIterator[_pool_pb2.ResultChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.UploadState, _abc.Awaitable[_pool_pb2.UploadState]]:
+        """A worker sends its attempt's result zip: the first message names it (task, attempt,
+        digest, size, offset), every message may carry data; resumed from ResultOffset.
+        """
+
+    @_abc_1.abstractmethod
+    def ResultOffset(
+        self,
+        request: _pool_pb2.ResultChunk,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.UploadState, _abc.Awaitable[_pool_pb2.UploadState]]:
+        """data ignored"""
+
+def add_BlobsServicer_to_server(servicer: BlobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class TasksStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -66,7 +123,13 @@ class TasksStub:
     StreamLogs: _grpc.UnaryStreamMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogEntry]
     ReadLogs: _grpc.UnaryUnaryMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogPage]
     """one page: cheaper than a stream to poll"""
-    FetchResult: _grpc.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]
+    ReadResult: _grpc.UnaryStreamMultiCallable[_pool_pb2.ResultRead, _pool_pb2.BlobChunk]
+    """the result zip, from an offset"""
+    BeginUpload: _grpc.UnaryUnaryMultiCallable[_pool_pb2.UploadRequest, _pool_pb2.UploadState]
+    """Uploads of the caller's (or, for the hub, ``account``'s) inputs, resumable by offset:
+    BeginUpload says what the hub holds already, Upload appends chunks.
+    """
+    Upload: _grpc.StreamUnaryMultiCallable[_pool_pb2.UploadChunk, _pool_pb2.UploadState]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]
     Balance: _grpc.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]
     OpenAccount: _grpc.UnaryUnaryMultiCallable[_pool_pb2.OpenAccountRequest, _pool_pb2.AccountBalance]
@@ -85,7 +148,13 @@ class TasksAsyncStub(TasksStub):
     StreamLogs: _aio.UnaryStreamMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogEntry]  # type: ignore[assignment]
     ReadLogs: _aio.UnaryUnaryMultiCallable[_pool_pb2.LogsRequest, _pool_pb2.LogPage]  # type: ignore[assignment]
     """one page: cheaper than a stream to poll"""
-    FetchResult: _aio.UnaryUnaryMultiCallable[_pool_pb2.TaskRef, _pool_pb2.ResultBundle]  # type: ignore[assignment]
+    ReadResult: _aio.UnaryStreamMultiCallable[_pool_pb2.ResultRead, _pool_pb2.BlobChunk]  # type: ignore[assignment]
+    """the result zip, from an offset"""
+    BeginUpload: _aio.UnaryUnaryMultiCallable[_pool_pb2.UploadRequest, _pool_pb2.UploadState]  # type: ignore[assignment]
+    """Uploads of the caller's (or, for the hub, ``account``'s) inputs, resumable by offset:
+    BeginUpload says what the hub holds already, Upload appends chunks.
+    """
+    Upload: _aio.StreamUnaryMultiCallable[_pool_pb2.UploadChunk, _pool_pb2.UploadState]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListNodesRequest, _pool_pb2.NodeList]  # type: ignore[assignment]
     Balance: _aio.UnaryUnaryMultiCallable[_pool_pb2.AccountRef, _pool_pb2.AccountBalance]  # type: ignore[assignment]
     OpenAccount: _aio.UnaryUnaryMultiCallable[_pool_pb2.OpenAccountRequest, _pool_pb2.AccountBalance]  # type: ignore[assignment]
@@ -139,11 +208,29 @@ class TasksServicer(metaclass=_abc_1.ABCMeta):
         """one page: cheaper than a stream to poll"""
 
     @_abc_1.abstractmethod
-    def FetchResult(
+    def ReadResult(
         self,
-        request: _pool_pb2.TaskRef,
+        request: _pool_pb2.ResultRead,
         context: _ServicerContext,
-    ) -> _typing.Union[_pool_pb2.ResultBundle, _abc.Awaitable[_pool_pb2.ResultBundle]]: ...
+    ) -> _typing.Union[_abc.Iterator[_pool_pb2.BlobChunk], _abc.AsyncIterator[_pool_pb2.BlobChunk]]:
+        """the result zip, from an offset"""
+
+    @_abc_1.abstractmethod
+    def BeginUpload(
+        self,
+        request: _pool_pb2.UploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.UploadState, _abc.Awaitable[_pool_pb2.UploadState]]:
+        """Uploads of the caller's (or, for the hub, ``account``'s) inputs, resumable by offset:
+        BeginUpload says what the hub holds already, Upload appends chunks.
+        """
+
+    @_abc_1.abstractmethod
+    def Upload(
+        self,
+        request_iterator: _MaybeAsyncIterator[_pool_pb2.UploadChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.UploadState, _abc.Awaitable[_pool_pb2.UploadState]]: ...
 
     @_abc_1.abstractmethod
     def ListNodes(

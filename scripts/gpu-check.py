@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hivemind_cluster.agent.attemptrun import Executor
 from hivemind_cluster.agent.executor import DockerExecutor
 from hivemind_cluster.agent.facts import Facts, worker_facts
-from hivemind_cluster.agent.worker import Executor
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc

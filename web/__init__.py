@@ -2,9 +2,10 @@
 
 ``create_app(test_config=None)`` builds it from the hub's state directory
 (``HIVEMIND_STATE_DIR``, default /var/lib/hivemind-hub): the hub's Redis for users, the
-pool over gRPC with the hub's own certificate. Tests pass ``SETTINGS``, ``REDIS`` and
-``CHANNEL`` (to the pool) in ``test_config`` instead. One blueprint per area: ``auth``
-(register, log in and out), ``tasks``, ``ledger``, ``mesh`` (pages) and ``api`` (/api/v1).
+pool over gRPC with the hub's own certificate, the hub's blob store. Tests pass
+``SETTINGS``, ``REDIS``, ``CHANNEL`` (to the pool) and maybe ``BLOBS`` in ``test_config``
+instead. One blueprint per area: ``auth`` (register, log in and out), ``tasks``,
+``ledger``, ``mesh`` (pages), ``api`` and ``uploads`` (/api/v1).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from flask_wtf.csrf import CSRFProtect
 
+from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.client.channel import Identity, sync_channel
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.core import redisdb
@@ -23,12 +25,10 @@ from hivemind_cluster.core.files import write_private
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR, WEB_SECRET
 from hivemind_cluster.core.settings import load_hub_settings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
-from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
+from hivemind_cluster.web.constants import BODY_LIMITS, MAX_BODY
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
 
-# A 16 MiB bundle, base64 in JSON (4/3) plus the rest of the body.
-MAX_BODY = MAX_INPUT_BYTES * 4 // 3 + (1 << 20)
 csrf = CSRFProtect()
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -48,18 +48,27 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.update(test_config)
     app.extensions["hivemind"] = _services(app)
+    app.before_request(_body_limit)  # before CSRFProtect's check reads a form
     csrf.init_app(app)
 
-    from hivemind_cluster.web import api, auth, errorpages, filters, ledger, mesh, tasks
+    from hivemind_cluster.web import api, auth, errorpages, filters, ledger, mesh, tasks, uploads
 
     errorpages.init_app(app)
     filters.init_app(app)
     auth.init_app(app)
-    for blueprint in (auth.bp, tasks.bp, ledger.bp, mesh.bp, api.bp):
+    for blueprint in (auth.bp, tasks.bp, ledger.bp, mesh.bp, api.bp, uploads.bp):
         app.register_blueprint(blueprint)
-    csrf.exempt(api.bp)  # the API checks CSRF itself for browser sessions (api.authenticate)
+    for checks_itself in (api.bp, uploads.bp):  # CSRF for browser sessions: api.authenticate
+        csrf.exempt(checks_itself)
     app.after_request(_security_headers)
     return app
+
+
+def _body_limit() -> None:
+    """The few routes that take data allow bodies larger than MAX_BODY (their own limit)."""
+    limit = BODY_LIMITS.get(request.endpoint or "")
+    if limit is not None:
+        request.max_content_length = limit
 
 
 def _security_headers(response: Response) -> Response:
@@ -89,7 +98,9 @@ def _services(app: Flask) -> Services:
         config.get("PASSWORD_HASHER"),
         config.get("LIMITS"),
     )
-    return Services(settings, db, users, channel, peers)
+    given: BlobStore | None = config.get("BLOBS")
+    blobs = (lambda: given) if given is not None else (lambda: BlobStore.for_hub(settings, db))
+    return Services(settings, db, users, channel, peers, blobs)
 
 
 def _secret_key(state_dir: Path) -> str:

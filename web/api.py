@@ -1,4 +1,5 @@
-"""The JSON API under /api/v1 (the ``hivemind`` CLI uses it; see openapi.py).
+"""The JSON API under /api/v1 (the ``hivemind`` CLI uses it; see openapi.py); uploads are
+in uploads.py.
 
 Callers authenticate with ``Authorization: Bearer <token>`` (from ``POST /tokens``) or,
 from the UI's own scripts, with the browser session — then a state-changing request
@@ -26,7 +27,7 @@ from hivemind_cluster.model.states import ALL_STATES, MAX_ROWS
 from hivemind_cluster.model.submission import check_text, whole_number
 from hivemind_cluster.web import mesh, openapi
 from hivemind_cluster.web.auth import client_address
-from hivemind_cluster.web.downloads import zip_download
+from hivemind_cluster.web.downloads import result_download
 from hivemind_cluster.web.services import services
 from hivemind_cluster.web.users import User
 
@@ -176,7 +177,8 @@ def submit() -> ResponseReturnValue:
 def quote() -> ResponseReturnValue:
     submitted = submission.from_json(read_json())
     found = services()
-    cap = submission.price_cap(submitted, found.settings)
+    bundle = found.bundle_file(api_user().account, submitted.bundle_digest)
+    cap = submission.price_cap(submitted, found.settings, bundle)
     return {"price_cap": cpt(cap), "price_cap_micro": cap}
 
 
@@ -204,7 +206,7 @@ def logs(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/result")
 @authenticated
 def result(task_id: str) -> ResponseReturnValue:
-    return zip_download(task_id, my_pool().result(task_id))
+    return result_download(my_pool(), task_id)
 
 
 # Ledger

@@ -1,4 +1,6 @@
-"""Every Redis key the web UI uses, in one place."""
+"""Every Redis key the web UI uses, and its limits on request bodies, in one place."""
+
+from hivemind_cluster.core.units import MIB
 
 USER = "hm:web:user:{name}"  # hash: password_hash, account, created_at
 TOKEN = "hm:web:token:{digest}"  # hash: username, created_at (key: sha256 of the API token)
@@ -10,3 +12,21 @@ REGISTRATIONS = "hm:web:registrations:{ip}"  # counter with a TTL (rate limiting
 TOKEN_TTL = 30 * 86400  # API tokens last 30 days
 SESSION_TTL = 7 * 86400  # a browser login lasts a week (or until logout)
 LOGIN_WINDOW = 300  # seconds over which failed logins are counted
+
+# Request bodies: JSON is small (data comes as uploads, by digest); an upload's PATCH carries
+# up to UPLOAD_CHUNK_BYTES (the CLI sends 8 MiB, the page's script too); the submit form
+# without its script sends the bundle itself, up to FORM_BUNDLE_BYTES (bigger: the script
+# uploads it in pieces, or the CLI). waitress' own limit (max_request_body_size, 1 GiB by
+# default) is above all of them.
+MAX_BODY = 1 * MIB
+UPLOAD_CHUNK_BYTES = 16 * MIB
+SLICE_BYTES = 8 * MIB  # what the submit page's script sends per PATCH
+FORM_BUNDLE_BYTES = 256 * MIB
+BODY_LIMITS = {
+    "uploads.append": UPLOAD_CHUNK_BYTES,
+    "tasks.new_task": FORM_BUNDLE_BYTES,
+}
+# An upload's PATCH: its body's type, and the header of the offset it starts at (and, in
+# the reply, the bytes the hub holds).
+CHUNK_TYPE = "application/offset+octet-stream"
+OFFSET_HEADER = "Upload-Offset"

@@ -1,14 +1,44 @@
-"""File downloads shared by the pages and the API."""
+"""A task's result download, shared by the pages and the API: the zip straight from the
+hub's blob file (``send_file``: Range requests give 206, so a cut download resumes), its
+digest as the ETag and in X-Content-SHA256 for the client to verify what it got."""
 
 from __future__ import annotations
 
-from flask import Response
+from flask import Response, send_file
+
+from hivemind_cluster.client.grpcclient import GrpcTaskClient
+from hivemind_cluster.core.errors import Conflict, NotFound
+from hivemind_cluster.model.blobs import digest_hex
+from hivemind_cluster.model.states import FINAL_STATES
+from hivemind_cluster.web.services import services
+
+DIGEST_HEADER = "X-Content-SHA256"
 
 
-def zip_download(task_id: str, bundle: bytes) -> Response:
-    """A task's output zip as a file download (``task_id`` is one the pool has found)."""
-    return Response(
-        bundle,
-        mimetype="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{task_id}-output.zip"'},
+def result_download(pool: GrpcTaskClient, task_id: str) -> Response:
+    """The output of ``task_id`` as its owner's ``pool`` finds it: asked first, so another
+    user's task is not found before any file is looked at; 204 when it wrote nothing."""
+    task = pool.get(task_id)
+    if task["status"] not in FINAL_STATES:
+        raise Conflict(f"task {task['id']} is {task['status']}: no result yet")
+    digest = str(task.get("output_digest") or "")
+    if not digest:
+        return Response(status=204)
+    found = services()
+    gone = NotFound(
+        f"the result of task {task['id']} is no longer on the hub (results are kept "
+        f"{found.settings.result_retention_seconds // 3600} hours after their task ended)"
     )
+    try:
+        reply = send_file(
+            found.blobs.path(digest),
+            mimetype="application/zip",
+            as_attachment=True,
+            download_name=f"{task['id']}-output.zip",
+            conditional=True,
+            etag=digest_hex(digest),
+        )
+    except (NotFound, FileNotFoundError):  # removed, or removed just now
+        raise gone from None
+    reply.headers[DIGEST_HEADER] = digest
+    return reply

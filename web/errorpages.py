@@ -10,12 +10,13 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, current_app, flash, render_template, request
+from flask import Flask, flash, render_template, request
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from hivemind_cluster.core.errors import HiveMindError, Unavailable, http_status
+from hivemind_cluster.core.units import format_bytes
 
 log = logging.getLogger("hivemind.web")
 
@@ -58,8 +59,8 @@ def _csrf_error(error: CSRFError) -> ResponseReturnValue:
 
 
 def _too_large(error: RequestEntityTooLarge) -> ResponseReturnValue:
-    limit = int(current_app.config["MAX_CONTENT_LENGTH"]) >> 20
-    return respond(413, "too_large", f"the request is larger than {limit} MiB")
+    limit = request.max_content_length or 0  # this route's limit (web/constants.BODY_LIMITS)
+    return respond(413, "too_large", f"the request is larger than {format_bytes(limit, True)}")
 
 
 def _http_error(error: HTTPException) -> ResponseReturnValue:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from hivemind_cluster import __version__
+from hivemind_cluster.model.blobs import INPUT_KINDS, MAX_INPUTS, MAX_URL
 from hivemind_cluster.model.states import ALL_STATES, MAX_ROWS
+from hivemind_cluster.web.constants import CHUNK_TYPE, OFFSET_HEADER, UPLOAD_CHUNK_BYTES
 
 Schema = dict[str, Any]
 
@@ -48,7 +50,25 @@ LIMIT = {
     "in": "query",
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ROWS},
 }
+UPLOAD_ID = {
+    "name": "upload_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 64},
+}
 SECURED: list[Schema] = [{"token": []}]
+DIGEST = {
+    "type": "string",
+    "pattern": "^sha256:[0-9a-f]{64}$",
+    "description": "sha256:<64 hex>, of an upload (POST /uploads)",
+}
+INPUT_NAME = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.+=@,-]{0,99}$",
+    "description": "its name under /work/inputs/",
+}
+# An input of a task as the pool shows it (a URL's size is 0).
+INPUT = obj({"name": STRING, "digest": STRING, "size": INTEGER, "kind": STRING, "url": STRING})
 # What /register answers and /me shows.
 ACCOUNT = obj({"username": STRING, "account": STRING, "balance": NUMBER, "balance_micro": INTEGER})
 
@@ -94,11 +114,66 @@ SCHEMAS: dict[str, Schema] = {
             "network": BOOLEAN,
             "name": STRING,
             "max_cost": {"oneOf": [STRING, NUMBER], "description": "CPT held in escrow: 2.5"},
-            "bundle": {"type": "string", "format": "byte", "description": "a zip, base64"},
+            "bundle": DIGEST | {"description": "an uploaded zip, unpacked into /work"},
+            "inputs": {
+                "type": "array",
+                "maxItems": MAX_INPUTS,
+                "items": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "digest"],
+                            "properties": {
+                                "name": INPUT_NAME,
+                                "digest": DIGEST,
+                                "kind": {"type": "string", "enum": list(INPUT_KINDS)},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["url"],
+                            "properties": {
+                                "name": INPUT_NAME,
+                                "url": {
+                                    "type": "string",
+                                    "maxLength": MAX_URL,
+                                    "description": "https://HOST/PATH#sha256=HEX, fetched by "
+                                    "the worker (where the hub allows it)",
+                                },
+                            },
+                        },
+                    ]
+                },
+                "description": "mounted read-only under /work/inputs/<name>: a file as it "
+                "is, a dir (an uploaded zip of a directory) unpacked",
+            },
             "idempotency_key": STRING,
         },
     },
     "Quote": obj({"price_cap": NUMBER, "price_cap_micro": INTEGER}),
+    "UploadRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["size"],
+        "properties": {
+            "size": {"type": "integer", "minimum": 1, "description": "bytes"},
+            "digest": DIGEST | {"description": "sha256:<64 hex> if known (resume, reuse)"},
+        },
+    },
+    "UploadState": obj(
+        {
+            "upload_id": {"type": "string", "description": "'' when nothing is to be sent"},
+            "offset": {"type": "integer", "description": "bytes the hub holds"},
+            "size": INTEGER,
+            "digest": {"type": "string", "description": "'' until complete, if not announced"},
+            "complete": {"type": "boolean", "description": "stored: submit it by digest"},
+        }
+    ),
+    "Storage": obj(
+        {"used": STRING, "used_bytes": INTEGER, "quota": STRING, "quota_bytes": INTEGER}
+    ),
     "Attempt": obj(
         {
             "attempt": INTEGER,
@@ -142,6 +217,9 @@ SCHEMAS: dict[str, Schema] = {
             "ended_at": nullable("number"),
             "attempts": {"type": "array", "items": ref("Attempt")},
             "output_bytes": INTEGER,
+            "output_digest": {"type": "string", "description": "the result zip; '': none"},
+            "bundle": {"type": "string", "description": "the bundle's digest; '': none"},
+            "inputs": {"type": "array", "items": INPUT},
             "price_cap": NUMBER,
             "price_cap_micro": INTEGER,
             "cost": nullable("number"),
@@ -249,6 +327,48 @@ def operation(
 
 
 AUTH = ("400", "401")
+ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+RESULT = operation(
+    "The task's /out files, as a zip (Range requests resume a download)",
+    ("200", {"description": "a zip; ETag and X-Content-SHA256: its digest", "content": ZIP}),
+    ("400", "401", "404", "409"),
+    parameters=[TASK_ID],
+)
+RESULT["responses"] |= {
+    "204": {"description": "the task wrote no files"},
+    "206": {"description": "the requested range of the zip", "content": ZIP},
+    "416": {"description": "a range outside the zip"},
+}
+BEGIN = operation(
+    "Begin (or resume) an upload",
+    ("201", reply("UploadState", "send the bytes from offset")),
+    ("400", "401", "413"),
+    body="UploadRequest",
+)
+BEGIN["responses"]["200"] = reply("UploadState", "the hub holds it already: send nothing")
+OFFSET_REPLY = {OFFSET_HEADER: {"schema": INTEGER, "description": "bytes the hub holds"}}
+APPEND = operation(
+    f"The next bytes of an upload, at most {UPLOAD_CHUNK_BYTES >> 20} MiB, at {OFFSET_HEADER}",
+    ("200", reply("UploadState") | {"headers": OFFSET_REPLY}),
+    ("400", "401", "404", "413"),
+    parameters=[
+        UPLOAD_ID,
+        {
+            "name": OFFSET_HEADER,
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+        },
+    ],
+)
+APPEND["responses"]["409"] = ERROR | {
+    "description": "not at that offset: resume from the Upload-Offset header",
+    "headers": OFFSET_REPLY,
+}
+APPEND["requestBody"] = {
+    "required": True,
+    "content": {CHUNK_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+}
 PATHS: dict[str, Schema] = {
     "/register": {
         "post": operation(
@@ -290,7 +410,7 @@ PATHS: dict[str, Schema] = {
         "post": operation(
             "Submit a task (its price cap moves into escrow)",
             ("201", reply("Task", "submitted")),
-            ("400", "401", "409"),
+            ("400", "401", "403", "404", "409"),
             body="Submission",
         ),
     },
@@ -298,7 +418,7 @@ PATHS: dict[str, Schema] = {
         "post": operation(
             "The price cap a submission would hold in escrow",
             ("200", reply("Quote")),
-            ("400", "401"),
+            ("400", "401", "404"),
             body="Submission",
         )
     },
@@ -324,21 +444,20 @@ PATHS: dict[str, Schema] = {
             ],
         )
     },
-    "/tasks/{task_id}/result": {
+    "/tasks/{task_id}/result": {"get": RESULT},
+    "/uploads": {
+        "post": BEGIN,
+    },
+    "/uploads/{upload_id}": {
         "get": operation(
-            "The task's /out files, as a zip",
-            (
-                "200",
-                {
-                    "description": "a zip",
-                    "content": {
-                        "application/zip": {"schema": {"type": "string", "format": "binary"}}
-                    },
-                },
-            ),
-            ("400", "401", "404", "409"),
-            parameters=[TASK_ID],
-        )
+            "An upload's state (where to resume)",
+            ("200", reply("UploadState")),
+            parameters=[UPLOAD_ID],
+        ),
+        "patch": APPEND,
+    },
+    "/storage": {
+        "get": operation("Your uploads' bytes and your quota", ("200", reply("Storage")), AUTH)
     },
     "/balance": {"get": operation("Your balance", ("200", reply("Balance")), AUTH)},
     "/history": {

@@ -14,12 +14,18 @@ import time
 
 from hivemind_cluster.core.names import WEB_PARENT_ENV
 from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.core.units import MIB
+from hivemind_cluster.web.constants import FORM_BUNDLE_BYTES
 
 log = logging.getLogger("hivemind.web")
 # Requests served at once. Password hashing holds at most registration_hashes + login_hashes
 # + twice waiting_hashes = 9 of them (users.Limits), so a flood of registrations or logins
 # always leaves threads to everyone else's requests.
 THREADS = 16
+# The largest body a route takes (web/constants.py: the form's bundle), with room for the
+# rest of the form: waitress refuses more before buffering it, rather than spooling up to
+# its default 1 GiB to disk for the app to refuse.
+MAX_REQUEST_BODY = FORM_BUNDLE_BYTES + MIB
 
 
 def serve(settings: HubSettings) -> None:
@@ -34,7 +40,12 @@ def serve(settings: HubSettings) -> None:
         threading.Thread(target=_exit_with_parent, args=(int(parent),), daemon=True).start()
     log.info("web UI on http://%s:%d", settings.hub_ip, settings.web_port)
     waitress.serve(
-        app, host=settings.hub_ip, port=settings.web_port, threads=THREADS, ident="hivemind"
+        app,
+        host=settings.hub_ip,
+        port=settings.web_port,
+        threads=THREADS,
+        ident="hivemind",
+        max_request_body_size=MAX_REQUEST_BODY,
     )
 
 

@@ -1,5 +1,8 @@
 """Pages for tasks: the dashboard, the list, submitting (with the price cap shown first),
-and a task's detail page with live status and logs (its script polls the API)."""
+and a task's detail page with live status and logs (its script polls the API).
+
+The submit form's script uploads the bundle in pieces (uploads.py) and sends its digest in
+the ``bundle`` field; without the script, the file itself comes in ``bundle_file``."""
 
 from __future__ import annotations
 
@@ -7,19 +10,22 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from hivemind_cluster.client.views import amount_text, charge_lines, charge_view
-from hivemind_cluster.core.errors import HiveMindError, InvalidInput, TooLarge
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput
 from hivemind_cluster.model import submission
-from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
 from hivemind_cluster.model.states import ALL_STATES
 from hivemind_cluster.web.auth import current_user, login_required
-from hivemind_cluster.web.downloads import zip_download
+from hivemind_cluster.web.constants import FORM_BUNDLE_BYTES, SLICE_BYTES
+from hivemind_cluster.web.downloads import result_download
 from hivemind_cluster.web.errorpages import form_failed
 from hivemind_cluster.web.services import services
+from hivemind_cluster.web.uploads import store_file
 
 bp = Blueprint("tasks", __name__)
 IMAGES = (DEFAULT_PYTHON_IMAGE, "hivemind/busybox:latest")
+# What the submit page shows besides the form (its script uploads in slices of this size).
+FORM_PAGE = {"images": IMAGES, "slice_bytes": SLICE_BYTES, "form_limit": FORM_BUNDLE_BYTES}
 
 
 @bp.get("/")
@@ -39,32 +45,33 @@ def task_list() -> ResponseReturnValue:
     return render_template("tasks.html", tasks=tasks, status=status, states=ALL_STATES)
 
 
-def _uploaded_bundle() -> bytes:
-    upload = request.files.get("bundle")
+def _uploaded_bundle(account: str) -> str:
+    """The digest of the bundle file the form sent (stored now), "" if it sent none."""
+    upload = request.files.get("bundle_file")
     if upload is None or not upload.filename:
-        return b""
-    data: bytes = upload.read(MAX_INPUT_BYTES + 1)
-    if len(data) > MAX_INPUT_BYTES:
-        raise TooLarge(f"the bundle is larger than {MAX_INPUT_BYTES >> 20} MiB")
-    return data
+        return ""
+    return store_file(account, upload.stream)
 
 
 @bp.route("/tasks/new", methods=["GET", "POST"])
 @login_required
 def new_task() -> ResponseReturnValue:
-    found = services()
+    found, account = services(), current_user().account
     form = request.form
     if request.method == "GET":
-        default = submission.price_cap(submission.from_form({}, b""), found.settings)
-        return render_template("task_new.html", form={}, images=IMAGES, price_cap=default)
+        default = submission.price_cap(submission.from_form({}), found.settings, None)
+        return render_template("task_new.html", form={}, price_cap=default, **FORM_PAGE)
+    shown = form.to_dict()  # the page again keeps what was typed, and the uploaded bundle
     try:
-        submitted = submission.from_form(form, _uploaded_bundle())
-        price_cap = submission.price_cap(submitted, found.settings)
+        shown["bundle"] = _uploaded_bundle(account) or shown.get("bundle", "")
+        submitted = submission.from_form(shown)
+        bundle = found.bundle_file(account, submitted.bundle_digest)
+        price_cap = submission.price_cap(submitted, found.settings, bundle)
         if form.get("action") == "quote":  # without JavaScript: show the price, then submit
-            return render_template("task_new.html", form=form, images=IMAGES, price_cap=price_cap)
-        task = found.pool(current_user().account).submit_request(submitted)
+            return render_template("task_new.html", form=shown, price_cap=price_cap, **FORM_PAGE)
+        task = found.pool(account).submit_request(submitted)
     except HiveMindError as exc:
-        return form_failed(exc, "task_new.html", form=form, images=IMAGES, price_cap=None)
+        return form_failed(exc, "task_new.html", form=shown, price_cap=None, **FORM_PAGE)
     held = amount_text(task["price_cap_micro"])
     flash(f"Task {task['id']} submitted; {held} held in escrow.", "info")
     return redirect(url_for("tasks.detail", task_id=task["id"]))
@@ -93,4 +100,4 @@ def cancel(task_id: str) -> ResponseReturnValue:
 @bp.get("/tasks/<task_id>/result")
 @login_required
 def result(task_id: str) -> ResponseReturnValue:
-    return zip_download(task_id, services().pool(current_user().account).result(task_id))
+    return result_download(services().pool(current_user().account), task_id)

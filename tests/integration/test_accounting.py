@@ -36,7 +36,7 @@ USAGE = Usage(cpu_seconds=2.5, peak_memory_bytes=200_000_000, wall_seconds=3.0, 
 
 
 def measured(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-    return Outcome("succeeded", 0, "", USAGE, b"")
+    return Outcome("succeeded", 0, "", USAGE)
 
 
 def sync_ledger(redis_server: RedisServer) -> tuple[Ledger, redis.Redis]:
@@ -169,7 +169,7 @@ async def test_an_idempotent_resubmission_does_not_charge_twice(cluster: Cluster
 @in_an_audited_cluster()
 async def test_settlement_ignores_usage_of_a_task_that_never_ran(cluster: Cluster) -> None:
     def fail_fast(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-        return Outcome("failed", -1, "image missing", NO_USAGE, b"")
+        return Outcome("failed", -1, "image missing", NO_USAGE)
 
     await cluster.start_worker("w1", ScriptedExecutor(fail_fast))
     user = await cluster.operator_stub()

@@ -74,7 +74,7 @@ async def test_a_task_that_sleeps_pays_its_request_for_its_wall_time_and_the_wor
 
 
 def held_for_15_seconds(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-    return Outcome("succeeded", 0, "", Usage(0.01, 1 << 20, 15.0, 0.0), b"")
+    return Outcome("succeeded", 0, "", Usage(0.01, 1 << 20, 15.0, 0.0))
 
 
 def test_the_task_page_shows_the_breakdown_once_settled(

@@ -2,8 +2,9 @@
 app served over HTTP on loopback, over a real pool with real Redis and a scripted worker.
 
 The worker's behaviour is chosen by the command: ``copy …`` prints its command and
-returns the input bundle as its output, ``fail`` exits 3, ``slow`` prints three lines over
-a second, ``block`` runs until cancelled. Every task is charged a measured usage, so every
+returns the input bundle as its output, ``inputs`` prints each input's name, kind and
+digest as the worker fetched it, ``fail`` exits 3, ``slow`` prints three lines over a
+second, ``block`` runs until cancelled. Every task is charged a measured usage, so every
 settlement moves CPT.
 """
 
@@ -12,11 +13,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,11 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from hivemind_cluster.agent.taskrun import OnOutput, Outcome, TaskRun, Usage
+from hivemind_cluster.agent.taskrun import OnOutput, Outcome, ResultFile, TaskRun, Usage
 from hivemind_cluster.client.apiclient import ApiClient
 from hivemind_cluster.core.errors import Unauthenticated
 from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.model.blobs import hash_file
 from hivemind_cluster.pool.ledger import Ledger
 from tests.support.lab import tool
 from tests.support.poolkit import block_until_cancelled
@@ -39,20 +42,36 @@ BUSYBOX = ("--image", "hivemind/busybox:latest", "--cpu", "1", "--memory", "64M"
 NAMES = itertools.count(1)
 
 
-def scripted(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
-    verb = task.command[0] if task.command else ""
-    if verb == "block":
-        return block_until_cancelled(task, on_output, cancel)
-    if verb == "fail":
-        on_output("stderr", b"boom\n")
-        return Outcome("failed", 3, "exit code 3", USAGE, b"")
-    if verb == "slow":
-        for tick in range(3):
-            on_output("stdout", f"tick {tick}\n".encode())
-            time.sleep(0.4)
-    else:
-        on_output("stdout", (" ".join(task.command) + "\n").encode())
-    return Outcome("succeeded", 0, "", USAGE, task.input_bundle)
+def scripted(results: Path) -> Callable[[TaskRun, OnOutput, threading.Event], Outcome]:
+    """The worker's behaviours; a result is a copy of the bundle in ``results`` (the worker
+    removes a result file once the pool has it)."""
+    copies = itertools.count()
+
+    def run(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
+        verb = task.command[0] if task.command else ""
+        if verb == "block":
+            return block_until_cancelled(task, on_output, cancel)
+        if verb == "fail":
+            on_output("stderr", b"boom\n")
+            return Outcome("failed", 3, "exit code 3", USAGE)
+        if verb == "slow":
+            for tick in range(3):
+                on_output("stdout", f"tick {tick}\n".encode())
+                time.sleep(0.4)
+        elif verb == "inputs":
+            for item in task.inputs:
+                digest = hash_file(item.path).digest
+                on_output("stdout", f"{item.name} {item.kind} {digest}\n".encode())
+        else:
+            on_output("stdout", (" ".join(task.command) + "\n").encode())
+        if task.bundle is None:
+            return Outcome("succeeded", 0, "", USAGE)
+        output = results / f"result-{next(copies)}.zip"
+        shutil.copyfile(task.bundle, output)
+        found = hash_file(output)
+        return Outcome("succeeded", 0, "", USAGE, ResultFile(output, found.digest, found.size))
+
+    return run
 
 
 @dataclass
@@ -63,8 +82,10 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with web_cluster(redis_server, tmp_path_factory.mktemp("cli-api") / "state") as world:
-        world.start_worker("w1", scripted)
+    root = tmp_path_factory.mktemp("cli-api")
+    (root / "results").mkdir()
+    with web_cluster(redis_server, root / "state") as world:
+        world.start_worker("w1", scripted(root / "results"))
         server = make_server("127.0.0.1", 0, world.app(), threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -84,9 +105,11 @@ class User:
     config: Path
 
     def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        # The user's own digest cache too (XDG_CACHE_HOME), never the real one.
+        env = {"HIVEMIND_CONFIG": str(self.config), "XDG_CACHE_HOME": str(self.config.parent)}
         result = subprocess.run(
             [tool("hivemind"), *args],
-            env={**os.environ, "HIVEMIND_CONFIG": str(self.config)},
+            env=os.environ | env,
             input=stdin,
             capture_output=True,
             text=True,
@@ -224,6 +247,59 @@ def test_a_task_from_submission_to_settlement(user: User, tmp_path: Path) -> Non
     listed = user.json("list", "--status", "succeeded")
     assert [t["id"] for t in listed] == [task_id]
     assert task_id in user.ok("list")
+
+
+def test_inputs_go_up_once_and_reach_the_worker(user: User, tmp_path: Path) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(os.urandom(3 << 20))
+    (tmp_path / "tables" / "sub").mkdir(parents=True)
+    (tmp_path / "tables" / "sub" / "a.csv").write_text("1,2\n")
+    options = ("--input", str(data), "--input", f"t={tmp_path / 'tables'}")
+    first = user.json("submit", *BUSYBOX, *options, "--", "inputs")
+    uploads = {u["name"]: u for u in first["uploads"]}
+    assert uploads["data.bin"]["sent_bytes"] == uploads["data.bin"]["size"] == 3 << 20
+    assert uploads["t"]["sent_bytes"] == uploads["t"]["size"] > 0
+    assert user.run("wait", first["id"]).returncode == 0
+    assert user.ok("logs", first["id"]) == (
+        f"data.bin file {uploads['data.bin']['digest']}\nt dir {uploads['t']['digest']}\n"
+    )
+    shown = user.ok("status", first["id"])
+    assert f"inputs    /work/inputs/data.bin (file, 3 MiB) {uploads['data.bin']['digest']}" in shown
+
+    again = user.run("submit", *BUSYBOX, *options, "--", "inputs")
+    assert again.returncode == 0 and again.stderr == (
+        "input data.bin: already on the hub (3 MiB), nothing sent\n"
+        f"input t: already on the hub ({uploads['t']['size']} B), nothing sent\n"
+    )
+
+
+def test_a_result_is_kept_as_a_zip_or_resumed_with_a_range(user: User, tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "x.txt").write_text("x\n")
+    task_id = user.submit("copy", options=("--bundle", str(job)))
+    assert user.run("wait", task_id).returncode == 0
+    kept = tmp_path / "kept" / "result.zip"
+    assert user.json("result", task_id, "--zip", str(kept)) == {
+        "id": task_id,
+        "zip": str(kept),
+        "files": ["x.txt"],
+    }
+    assert sorted(os.listdir(kept.parent)) == ["result.zip"]
+
+    zipped = kept.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    part = out / f".hivemind-result-{task_id}.zip.part"
+    part.write_bytes(zipped[:50])  # a download cut at 50 bytes: resumed from there
+    assert user.ok("result", task_id, "-o", str(out)) == f"1 files from {task_id} in {out}\n"
+    assert sorted(os.listdir(out)) == ["x.txt"]
+    # The hub sent only the rest (Range, If-Range matched): a wrong prefix shows it.
+    (out / "x.txt").unlink()
+    part.write_bytes(b"?" * 50)
+    assert "removed; run the command again" in user.fails("result", task_id, "-o", str(out))
+    assert not part.exists()
+    assert user.ok("result", task_id, "-o", str(out)) == f"1 files from {task_id} in {out}\n"
 
 
 def test_wait_exits_non_zero_when_the_task_did_not_succeed(user: User) -> None:

@@ -86,10 +86,11 @@ def test_a_compressible_result_downloads(user: User, tmp_path: Path) -> None:
 
 
 def test_a_result_over_the_limit_fails_at_the_worker(user: User, tmp_path: Path) -> None:
-    # A sparse file: 2 GiB to read, next to nothing on the task's 1 GiB disk.
-    task = finished(user, "echo kept > /out/small && truncate -s 2G /out/big")
+    # A sparse file: 65 GiB to read, next to nothing on the task's 1 GiB disk; refused
+    # before a byte of it is read.
+    task = finished(user, "echo kept > /out/small && truncate -s 65G /out/big")
     assert task["status"] == "failed", task
     assert (
-        task["error"] == "task output holds 2 GiB unpacked, more than the 1 GiB a result may hold"
+        task["error"] == "task output holds 65 GiB unpacked, more than the 64 GiB a result may hold"
     )
     assert user.ok("result", task["id"], "-o", str(tmp_path / "none")) == "no output files\n"

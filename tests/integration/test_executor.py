@@ -8,7 +8,9 @@ with its node id is left behind.
 from __future__ import annotations
 
 import contextlib
-import io
+import dataclasses
+import functools
+import ipaddress
 import secrets
 import socket
 import threading
@@ -23,13 +25,14 @@ import docker
 import docker.errors
 import pytest
 
+from hivemind_cluster.agent import workcopy
 from hivemind_cluster.agent.executor import DockerExecutor
 from hivemind_cluster.agent.taskrun import Outcome, TaskRun
 from hivemind_cluster.core.units import MIB
-from hivemind_cluster.model.bundles import check_bundle, default_command
+from hivemind_cluster.model.blobs import hash_file
+from hivemind_cluster.model.bundles import RESULT_RULES, check_bundle, default_command, pack_files
 from tests.support.prerequisites import require_docker_images
-from tests.support.scratch import zip_of
-from tests.support.tasks import a_task
+from tests.support.tasks import a_task, bundle_file
 
 pytestmark = pytest.mark.privileged
 
@@ -56,6 +59,7 @@ def executor(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[Doc
         yield executor
         assert labelled(docker_client, node_id) == [], "a task container was left behind"
         assert list((tmp_path / "tasks").glob("*")) == [], "a task directory was left behind"
+        assert list(executor.results_root.glob("*")) == [], "a result zip was left behind"
     finally:
         executor.remove_leftovers()
 
@@ -73,15 +77,30 @@ class Run:
     outcome: Outcome
     seconds: float
     chunks: list[tuple[str, bytes]] = field(default_factory=list)
+    result: dict[str, bytes] = field(default_factory=dict)
 
     def text(self, stream: str) -> str:
         return b"".join(data for name, data in self.chunks if name == stream).decode()
 
     def files(self) -> dict[str, bytes]:
-        if not self.outcome.output_bundle:
-            return {}
-        with zipfile.ZipFile(io.BytesIO(self.outcome.output_bundle)) as archive:
+        return self.result
+
+
+def result_of(outcome: Outcome) -> dict[str, bytes]:
+    """The members of the outcome's result zip, which is then deleted (as the worker does
+    once the pool has it), after checking that its digest and size are the file's."""
+    if outcome.output is None:
+        return {}
+    path = outcome.output.path
+    try:
+        assert (hash_file(path).digest, path.stat().st_size) == (
+            outcome.output.digest,
+            outcome.output.size,
+        )
+        with zipfile.ZipFile(path) as archive:
             return {name: archive.read(name) for name in archive.namelist()}
+    finally:
+        path.unlink()
 
 
 def run(executor: DockerExecutor, the_task: TaskRun, cancel_after: float | None = None) -> Run:
@@ -91,7 +110,7 @@ def run(executor: DockerExecutor, the_task: TaskRun, cancel_after: float | None 
         threading.Timer(cancel_after, cancel.set).start()
     started = time.monotonic()
     outcome = executor.run(the_task, lambda name, data: chunks.append((name, data)), cancel)
-    return Run(outcome, time.monotonic() - started, chunks)
+    return Run(outcome, time.monotonic() - started, chunks, result_of(outcome))
 
 
 def test_output_streams_and_out_directory(executor: DockerExecutor) -> None:
@@ -108,7 +127,7 @@ def test_fast_exit_loses_no_output(executor: DockerExecutor) -> None:
     for _ in range(5):
         result = run(executor, task(["echo", "hi"]))
         assert (result.outcome.status, result.text("stdout")) == ("succeeded", "hi\n")
-        assert result.outcome.output_bundle == b""
+        assert result.outcome.output is None
 
 
 def test_a_flood_of_output_arrives_complete_and_in_order(executor: DockerExecutor) -> None:
@@ -118,17 +137,15 @@ def test_a_flood_of_output_arrives_complete_and_in_order(executor: DockerExecuto
     assert result.text("stderr") == "done\n"
 
 
-def test_main_py_convention_in_the_python_image(executor: DockerExecutor) -> None:
-    bundle = zip_of(
-        {
-            "main.py": "import sys\n"
-            "print('hello from', sys.argv[0], open('/work/data.txt').read())",
-            "data.txt": "the bundle",
-        }
-    )
+def test_main_py_convention_in_the_python_image(executor: DockerExecutor, tmp_path: Path) -> None:
+    files = {
+        "main.py": "import sys\nprint('hello from', sys.argv[0], open('/work/data.txt').read())",
+        "data.txt": "the bundle",
+    }
+    bundle = bundle_file(files, tmp_path)
     command = default_command(check_bundle(bundle))
     assert command == ["python", "/work/main.py"]
-    result = run(executor, task(command, image=PYTHON, input_bundle=bundle))
+    result = run(executor, task(command, image=PYTHON, bundle=bundle))
     assert result.outcome.status == "succeeded", (result.outcome, result.chunks)
     assert result.text("stdout") == "hello from /work/main.py the bundle\n"
 
@@ -193,7 +210,10 @@ def test_runs_as_nobody_without_privileges_on_a_read_only_root(executor: DockerE
 def host_listener(docker_client: docker.DockerClient) -> Iterator[tuple[str, int]]:
     """A TCP listener on this host, at the address Docker's default bridge routes to it."""
     bridge = docker_client.networks.get("bridge")
-    gateway = str(bridge.attrs["IPAM"]["Config"][0]["Gateway"])
+    config = bridge.attrs["IPAM"]["Config"][0]
+    # Docker leaves Gateway out of the default bridge's IPAM when it picked it itself: then
+    # it is the subnet's first address.
+    gateway = config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
     with socket.create_server((gateway, 0)) as server:
         server.settimeout(0.2)
         stop = threading.Event()
@@ -284,11 +304,16 @@ def test_cancel(executor: DockerExecutor) -> None:
     assert result.seconds < 60
 
 
-def test_output_over_the_cap_fails_the_task(executor: DockerExecutor) -> None:
+def test_output_over_the_cap_fails_the_task(
+    executor: DockerExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real caps are GiBs: the same rules, with a cap a test can pass cheaply.
+    small = dataclasses.replace(RESULT_RULES, max_zip_bytes=16 * MIB)
+    monkeypatch.setattr(workcopy, "pack_files", functools.partial(pack_files, rules=small))
     result = run(executor, sh("head -c 17825792 /dev/urandom > /out/big"))
     assert result.outcome.status == "failed"
     assert result.outcome.error == "task output is larger than 16 MiB"
-    assert result.outcome.output_bundle == b""
+    assert result.outcome.output is None
 
 
 def test_missing_image(executor: DockerExecutor) -> None:
@@ -301,11 +326,11 @@ def test_missing_image(executor: DockerExecutor) -> None:
 
 
 def test_zip_slip_is_refused_before_any_container(
-    executor: DockerExecutor, monkeypatch: pytest.MonkeyPatch
+    executor: DockerExecutor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     created: list[Any] = []
     monkeypatch.setattr(executor.client.containers, "create", lambda *a, **k: created.append(a))
-    result = run(executor, task(["true"], input_bundle=zip_of({"../escape.txt": "x"})))
+    result = run(executor, task(["true"], bundle=bundle_file({"../escape.txt": "x"}, tmp_path)))
     assert result.outcome.status == "failed"
     assert result.outcome.exit_code == -1
     assert (

@@ -17,7 +17,7 @@ from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.support.hubstate import node_state_dir
 from tests.support.lab import tool
-from tests.support.poolkit import block_until_cancelled
+from tests.support.poolkit import block_until_cancelled, collected
 from tests.support.webkit import WebCluster, web_cluster
 
 pytestmark = pytest.mark.privileged
@@ -78,9 +78,14 @@ def test_the_grpc_status_is_not_found_too(world: WebCluster) -> None:
         task = await owner.Submit(
             pb.SubmitRequest(image="hivemind/busybox:latest", command=["sleep", "60"])
         )
-        for call in (other.Get, other.Cancel, other.FetchResult):
+        ref = pb.TaskRef(task_id=task.id)
+        for call in (
+            other.Get(ref),
+            other.Cancel(ref),
+            collected(other.ReadResult(pb.ResultRead(task_id=task.id))),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await call(pb.TaskRef(task_id=task.id))
+                await call
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND
             assert refused.value.details() == f"not_found: no task {task.id!r}"
 

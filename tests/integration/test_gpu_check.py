@@ -49,7 +49,7 @@ def container_seeing(pick: str) -> ScriptedExecutor:
         devices = list(task.gpu_ids) if pick == "own" else [first]
         on_output("stdout", "".join(f"{d}, NVIDIA A100-SXM4-40GB\n" for d in devices).encode())
         time.sleep(HOLD_SECONDS)
-        return Outcome("succeeded", 0, "", Usage(0.1, 1 << 20, HOLD_SECONDS, HOLD_SECONDS), b"")
+        return Outcome("succeeded", 0, "", Usage(0.1, 1 << 20, HOLD_SECONDS, HOLD_SECONDS), None)
 
     return ScriptedExecutor(run)
 

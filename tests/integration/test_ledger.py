@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import multiprocessing
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,11 +239,11 @@ task_operations = st.lists(
 )
 @given(ops=task_operations)
 def test_submissions_settlements_refunds_and_tips_conserve_everything(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[Any, ...]]
+    redis_server: RedisServer, ops: list[tuple[Any, ...]]
 ) -> None:
     client = store.connect(redis_server.bind, redis_server.port, redis_server.password)
     client.flushall()
-    asyncio.run(_play(redis_server, tmp_path_factory.mktemp("tasks"), ops))
+    asyncio.run(_play(redis_server, ops))
     book = Ledger(client)
     report = book.audit()
     assert report["ok"], report
@@ -261,11 +260,11 @@ def test_submissions_settlements_refunds_and_tips_conserve_everything(
     client.close()
 
 
-async def _play(server: RedisServer, data_dir: Path, ops: list[tuple[Any, ...]]) -> None:
+async def _play(server: RedisServer, ops: list[tuple[Any, ...]]) -> None:
     db = aioredis.Redis(
         host=server.bind, port=server.port, password=server.password, decode_responses=True
     )
-    tasks = TaskStore(db, data_dir, 1 << 20)
+    tasks = TaskStore(db, 1 << 20)
     accounting = Accounting(AsyncLedger(db), RATES, tasks)
     await accounting.start()
     await accounting.open("w1", "worker")
@@ -280,7 +279,7 @@ async def _play(server: RedisServer, data_dir: Path, ops: list[tuple[Any, ...]])
             except errors.Conflict:  # insufficient balance: refused, nothing held
                 continue
             spec = dataclasses.replace(SPEC, owner=op[1])
-            await tasks.submit(spec, b"", task_id=task_id, price_cap=op[2])
+            await tasks.submit(spec, task_id=task_id, price_cap=op[2])
             submitted.append(task_id)
         elif kind == "finish" and op[1] < len(submitted):
             task_id = submitted[op[1]]

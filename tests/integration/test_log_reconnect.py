@@ -52,7 +52,7 @@ def numbered_lines(gap: float) -> Behaviour:
         for line in NUMBERED:
             on_output("stdout", f"{line}\n".encode())
             time.sleep(gap)
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+        return Outcome("succeeded", 0, "", NO_USAGE)
 
     return run
 

@@ -93,7 +93,7 @@ async def test_capacity_is_never_overcommitted_and_order_is_fifo(cluster: Cluste
         peak[0] = max(peak[0], len(running_now))
         releases.setdefault(task.task_id, threading.Event()).wait(30)
         running_now.remove(task.task_id)
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+        return Outcome("succeeded", 0, "", NO_USAGE)
 
     def release(task_id: str) -> None:
         releases.setdefault(task_id, threading.Event()).set()
@@ -194,7 +194,7 @@ async def test_cancel_stops_a_running_task_and_a_queued_one(cluster: Cluster) ->
         (submit(["x"], timeout_seconds=10**6), "INVALID_ARGUMENT", "timeout must be between"),
         (submit(["x"], priority=12), "INVALID_ARGUMENT", "priority must be between"),
         (submit(["a\0b"]), "INVALID_ARGUMENT", "NUL"),
-        (submit(["x"], input_bundle=b"not a zip"), "INVALID_ARGUMENT", "zip"),
+        (submit(["x"], bundle_digest="not a digest"), "INVALID_ARGUMENT", "sha256:<64 hex"),
         (submit(["x"], owner="someone-else"), "PERMISSION_DENIED", "on behalf of"),
     ],
 )

@@ -42,7 +42,7 @@ async def a_pool_with_tasks_on_silent_nodes(server: RedisServer, tmp_path: Path)
         node_id = f"n{index}"
         pool.scheduler.upsert_worker(node_id, node_id, Resources(8000, 1 << 34, 0))
         for _ in range(TASKS_EACH):
-            record = await pool.tasks.submit(BUSYBOX_SPEC, b"")
+            record = await pool.tasks.submit(BUSYBOX_SPEC)
             pool.scheduler.allocate(record.id, node_id, record.request, 1)
             placements.append((record.id, 1, node_id))
     assert all(await pool.tasks.assign_many(placements))

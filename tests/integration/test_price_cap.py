@@ -92,7 +92,7 @@ def honours_its_cap(task: TaskRun, on_output: OnOutput, cancel: threading.Event)
     assert task.price_cap_seconds > 0, task
     wall = task.price_cap_seconds + 0.4
     error = f"price cap reached after {task.price_cap_seconds:g}s"
-    return Outcome("failed", 137, error, Usage(wall, 1 << 20, wall, 0.0), b"")
+    return Outcome("failed", 137, error, Usage(wall, 1 << 20, wall, 0.0), None)
 
 
 @in_an_audited_cluster(heartbeat_timeout=LOSS_TIMEOUT)
@@ -135,7 +135,7 @@ async def test_a_cap_that_buys_less_than_a_second_is_refused_and_costs_nothing(
 def ignores_its_cap(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
     """An agent that does not stop the task at its cap: it runs until the pool cancels it."""
     cancel.wait(60)
-    return Outcome("cancelled", 137, "cancelled", Usage(9.0, 1 << 20, 9.0, 0.0), b"")
+    return Outcome("cancelled", 137, "cancelled", Usage(9.0, 1 << 20, 9.0, 0.0), None)
 
 
 def test_the_pool_ends_a_task_past_its_cap_when_its_agent_does_not(

@@ -4,7 +4,6 @@ original worker image preinstalled) works under the hardening every task gets.""
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import threading
@@ -92,9 +91,13 @@ def test_standard_library_and_scientific_stack(executor: DockerExecutor) -> None
         "slope": 2.0,
         "python": [3, 11],
     }
-    with zipfile.ZipFile(io.BytesIO(outcome.output_bundle)) as bundle:
-        assert bundle.namelist() == ["plot.png"]
-        assert bundle.read("plot.png").startswith(b"\x89PNG\r\n\x1a\n")
+    assert outcome.output is not None
+    try:
+        with zipfile.ZipFile(outcome.output.path) as bundle:
+            assert bundle.namelist() == ["plot.png"]
+            assert bundle.read("plot.png").startswith(b"\x89PNG\r\n\x1a\n")
+    finally:
+        outcome.output.path.unlink()
 
 
 def test_pip_runs(executor: DockerExecutor) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from hivemind_cluster.agent.executor import DockerExecutor
 from hivemind_cluster.agent.requirements import Requirements
-from hivemind_cluster.agent.taskrun import Outcome, TaskRun
+from hivemind_cluster.agent.taskrun import Outcome
 from hivemind_cluster.core.units import MIB
 from tests.support.package_index import LabIndex, served
 from tests.support.prerequisites import require_docker_images
@@ -82,12 +82,16 @@ def executor(
         executor.remove_leftovers()
 
 
-def task(requirements: str, **files: str) -> TaskRun:
-    files = {"main.py": MAIN, "requirements.txt": requirements, **files}
-    return a_python_bundle_task(PYTHON, files, memory_bytes=128 * MIB, timeout_seconds=120)
+def task(requirements: str, **files: str) -> dict[str, str]:
+    """The files of a bundle with this requirements.txt (``run`` makes the task of them)."""
+    return {"main.py": MAIN, "requirements.txt": requirements, **files}
 
 
-def run(executor: DockerExecutor, the_task: TaskRun) -> tuple[Outcome, dict[str, str]]:
+def run(executor: DockerExecutor, files: dict[str, str]) -> tuple[Outcome, dict[str, str]]:
+    bundles = executor.work_root.parent / "bundles"
+    the_task = a_python_bundle_task(
+        PYTHON, files, bundles, memory_bytes=128 * MIB, timeout_seconds=120
+    )
     chunks: list[tuple[str, bytes]] = []
     outcome = executor.run(
         the_task, lambda name, data: chunks.append((name, data)), threading.Event()
@@ -179,8 +183,7 @@ def test_a_bundle_without_requirements_mounts_nothing(
     executor: DockerExecutor, cache: Requirements
 ) -> None:
     script: dict[str, Any] = {"main.py": "import os; print(os.path.exists('/deps'))"}
-    the_task = task("", **script)
-    outcome, streams = run(executor, the_task)
+    outcome, streams = run(executor, task("", **script))
     assert outcome.status == "succeeded", (outcome, streams)
     assert streams["stdout"] == "False\n"
     assert "system" not in streams and entries(cache) == []

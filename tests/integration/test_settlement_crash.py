@@ -29,10 +29,10 @@ TASKS = 100
 SPEC = BUSYBOX_SPEC
 
 
-async def prepare(server: RedisServer, data_dir: Path) -> list[str]:
+async def prepare(server: RedisServer) -> list[str]:
     """100 tasks with escrow held, run and finished, none settled yet."""
     db = redis_client(server)
-    tasks = TaskStore(db, data_dir, 1 << 20)
+    tasks = TaskStore(db, 1 << 20)
     accounting = Accounting(AsyncLedger(db), RATES, tasks)
     await accounting.ledger.genesis()
     await accounting.open("w1", "worker")
@@ -41,7 +41,7 @@ async def prepare(server: RedisServer, data_dir: Path) -> list[str]:
         task_id = f"t{n:012x}"
         cap = RATES.price_cap(SPEC.request, SPEC.timeout_seconds)
         await accounting.hold("op", task_id, cap)
-        await tasks.submit(SPEC, b"", task_id=task_id, price_cap=cap)
+        await tasks.submit(SPEC, task_id=task_id, price_cap=cap)
         await tasks.assign_many([(task_id, 1, "w1")])
         usage = pb.Usage(cpu_seconds=1 + n / 100, peak_memory_bytes=10**8, wall_seconds=2)
         result = pb.TaskResult(task_id=task_id, attempt=1, status="succeeded", usage=usage)
@@ -57,7 +57,7 @@ def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
     require_redis_server()
     with scratch_redis(tmp_path / "redis") as server:
         store.connect(server.bind, server.port, server.password).close()  # loads the Lua
-        ids = asyncio.run(prepare(server, tmp_path / "tasks"))
+        ids = asyncio.run(prepare(server))
         command = [
             sys.executable,
             "-m",
@@ -65,7 +65,6 @@ def test_kill_9_while_settling_then_restart_settles_each_task_exactly_once(
             server.bind,
             str(server.port),
             server.password,
-            str(tmp_path / "tasks"),
         ]
         slowly = [*command, "0.2"]  # 70 tasks still to go take 14 s: the kill lands mid-way
         settler = subprocess.Popen(slowly, stdout=subprocess.PIPE, text=True, cwd=REPO)

@@ -46,7 +46,6 @@ def test_a_container_that_cannot_start_fails_its_task_with_dockers_reason(
         0,
         30,
         False,
-        b"",
     )
     try:
         outcome = executor.run(task, lambda _stream, _chunk: None, threading.Event())

@@ -22,7 +22,8 @@ from hivemind_cluster.agent.executor import DockerExecutor
 from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
 from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.support.poolkit import Cluster, in_a_cluster
+from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
+from tests.support.poolkit import Cluster, in_a_cluster, upload
 from tests.support.prerequisites import require_docker_images
 from tests.support.scratch import zip_of
 
@@ -53,14 +54,14 @@ def docker_with_the_python_image() -> None:
     require_docker_images(DEFAULT_PYTHON_IMAGE).close()
 
 
-async def run_bundles(cluster: Cluster, *requests: pb.SubmitRequest) -> list[tuple[pb.Task, str]]:
-    """Each request run to its end on a worker with the real Docker executor: the task as
+async def run_bundles(cluster: Cluster, *bundles: Bundled) -> list[tuple[pb.Task, str]]:
+    """Each bundle run to its end on a worker with the real Docker executor: the task as
     the pool shows it then, and its output (stdout and stderr)."""
     node_id = f"test-{secrets.token_hex(4)}"
     executor = DockerExecutor(Path(cluster.settings.state_dir) / "worker", node_id)
     await cluster.start_worker(node_id, executor)
     stub = await cluster.operator_stub()
-    ids = [(await stub.Submit(request)).id for request in requests]
+    ids = [(await stub.Submit(await submission(stub, bundled))).id for bundled in bundles]
     ended = []
     for task_id in ids:
         task = await cluster.wait_status(stub, task_id, ENDED, timeout=120)
@@ -71,8 +72,18 @@ async def run_bundles(cluster: Cluster, *requests: pb.SubmitRequest) -> list[tup
     return ended
 
 
-def bundle(files: dict[str, str], **fields: Any) -> pb.SubmitRequest:
-    return pb.SubmitRequest(input_bundle=zip_of(files), **fields)
+# A bundle's files and the submission's other fields; the bundle is uploaded to submit it.
+Bundled = tuple[dict[str, str], dict[str, Any]]
+
+
+def bundle(files: dict[str, str], **fields: Any) -> Bundled:
+    return files, fields
+
+
+async def submission(stub: pb_grpc.TasksAsyncStub, bundled: Bundled) -> pb.SubmitRequest:
+    """The request naming the bundle, uploaded first as a client does."""
+    files, fields = bundled
+    return pb.SubmitRequest(bundle_digest=await upload(stub, zip_of(files)), **fields)
 
 
 @in_a_cluster()
@@ -141,11 +152,8 @@ async def test_a_malformed_bundle_is_refused_with_nothing_stored_or_charged(
     ]
     for files, message in refused_bundles:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Submit(bundle(files))
+            await stub.Submit(await submission(stub, bundle(files)))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in (refused.value.details() or "")
     assert (await stub.List(pb.ListRequest())).tasks == []
     assert (await stub.Balance(pb.AccountRef())).balance == balance
-    assert cluster.pool is not None
-    data_dir = cluster.pool.tasks.data_dir
-    assert not data_dir.exists() or list(data_dir.iterdir()) == [], "a bundle was stored"

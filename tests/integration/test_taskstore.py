@@ -48,16 +48,22 @@ on_a_task_store = pytest_decorator(with_store)
 
 async def assigned_task(store: TaskStore) -> TaskRecord:
     """A new task with its attempt 1 assigned to node w1: where most transitions start."""
-    task = await store.submit(SPEC, b"")
+    task = await store.submit(SPEC)
     assert await store.assign_many([(task.id, 1, "w1")]) == [True]
     return task
 
 
-def result(
-    task_id: str, attempt: int, status: str = "succeeded", out: bytes = b""
-) -> pb.TaskResult:
+GOOD, EVIL = "sha256:" + "a" * 64, "sha256:" + "e" * 64  # result digests
+
+
+def result(task_id: str, attempt: int, status: str = "succeeded", out: str = "") -> pb.TaskResult:
     return pb.TaskResult(
-        task_id=task_id, attempt=attempt, status=status, exit_code=0, output_bundle=out
+        task_id=task_id,
+        attempt=attempt,
+        status=status,
+        exit_code=0,
+        output_digest=out,
+        output_size=100 if out else 0,
     )
 
 
@@ -81,11 +87,11 @@ async def test_a_superseded_attempt_can_neither_log_start_nor_finish(store: Task
     for stale in (
         store.start(task.id, 1, "w1"),
         store.log(task.id, 1, "w1", "stdout", b"late"),
-        store.finish("w1", result(task.id, 1, out=b"PK-late")),
+        store.finish("w1", result(task.id, 1, out=EVIL)),
     ):
         with pytest.raises(StaleAttempt):
             await stale
-    assert not list((store.data_dir / task.id).glob("output-*"))  # late output removed
+    assert (await store.get(task.id)).output == ""  # the late result is not recorded
     # The wrong node cannot report attempt 2 either, and assigning attempt 1 again fails.
     assert await store.assign_many([(task.id, 1, "w2")]) == [False]
     assert await store.assign_many([(task.id, 2, "w2")]) == [True]
@@ -104,7 +110,7 @@ async def test_the_last_attempt_lost_fails_the_task_and_cancel_wins_over_requeue
     assert await store.requeue(task.id, 2, "w1", "node w1 lost") == "failed"
     assert "last attempt (2 of 2)" in (await store.get(task.id)).error
 
-    other = await store.submit(SPEC, b"")
+    other = await store.submit(SPEC)
     await store.assign_many([(other.id, 1, "w1")])
     assert (await store.cancel(other.id))[0] == "cancelling"
     assert await store.requeue(other.id, 1, "w1", "node w1 lost") == "cancelled"
@@ -122,9 +128,9 @@ async def test_logs_are_capped_with_one_truncation_mark(store: TaskStore) -> Non
 
 @on_a_task_store
 async def test_an_idempotency_key_returns_the_first_task(store: TaskStore) -> None:
-    first = await store.submit(SPEC, b"", idempotency_key="k1")
-    again = await store.submit(SPEC, b"", idempotency_key="k1")
-    other = await store.submit(SPEC, b"", idempotency_key="k2")
+    first = await store.submit(SPEC, idempotency_key="k1")
+    again = await store.submit(SPEC, idempotency_key="k1")
+    other = await store.submit(SPEC, idempotency_key="k2")
     assert first.id == again.id != other.id
     assert len(await store.queued()) == 2
 
@@ -147,20 +153,19 @@ async def test_a_repeated_or_forged_result_never_touches_the_accepted_output(
     store: TaskStore,
 ) -> None:
     task = await assigned_task(store)
-    assert await store.finish("w1", result(task.id, 1, out=b"PK-good")) == "succeeded"
-    accepted = await store.get(task.id)
+    assert await store.finish("w1", result(task.id, 1, out=GOOD)) == "succeeded"
     with pytest.raises(StaleAttempt):
-        await store.finish("w1", result(task.id, 1, out=b"PK-evil"))
-    assert store.output_bundle(accepted) == b"PK-good"
-    assert [p.name for p in (store.data_dir / task.id).iterdir()] == [accepted.output]
+        await store.finish("w1", result(task.id, 1, out=EVIL))
+    accepted = await store.get(task.id)
+    assert (accepted.output, accepted.output_bytes) == (GOOD, 100)
+    assert accepted.to_proto().output_digest == GOOD
     with pytest.raises(InvalidInput):
-        await store.finish("w1", result("../../escape", 1, out=b"PK"))
-    assert not (store.data_dir.parent / "escape").exists()
+        await store.finish("w1", result("../../escape", 1, out=GOOD))
 
 
 @on_a_task_store
 async def test_interrupted_attempts_do_not_use_up_attempts(store: TaskStore) -> None:
-    task = await store.submit(SPEC, b"")  # max_attempts 2
+    task = await store.submit(SPEC)  # max_attempts 2
     for attempt in (1, 2, 3):
         await store.assign_many([(task.id, attempt, "w1")])
         status = await store.finish("w1", result(task.id, attempt, status="interrupted"))

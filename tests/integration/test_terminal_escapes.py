@@ -44,8 +44,8 @@ BUSYBOX = ("--image", "hivemind/busybox:latest", "--cpu", "1", "--memory", "64M"
 def hostile(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
     on_output("stdout", (" ".join(task.command) + "\n").encode())
     if task.command[:1] == ["fail"]:
-        return Outcome("failed", 1, f"it broke: {HOSTILE}", NO_USAGE, b"")
-    return Outcome("succeeded", 0, "", NO_USAGE, b"")
+        return Outcome("failed", 1, f"it broke: {HOSTILE}", NO_USAGE, None)
+    return Outcome("succeeded", 0, "", NO_USAGE, None)
 
 
 def terminal_safe(text: str) -> bool:

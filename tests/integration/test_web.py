@@ -6,7 +6,6 @@ bodies, oversized uploads; and that a refused input changes nothing.
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 import zipfile
@@ -23,10 +22,11 @@ from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh.tokens import secret_hash as token_digest
 from hivemind_cluster.mesh.wireguard import PeerStatus
-from hivemind_cluster.model.bundles import MAX_INPUT_BYTES
 from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.web import constants as keys
-from tests.support.poolkit import block_until_cancelled
+from hivemind_cluster.web.constants import MAX_BODY
+from tests.integration.test_web_uploads import result_file, upload_blob
+from tests.support.poolkit import Behaviour, block_until_cancelled
 from tests.support.scratch import zip_of
 from tests.support.webkit import (
     PASSWORD,
@@ -41,30 +41,32 @@ pytestmark = pytest.mark.privileged
 BUSYBOX = {"image": "hivemind/busybox:latest", "cpu": "1", "memory": "64M", "timeout": 60}
 
 
-def write_output(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
-    """Prints to both streams and leaves a file in /out, like a real task."""
-    on_output("stdout", b"hello from the task\n")
-    on_output("stderr", b"a warning\n")
-    usage = Usage(2.0, 32 << 20, 2.5, 0.0)
-    return Outcome("succeeded", 0, "", usage, zip_of({"answer.txt": "42\n"}))
+def behaviour(results: Path) -> Behaviour:
+    """Tasks that block, print much, or (any other command) print to both streams and leave
+    a file in /out, like a real task (its zip packed into ``results``)."""
 
+    def run(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
+        if task.command[:1] == ["block"]:
+            return block_until_cancelled(task, on_output, cancel)
+        if task.command[:1] == ["chatty"]:
+            for n in range(2500):
+                on_output("stdout", f"line {n}\n".encode())
+            return Outcome("succeeded", 0, "", Usage(0.1, 1 << 20, 0.2, 0.0))
+        on_output("stdout", b"hello from the task\n")
+        on_output("stderr", b"a warning\n")
+        usage = Usage(2.0, 32 << 20, 2.5, 0.0)
+        return Outcome("succeeded", 0, "", usage, result_file(results, {"answer.txt": "42\n"}))
 
-def behaviour(task: TaskRun, on_output: OnOutput, cancel: Any) -> Outcome:
-    if task.command[:1] == ["block"]:
-        return block_until_cancelled(task, on_output, cancel)
-    if task.command[:1] == ["chatty"]:
-        for n in range(2500):
-            on_output("stdout", f"line {n}\n".encode())
-        return Outcome("succeeded", 0, "", Usage(0.1, 1 << 20, 0.2, 0.0), b"")
-    return write_output(task, on_output, cancel)
+    return run
 
 
 @pytest.fixture(scope="module")
 def world(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebCluster]:
+    results = tmp_path_factory.mktemp("results")
     with web_cluster(redis_server, tmp_path_factory.mktemp("web")) as found:
-        found.start_worker("w1", behaviour)
+        found.start_worker("w1", behaviour(results))
         Ledger(found.db()).open_account("project:numpy", "project")
         yield found
 
@@ -241,8 +243,8 @@ def test_submit_wait_logs_result_and_pay_exactly_the_cost(app: Flask) -> None:
     client = app.test_client()
     headers = api_login(client, fresh_name())
     quote = client.post("/api/v1/tasks/quote", headers=headers, json=BUSYBOX).get_json()
-    bundle = zip_of({"input.txt": "data"})
-    body = BUSYBOX | {"command": ["echo"], "bundle": base64.b64encode(bundle).decode()}
+    bundle = upload_blob(client, headers, zip_of({"input.txt": "data"}))
+    body = BUSYBOX | {"command": ["echo"], "bundle": bundle}
     reply = client.post("/api/v1/tasks", headers=headers, json=body)
     assert reply.status_code == 201, reply.get_json()
     task = reply.get_json()
@@ -346,8 +348,9 @@ def test_other_users_tasks_are_invisible(app: Flask) -> None:
         ({"cpu": True}, "cpu: wrong type"),
         ({"surprise": 1}, "unknown field"),
         ({"memory": "lots"}, "memory"),
-        ({"bundle": "not base64!"}, "not base64"),
-        ({"bundle": base64.b64encode(b"not a zip").decode()}, "zip"),
+        ({"bundle": "not a digest"}, "sha256:<64 hex digits>"),
+        ({"bundle": "sha256:" + "0" * 64} | BUSYBOX, "not on the hub"),
+        ({"inputs": {"x": "y"}}, "inputs: wrong type"),
         ({"max_cost": "-3"}, "positive"),
         ({"timeout": -1}, "0 or more"),
         ({"image": "Not An Image!!"}, "image"),
@@ -447,22 +450,13 @@ def test_a_hub_database_outage_is_a_503(world: WebCluster) -> None:
     assert reply.status_code == 503 and "not answering" in reply.get_json()["error"]["message"]
 
 
-def test_oversized_bodies_get_413(app: Flask, browser: FlaskClient) -> None:
+def test_oversized_bodies_get_413(app: Flask) -> None:
     client = app.test_client()
     headers = api_login(client, fresh_name())
-    huge = {"bundle": "A" * (app.config["MAX_CONTENT_LENGTH"] + 10)}
+    huge = {"name": "A" * MAX_BODY}
     reply = client.post("/api/v1/tasks", headers=headers, json=huge)
     assert reply.status_code == 413 and reply.get_json()["error"]["code"] == "too_large"
-    upload = {
-        "csrf_token": csrf_token(browser, "/tasks/new"),
-        "command": "true",
-        "bundle": (io.BytesIO(b"x" * (MAX_INPUT_BYTES + 1)), "big.zip"),
-    }
-    page = browser.post("/tasks/new", data=upload, content_type="multipart/form-data")
-    assert page.status_code == 413 and "larger than 16 MiB" in page.get_data(as_text=True)
-    just_over = {"bundle": base64.b64encode(b"x" * (MAX_INPUT_BYTES + 1)).decode()}
-    reply = client.post("/api/v1/tasks", headers=headers, json=just_over)
-    assert reply.status_code == 413 and "larger than 16 MiB" in reply.get_json()["error"]["message"]
+    assert "larger than 1 MiB" in reply.get_json()["error"]["message"]
 
 
 def test_unknown_routes_and_methods_answer_json_under_the_api(app: Flask) -> None:

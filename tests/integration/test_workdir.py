@@ -28,10 +28,11 @@ from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.integration import test_executor
-from tests.integration.test_executor import BUSYBOX, PYTHON, run, sh, task
-from tests.support.poolkit import Cluster, in_a_cluster
+from tests.integration.test_executor import BUSYBOX, PYTHON, result_of, run, sh, task
+from tests.support.poolkit import Cluster, collected, in_a_cluster, upload
 from tests.support.prerequisites import require_docker_images
 from tests.support.scratch import zip_of
+from tests.support.tasks import bundle_file
 
 pytestmark = pytest.mark.privileged
 
@@ -55,14 +56,16 @@ def leftovers(under: Path) -> list[str]:
         time.sleep(0.1)
 
 
-def test_created_and_changed_files_come_back_with_their_paths(executor: DockerExecutor) -> None:
-    bundle = zip_of({"data/in.txt": "input", "keep.txt": "same", "edit.txt": "old"})
+def test_created_and_changed_files_come_back_with_their_paths(
+    executor: DockerExecutor, tmp_path: Path
+) -> None:
+    files = {"data/in.txt": "input", "keep.txt": "same", "edit.txt": "old"}
     script = (
         "mkdir -p output && echo '{}' > output/result.json;"
         "cat data/in.txt > copy.txt; echo new > edit.txt; cat keep.txt >/dev/null;"
         "echo out > /out/top.txt; echo tmp > /tmp/scratch"
     )
-    result = run(executor, sh(script, input_bundle=bundle))
+    result = run(executor, sh(script, bundle=bundle_file(files, tmp_path)))
     assert result.outcome.status == "succeeded", (result.outcome, result.chunks)
     assert result.files() == {
         "top.txt": b"out\n",
@@ -79,15 +82,17 @@ def test_an_out_file_wins_over_a_working_file_of_the_same_path(executor: DockerE
     assert result.files() == {"a.txt": b"out\n", "b": b"file\n"}
 
 
-def test_original_template_writes_its_results_to_output(executor: DockerExecutor) -> None:
+def test_original_template_writes_its_results_to_output(
+    executor: DockerExecutor, tmp_path: Path
+) -> None:
     main = (
         "import json, os\n"
         "os.makedirs('output', exist_ok=True)\n"
         "n = len(open('numbers.txt').read().split())\n"
         "json.dump({'n': n}, open('output/result.json', 'w'))\n"
     )
-    bundle = zip_of({"main.py": main, "numbers.txt": "1 2 3"})
-    result = run(executor, task(["python", "main.py"], image=PYTHON, input_bundle=bundle))
+    bundle = bundle_file({"main.py": main, "numbers.txt": "1 2 3"}, tmp_path)
+    result = run(executor, task(["python", "main.py"], image=PYTHON, bundle=bundle))
     assert result.outcome.status == "succeeded", (result.outcome, result.chunks)
     assert result.files() == {"output/result.json": b'{"n": 3}'}
 
@@ -110,6 +115,7 @@ def test_writing_past_the_disk_limit_fails_without_using_the_hosts_disk(
         "echo written"
     )
     outcome = executor.run(sh(script, disk_bytes=32 * MIB), on_output, threading.Event())
+    result_of(outcome)
     assert outcome.status == "failed"
     assert outcome.error == "disk limit exceeded (limit 32 MiB)"
     assert held and held[0] <= 33 * MIB  # its 32 MiB (and the host's extent map) of 384 tried
@@ -171,20 +177,20 @@ async def test_the_disk_request_reaches_the_task_from_a_flag_task_json_or_the_hu
 ) -> None:
     require_docker_images(BUSYBOX).close()
     df = ["sh", "-c", "df -k /work | tail -1 | awk '{print $2}' > /out/kib"]
+    stub = await cluster.operator_stub()
     task_json = zip_of({"task.json": json.dumps({"requirements": {"storage_gb": 0.125}})})
     requests = [
         pb.SubmitRequest(image=BUSYBOX, command=df),
         pb.SubmitRequest(image=BUSYBOX, command=df, disk_bytes=32 * MIB),
-        pb.SubmitRequest(image=BUSYBOX, command=df, input_bundle=task_json),
+        pb.SubmitRequest(image=BUSYBOX, command=df, bundle_digest=await upload(stub, task_json)),
         pb.SubmitRequest(image=BUSYBOX, command=["sh", "-c", "head -c 100000000 /dev/zero >big"]),
     ]
     tasks = await run_through_the_pool(cluster, *requests)
     assert [task.disk_bytes for task in tasks] == [64 * MIB, 32 * MIB, 128 * MIB, 64 * MIB]
-    stub = await cluster.operator_stub()
     for ended, size in zip(tasks[:3], (64, 32, 128), strict=True):
         assert ended.status == "succeeded", ended.error
-        result = await stub.FetchResult(pb.TaskRef(task_id=ended.id))
-        with zipfile.ZipFile(io.BytesIO(result.output_bundle)) as archive:
+        result = await collected(stub.ReadResult(pb.ResultRead(task_id=ended.id)))
+        with zipfile.ZipFile(io.BytesIO(result)) as archive:
             kib = int(archive.read("kib"))
         assert size * 1024 * 0.9 < kib <= size * 1024  # less what ext4 keeps for itself
     assert (tasks[3].status, tasks[3].error) == ("failed", "disk limit exceeded (limit 64 MiB)")
@@ -200,8 +206,8 @@ async def test_a_disk_over_the_hubs_maximum_is_refused(cluster: Cluster) -> None
 
 
 def test_a_bundle_larger_than_the_disk_never_runs(executor: DockerExecutor, tmp_path: Path) -> None:
-    bundle = zip_of({"data.bin": secrets.token_bytes(15 * MIB)})
-    result = run(executor, sh("true", input_bundle=bundle, disk_bytes=16 * MIB))
+    bundle = bundle_file({"data.bin": secrets.token_bytes(15 * MIB)}, tmp_path / "cache")
+    result = run(executor, sh("true", bundle=bundle, disk_bytes=16 * MIB))
     assert (result.outcome.status, result.outcome.exit_code) == ("failed", -1)
     assert result.outcome.error == "bad input bundle: it does not fit in the disk limit (16 MiB)"
     assert leftovers(tmp_path) == []

@@ -4,33 +4,37 @@ Every caller connects from 127.0.0.1, so every certificate here binds 127.0.0.1 
 hub's too: the overlay is 127.0.0.0/24, whose first address is the hub's). ``Cluster``
 registers nodes in Redis the way enrollment does, issues their certificates, and runs
 ``Worker``s with a scriptable in-process executor; ``@in_a_cluster()`` makes an
-``async def test_…(cluster)`` run on a fresh one.
+``async def test_…(cluster)`` run on a fresh one. Task data goes through the pool's blob
+store, under the state directory: ``upload`` puts an input there as a client does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import redis
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.taskrun import NO_USAGE, OnOutput, Outcome, TaskRun, Usage
 from hivemind_cluster.agent.worker import Worker
+from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.client.channel import Identity, aio_channel
-from hivemind_cluster.core.names import TASKS_DIR
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
+from hivemind_cluster.model.blobs import CHUNK_BYTES, DIGEST_PREFIX
 from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.model.spec import TaskSpec
 from hivemind_cluster.pool.pool import Pool
@@ -72,19 +76,19 @@ class ScriptedExecutor:
         self.started.append(task)
         if self.behaviour is not None:
             return self.behaviour(task, on_output, cancel)
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+        return Outcome("succeeded", 0, "", NO_USAGE)
 
 
 def echo(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
     """Prints its command to stdout and succeeds with usage."""
     on_output("stdout", (" ".join(task.command) + "\n").encode())
-    return Outcome("succeeded", 0, "", Usage(0.5, 1 << 20, 0.6, 0.0), b"")
+    return Outcome("succeeded", 0, "", Usage(0.5, 1 << 20, 0.6, 0.0))
 
 
 def block_until_cancelled(task: TaskRun, on_output: OnOutput, cancel: threading.Event) -> Outcome:
     on_output("stdout", b"working\n")
     cancel.wait(60)
-    return Outcome("cancelled", 137, "cancelled", NO_USAGE, b"")
+    return Outcome("cancelled", 137, "cancelled", NO_USAGE)
 
 
 def succeed_after(release: threading.Event, stdout: bytes = b"") -> Behaviour:
@@ -95,7 +99,7 @@ def succeed_after(release: threading.Event, stdout: bytes = b"") -> Behaviour:
         release.wait(10)
         if stdout:
             on_output("stdout", stdout)
-        return Outcome("succeeded", 0, "", NO_USAGE, b"")
+        return Outcome("succeeded", 0, "", NO_USAGE)
 
     return hold
 
@@ -119,13 +123,48 @@ def redis_client(server: RedisServer, decode: bool = True) -> aioredis.Redis:
     )
 
 
-async def fresh_pool(server: RedisServer, settings: HubSettings) -> Pool:
+async def fresh_pool(
+    server: RedisServer, settings: HubSettings, blob_db: redis.Redis | None = None
+) -> Pool:
     """A ``Pool`` (not started yet) on a flushed Redis with the Lua libraries loaded, its
-    task data under the settings' state directory."""
+    blob store under the settings' state directory (``settings.blob_path``), on ``blob_db``
+    (a synchronous client the caller closes; by default one of its own)."""
     db = redis_client(server)
     await db.flushall()
     connect_with_every_library(server).close()  # loads the Lua, as ``Pool.open`` does
-    return Pool(settings, db, redis_client(server, False), settings.path / TASKS_DIR)
+    blob_db = blob_db or connect_with_every_library(server)
+    return Pool(settings, db, redis_client(server, False), BlobStore.for_hub(settings, blob_db))
+
+
+def digest_of(data: bytes) -> str:
+    return DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+async def collected(chunks: AsyncIterable[pb.BlobChunk]) -> bytes:
+    """The data of a blob stream (``ReadResult``, ``Blobs.Read``), all of it."""
+    return b"".join([chunk.data async for chunk in chunks])
+
+
+async def upload(stub: pb_grpc.TasksAsyncStub, data: bytes, account: str = "") -> str:
+    """Put ``data`` on the hub as the stub's caller (or, for the hub, ``account``) does
+    before naming it in a submission: ``BeginUpload``, then ``Upload`` in chunks from the
+    offset the hub holds. Returns its digest."""
+    digest = digest_of(data)
+    request = pb.UploadRequest(digest=digest, size=len(data), account=account)
+    state = await stub.BeginUpload(request)
+    if state.complete:
+        return digest
+
+    async def chunks() -> AsyncIterator[pb.UploadChunk]:
+        for start in range(state.offset, len(data), CHUNK_BYTES):
+            piece = data[start : start + CHUNK_BYTES]
+            yield pb.UploadChunk(
+                upload_id=state.upload_id, offset=start, data=piece, account=account
+            )
+
+    sent = await stub.Upload(chunks())
+    assert sent.complete and sent.digest == digest, sent
+    return digest
 
 
 # Tests about lost workers pass this as ``heartbeat_timeout``; the others keep the default,
@@ -145,9 +184,12 @@ class Cluster:
         self.port = 0
         self.workers: dict[str, tuple[Worker, asyncio.Task[None]]] = {}
         self.channels: list[grpc.aio.Channel] = []
+        # The blob store's synchronous client: also what its garbage collection asks
+        # whether tasks are live with (``tasks_live``), as the hub's does.
+        self.blob_db = connect_with_every_library(redis_server)
 
     async def start(self) -> None:
-        self.pool = await fresh_pool(self.redis_server, self.settings)
+        self.pool = await fresh_pool(self.redis_server, self.settings, self.blob_db)
         await self.serve()
 
     async def serve(self, port: int = 0) -> None:
@@ -170,7 +212,7 @@ class Cluster:
         await old.stop()
         if while_down is not None:
             await while_down()
-        self.pool = Pool(old.settings, old.db, old.raw_db, old.tasks.data_dir)
+        self.pool = Pool(old.settings, old.db, old.raw_db, old.blobs)
         await self.serve(self.port)
 
     async def stop(self) -> None:
@@ -185,6 +227,7 @@ class Cluster:
             await self.server.stop(grace=0.5)
         if self.pool is not None:
             await self.pool.close()
+        self.blob_db.close()
 
     async def add_node(self, node_id: str, role: str, overlay_ip: str = LOOPBACK) -> Identity:
         """A member as enrollment (``hm_redeem``) would record it, with its certificate and

@@ -1,6 +1,6 @@
 """Settle every ended, unsettled task, printing each as it goes (the crash test kills it).
 
-python -m tests.support.settle_outstanding HOST PORT PASSWORD DATA_DIR [PAUSE_SECONDS]
+python -m tests.support.settle_outstanding HOST PORT PASSWORD [PAUSE_SECONDS]
 
 PAUSE_SECONDS (default 0) between tasks keeps the settlement going long enough for the
 test's kill to land in its middle however slowly the test process runs.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -22,9 +21,9 @@ from hivemind_cluster.pool.taskstore import TaskStore
 RATES = RateCard(cpu_second=100, gb_second=50, gpu_second=2000)
 
 
-async def main(host: str, port: str, password: str, data_dir: str, pause: str = "0") -> None:
+async def main(host: str, port: str, password: str, pause: str = "0") -> None:
     db = aioredis.Redis(host=host, port=int(port), password=password, decode_responses=True)
-    tasks = TaskStore(db, Path(data_dir), 1 << 20)
+    tasks = TaskStore(db, 1 << 20)
     accounting = Accounting(AsyncLedger(db), RATES, tasks)
     await accounting.ledger.genesis()
     for task_id in await tasks.unsettled():
@@ -35,4 +34,4 @@ async def main(host: str, port: str, password: str, data_dir: str, pause: str = 
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:6]))
+    asyncio.run(main(*sys.argv[1:5]))

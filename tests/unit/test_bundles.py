@@ -17,12 +17,14 @@ from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.bundles import (
     INPUT_RULES,
     MAX_FILES,
+    RESULT_RULES,
     BundleRules,
     bundle_from_path,
     check_bundle,
     default_command,
     pack_directory,
     unpack_bundle,
+    unpacked_size,
 )
 from tests.support.scratch import zip_of
 
@@ -135,9 +137,14 @@ def test_not_a_zip(data: bytes) -> None:
         check_bundle(data)
 
 
-def test_too_large_compressed() -> None:
+def test_too_large_compressed(tmp_path: Path) -> None:
+    small = replace(INPUT_RULES, max_zip_bytes=16 * MIB)
     with pytest.raises(InvalidInput, match="bundle is larger than 16 MiB"):
-        check_bundle(bytes(16 * MIB + 1))
+        check_bundle(bytes(16 * MIB + 1), small)
+    with (tmp_path / "sparse.zip").open("wb") as sparse:  # a file: its size, not its bytes
+        sparse.truncate(21 * 1024 * MIB)
+    with pytest.raises(InvalidInput, match="bundle is larger than 20 GiB"):
+        check_bundle(tmp_path / "sparse.zip")
 
 
 def lying_zip(actual: bytes, declared_size: int) -> bytes:
@@ -184,42 +191,65 @@ def test_pack_regular_files_only(tmp_path: Path) -> None:
     (tmp_path / "sub" / "more.bin").write_bytes(b"\x00\x01")
     (tmp_path / "link").symlink_to("/etc/passwd")
     (tmp_path / "dirlink").symlink_to("/etc", target_is_directory=True)
-    data = pack_directory(tmp_path)
-    assert sorted(check_bundle(data)) == ["result.txt", "sub/more.bin"]
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    zipped = tmp_path.parent / f"{tmp_path.name}.zip"
+    size = pack_directory(tmp_path, zipped)
+    assert size == zipped.stat().st_size
+    assert sorted(check_bundle(zipped)) == ["result.txt", "sub/more.bin"]
+    with zipfile.ZipFile(zipped) as archive:
         assert archive.read("result.txt") == b"42\n"
 
 
-def test_pack_empty_directory_is_empty_bytes(tmp_path: Path) -> None:
-    assert pack_directory(tmp_path) == b""
+def test_pack_empty_directory_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert pack_directory(tmp_path / "empty", tmp_path / "out.zip") == 0
+    assert not (tmp_path / "out.zip").exists()
 
 
-def test_pack_over_the_cap(tmp_path: Path) -> None:
-    (tmp_path / "random.bin").write_bytes(__import__("os").urandom(17 * MIB))
+def test_pack_over_the_cap_stops_there_and_leaves_no_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "random.bin").write_bytes(os.urandom(17 * MIB))
+    small = BundleRules("result", 16 * MIB, 64 * MIB)
     with pytest.raises(InvalidInput, match=r"^task output is larger than 16 MiB$"):
-        pack_directory(tmp_path)
+        pack_directory(tmp_path / "data", tmp_path / "out.zip", small)
+    assert not (tmp_path / "out.zip").exists()
+
+
+def test_a_large_file_is_packed_streaming_and_read_back(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    payload = os.urandom(3 * MIB)
+    with (tmp_path / "data" / "big.bin").open("wb") as sink:
+        for _ in range(8):
+            sink.write(payload)
+    zipped = tmp_path / "out.zip"
+    pack_directory(tmp_path / "data", zipped)
+    unpack_bundle(zipped, tmp_path / "back", RESULT_RULES)
+    assert (tmp_path / "back" / "big.bin").read_bytes() == payload * 8
+    assert unpacked_size(zipped, RESULT_RULES) == 24 * MIB
 
 
 def test_bundle_from_path(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     (source / "main.py").write_text("print(1)\n")
-    assert check_bundle(bundle_from_path(source)) == ["main.py"]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert check_bundle(bundle_from_path(source, scratch)) == ["main.py"]
+    assert (scratch / "bundle.zip").exists()
     archive = tmp_path / "b.zip"
     archive.write_bytes(zip_of({"app.py": b""}, zipfile.ZIP_DEFLATED))
-    assert check_bundle(bundle_from_path(archive)) == ["app.py"]
+    assert bundle_from_path(archive, scratch) == archive
     evil = tmp_path / "evil.zip"
     evil.write_bytes(zip_of({"../x": b""}, zipfile.ZIP_DEFLATED))
     with pytest.raises(InvalidInput, match="escapes the bundle"):
-        bundle_from_path(evil)
+        bundle_from_path(evil, scratch)
     with pytest.raises(NotFound, match="does not exist"):
-        bundle_from_path(tmp_path / "missing")
+        bundle_from_path(tmp_path / "missing", scratch)
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(InvalidInput, match=r"neither a directory nor a \.zip file"):
-        bundle_from_path(tmp_path / "notes.txt")
+        bundle_from_path(tmp_path / "notes.txt", scratch)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInput, match="has no files"):
-        bundle_from_path(tmp_path / "empty")
+        bundle_from_path(tmp_path / "empty", tmp_path / "empty")
 
 
 @pytest.mark.parametrize(

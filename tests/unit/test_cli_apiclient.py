@@ -213,10 +213,16 @@ def test_logs_without_follow_reads_the_pages_there_are(server: tuple[str, Script
     ]
 
 
-def test_result_is_the_raw_zip(server: tuple[str, Script]) -> None:
+def test_an_upload_begins_with_its_digest_and_size(server: tuple[str, Script]) -> None:
     url, script = server
-    script.answers.append((200, "application/zip", b"PK\x05\x06" + b"\0" * 18))
-    assert ApiClient(url, "t").result("t1").startswith(b"PK")
+    digest = "sha256:" + "a" * 64
+    state = {"upload_id": "u1", "offset": 5, "size": 9, "digest": digest, "complete": False}
+    script.answers += [json_answer(201, state), json_answer(200, {"upload_id": "u1"})]
+    assert ApiClient(url, "t").begin_upload(digest, 9) == state
+    assert script.seen[0]["path"] == "/api/v1/uploads"
+    assert script.seen[0]["body"] == {"size": 9, "digest": digest}
+    with pytest.raises(HiveMindError, match="the hub answered an upload with"):
+        ApiClient(url, "t").begin_upload(digest, 9)  # not an upload state: not HiveMind
 
 
 def test_an_expired_token_through_the_cli_is_one_line(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import stat
@@ -14,18 +12,28 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
 from hivemind_cluster.client import poolcli as cli
-from hivemind_cluster.client import views
+from hivemind_cluster.client import transfer, views
 from hivemind_cluster.client.cli import build_hivemind_parser
+from hivemind_cluster.client.transfer import ResultStream, UploadState
 from hivemind_cluster.client.views import View
-from hivemind_cluster.core.errors import HiveMindError, InvalidInput, NotFound
+from hivemind_cluster.core.errors import Conflict, HiveMindError, InvalidInput, NotFound
+from hivemind_cluster.model.blobs import OnBytes
 from hivemind_cluster.model.submission import from_json
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.support.scratch import zip_of
+from tests.unit.test_transfer import MemoryHub, sha
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest cache of these tests' own (``XDG_CACHE_HOME``), and no retry pauses."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(transfer, "RETRY_PAUSE", 0)
 
 
 def task(status: str, **fields: Any) -> View:
@@ -46,11 +54,13 @@ def task(status: str, **fields: Any) -> View:
 
 @dataclass
 class FakeClient:
-    """Plays a task through ``states``, one per ``get``."""
+    """Plays a task through ``states``, one per ``get``; its blobs are a ``MemoryHub``'s,
+    ``output`` the task's result zip."""
 
     states: list[str] = field(default_factory=lambda: ["queued", "running", "succeeded"])
     submitted: list[View] = field(default_factory=list)
     output: bytes = b""
+    hub: MemoryHub = field(default_factory=MemoryHub)
 
     def submit(self, body: View) -> View:
         self.submitted.append(body)
@@ -60,7 +70,13 @@ class FakeClient:
         if task_id != "t1":
             raise NotFound(f"no task {task_id}")
         status = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-        return task(status, exit_code=0 if status == "succeeded" else 3, has_exit_code=True)
+        return task(
+            status,
+            exit_code=0 if status == "succeeded" else 3,
+            has_exit_code=True,
+            output_digest=sha(self.output) if self.output else "",
+            output_bytes=len(self.output),
+        )
 
     def cancel(self, task_id: str) -> View:
         return task("cancelled")
@@ -72,8 +88,17 @@ class FakeClient:
         for stream, data in (("stdout", b"out\n"), ("stderr", b"err\n"), ("system", b"ended")):
             yield views.log_view(pb.LogEntry(stream=stream, data=data, attempt=1, time=1.0))
 
-    def result(self, task_id: str) -> bytes:
-        return self.output
+    def begin_upload(self, digest: str, size: int) -> UploadState:
+        return self.hub.begin_upload(digest, size)
+
+    def send_upload(
+        self, upload_id: str, offset: int, source: BinaryIO, length: int, on_bytes: OnBytes
+    ) -> UploadState:
+        return self.hub.send_upload(upload_id, offset, source, length, on_bytes)
+
+    def read_result(self, task_id: str, offset: int, digest: str) -> ResultStream:
+        self.hub.results[task_id] = self.output
+        return self.hub.read_result(task_id, offset, digest)
 
     def nodes(self) -> list[View]:
         return [views.node_view(pb.NodeState(id="n1", name="worker-a", role="worker"))]
@@ -93,6 +118,11 @@ class FakeClient:
         return views.rates_view(pb.RateCard(cpu_second=100, gb_second=50, gpu_second=2000))
 
 
+def ended(output: bytes) -> FakeClient:
+    """A client of a task that succeeded with ``output``."""
+    return FakeClient(["succeeded"], output=output)
+
+
 def parse(*argv: str) -> argparse.Namespace:
     return build_hivemind_parser().parse_args(list(argv))
 
@@ -103,17 +133,27 @@ def run(client: FakeClient, capsys: pytest.CaptureFixture[str], *argv: str) -> t
     return status, out, err
 
 
-def test_the_submit_body_is_what_the_api_reads(tmp_path: Path) -> None:
+def test_the_submit_body_is_what_the_api_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "main.py").write_text("print('hi')\n")
-    args = parse(
+    (tmp_path / "data.bin").write_bytes(b"data")
+    client = FakeClient()
+    assert run(
+        client, capsys,
         "submit", "--image", "img", "--cpu", "0.5", "--memory", "64M", "--gpus", "1",
         "--timeout", "30", "--max-cost", "2.5", "--env", "A=1=2", "--name", "n",
-        "--bundle", str(tmp_path / "job"), "--", "python", "main.py", "--flag",
-    )  # fmt: skip
-    body = cli.submit_body(args)
-    bundle = base64.b64decode(body.pop("bundle"))
-    assert zipfile.ZipFile(io.BytesIO(bundle)).namelist() == ["main.py"]
+        "--bundle", str(tmp_path / "job"), "--input", str(tmp_path / "data.bin"),
+        "--input-url", f"https://x.example/t.csv#sha256={'0' * 64}",
+        "--", "python", "main.py", "--flag",
+    ) == (0, "t1\n", "")  # fmt: skip
+    body = client.submitted[0]
+    bundle = tmp_path / "bundle.zip"
+    bundle.write_bytes(client.hub.blobs[body.pop("bundle")])
+    assert zipfile.ZipFile(bundle).namelist() == ["main.py"]
+    data = {"name": "data.bin", "digest": sha(b"data"), "kind": "file"}
+    url = {"name": "t.csv", "url": f"https://x.example/t.csv#sha256={'0' * 64}"}
     assert body == {
         "image": "img",
         "env": {"A": "1=2"},
@@ -124,11 +164,20 @@ def test_the_submit_body_is_what_the_api_reads(tmp_path: Path) -> None:
         "name": "n",
         "max_cost": "2.5",
         "command": ["python", "main.py", "--flag"],
+        "inputs": [data, url],
     }
-    body["bundle"] = base64.b64encode(bundle).decode()
+    body["bundle"] = sha(bundle.read_bytes())
     request = from_json(body)  # the API's (and hivemind-pool's) reading of it
     assert (request.resources.cpu_millis, request.resources.memory_bytes) == (500, 64 << 20)
-    assert (request.max_cost, request.input_bundle, request.env["A"]) == (2_500_000, bundle, "1=2")
+    assert (request.max_cost, request.bundle_digest, request.env["A"]) == (
+        2_500_000,
+        body["bundle"],
+        "1=2",
+    )
+    assert [(i.name, i.digest, i.url) for i in request.inputs] == [
+        ("data.bin", sha(b"data"), ""),
+        ("t.csv", f"sha256:{'0' * 64}", "https://x.example/t.csv"),
+    ]
 
 
 def test_defaults_are_left_to_the_hub() -> None:
@@ -136,14 +185,51 @@ def test_defaults_are_left_to_the_hub() -> None:
     assert cli.submit_body(parse("submit", "--priority", "0")) == {"command": []}
 
 
-def test_bad_submit_options_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="--env 'A' is not KEY=VALUE"):
-        cli.submit_body(parse("submit", "--env", "A", "--", "true"))
-    with pytest.raises(NotFound):
-        cli.submit_body(parse("submit", "--bundle", str(tmp_path / "missing"), "--", "true"))
+def test_bad_submit_options_are_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    (tmp_path / "data").write_bytes(b"x")
+    client = FakeClient()
+    with pytest.raises(InvalidInput, match="--env 'A' is not KEY=VALUE"):
+        run(client, capsys, "submit", "--env", "A", "--input", str(tmp_path / "data"), "--", "t")
+    with pytest.raises(NotFound):
+        run(client, capsys, "submit", "--bundle", str(tmp_path / "missing"), "--", "true")
     with pytest.raises(InvalidInput, match="not a zip"):
-        cli.submit_body(parse("submit", "--bundle", str(tmp_path / "bad.zip"), "--", "true"))
+        run(client, capsys, "submit", "--bundle", str(tmp_path / "bad.zip"), "--", "true")
+    with pytest.raises(InvalidInput, match="URL#sha256=HEX"):
+        args = ("--input", str(tmp_path / "data"), "--input-url", "https://x.example/a")
+        run(client, capsys, "submit", *args, "--", "true")
+    assert (client.hub.calls, client.submitted) == ([], [])
+
+
+def test_submit_says_what_it_sent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data.bin").write_bytes(b"some data")
+    client = FakeClient()
+    argv = ("submit", "--input", str(tmp_path / "data.bin"), "--", "true")
+    out = run(client, capsys, "submit", "--json", *argv[1:])[1]
+    uploads = [{"name": "data.bin", "digest": sha(b"some data"), "size": 9, "sent_bytes": 9}]
+    assert json.loads(out)["uploads"] == uploads
+    assert run(client, capsys, *argv) == (
+        0,
+        "t1\n",
+        "input data.bin: already on the hub (9 B), nothing sent\n",
+    )
+    _, out, err = run(client, capsys, "submit", "--json", *argv[1:])
+    assert json.loads(out)["uploads"] == [uploads[0] | {"sent_bytes": 0}] and err == ""
+
+
+def test_progress_bars_only_on_a_terminal_and_never_with_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data.bin").write_bytes(os.urandom(3 << 20))
+    argv = ("submit", "--input", str(tmp_path / "data.bin"), "--", "true")
+    assert run(FakeClient(), capsys, *argv)[2] == ""  # no terminal: no bar
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert run(FakeClient(), capsys, "submit", "--json", *argv[1:])[2] == ""
+    (tmp_path / "cache").rename(tmp_path / "old-cache")  # hash it again
+    err = run(FakeClient(), capsys, *argv)[2]
+    assert "hashing input data.bin" in err and "100%" in err and "3.00M" in err
 
 
 def test_submit_prints_the_id_or_the_task(capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,7 +281,7 @@ def test_logs_go_to_their_streams(capsys: pytest.CaptureFixture[str]) -> None:
 def test_result_unpacks_into_the_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = FakeClient(output=zip_of({"x": b"hi\n", "sub/y": b"there"}))
+    client = ended(zip_of({"x": b"hi\n", "sub/y": b"there"}))
     target = tmp_path / "results"
     assert run(client, capsys, "result", "t1", "-o", str(target)) == (
         0,
@@ -203,14 +289,48 @@ def test_result_unpacks_into_the_directory(
         "",
     )
     assert (target / "x").read_bytes() == b"hi\n" and (target / "sub" / "y").exists()
-    empty = run(FakeClient(), capsys, "result", "t1", "-o", str(tmp_path / "e"), "--json")
+    assert sorted(p.name for p in target.iterdir()) == ["sub", "x"]  # the part is gone
+    empty = run(ended(b""), capsys, "result", "t1", "-o", str(tmp_path / "e"), "--json")
     assert json.loads(empty[1])["files"] == [] and not (tmp_path / "e").exists()
+
+
+def test_result_resumes_a_part_from_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = zip_of({"big": os.urandom(3 << 20)})
+    client = ended(output)
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / ".hivemind-result-t1.zip.part").write_bytes(output[:1234567])
+    assert run(client, capsys, "result", "t1", "-o", str(target))[0] == 0
+    assert client.hub.calls == ["read 1234567"]
+    assert sorted(p.name for p in target.iterdir()) == ["big"]
+
+
+def test_result_can_keep_the_zip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = zip_of({"x": b"hi\n"})
+    kept = tmp_path / "out" / "r.zip"
+    status, out, _ = run(ended(output), capsys, "result", "t1", "--zip", str(kept))
+    assert (status, out, kept.read_bytes()) == (0, f"1 files from t1 in {kept}\n", output)
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["r.zip"]
+    with pytest.raises(InvalidInput, match="exists: give --zip a new file"):
+        run(ended(output), capsys, "result", "t1", "--zip", str(kept))
+    with pytest.raises(SystemExit):
+        parse("result", "t1")  # -o or --zip
+
+
+def test_result_of_a_task_still_running_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(Conflict, match=r"^task t1 is running: no result yet$"):
+        run(FakeClient(["running"]), capsys, "result", "t1", "-o", str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_result_files_follow_the_users_umask(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = FakeClient(output=zip_of({"sub/y": b"there"}))
+    client = ended(zip_of({"sub/y": b"there"}))
     previous = os.umask(0o077)
     try:
         run(client, capsys, "result", "t1", "-o", str(tmp_path / "r"))
@@ -226,7 +346,7 @@ def test_result_files_follow_the_users_umask(
 def test_result_never_writes_over_files_and_is_all_or_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = FakeClient(output=zip_of({"x": b"new", "z": b"also new"}))
+    client = ended(zip_of({"x": b"new", "z": b"also new"}))
     target = tmp_path / "results"
     target.mkdir()
     (target / "x").write_bytes(b"mine")

@@ -91,6 +91,9 @@ def filler(parser: argparse.ArgumentParser) -> list[str]:
             words += [] if action.nargs == argparse.REMAINDER else ["x"]
         elif action.required:
             words += [action.option_strings[0], "x"]
+    for group in parser._mutually_exclusive_groups:  # one of them required: the first
+        if group.required:
+            words += [group._group_actions[0].option_strings[0], "x"]
     return words
 
 

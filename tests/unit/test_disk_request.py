@@ -16,7 +16,7 @@ from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model import submission
 from hivemind_cluster.model.spec import check_submission
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.support.scratch import zip_of
+from tests.support.tasks import held_bundle
 
 GIB = 1024 * MIB
 
@@ -25,12 +25,21 @@ def disk_of(request: pb.SubmitRequest, **settings: Any) -> int:
     return check_submission(request, "op", HubSettings(state_dir="unused", **settings)).disk_bytes
 
 
+def disk_with_bundle(files: dict[str, str], **fields: Any) -> int:
+    """The disk of a submission of a bundle of ``files`` (held on the hub)."""
+    with held_bundle(files) as data:
+        assert data.bundle is not None
+        request = pb.SubmitRequest(bundle_digest=data.bundle.digest, **fields)
+        settings = HubSettings(state_dir="unused")
+        return check_submission(request, "op", settings, data).disk_bytes
+
+
 def test_the_flag_reaches_the_api_body_and_the_request() -> None:
     args = build_hivemind_parser().parse_args(["submit", "--disk", "2G", "--", "true"])
     body = poolcli.submit_body(args)
     assert body["disk"] == "2G"
     assert submission.from_json({**body, "image": "busybox"}).disk_bytes == 2 * GIB
-    assert submission.from_form({"disk": "512M", "image": "busybox"}, b"").disk_bytes == 512 * MIB
+    assert submission.from_form({"disk": "512M", "image": "busybox"}).disk_bytes == 512 * MIB
 
 
 def test_the_hub_default_fills_in_and_its_maximum_bounds() -> None:
@@ -46,10 +55,9 @@ def test_the_hub_default_fills_in_and_its_maximum_bounds() -> None:
 
 
 def test_task_json_storage_gb_is_the_disk_and_a_flag_wins() -> None:
-    bundle = zip_of({"main.py": "", "task.json": json.dumps({"requirements": {"storage_gb": 2}})})
-    assert disk_of(pb.SubmitRequest(input_bundle=bundle)) == 2 * GIB
-    flagged = pb.SubmitRequest(input_bundle=bundle, disk_bytes=3 * GIB)
-    assert disk_of(flagged) == 3 * GIB
-    bad = zip_of({"main.py": "", "task.json": '{"storage_gb": "lots"}'})
+    files = {"main.py": "", "task.json": json.dumps({"requirements": {"storage_gb": 2}})}
+    assert disk_with_bundle(files) == 2 * GIB
+    assert disk_with_bundle(files, disk_bytes=3 * GIB) == 3 * GIB
+    bad = {"main.py": "", "task.json": '{"storage_gb": "lots"}'}
     with pytest.raises(InvalidInput, match="storage_gb must be a number above 0"):
-        disk_of(pb.SubmitRequest(input_bundle=bad))
+        disk_with_bundle(bad)

@@ -85,13 +85,12 @@ def test_a_task_gets_docker_device_requests_for_exactly_its_gpus() -> None:
         1,
         5,
         False,
-        b"",
         gpu_ids=("GPU-b",),
     )
     (request,) = container_options(task, "n1", 64)["device_requests"]
     assert request["DeviceIDs"] == ["GPU-b"] and request["Capabilities"] == [["gpu"]]
     assert not request["Count"]
     anywhere = container_options(
-        TaskRun("t1", 1, "i", [], {}, 1000, 64 << 20, 2, 5, False, b""), "n1", 64
+        TaskRun("t1", 1, "i", [], {}, 1000, 64 << 20, 2, 5, False), "n1", 64
     )
     assert anywhere["device_requests"][0]["Count"] == 2

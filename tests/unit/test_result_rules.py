@@ -17,23 +17,33 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.client.poolcli import save_result
+from hivemind_cluster.client.results import save_result
 from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.bundles import (
     MAX_FILES,
     RESULT_RULES,
+    BundleRules,
     check_bundle,
     pack_directory,
 )
-from hivemind_cluster.pool.messages import check_result
-from hivemind_cluster.protos import pool_pb2 as pb
+from hivemind_cluster.pool.taskdata import TaskBlobs
 from tests.support.scratch import zip_of
 from tests.unit.test_bundles import lying_zip
 
+# A result limit small enough to test without writing gigabytes.
+SMALL = BundleRules("result", 16 * MIB, 1024 * MIB)
 
-def accepted_by_the_pool(bundle: bytes) -> None:
-    check_result(pb.TaskResult(status="succeeded", output_bundle=bundle))
+
+def accepted_by_the_pool(bundle: Path) -> None:
+    """What the pool checks of a result's zip once its blob is stored (pool/taskdata.py)."""
+    TaskBlobs.check_result_zip(bundle)
+
+
+def written(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "result.zip"
+    path.write_bytes(data)
+    return path
 
 
 def symlink_zip() -> bytes:
@@ -49,8 +59,8 @@ def test_a_compressible_result_is_packed_accepted_and_unpacked(tmp_path: Path) -
     out = tmp_path / "out"
     out.mkdir()
     (out / "zeros").write_bytes(bytes(20 * MIB))  # deflates about 1000:1
-    bundle = pack_directory(out)
-    assert len(bundle) < MIB
+    bundle = tmp_path / "result.zip"
+    assert pack_directory(out, bundle) < MIB
     accepted_by_the_pool(bundle)
     assert save_result(bundle, tmp_path / "results") == ["zeros"]
     assert (tmp_path / "results" / "zeros").read_bytes() == bytes(20 * MIB)
@@ -60,13 +70,15 @@ def test_a_compressible_result_is_packed_accepted_and_unpacked(tmp_path: Path) -
 
 
 def test_the_worker_says_how_much_a_result_over_the_limit_holds(tmp_path: Path) -> None:
-    with (tmp_path / "sparse").open("wb") as sparse:
+    (tmp_path / "out").mkdir()
+    with (tmp_path / "out" / "sparse").open("wb") as sparse:
         sparse.truncate(3 * 1024 * MIB)  # 3 GiB to read, nothing on disk
     with pytest.raises(InvalidInput) as refused:
-        pack_directory(tmp_path)
+        pack_directory(tmp_path / "out", tmp_path / "result.zip", SMALL)
     assert refused.value.message == (
         "task output holds 3 GiB unpacked, more than the 1 GiB a result may hold"
     )
+    assert not (tmp_path / "result.zip").exists()
 
 
 @pytest.mark.parametrize(
@@ -86,18 +98,21 @@ def test_the_worker_says_how_much_a_result_over_the_limit_holds(tmp_path: Path) 
     ids=["zip-slip", "absolute", "symlink", "declared-too-big", "too-many-files", "junk", "huge"],
 )
 def test_hostile_results_are_refused_by_the_pool_and_the_consumer(
-    tmp_path: Path, bundle: bytes, message: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: bytes, message: str
 ) -> None:
+    for side in ("pool.taskdata", "client.results"):
+        monkeypatch.setattr(f"hivemind_cluster.{side}.RESULT_RULES", SMALL)
+    path = written(tmp_path, bundle)
     with pytest.raises(InvalidInput, match=message):
-        accepted_by_the_pool(bundle)
+        accepted_by_the_pool(path)
     target = tmp_path / "results"
     with pytest.raises(InvalidInput, match=message):
-        save_result(bundle, target)
+        save_result(path, target)
     assert not target.exists() or list(target.iterdir()) == []
 
 
 def test_headers_that_lie_are_caught_while_unpacking(tmp_path: Path) -> None:
-    bundle = lying_zip(bytes(2 * MIB), declared_size=1000)
+    bundle = written(tmp_path, lying_zip(bytes(2 * MIB), declared_size=1000))
     accepted_by_the_pool(bundle)  # the headers alone look harmless
     target = tmp_path / "results"
     with pytest.raises(InvalidInput, match=r"bundle entry 'big' is corrupt|unpacks to more than"):
@@ -110,9 +125,9 @@ def test_the_consumer_counts_the_bytes_it_writes(
 ) -> None:
     # Even with the checks before unpacking fooled, unpacking stops at the unpacked limit.
     small = replace(RESULT_RULES, max_unpacked_bytes=MIB + 10)
-    monkeypatch.setattr("hivemind_cluster.client.poolcli.RESULT_RULES", small)
+    monkeypatch.setattr("hivemind_cluster.client.results.RESULT_RULES", small)
     monkeypatch.setattr("hivemind_cluster.model.bundles.checked_members", lambda a, r: a.infolist())
-    monkeypatch.setattr("hivemind_cluster.client.poolcli.check_bundle", lambda d, r: ["a", "b"])
+    monkeypatch.setattr("hivemind_cluster.client.results.check_bundle", lambda d, r: ["a", "b"])
     bundle = zip_of({"a": bytes(MIB), "b": bytes(MIB)}, zipfile.ZIP_DEFLATED)
     target = tmp_path / "results"
     with pytest.raises(InvalidInput, match=r"^result unpacks to more than 1048586 bytes"):

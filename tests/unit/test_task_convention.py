@@ -4,8 +4,8 @@ runs, what its task.json supplies (and that flags win over it), the refusals, an
 
 from __future__ import annotations
 
-import base64
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from hivemind_cluster.client import poolcli
 from hivemind_cluster.client.cli import build_hivemind_parser
+from hivemind_cluster.client.inputs import plan_data
 from hivemind_cluster.core.errors import InvalidInput, NotFound
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.model.bundles import default_entrypoint
@@ -22,13 +23,27 @@ from hivemind_cluster.model.spec import TaskSpec, check_submission
 from hivemind_cluster.model.submission import price_cap
 from hivemind_cluster.protos import pool_pb2 as pb
 from tests.support.scratch import zip_of
+from tests.support.tasks import held_bundle
 
 SETTINGS = HubSettings(state_dir="/nonexistent")
 PYTHON_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": "/work"}
 
 
-def submitted(files: dict[str, str], **fields: Any) -> TaskSpec:
-    return check_submission(pb.SubmitRequest(input_bundle=zip_of(files), **fields), "op", SETTINGS)
+def submitted(files: Mapping[str, str | bytes], **fields: Any) -> TaskSpec:
+    """The pool's check of a submission of a bundle of ``files`` (held on the hub)."""
+    with held_bundle(files) as data:
+        assert data.bundle is not None
+        request = pb.SubmitRequest(bundle_digest=data.bundle.digest, **fields)
+        return check_submission(request, "op", SETTINGS, data)
+
+
+def quoted(files: Mapping[str, str | bytes]) -> tuple[int, TaskSpec]:
+    """What the web quotes for a submission of a bundle of ``files``, and the pool's check."""
+    with held_bundle(files) as data:
+        assert data.bundle is not None
+        request = pb.SubmitRequest(bundle_digest=data.bundle.digest)
+        bundle = data.files[data.bundle.digest]
+        return price_cap(request, SETTINGS, bundle), check_submission(request, "op", SETTINGS, data)
 
 
 def with_task_json(document: Any, **files: str) -> dict[str, str]:
@@ -183,11 +198,7 @@ def test_a_malformed_task_json_is_refused(content: str, message: str) -> None:
 
 def test_a_task_json_that_is_not_utf8_or_too_large_is_refused() -> None:
     with pytest.raises(InvalidInput, match=r"task\.json is not UTF-8 text"):
-        check_submission(
-            pb.SubmitRequest(input_bundle=zip_of({"main.py": "", "task.json": b"{\xff}"})),
-            "op",
-            SETTINGS,
-        )
+        submitted({"main.py": "", "task.json": b"{\xff}"})
     big = json.dumps({"description": "x" * (64 << 10)})
     with pytest.raises(InvalidInput, match=r"task\.json in the bundle is larger than 64 KiB"):
         submitted({"main.py": "", "task.json": big})
@@ -199,19 +210,20 @@ def test_only_the_top_level_task_json_counts() -> None:
 
 
 def test_the_quote_holds_what_the_pool_will_hold() -> None:
-    request = pb.SubmitRequest(
-        input_bundle=zip_of(with_task_json({"requirements": {"memory_gb": 4}, "timeout": 600}))
-    )
-    spec = check_submission(request, "op", SETTINGS)
+    cap, spec = quoted(with_task_json({"requirements": {"memory_gb": 4}, "timeout": 600}))
     card = RateCard.from_settings(SETTINGS)
-    assert price_cap(request, SETTINGS) == card.price_cap(spec.request, spec.timeout_seconds)
-    plain = pb.SubmitRequest(input_bundle=zip_of({"main.py": ""}))
-    larger = pb.SubmitRequest(input_bundle=zip_of(with_task_json({"memory_gb": 4})))
-    assert price_cap(larger, SETTINGS) > price_cap(plain, SETTINGS)
+    assert cap == card.price_cap(spec.request, spec.timeout_seconds)
+    assert quoted(with_task_json({"memory_gb": 4}))[0] > quoted({"main.py": ""})[0]
 
 
 def submit_body(*argv: str) -> dict[str, Any]:
-    return poolcli.submit_body(build_hivemind_parser().parse_args(["submit", *argv]))
+    """What ``submit`` asks for: its bundle's path and its command (the JSON body but its
+    data, which ``submit`` uploads first)."""
+    args = build_hivemind_parser().parse_args(["submit", *argv])
+    bundle, command = poolcli.bundle_and_command(args)
+    if bundle:
+        plan_data(bundle, [], [], Path("."))  # checks the path, as submit does first
+    return {"bundle": bundle, "command": command} if bundle else {"command": command}
 
 
 def test_submit_takes_a_bundle_path_as_its_only_argument(
@@ -222,10 +234,7 @@ def test_submit_takes_a_bundle_path_as_its_only_argument(
     Path("job").mkdir()
     Path("job/run.py").write_text("print(2)\n")
     Path("notes.txt").write_text("")
-    body = submit_body("--wait", "job.zip")
-    assert (
-        body["command"] == [] and base64.b64decode(body["bundle"]) == Path("job.zip").read_bytes()
-    )
+    assert submit_body("--wait", "job.zip") == {"bundle": "job.zip", "command": []}
     assert submit_body("--memory", "1G", "job") == submit_body("--memory", "1G", "--bundle", "job")
     # Anything else stays a command: after --, more than one argument, or not a bundle.
     assert submit_body("--", "job.zip") == {"command": ["job.zip"]}

@@ -20,7 +20,7 @@ from hivemind_cluster.core.errors import SystemFailure
 from tests.support.tasks import a_task
 from tests.unit.test_agent_status import ENROLLMENT  # hm0, hub at 198.51.100.1
 
-RAN = Outcome("succeeded", 0, "", NO_USAGE, b"")
+RAN = Outcome("succeeded", 0, "", NO_USAGE, None)
 
 
 class Recorder:

@@ -2,12 +2,23 @@
 
 Files live under ``<agent state>/cache/inputs/``: ``<hex>`` is a complete blob whose SHA-256
 matched its digest (read-only, world-readable: a task's container mounts it as it is),
-``<hex>.part`` one being fetched. A fetch cut short (a reconnect, a crash of the agent)
-resumes where the partial file ends, after re-hashing what it holds; a blob whose bytes do
-not match its digest is deleted, never kept.
+``<hex>.part`` one being fetched; ``url-<u>-<hex>`` and ``url-<u>-<hex>.part`` likewise for
+blobs fetched from a URL, ``<u>`` naming the URL (16 hex digits of its SHA-256). They live
+apart because only the hub checks who may have a blob: the pool gives a task a hub input
+only if its owner holds it (proof of possession); a URL input is only its submitter's word
+for a digest, so it is served only from a copy fetched from that same URL — never from one
+the hub sent for another user's task, nor one fetched from another user's (say signed)
+URL: either would hand that user's data to whoever names its digest.
+
+A fetch cut short (a reconnect, a crash of the agent) resumes where the partial file ends,
+after re-hashing what it holds; a blob whose bytes do not match its digest (or more than
+the input may have) is deleted, never kept; one given up for any other reason (the hub
+refused the attempt that was fetching it, say) is kept for the next task or attempt to
+resume.
 
 ``InputCache.held`` gives a task its inputs and pins them while it runs: a second task
-wanting the same digest fetches nothing, two wanting it at once share one fetch. The cache
+wanting a blob the cache holds (a copy that may serve it) fetches nothing, two wanting the
+same copy at once share one fetch. The cache
 is bounded by ``max_bytes`` (agent setting ``input_cache_bytes``): past it, the blobs used
 longest ago that no running task holds are removed. An input larger than the whole cache
 fails its task. Where the bytes come from (the hub, a URL) is agent/inputsources.py's.
@@ -17,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -36,6 +48,9 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = Path("cache") / "inputs"
 PART = ".part"
+FROM_URL = "url-"  # the name's prefix of a blob fetched from a URL: url-<URL's>-<hex>
+URL_KEY_DIGITS = 16  # of the URL's SHA-256, in that name
+HEX_DIGITS = frozenset("0123456789abcdef")
 # A fetch that fails for a reason other than a refusal is resumed this often, after a pause.
 RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0, 10.0)
 # Progress lines in the task's log: every tenth of the input or every few seconds, for
@@ -46,7 +61,7 @@ PROGRESS_FROM_BYTES = 16 * MIB
 
 Note = Callable[[str], None]  # one line for the task's log
 # A blob's bytes from an offset to its end, in order (agent/inputsources.py makes them).
-ReadFrom = Callable[[int], AsyncIterator[bytes]]
+ReadFrom = Callable[[int], AsyncGenerator[bytes, None]]
 
 
 class InputUnavailable(Exception):
@@ -56,6 +71,17 @@ class InputUnavailable(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class WrongBytes(InputUnavailable):
+    """What came is not the input: other bytes than its digest names, or more than it may
+    have. Its partial copy can never be made whole, so it is deleted (any other reason to
+    give up keeps the copy for the next fetch to resume)."""
+
+
+class RangeRefused(Exception):
+    """The source will not send the blob from the offset asked (HTTP 416, or a 206 of
+    another range): the partial copy may be whole already, or is fetched again from 0."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +103,39 @@ def shown_name(ref: InputRef) -> str:
     return f"input {ref.name}" if ref.name else "the bundle"
 
 
+def serving_keys(ref: InputRef) -> tuple[str, ...]:
+    """The copies that may serve ``ref``: a hub input the hub's copy (its owner holds the
+    blob: the pool checked), a URL input only one fetched from that very URL (its key names
+    the URL's SHA-256: naming another's digest with some allowed URL is no way to it)."""
+    key = digest_hex(ref.digest)
+    if not ref.url:
+        return (key,)
+    url_key = hashlib.sha256(ref.url.encode()).hexdigest()[:URL_KEY_DIGITS]
+    return (f"{FROM_URL}{url_key}-{key}",)
+
+
+def cache_key(ref: InputRef) -> str:
+    """The name of the copy a fetch for ``ref`` makes: ``url-<hex>`` from its URL, ``<hex>``
+    from the hub."""
+    return serving_keys(ref)[0]
+
+
+def key_in(name: str) -> tuple[str, bool] | None:
+    """The key a cache file's name holds and whether it is partial; None for another file."""
+    key = name.removesuffix(PART)
+    hex_digits = key
+    if key.startswith(FROM_URL):
+        url_key, _, hex_digits = key.removeprefix(FROM_URL).partition("-")
+        if len(url_key) != URL_KEY_DIGITS or not set(url_key) <= HEX_DIGITS:
+            return None
+    if len(hex_digits) != 64 or not set(hex_digits) <= HEX_DIGITS:
+        return None
+    return key, key != name
+
+
 class InputCache:
-    """Blobs by digest under ``root``, at most ``max_bytes`` of them (pinned ones aside).
+    """Blobs by key (``cache_key``) under ``root``, at most ``max_bytes`` of them (pinned
+    ones aside).
 
     Used from one event loop (the worker's); file work runs on threads.
     """
@@ -95,13 +152,17 @@ class InputCache:
         # counted, and the first to go when the cache is over its bound.
         self.parts: dict[str, Entry] = {}
         for path in self.root.iterdir() if self.root.is_dir() else ():
-            if path.is_file() and len(path.name) in (64, 64 + len(PART)):
+            known = key_in(path.name)
+            if known is not None and path.is_file():
+                key, partial = known
                 stats = path.stat()
-                found = self.entries if len(path.name) == 64 else self.parts
-                found[path.name[:64]] = Entry(stats.st_size, stats.st_mtime)
+                (self.parts if partial else self.entries)[key] = Entry(
+                    stats.st_size, stats.st_mtime
+                )
 
-    def path(self, digest: str) -> Path:
-        return self.root / digest_hex(digest)
+    def path(self, ref: InputRef) -> Path:
+        """Where a fetch for ``ref`` keeps the blob."""
+        return self.root / cache_key(ref)
 
     def total_bytes(self) -> int:
         held = sum(entry.size for entry in (*self.entries.values(), *self.parts.values()))
@@ -111,10 +172,16 @@ class InputCache:
     async def held(self, wanted: list[Wanted], note: Note) -> AsyncIterator[dict[str, Path]]:
         """Each wanted blob in the cache (fetched if missing), pinned for the block: their
         paths by digest. Raises InputUnavailable when one cannot be had for the task's own
-        reasons, SystemFailure when this worker cannot fetch it (so the pool retries)."""
-        unique = list({want.ref.digest: want for want in wanted}.values())
+        reasons, SystemFailure when this worker cannot fetch it (so the pool retries).
+        A digest wanted both from the hub and from a URL is fetched from the URL: that copy
+        serves both."""
+        by_digest: dict[str, Wanted] = {}
+        for want in wanted:
+            if want.ref.url or want.ref.digest not in by_digest:
+                by_digest[want.ref.digest] = want
+        unique = list(by_digest.values())
         self.check_fits([want.ref for want in unique])
-        keys = [digest_hex(want.ref.digest) for want in unique]
+        keys = [key for want in unique for key in serving_keys(want.ref)]
         self.pins.update(keys)
         try:
             yield {want.ref.digest: await self.have(want, note) for want in unique}
@@ -133,15 +200,17 @@ class InputCache:
             )
 
     async def have(self, want: Wanted, note: Note) -> Path:
-        """The blob's file: in the cache already, fetched by another task meanwhile, or
-        fetched now (a fetch started for another task that fails is tried again for ours)."""
-        key = digest_hex(want.ref.digest)
+        """The blob's file: in the cache already (a copy that may serve it), fetched by
+        another task meanwhile, or fetched now (a fetch started for another task that fails
+        is tried again for ours)."""
+        key = cache_key(want.ref)
         while True:
-            entry = self.entries.get(key)
-            if entry is not None:
-                self.touch(key, entry)
-                note(f"{shown_name(want.ref)}: {format_bytes(entry.size)} from the cache")
-                return self.root / key
+            for usable in serving_keys(want.ref):
+                entry = self.entries.get(usable)
+                if entry is not None:
+                    self.touch(usable, entry)
+                    note(f"{shown_name(want.ref)}: {format_bytes(entry.size)} from the cache")
+                    return self.root / usable
             running = self.fetching.get(key)
             if running is None:
                 break
@@ -167,7 +236,7 @@ class InputCache:
             os.utime(self.root / key, (entry.used, entry.used))
 
     async def fetch(self, want: Wanted, note: Note) -> Path:
-        ref, key = want.ref, digest_hex(want.ref.digest)
+        ref, key = want.ref, cache_key(want.ref)
         self.parts.pop(key, None)  # counted as reserved while this fetch runs
         self.reserved[key] = ref.size
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -176,7 +245,7 @@ class InputCache:
         started = time.monotonic()
         try:
             hasher = await self.fetch_verified(want, part, note)
-        except InputUnavailable:
+        except WrongBytes:
             part.unlink(missing_ok=True)  # never to be whole: nothing is kept
             raise
         path = self.root / key
@@ -203,7 +272,7 @@ class InputCache:
             part.unlink(missing_ok=True)
             hasher = await self.fetch_into(want, part, Hasher(), note)
         if hasher.digest != ref.digest:
-            raise InputUnavailable(
+            raise WrongBytes(
                 f"{shown_name(ref)} from {want.origin} has digest {hasher.digest}, "
                 f"not {ref.digest}: refused"
             )
@@ -211,36 +280,51 @@ class InputCache:
 
     async def fetch_into(self, want: Wanted, part: Path, hasher: Hasher, note: Note) -> Hasher:
         """Append the blob's bytes to ``part`` from where it ends until the blob is whole,
-        resuming after a failure (RETRY_PAUSES) that is not a refusal."""
+        resuming after a failure (RETRY_PAUSES in a row without progress) that is not a
+        refusal; from 0 when the source will not send from where it ends."""
         progress = Progress(note, shown_name(want.ref), want.ref.size, hasher.size)
-        bound = want.ref.size or self.max_bytes
         failures = 0
+        error: Exception
         with open(part, "ab") as sink:
-            while not want.ref.size or hasher.size < want.ref.size:
+            while True:
                 before = hasher.size
                 try:
-                    async for data in want.read(hasher.size):
-                        if hasher.size + len(data) > bound:
-                            raise InputUnavailable(too_large(want, bound))
-                        await asyncio.to_thread(append, sink, hasher, data)
-                        progress.moved(hasher.size)
-                    if not want.ref.size or hasher.size == want.ref.size:
-                        return hasher
-                    raise ConnectionError(
-                        f"the stream ended at {hasher.size} of {want.ref.size} bytes"
-                    )
+                    await self.stream_into(want, sink, hasher, progress)
+                    return hasher
                 except (InputUnavailable, asyncio.CancelledError):
                     raise
-                except Exception as error:
-                    failures = 0 if hasher.size > before else failures + 1
-                    if failures >= len(RETRY_PAUSES):
-                        raise SystemFailure(
-                            f"could not fetch {shown_name(want.ref)} from {want.origin}: "
-                            f"{one_line(str(error)) or type(error).__name__}"
-                        ) from error
-                    log.warning("%s: fetch cut (%s), resuming", shown_name(want.ref), error)
-                    await asyncio.sleep(RETRY_PAUSES[failures])
-        return hasher
+                except RangeRefused as refused:
+                    if hasher.size and hasher.digest == want.ref.digest:
+                        return hasher  # it was whole already: there is nothing past its end
+                    await asyncio.to_thread(sink.truncate, 0)
+                    hasher, error = Hasher(), refused
+                except Exception as failed:
+                    error = failed
+                failures = 0 if hasher.size > before else failures + 1
+                if failures >= len(RETRY_PAUSES):
+                    raise SystemFailure(
+                        f"could not fetch {shown_name(want.ref)} from {want.origin}: "
+                        f"{one_line(str(error)) or type(error).__name__}"
+                    ) from error
+                log.warning("%s: fetch cut (%s), resuming", shown_name(want.ref), error)
+                await asyncio.sleep(RETRY_PAUSES[failures])
+
+    async def stream_into(
+        self, want: Wanted, sink: IO[bytes], hasher: Hasher, progress: Progress
+    ) -> None:
+        """One read of the source, from where ``hasher`` is to the blob's end (its stream
+        closed however this ends)."""
+        size, bound = want.ref.size, want.ref.size or self.max_bytes
+        if size and hasher.size >= size:
+            return
+        async with contextlib.aclosing(want.read(hasher.size)) as stream:
+            async for data in stream:
+                if hasher.size + len(data) > bound:
+                    raise WrongBytes(too_large(want, bound))
+                await asyncio.to_thread(append, sink, hasher, data)
+                progress.moved(hasher.size)
+        if size and hasher.size != size:
+            raise ConnectionError(f"the stream ended at {hasher.size} of {size} bytes")
 
     def evict(self) -> None:
         """Remove the partial files no fetch writes, then the blobs used longest ago, none

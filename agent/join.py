@@ -195,7 +195,17 @@ def service_pid(settings: AgentSettings) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
-    return pid
+    return None if is_zombie(pid) else pid
+
+
+def is_zombie(pid: int) -> bool:
+    """A process that has died but not been reaped yet (``kill(pid, 0)`` still succeeds on
+    it): after a crash its parent may take a moment to reap it, and it serves nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def ensure_service(settings: AgentSettings) -> int:

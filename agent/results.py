@@ -23,6 +23,7 @@ from hivemind_cluster.agent.inputsources import PoolChannel
 from hivemind_cluster.agent.taskrun import ResultFile
 from hivemind_cluster.core.console import one_line
 from hivemind_cluster.model.blobs import CHUNK_BYTES
+from hivemind_cluster.model.states import INTERRUPTED, TaskState
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
@@ -64,11 +65,20 @@ def remove_leftovers(root: Path) -> None:
 
 
 async def deliver(channel: PoolChannel, task_id: str, attempt: int, output: ResultFile) -> Delivery:
-    """Send the zip, resuming after each failure, until the hub holds it or no retry helps."""
-    failures = 0
+    """Send the zip, resuming after each failure, until the hub holds it or no retry helps:
+    RETRY_PAUSES failures in a row with no byte more held by the hub."""
+    header = pb.ResultChunk(
+        task_id=task_id, attempt=attempt, digest=output.digest, size=output.size
+    )
+    failures, held = 0, 0
     while True:
         try:
-            state = await send(await channel(), task_id, attempt, output)
+            stub = pb_grpc.BlobsStub(await channel())
+            state = await stub.ResultOffset(header)
+            if state.offset > held:  # the try before got this far: not a failure in a row
+                held, failures = state.offset, 0
+            if not state.complete:
+                state = await stub.WriteResult(chunks(header, output.path, state.offset))
         except grpc.aio.AioRpcError as error:
             details = one_line(error.details() or error.code().name)
             if error.code() in SUPERSEDED:
@@ -87,20 +97,6 @@ async def deliver(channel: PoolChannel, task_id: str, attempt: int, output: Resu
         log.warning("task %s attempt %d: result not sent yet (%s)", task_id, attempt, why)
         await asyncio.sleep(RETRY_PAUSES[failures])
         failures += 1
-
-
-async def send(
-    channel: grpc.aio.Channel, task_id: str, attempt: int, output: ResultFile
-) -> pb.UploadState:
-    """One try: where to resume, then the rest of the file."""
-    stub = pb_grpc.BlobsStub(channel)
-    header = pb.ResultChunk(
-        task_id=task_id, attempt=attempt, digest=output.digest, size=output.size
-    )
-    state = await stub.ResultOffset(header)
-    if state.complete:
-        return state
-    return await stub.WriteResult(chunks(header, output.path, state.offset))
 
 
 async def chunks(header: pb.ResultChunk, path: Path, offset: int) -> AsyncIterator[pb.ResultChunk]:
@@ -122,6 +118,15 @@ async def chunks(header: pb.ResultChunk, path: Path, offset: int) -> AsyncIterat
             offset += len(data)
             if not data:
                 return
+
+
+def without_zip(result: pb.TaskResult, delivery: Delivery) -> pb.TaskResult:
+    """The result to report when its zip could not be sent: it names none, and fails (the
+    hub refused the zip) or is interrupted (the pool runs the task again)."""
+    result.output_digest, result.output_size = "", 0
+    result.status = TaskState.FAILED if delivery.refused else INTERRUPTED
+    result.error = delivery.error
+    return result
 
 
 Key = tuple[str, int]

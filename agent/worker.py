@@ -47,7 +47,7 @@ from hivemind_cluster.agent.attempts import (
     restated,
 )
 from hivemind_cluster.agent.facts import Facts
-from hivemind_cluster.agent.results import Delivery, ResultZips
+from hivemind_cluster.agent.results import Delivery, ResultZips, without_zip
 from hivemind_cluster.agent.tasklogs import AttemptLog, TaskLogs
 from hivemind_cluster.agent.taskrun import (
     OnOutput,
@@ -57,7 +57,7 @@ from hivemind_cluster.agent.taskrun import (
 )
 from hivemind_cluster.agent.transfers import Transfers
 from hivemind_cluster.client.channel import Identity, aio_channel
-from hivemind_cluster.model.states import INTERRUPTED, TaskState
+from hivemind_cluster.model.states import INTERRUPTED
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
@@ -199,8 +199,9 @@ class Worker:
         log.info("worker stopped (%d tasks completed)", self.completed)
 
     async def _all_done_or_halted(self) -> None:
+        """No task runs and no result zip is on its way (a large one takes a while)."""
         assert self._halting is not None
-        while self.running and not self._halting.is_set():
+        while (self.running or self._zips.uploads) and not self._halting.is_set():
             await asyncio.sleep(0.1)
 
     async def _results_delivered(self) -> None:
@@ -434,10 +435,7 @@ class Worker:
         if delivery.superseded:
             self._supersede(*key, f"the pool refused its result: {delivery.error}")
             return None
-        result.output_digest, result.output_size = "", 0
-        failed = TaskState.FAILED if delivery.refused else INTERRUPTED
-        result.status, result.error = failed, delivery.error
-        return result
+        return without_zip(result, delivery)
 
     def _output_sender(self, loop: asyncio.AbstractEventLoop, output: AttemptLog) -> OnOutput:
         """The executor's ``on_output``, called on its thread: the output goes up in

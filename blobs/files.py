@@ -50,6 +50,11 @@ class BlobFiles:
         finally:
             os.close(fd)  # releases the lock
 
+    def free_bytes(self) -> int:
+        """Bytes free for the hub on the filesystem of the store's directory."""
+        found = os.statvfs(self.root)
+        return found.f_bavail * found.f_frsize
+
     def create_upload(self, upload_id: str) -> None:
         fd = os.open(self.upload_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
@@ -109,6 +114,13 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+# Written data is flushed to the disk every so often as it arrives: otherwise gigabytes of
+# dirty pages pile up and the kernel throttles every writer on the machine at once —
+# Redis's AOF among them, which then stops answering the pool and the web for seconds. The
+# disk is many times faster than the network the bytes come over, so this costs little.
+FLUSH_EVERY_BYTES = 64 * 1024 * 1024
+
+
 def write_chunks(fd: int, hasher: Hasher, size: int, chunks: Iterable[bytes], what: str) -> None:
     """Append ``chunks`` to the file at ``fd``, which holds ``hasher.size`` bytes, hashing
     them as they go. Reads no chunk more once ``size`` is reached, except to see that no byte
@@ -142,7 +154,10 @@ def _write(fd: int, hasher: Hasher, chunk: bytes) -> None:
         written = 0
         while written < len(piece):
             written += os.pwrite(fd, piece[written:], hasher.size + written)
+        before = hasher.size
         hasher.update(piece)
+        if before // FLUSH_EVERY_BYTES != hasher.size // FLUSH_EVERY_BYTES:
+            os.fdatasync(fd)
 
 
 def _too_large(what: str, size: int) -> TooLarge:

@@ -2,6 +2,9 @@
 does not know (a commit that stopped between placing the file and recording it), and
 uploads nobody touched for ``upload_retention_seconds``.
 
+A pin younger than PIN_GRACE_SECONDS always holds: the pool pins a submission's data
+before it stores the task, so for a moment the pin's task does not exist yet.
+
 Every removal of a blob happens with the store's flock held and only after Redis forgot it
 atomically, so a commit of the same digest (which holds the flock too) either comes first
 and keeps it, or comes after and places it again.
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from hivemind_cluster.blobs.store import BlobStore
 
 TaskIsLive = Callable[[list[str]], list[bool]]
+PIN_GRACE_SECONDS = 600  # far longer than a submission takes from its pins to its task
 
 
 @dataclass
@@ -47,20 +51,22 @@ def _collect_blobs(
     store: BlobStore, uses: list[BlobUse], task_is_live: TaskIsLive, freed: Freed
 ) -> None:
     now = store.clock()
+    settled = now - PIN_GRACE_SECONDS
     unheld = {use.digest: use for use in uses if max(use.holders.values(), default=0) <= now}
-    pinned = sorted({task for use in unheld.values() for task in use.pins})
+    asked = {t for use in unheld.values() for t, pin in use.pins.items() if pin.time <= settled}
+    pinned = sorted(asked)
     live = dict(zip(pinned, task_is_live(pinned), strict=True)) if pinned else {}
     for use in uses:
         expired = [account for account, expiry in use.holders.items() if expiry <= now]
         stale = [task for task in use.pins if not live.get(task, True)]
         if use.digest in unheld and len(stale) == len(use.pins):
             with store.files.store_lock():
-                size = store.index.forget(use.digest, now, stale, expired)
+                size = store.index.forget(use, now, stale, expired)
                 if size is not None:
                     store.files.remove_blob(use.digest)
                     freed.add(size)
         elif expired or stale:  # tidy: the blob stays (held or pinned by a live task)
-            store.index.forget(use.digest, now, stale, expired)
+            store.index.forget(use, now, stale, expired)
 
 
 def _collect_unknown_files(store: BlobStore, freed: Freed) -> None:

@@ -18,6 +18,7 @@ LIBRARY = redisdb.Library(
     {"NOT_HELD": (errors.NotFound, "input {detail} is not on the hub: upload it first")},
 )
 _SCAN_BATCH = 200
+_RELEASE_TRIES = 5  # a release retries when a result was committed as it read the results
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,25 @@ def resume_field(digest: str, size: int) -> str:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """A task's pin on a blob: when it was made, for whom (the task's owner)."""
+
+    time: float
+    account: str
+
+    @classmethod
+    def parse(cls, value: str) -> Pin:
+        time, _, account = value.partition(" ")
+        return cls(float(time), account)
+
+
+@dataclass(frozen=True)
 class BlobUse:
     """Who holds and pins one blob, as the garbage collector saw it."""
 
     digest: str
     holders: dict[str, float]  # account -> expiry
-    pins: list[str]  # task ids
+    pins: dict[str, Pin]  # task id -> its pin
 
 
 class BlobIndex:
@@ -85,9 +99,11 @@ class BlobIndex:
         expiry: float,
         quota: int,
         max_open: int,
+        max_blobs: int,
         new_id: str,
     ) -> tuple[str, str]:
-        """("held" | "size" | "resume" | "quota" | "too_many" | "new", id or number)."""
+        """("held" | "size" | "resume" | "quota" | "too_many" | "too_many_blobs" | "new",
+        id or number)."""
         reply = self._call(
             "hm_blob_begin",
             [
@@ -98,6 +114,7 @@ class BlobIndex:
                 keys.ACCOUNT_RESUME.format(account=account),
                 keys.UPLOAD.format(id=new_id),
                 keys.UPLOADS,
+                keys.ACCOUNT_PINS.format(account=account),
             ],
             [
                 account,
@@ -109,6 +126,7 @@ class BlobIndex:
                 max_open,
                 new_id,
                 resume_field(digest, size),
+                max_blobs,
             ],
         )
         return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
@@ -116,7 +134,7 @@ class BlobIndex:
     def begin_result(
         self, task: str, attempt: int, digest: str, size: int, now: float, new_id: str
     ) -> tuple[str, str]:
-        """("done" | "open" | "new", upload id)."""
+        """("done" | "committed" | "open" | "new", upload id or the committed digest)."""
         reply = self._call(
             "hm_blob_begin_result",
             [
@@ -136,7 +154,9 @@ class BlobIndex:
     def touch(self, upload_id: str, now: float) -> None:
         self.db.zadd(keys.UPLOADS, {upload_id: now}, xx=True)
 
-    def commit(self, record: UploadRecord, digest: str, expiry: float, keep_seconds: int) -> None:
+    def commit(
+        self, record: UploadRecord, digest: str, now: float, expiry: float, keep_seconds: int
+    ) -> None:
         """The blob is in data/: record it, its holding (and a result's attempt), and close
         the upload, atomically."""
         self._call(
@@ -160,6 +180,7 @@ class BlobIndex:
                 record.resume_field,
                 record.attempt,
                 max(1, keep_seconds),
+                now,
             ],
         )
 
@@ -194,6 +215,7 @@ class BlobIndex:
                 [
                     keys.BLOBS,
                     keys.HOLDINGS.format(account=account),
+                    keys.ACCOUNT_PINS.format(account=account),
                     keys.ACCOUNT_UPLOADS.format(account=account),
                 ],
                 [now],
@@ -220,7 +242,11 @@ class BlobIndex:
     def pin(
         self, task: str, account: str, digests: list[str], now: float, expiry: float
     ) -> list[int]:
-        names = [keys.BLOBS, keys.HOLDINGS.format(account=account)]
+        names = [
+            keys.BLOBS,
+            keys.HOLDINGS.format(account=account),
+            keys.ACCOUNT_PINS.format(account=account),
+        ]
         for digest in digests:
             names += [keys.HOLDERS.format(digest=digest), keys.PINS.format(digest=digest)]
         sizes = self._call("hm_blob_pin", names, [account, task, now, expiry, *digests])
@@ -237,18 +263,25 @@ class BlobIndex:
         result_expiry: float,
     ) -> None:
         holder = result_holder(task)
-        results = cast(list[str], self.db.zrange(keys.HOLDINGS.format(account=holder), 0, -1))
         names = [
             keys.HOLDINGS.format(account=account),
             keys.HOLDINGS.format(account=holder),
             keys.TASK_RESULTS.format(task=task),
+            keys.ACCOUNT_PINS.format(account=account),
         ]
         for digest in digests:
             names += [keys.HOLDERS.format(digest=digest), keys.PINS.format(digest=digest)]
-        names += [keys.HOLDERS.format(digest=digest) for digest in results]
         ttl = max(1, int(result_expiry - now))
         args = [account, task, input_expiry, holder, result_digest, result_expiry, now, ttl]
-        self._call("hm_blob_release", names, [*args, len(digests), *digests, *results])
+        for _ in range(_RELEASE_TRIES):  # the function checks the results read here
+            results = cast(list[str], self.db.zrange(keys.HOLDINGS.format(account=holder), 0, -1))
+            held = [keys.HOLDERS.format(digest=digest) for digest in results]
+            released = self._call(
+                "hm_blob_release", names + held, [*args, len(digests), *digests, *results]
+            )
+            if released:
+                return
+        raise errors.Conflict(f"task {task}: results kept changing as it was released")
 
     # Garbage
     def blob_digests(self) -> Iterator[list[str]]:
@@ -266,19 +299,25 @@ class BlobIndex:
         pipe = self.db.pipeline(transaction=False)
         for digest in digests:
             pipe.zrange(keys.HOLDERS.format(digest=digest), 0, -1, withscores=True)
-            pipe.smembers(keys.PINS.format(digest=digest))
+            pipe.hgetall(keys.PINS.format(digest=digest))
         replies = pipe.execute()
         return [
-            BlobUse(digest, {str(a): float(s) for a, s in holders}, sorted(pins))
+            BlobUse(
+                digest,
+                {str(a): float(s) for a, s in holders},
+                {task: Pin.parse(pin) for task, pin in pins.items()},
+            )
             for digest, holders, pins in zip(digests, replies[::2], replies[1::2], strict=True)
         ]
 
     def forget(
-        self, digest: str, now: float, stale_tasks: list[str], expired_holders: list[str]
+        self, use: BlobUse, now: float, stale_tasks: list[str], expired_holders: list[str]
     ) -> int | None:
-        """Drop stale pins and expired holdings; the size of the blob when nothing holds or
-        pins it any more (it is forgotten: delete its file), else None."""
+        """Drop stale pins (of ``use.pins``) and expired holdings; the size of the blob when
+        nothing holds or pins it any more (it is forgotten: delete its file), else None."""
+        digest = use.digest
         names = [keys.BLOBS, keys.HOLDERS.format(digest=digest), keys.PINS.format(digest=digest)]
+        names += [keys.ACCOUNT_PINS.format(account=use.pins[task].account) for task in stale_tasks]
         names += [keys.HOLDINGS.format(account=account) for account in expired_holders]
         args = [digest, now, len(stale_tasks), *stale_tasks, *expired_holders]
         size = int(self._call("hm_blob_forget", names, args))

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.core.units import format_duration
 from hivemind_cluster.protos import pool_pb2 as pb
+
+# The least retention a hub may set: a task's data must outlive its submission by far (the
+# garbage collector spares pins for PIN_GRACE_SECONDS, blobs/garbage.py) and an upload a
+# slow client's pauses.
+MIN_RETENTION_SECONDS = 3600
+DISK_MARGIN_BYTES = 1 << 30  # free disk an upload or a result may not take from the hub
 
 
 @dataclass(frozen=True)
@@ -16,9 +24,19 @@ class BlobLimits:
     quota_bytes: int
     upload_retention_seconds: int
     result_retention_seconds: int
+    disk_margin_bytes: int = DISK_MARGIN_BYTES
 
     @classmethod
     def from_settings(cls, settings: HubSettings) -> BlobLimits:
+        """The hub's limits; InvalidInput for a retention shorter than
+        MIN_RETENTION_SECONDS."""
+        for name in ("upload_retention_seconds", "result_retention_seconds"):
+            seconds = getattr(settings, name)
+            if seconds < MIN_RETENTION_SECONDS:
+                raise InvalidInput(
+                    f"hub setting {name} is {seconds}: it must be at least "
+                    f"{MIN_RETENTION_SECONDS} ({format_duration(MIN_RETENTION_SECONDS)})"
+                )
         return cls(
             max_input_bytes=settings.max_input_bytes,
             max_result_bytes=settings.max_result_bytes,

@@ -3,8 +3,9 @@ resumable by offset, verified by SHA-256, stored once per content, kept while an
 holds them or a live task pins them (blobs/constants.py says what those are).
 
 Synchronous and thread-safe; the web and the pool each make their own ``BlobStore`` on the
-same directory and Redis (the pool calls it with ``asyncio.to_thread``). The files are
-blobs/files.py's, the Redis index blobs/index.py's, garbage blobs/garbage.py's.
+same directory and Redis (the pool calls it on threads of its own, ``in_store_thread`` in
+pool/taskdata.py). The files are blobs/files.py's, the Redis index blobs/index.py's,
+garbage blobs/garbage.py's, refusals blobs/refusals.py's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO
 
 import redis
 
@@ -23,6 +24,7 @@ from hivemind_cluster.blobs import garbage
 from hivemind_cluster.blobs.constants import INPUT, RESULT
 from hivemind_cluster.blobs.files import UPLOAD_ID, BlobFiles, write_chunks
 from hivemind_cluster.blobs.index import BlobIndex, UploadRecord, result_holder
+from hivemind_cluster.blobs.refusals import check_size, no_room, refuse_begin
 from hivemind_cluster.blobs.states import BlobLimits, UploadState
 from hivemind_cluster.blobs.uploads import Hashers, UploadLocks
 from hivemind_cluster.core.errors import Conflict, InvalidInput, NotFound, TooLarge
@@ -34,6 +36,7 @@ __all__ = ["BlobLimits", "BlobStore", "UploadState"]
 
 LOCK_WAIT_SECONDS = 10.0  # an append waits this long for another one to the same upload
 MAX_OPEN_UPLOADS = 64  # unfinished uploads per account
+MAX_ACCOUNT_BLOBS = 100_000  # blobs an account holds or pins (its usage walks them all)
 
 
 class BlobStore:
@@ -65,7 +68,7 @@ class BlobStore:
         max_input_bytes or the quota; InvalidInput for a bad digest. A blob another account
         holds still needs the bytes (proof of possession); once they match, the stored copy
         is shared."""
-        _check_size(size, self.limits.max_input_bytes, "an upload")
+        check_size(size, self.limits.max_input_bytes, "an upload")
         if digest:
             check_digest(digest, "upload digest")
         for _ in range(2):  # twice: a resumable upload may turn out to have lost its file
@@ -73,14 +76,16 @@ class BlobStore:
                 lambda new_id: self._index_begin(account, digest, size, new_id)
             )
             if outcome == "new":
-                state = UploadState(new_id, 0, size, digest, False)
-                return self.append(account, new_id, 0, ()) if size == 0 else state
+                if size == 0:
+                    return self.append(account, new_id, 0, ())
+                new = UploadRecord(new_id, account, INPUT, size, digest)
+                return self._with_room(_open_state(new, 0), new)
             if outcome == "held":
                 return UploadState.stored(digest, size)
             if outcome != "resume":
-                self._refuse_begin(outcome, int(value), size, digest)
+                refuse_begin(self.limits, outcome, int(value), size, digest, MAX_ACCOUNT_BLOBS)
             try:
-                return self.upload_state(account, value)
+                return self._with_room(self.upload_state(account, value))
             except NotFound:
                 self._drop_if_lost(value)
         raise NotFound(f"upload of {digest} could not resume or start: begin it again")
@@ -95,40 +100,42 @@ class BlobStore:
             now + self.limits.upload_retention_seconds,
             self.limits.quota_bytes,
             MAX_OPEN_UPLOADS,
+            MAX_ACCOUNT_BLOBS,
             new_id,
         )
 
-    def _refuse_begin(self, outcome: str, value: int, size: int, digest: str) -> NoReturn:
-        if outcome == "size":
-            raise InvalidInput(
-                f"{digest} is {format_bytes(value)} ({value} bytes) on the hub, not {size} bytes"
-            )
-        if outcome == "quota":
-            quota = format_bytes(self.limits.quota_bytes, exact=True)
-            raise TooLarge(
-                f"storage quota: {format_bytes(value)} of {quota} used, and this upload needs "
-                f"{format_bytes(size)} more (data no task uses expires after "
-                f"{_duration(self.limits.upload_retention_seconds)})"
-            )
-        if outcome == "too_many":
-            raise Conflict(
-                f"{value} unfinished uploads: finish one (resume it) before starting another"
-            )
-        raise AssertionError(f"hm_blob_begin answered {outcome!r}")
-
     def upload_state(self, account: str, upload_id: str) -> UploadState:
-        """The upload's offset now (without waiting for an append under way)."""
+        """The upload's offset now (without waiting for an append under way, unless every
+        byte is there: then it is committed first, see ``_state``)."""
         return self._state(self._record(upload_id, account, INPUT))
 
     def _state(self, record: UploadRecord) -> UploadState:
+        """Where the upload is. One holding all its bytes yet not done (the hub stopped
+        between the last write and the commit) is committed now: no client could go on
+        with it, having nothing more to send."""
         if not record.done:
             try:
-                return _open_state(record, self.files.upload_path(record.upload_id).stat().st_size)
+                held = self.files.upload_path(record.upload_id).stat().st_size
             except FileNotFoundError:  # committed meanwhile, or lost (append removes it)
                 record = self.index.record(record.upload_id) or record
                 if not record.done:
                     raise _gone(f"upload {record.upload_id}") from None
+            else:
+                if held < record.size:
+                    return _open_state(record, held)
+                return self._append(record, held, (), _what(record))
         return UploadState.stored(record.digest, record.size)
+
+    def _with_room(self, state: UploadState, new: UploadRecord | None = None) -> UploadState:
+        """``state``, when the disk has room for the bytes still to come and a margin;
+        else Unavailable (and ``new``, the upload just begun, goes again)."""
+        needed = state.size - state.offset
+        free = 0 if state.complete else self.files.free_bytes()
+        if not state.complete and free < needed + self.limits.disk_margin_bytes:
+            if new is not None:
+                self.remove_upload(new)
+            raise no_room(free, needed, self.limits.disk_margin_bytes)
+        return state
 
     def append(
         self, account: str, upload_id: str, offset: int, chunks: Iterable[bytes]
@@ -140,7 +147,21 @@ class BlobStore:
         Two appends to one upload never interleave: the second waits, then sees the offset
         the first left (or, after LOCK_WAIT_SECONDS, Conflict)."""
         record = self._record(upload_id, account, INPUT)
-        return self._append(record, offset, chunks, f"upload {upload_id}")
+        return self._append(record, offset, chunks, _what(record))
+
+    def cancel_upload(self, account: str, upload_id: str) -> None:
+        """Give up the account's unfinished upload: its partial file goes and it no longer
+        counts toward the quota (else it would until upload_retention_seconds untouched).
+        NotFound for another account's, an unknown one and a completed one: its bytes are a
+        holding now, which a submission may already name, so there is nothing to give up.
+        Waits for an append under way (Conflict after LOCK_WAIT_SECONDS)."""
+        if self._record(upload_id, account, INPUT).done:
+            raise _gone(f"upload {upload_id}")
+        with self.locks.hold(upload_id, self.files.upload_path(upload_id)):
+            current = self.index.record(upload_id)  # as it is now that this holds the lock
+            if current is None or current.done:
+                raise _gone(f"upload {upload_id}")
+            self.remove_upload(current)
 
     def holds(self, account: str, digest: str) -> bool:
         expiry = self.index.holding_expiry(account, check_digest(digest))
@@ -209,10 +230,12 @@ class BlobStore:
     # Results from workers (the pool checked the attempt is the caller's current one)
     def begin_result(self, task_id: str, attempt: int, digest: str, size: int) -> UploadState:
         """The attempt's result upload: complete when already committed, the open one for
-        the same digest and size (its offset), else a new one (replacing another of the
-        attempt). TooLarge over max_result_bytes."""
+        the same digest and size (its offset), else a new one (replacing an unfinished one
+        of the attempt). One result per attempt: once one is committed, another is a
+        Conflict (each would be kept for the result retention). TooLarge over
+        max_result_bytes; Unavailable when the hub's disk has no room for it."""
         check_digest(digest, "result digest")
-        _check_size(size, self.limits.max_result_bytes, "a result")
+        check_size(size, self.limits.max_result_bytes, "a result")
         for _ in range(3):  # an open upload of another digest is removed, then again
             new_id, outcome, upload_id = self._with_new_upload(
                 lambda new_id: self.index.begin_result(
@@ -221,13 +244,20 @@ class BlobStore:
             )
             if outcome == "done":
                 return UploadState.stored(digest, size)
+            if outcome == "committed":
+                raise Conflict(
+                    f"task {task_id} attempt {attempt} wrote its result already ({upload_id}): "
+                    "an attempt writes one result"
+                )
             if outcome == "new":
                 if size == 0:
                     return self.append_result(task_id, attempt, 0, ())
-                return UploadState(new_id, 0, size, digest, False)
+                holder = result_holder(task_id)
+                new = UploadRecord(new_id, holder, RESULT, size, digest, task_id, str(attempt))
+                return self._with_room(_open_state(new, 0), new)
             state = self._resume_result(task_id, attempt, upload_id, digest, size)
             if state is not None:
-                return state
+                return self._with_room(state)
         raise Conflict(f"result of task {task_id} attempt {attempt} is busy: try again")
 
     def _resume_result(
@@ -262,7 +292,7 @@ class BlobStore:
                 f"task {task_id} attempt {attempt} has no result upload: ask for its offset"
             )
         record = self._record(upload_id, result_holder(task_id), RESULT)
-        return self._append(record, offset, chunks, f"result of task {task_id}")
+        return self._append(record, offset, chunks, _what(record))
 
     def result_ready(self, task_id: str, attempt: int, digest: str, size: int) -> bool:
         """The attempt's result is committed with this digest and size."""
@@ -340,8 +370,9 @@ class BlobStore:
         self.files.seal(fd)
         with self.files.store_lock():
             self.files.place(self.files.upload_path(record.upload_id), digest)
-            expiry = self.clock() + retention
-            self.index.commit(record, digest, expiry, self.limits.upload_retention_seconds)
+            now = self.clock()
+            keep = self.limits.upload_retention_seconds
+            self.index.commit(record, digest, now, now + retention, keep)
         self.hashers.forget(record.upload_id)
         return UploadState.stored(digest, record.size)
 
@@ -387,25 +418,15 @@ def _gone(what: str) -> NotFound:
     return NotFound(f"{what} is not on the hub (finished or expired)")
 
 
+def _what(record: UploadRecord) -> str:
+    """The upload as errors name it."""
+    if record.kind == RESULT:
+        return f"result of task {record.task}"
+    return f"upload {record.upload_id}"
+
+
 def _open_state(record: UploadRecord, held: int) -> UploadState:
     return UploadState(record.upload_id, held, record.size, record.digest, False)
-
-
-def _check_size(size: int, limit: int, what: str) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"{what}: size must be a whole number of bytes")
-    if size > limit:
-        raise TooLarge(
-            f"{what} of {format_bytes(size)} is over the hub's limit of "
-            f"{format_bytes(limit, exact=True)}"
-        )
-
-
-def _duration(seconds: int) -> str:
-    for unit, length in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= 2 * length:
-            return f"{seconds // length} {unit}"
-    return f"{seconds} seconds"
 
 
 def _pieces(source: BinaryIO) -> Iterator[bytes]:

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hivemind_cluster.client.progress import QUIET, Bars
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput
@@ -42,9 +42,14 @@ class Known:
     size: int
 
 
-def cache_path() -> Path:
+def cache_dir() -> Path:
+    """The CLI's cache directory: ``$XDG_CACHE_HOME/hivemind`` (default ``~/.cache/hivemind``)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hivemind" / "digests.json"
+    return Path(base) / "hivemind"
+
+
+def cache_path() -> Path:
+    return cache_dir() / "digests.json"
 
 
 def _key(kind: str, parts: list[Any]) -> str:
@@ -56,11 +61,21 @@ def file_key(path: Path, found: os.stat_result) -> str:
     return _key("file", [str(path), *identity])
 
 
-def listing_key(directory: Path) -> tuple[str, int]:
-    """The key of a directory's zip and how many files it would hold."""
+class Listing(NamedTuple):
+    """A directory as its zip would hold it: the cache key, its files and their bytes."""
+
+    key: str
+    files: int
+    size: int
+
+
+def listing_key(directory: Path) -> Listing:
+    """The key of a directory's zip, and how many files and bytes it would hold."""
     listing: list[Any] = [str(directory)]
+    size = 0
     for path, name in regular_files(directory):
         found = path.lstat()
+        size += found.st_size
         listing.append(
             [
                 name,
@@ -71,7 +86,7 @@ def listing_key(directory: Path) -> tuple[str, int]:
                 found.st_ino,
             ]
         )
-    return _key("dir", listing), len(listing) - 1
+    return Listing(_key("dir", listing), len(listing) - 1, size)
 
 
 class DigestCache:

@@ -4,22 +4,27 @@
 
 Three steps, so that bad input is one error before anything is sent: ``plan_data`` checks
 the options (paths exist, names are valid and distinct, URLs carry their digest);
-``digest_data`` finds every digest (the digest cache first: a file unchanged since last time
-is not read, a directory unchanged is not zipped); ``upload_data`` sends what the hub does
-not hold yet. A directory is zipped into the scratch directory only when it must be
-uploaded (or its zip's digest is not known yet).
+``digest_data`` hashes the files (the digest cache first: a file unchanged since last time
+is not read) and checks the directories (file count and size; one unchanged is known from
+the cache, not zipped); ``upload_data`` sends what the hub does not hold yet, one item at a
+time. A directory is zipped (into client/scratch.py's directory, on disk under the user's
+cache) just before it is sent, and only if the hub lacks it or its digest is not known;
+its zip is removed once sent, so one zip at a time takes space, whatever their number.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hivemind_cluster.client.digests import DigestCache, Known, listing_key
+from hivemind_cluster.client.digests import DigestCache, Known, Listing, listing_key
 from hivemind_cluster.client.progress import QUIET, Bars
+from hivemind_cluster.client.scratch import Scratch
 from hivemind_cluster.client.transfer import UploadTransport, upload_file
 from hivemind_cluster.core.errors import HiveMindError, InvalidInput, NotFound
 from hivemind_cluster.model.blobs import (
@@ -63,12 +68,10 @@ class Plan:
 
 @dataclass
 class Prepared:
-    """An item with its digest; ``zipped``: the file sent for it (a directory's zip, None
-    while it was not needed)."""
+    """An item with its digest (None: a directory not zipped yet, nor known from the cache)."""
 
     item: Item
-    known: Known
-    zipped: Path | None = None
+    known: Known | None
     listing: str = ""  # a directory's cache key
 
 
@@ -88,7 +91,7 @@ class Uploaded:
         }
 
 
-def plan_data(bundle: str, inputs: list[str], urls: list[str], scratch: Path) -> Plan:
+def plan_data(bundle: str, inputs: list[str], urls: list[str]) -> Plan:
     """The options checked, nothing read but a .zip bundle's directory."""
     planned: list[Item | UrlInput] = [input_path(text) for text in inputs]
     planned += [input_url(text) for text in urls]
@@ -98,14 +101,15 @@ def plan_data(bundle: str, inputs: list[str], urls: list[str], scratch: Path) ->
     for name in names:
         if names.count(name) > 1:
             raise InvalidInput(f"two inputs are named {name!r}: name them, --input NAME=PATH")
-    return Plan(bundle_item(bundle, scratch) if bundle else None, planned)
+    return Plan(bundle_item(bundle) if bundle else None, planned)
 
 
-def bundle_item(text: str, scratch: Path) -> Item:
+def bundle_item(text: str) -> Item:
     path = Path(text)  # as given, for its errors
     if path.is_dir():
-        return Item("", path.resolve(), DIR)
-    return Item("", bundle_from_path(path, scratch).resolve(), FILE)  # a .zip, checked
+        return Item("", path.resolve(), DIR)  # zipped when its turn to be sent comes
+    # Not a directory: bundle_from_path checks the .zip and zips nothing into a scratch.
+    return Item("", bundle_from_path(path, Path(os.devnull)).resolve(), FILE)
 
 
 def input_path(text: str) -> Item:
@@ -151,77 +155,116 @@ def items_of(plan: Plan) -> list[Item]:
     return [plan.bundle, *files] if plan.bundle else files
 
 
-def digest_data(
-    plan: Plan, cache: DigestCache, scratch: Path, bars: Bars = QUIET
-) -> list[Prepared]:
-    """Every item's digest: from the cache, else hashed (a directory zipped first)."""
+def digest_data(plan: Plan, cache: DigestCache, bars: Bars = QUIET) -> list[Prepared]:
+    """Every digest known without zipping: a file's (from the cache, else hashed) and a
+    directory's from the cache; other directories are zipped when their turn to be sent
+    comes. What zipping a directory would refuse is refused here, before anything is sent."""
     prepared = []
     for item in items_of(plan):
         if item.kind == FILE:
             prepared.append(Prepared(item, cache.file_digest(item.path, bars, item.label)))
             continue
-        listing, count = listing_key(item.path)
-        if not count:
-            raise InvalidInput(f"{item.label}: directory {str(item.path)!r} has no files")
-        known = cache.get(listing)
-        entry = Prepared(item, known or Known("", 0), listing=listing)
-        if known is None:
-            zip_directory(entry, cache, scratch, bars)
-        prepared.append(entry)
+        listing = listing_key(item.path)
+        check_directory(item, listing)
+        prepared.append(Prepared(item, cache.get(listing.key), listing.key))
     return prepared
 
 
-def zip_directory(entry: Prepared, cache: DigestCache, scratch: Path, bars: Bars) -> None:
-    """Zip the entry's directory into ``scratch``; its digest goes into the cache."""
+def directory_what(item: Item) -> str:
+    """How the zipping's errors name a directory (as ``bundle_from_path`` names a bundle's)."""
+    return f"{'input' if item.name else 'bundle'} directory {str(item.path)!r}"
+
+
+def check_directory(item: Item, listing: Listing) -> None:
+    """The checks ``pack_directory`` makes first, made from the listing already taken."""
+    what = directory_what(item)
+    if not listing.files:
+        raise InvalidInput(f"{item.label}: directory {str(item.path)!r} has no files")
+    if listing.files > INPUT_RULES.max_files:
+        raise InvalidInput(f"{what} has more than {INPUT_RULES.max_files} files")
+    if listing.size > INPUT_RULES.max_unpacked_bytes:
+        raise INPUT_RULES.holds_too_much(what, listing.size)
+
+
+@contextmanager
+def zipped_directory(
+    entry: Prepared, cache: DigestCache, scratch: Scratch, bars: Bars
+) -> Iterator[tuple[Path, Known]]:
+    """The entry's directory zipped into the scratch directory and hashed (its digest goes
+    into the cache), for as long as it is being sent; then removed, so that only one
+    directory's zip takes space at a time."""
     item = entry.item
-    target = scratch / (f"input-{item.name}" if item.name else "bundle")
-    target.mkdir(exist_ok=True)
-    if not item.name:
-        zipped = bundle_from_path(item.path, target)
-    else:
-        zipped = target / "input.zip"
-        pack_directory(item.path, zipped, INPUT_RULES, f"input directory {str(item.path)!r}")
-    with bars.meter(f"hashing {item.label}", zipped.stat().st_size) as meter:
-        hashed = hash_file(zipped, meter.advance)
-    entry.known, entry.zipped = Known(hashed.digest, hashed.size), zipped
+    target = scratch.path() / (f"input-{item.name}" if item.name else "bundle")
+    try:
+        target.mkdir()
+        if not item.name:
+            zipped = bundle_from_path(item.path, target)
+        else:
+            zipped = target / "input.zip"
+            pack_directory(item.path, zipped, INPUT_RULES, directory_what(item))
+        with bars.meter(f"hashing {item.label}", zipped.stat().st_size) as meter:
+            hashed = hash_file(zipped, meter.advance)
+    except BaseException as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, most likely
+            reason = exc.strerror or exc
+            where = f"cannot zip {str(item.path)!r} in {target.parent}"
+            raise HiveMindError(f"{item.label}: {where}: {reason}") from None
+        raise
+    entry.known = Known(hashed.digest, hashed.size)
     cache.put(entry.listing, entry.known)
+    try:
+        yield zipped, entry.known
+    finally:
+        shutil.rmtree(target, ignore_errors=True)  # sent or not: the space is free again
 
 
 def upload_data(
     transport: UploadTransport,
     prepared: list[Prepared],
     cache: DigestCache,
-    scratch: Path,
+    scratch: Scratch,
     bars: Bars = QUIET,
 ) -> list[Uploaded]:
-    """Send what the hub does not hold; each error names its input."""
-    done = []
-    for entry in prepared:
-        try:
-            done.append(upload_one(transport, entry, cache, scratch, bars))
-        except HiveMindError as exc:
-            raise type(exc)(f"{entry.item.label}: {exc.message}") from None
-    return done
+    """Send what the hub does not hold, one item after the other (a directory zipped just
+    before it is sent, its zip removed just after)."""
+    return [upload_one(transport, entry, cache, scratch, bars) for entry in prepared]
 
 
 def upload_one(
     transport: UploadTransport,
     entry: Prepared,
     cache: DigestCache,
-    scratch: Path,
+    scratch: Scratch,
     bars: Bars,
 ) -> Uploaded:
-    item = entry.item
-    if item.kind == DIR and entry.zipped is None:  # known from the cache: zip if needed
-        state = transport.begin_upload(entry.known.digest, entry.known.size)
-        if state["complete"]:
-            return Uploaded(item.name, entry.known.digest, entry.known.size, 0)
-        zip_directory(entry, cache, scratch, bars)
-    source = entry.zipped or item.path
-    sent = upload_file(transport, source, entry.known.digest, entry.known.size, bars, item.label)
-    if entry.zipped is not None:
-        entry.zipped.unlink(missing_ok=True)  # sent: the scratch space is free again
-    return Uploaded(item.name, entry.known.digest, entry.known.size, sent)
+    item, known = entry.item, entry.known
+    if known is not None:
+        if item.kind == FILE:
+            return send_item(transport, item, item.path, known, bars)
+        with named_by(item):  # a directory known from the cache: zipped only if needed
+            held = transport.begin_upload(known.digest, known.size)["complete"]
+        if held:
+            return Uploaded(item.name, known.digest, known.size, 0)
+    with zipped_directory(entry, cache, scratch, bars) as (zipped, known):
+        return send_item(transport, item, zipped, known, bars)
+
+
+def send_item(
+    transport: UploadTransport, item: Item, path: Path, known: Known, bars: Bars
+) -> Uploaded:
+    with named_by(item):
+        sent = upload_file(transport, path, known.digest, known.size, bars, item.label)
+    return Uploaded(item.name, known.digest, known.size, sent)
+
+
+@contextmanager
+def named_by(item: Item) -> Iterator[None]:
+    """The hub's errors about an item, named by it."""
+    try:
+        yield
+    except HiveMindError as exc:
+        raise type(exc)(f"{item.label}: {exc.message}") from None
 
 
 def body_fields(plan: Plan, uploaded: list[Uploaded]) -> dict[str, Any]:
@@ -255,11 +298,10 @@ def send_data(
     """The submission's data, checked then uploaded: its body fields and what was sent.
     The digest cache is saved even when an upload fails (the hashing is not lost)."""
     cache = cache or DigestCache.default()
-    with tempfile.TemporaryDirectory(prefix="hivemind-submit-") as directory:
-        scratch = Path(directory)
-        plan = plan_data(bundle, inputs, urls, scratch)
+    plan = plan_data(bundle, inputs, urls)
+    with Scratch() as scratch:
         try:
-            prepared = digest_data(plan, cache, scratch, bars)
+            prepared = digest_data(plan, cache, bars)
             uploaded = upload_data(transport, prepared, cache, scratch, bars)
         finally:
             cache.save()

@@ -1,6 +1,7 @@
 """A task's result on the user's disk: downloaded next to where it goes (a ``.part`` file,
 resumed if one is there from before), verified against the task's ``output_digest``, then
-unpacked into a directory, all or nothing, or kept as a zip file.
+unpacked into a directory, all or nothing, or kept as a zip file. The disk's free space is
+checked before the download and before unpacking (a result unpacks to up to 64 GiB).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from pathlib import Path
 from hivemind_cluster.client.progress import QUIET, Bars
 from hivemind_cluster.client.taskclient import TaskClient
 from hivemind_cluster.client.transfer import download_result
-from hivemind_cluster.core.errors import Conflict, HiveMindError, InvalidInput
+from hivemind_cluster.core.errors import Conflict, HiveMindError, InvalidInput, TooLarge
+from hivemind_cluster.core.units import format_bytes
 from hivemind_cluster.model.bundles import (
     RESULT_RULES,
     Source,
     check_bundle,
     current_umask,
     unpack_bundle,
+    unpacked_size,
 )
 from hivemind_cluster.model.states import FINAL_STATES
 
@@ -47,8 +50,31 @@ def fetch_result(
     except OSError as exc:
         raise HiveMindError(f"cannot write the result to {target}: {exc.strerror}") from None
     part = part_path(target, task["id"])
+    check_room(target, task["output_bytes"] - part_size(part), f"the result zip of {task['id']}")
     download_result(client, task["id"], digest, task["output_bytes"], part, bars)
     return keep_zip(part, kept) if kept is not None else unpack_result(part, target)
+
+
+def part_size(part: Path) -> int:
+    """The bytes a part from before holds already (download_result checks what it is)."""
+    try:
+        return part.lstat().st_size
+    except OSError:
+        return 0
+
+
+def check_room(directory: Path, needed: int, what: str, hint: str = "") -> None:
+    """Refuse, before writing anything, what would fill the disk of ``directory``: results
+    unpack to up to 64 GiB, and a disk filled halfway is worse than a clear refusal."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise HiveMindError(f"cannot write the result to {directory}: {exc.strerror}") from None
+    if needed > free:
+        raise TooLarge(
+            f"{what} needs {format_bytes(needed)} but {directory} has {format_bytes(free)} "
+            f"free: free some space or give another directory{hint}"
+        )
 
 
 def keep_zip(part: Path, kept: Path) -> list[str]:
@@ -61,7 +87,15 @@ def keep_zip(part: Path, kept: Path) -> list[str]:
 
 
 def unpack_result(part: Path, target: Path) -> list[str]:
-    """The downloaded zip unpacked (``save_result``), then removed, unpacked or not."""
+    """The downloaded zip unpacked (``save_result``), then removed, unpacked or not; kept
+    when the disk has no room to unpack it (for ``--zip``, or a run with more room)."""
+    try:
+        needed = unpacked_size(part, RESULT_RULES)
+    except BaseException:
+        part.unlink(missing_ok=True)  # not a result zip: of no use to --zip either
+        raise
+    hint = f", or keep the zip with --zip FILE (downloaded: {part})"
+    check_room(target, needed, "unpacking the result", hint)
     try:
         return save_result(part, target)
     finally:

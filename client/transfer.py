@@ -8,16 +8,19 @@ connection or an offset conflict (another process, a request that arrived twice)
 ``begin_upload`` again, which answers the offset the hub holds, and goes on from there;
 killed and run again, the CLI resumes the same way. The hub verifies the SHA-256 at the end.
 
-Download: the result zip is appended to a ``.part`` file from its current size
-(``read_result`` from an offset; a transport may answer from 0 when the blob is not the
-one the part began with), hashed as it is written, and verified against the task's
-``output_digest``: a mismatch removes the part.
+Download: the result zip is appended to a ``.part`` file (a regular file of the user's,
+never a symlink: ``open_part``) from its current size (``read_result`` from an offset; a
+transport may answer from 0 when the blob is not the one the part began with), hashed as
+it is written, and verified against the task's ``output_digest``: a mismatch removes the
+part.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Any, BinaryIO, NamedTuple, Protocol, TypedDict
 from hivemind_cluster.client.progress import QUIET, Bars, Meter
 from hivemind_cluster.core.errors import Conflict, HiveMindError, InvalidInput, Unavailable
 from hivemind_cluster.core.units import format_bytes
-from hivemind_cluster.model.blobs import Hasher, OnBytes, hash_file
+from hivemind_cluster.model.blobs import CHUNK_BYTES, Hasher, OnBytes
 
 # Failures in a row without progress before an upload or a download gives up.
 RETRIES = 5
@@ -176,18 +179,14 @@ def download_result(
 ) -> None:
     """The result zip of ``task_id`` (``digest``; ``size`` bytes, 0: unknown) into ``dest``,
     resumed from what ``dest`` holds, verified; a part that does not verify is removed."""
-    try:
-        fd = os.open(dest, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise HiveMindError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "r+b") as sink:
+    with open_part(dest) as sink:
         held = sink.seek(0, os.SEEK_END)
         if size and held > size:
             held = sink.truncate(0)
         hasher = Hasher()
         if held:
             with bars.meter(f"checking {dest.name}", held) as meter:
-                hasher = hash_file(dest, meter.advance, limit=held)
+                hasher = hash_prefix(sink, held, meter)
         with bars.meter(f"result of {task_id}", size, held) as meter:
             hasher = _receive(source, task_id, digest, size, sink, hasher, meter)
     if hasher.digest != digest:
@@ -196,6 +195,48 @@ def download_result(
             f"the result of {task_id} downloaded as {hasher.digest}, not {digest}: "
             "removed; run the command again"
         )
+
+
+@contextlib.contextmanager
+def open_part(dest: Path) -> Iterator[BinaryIO]:
+    """The part file, new or from before, opened for reading and writing: never through a
+    symlink, and only a regular file of the user's own. The ``-o`` directory may be shared
+    (another user could plant ``.hivemind-result-<id>.zip.part`` there, as a link to a file
+    of the user's, or a file of their own to read the result from)."""
+    try:
+        fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidInput(
+                f"{dest} is a symbolic link, not a download of this command's: "
+                "not writing through it; remove it or give -o another directory"
+            ) from None
+        raise HiveMindError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_uid != os.geteuid():
+            what = "a file of another user's" if stat.S_ISREG(found.st_mode) else "not a file"
+            raise InvalidInput(
+                f"{dest} is {what}, not a download of this command's: "
+                "remove it or give -o another directory"
+            )
+        os.set_blocking(fd, True)
+        sink = os.fdopen(fd, "r+b")
+    except BaseException:
+        os.close(fd)
+        raise
+    with sink:
+        yield sink
+
+
+def hash_prefix(sink: BinaryIO, held: int, meter: Meter) -> Hasher:
+    """The hash of the first ``held`` bytes of the open part (not reopened by its name)."""
+    hasher = Hasher()
+    sink.seek(0)
+    while hasher.size < held and (chunk := sink.read(min(CHUNK_BYTES, held - hasher.size))):
+        hasher.update(chunk)
+        meter.advance(len(chunk))
+    return hasher
 
 
 def _receive(

@@ -83,6 +83,7 @@ class HubSettings:
     blob_quota_bytes: int = 100 * 1024**3
     # An upload no task uses is kept this long after its last use; a result this long after
     # its task ended. Then they are removed (the hub's disk does not grow without bound).
+    # At least an hour each (blobs/states.py MIN_RETENTION_SECONDS; the hub refuses less).
     upload_retention_seconds: int = 7 * 86400
     result_retention_seconds: int = 7 * 86400
     # URL prefixes workers may fetch inputs from (``--input-url URL#sha256=HEX``),

@@ -55,6 +55,19 @@ def format_bytes(n: int, exact: bool = False) -> str:
     return f"{n} bytes" if exact else f"{n} B"
 
 
+def format_duration(seconds: int) -> str:
+    """A span people read in a message: "7 days", "36 hours", "30 minutes", "1 second".
+
+    The largest unit that gives at least 2 of it, so "90 minutes", never a rounded "1 hour"
+    or a "0 hours"; whole units, rounded down (a retention is never shown longer than it is).
+    """
+    seconds = max(0, int(seconds))
+    for unit, length in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * length:
+            return f"{seconds // length} {unit}"
+    return "1 second" if seconds == 1 else f"{seconds} seconds"
+
+
 MICRO = 1_000_000
 MAX_AMOUNT = 10**18 - 1
 

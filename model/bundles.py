@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound, TooLarge
 from hivemind_cluster.core.units import MIB, format_bytes
@@ -40,6 +40,11 @@ MAX_RESULT_UNPACKED_BYTES = 64 * 1024 * MIB
 MAX_COMPRESSION_RATIO = 200
 BOMB_MIN_BYTES = 1 * MIB
 CHUNK = 256 * 1024
+# A zip's end record: where zipfile keeps its entry count and directory size, and what one
+# entry of the central directory may take (46 bytes, a name, zip64 and other extras).
+ENTRIES_TOTAL = zipfile._ECD_ENTRIES_TOTAL  # type: ignore[attr-defined]
+DIRECTORY_SIZE = zipfile._ECD_SIZE  # type: ignore[attr-defined]
+MAX_ENTRY_BYTES = 1024
 # Members this large get zip64 headers up front (they may grow past 4 GiB as they are read).
 ZIP64_FROM = 1 << 30
 # What reading a member whose data does not match its headers raises.
@@ -131,14 +136,33 @@ Source = bytes | Path
 
 
 def open_zip(source: Source, rules: BundleRules = INPUT_RULES) -> zipfile.ZipFile:
-    """The zip, read from memory or from its file (only its directory is read here)."""
+    """The zip, read from memory or from its file (only its directory is read here).
+
+    Its end record is read first: ``zipfile`` would load the whole central directory into
+    memory and make an object of every entry before anyone counts them, so a zip announcing
+    more entries than ``rules`` allow, or a directory larger than they could need, is refused
+    from those few bytes.
+    """
     size = len(source) if isinstance(source, bytes) else source.stat().st_size
     if size > rules.max_zip_bytes:
         raise TooLarge(f"{rules.name} is larger than {shown(rules.max_zip_bytes)}")
     try:
+        with io.BytesIO(source) if isinstance(source, bytes) else source.open("rb") as file:
+            check_directory(zipfile._EndRecData(file), rules)  # type: ignore[attr-defined]
         return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, TypeError):
         raise InvalidInput(f"{rules.name} is not a zip file") from None
+
+
+def check_directory(end_record: list[Any] | None, rules: BundleRules) -> None:
+    """Refuse a zip whose end record announces too many entries or too large a directory."""
+    if end_record is None:
+        raise ValueError("no end record")
+    entries, directory_bytes = end_record[ENTRIES_TOTAL], end_record[DIRECTORY_SIZE]
+    if entries > rules.max_files:
+        raise InvalidInput(f"{rules.name} has more than {rules.max_files} files")
+    if directory_bytes > rules.max_files * MAX_ENTRY_BYTES:
+        raise InvalidInput(f"{rules.name} has a directory larger than its files could need")
 
 
 def checked_members(archive: zipfile.ZipFile, rules: BundleRules) -> list[zipfile.ZipInfo]:

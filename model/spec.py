@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hivemind_cluster.core.errors import InvalidInput, PermissionDenied
@@ -26,7 +26,9 @@ from hivemind_cluster.model.blobs import (
 )
 from hivemind_cluster.model.bundles import (
     DEFAULT_ENTRYPOINTS,
+    INPUT_RULES,
     PYTHON_ENV,
+    BundleRules,
     check_bundle,
     default_entrypoint,
     file_paths,
@@ -265,13 +267,19 @@ def _check_unpacked_fits(data: TaskData, disk: int) -> int:
     for ref in data.zips():
         found = data.files.get(ref.digest)
         if found is not None:
-            unpacked += unpacked_size(found)
+            unpacked += unpacked_size(found, _rules_for(ref))
     if unpacked > disk:
         raise InvalidInput(
             f"the bundle and dir inputs unpack to {format_bytes(unpacked)}, more than the "
             f"task's disk of {format_bytes(disk)} (ask for more with --disk)"
         )
     return disk
+
+
+def _rules_for(ref: InputRef) -> BundleRules:
+    """The input rules, named as the submission names the zip: a bad ``dir`` input says
+    "dir input 'data' is not a zip file", not that the bundle is not."""
+    return replace(INPUT_RULES, name=f"dir input {ref.name!r}") if ref.name else INPUT_RULES
 
 
 def _check_network(wanted: bool, settings: HubSettings) -> bool:

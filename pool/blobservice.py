@@ -2,16 +2,16 @@
 (``service Blobs``), operators and the hub upload inputs and read results (``Tasks``).
 
 Data moves in chunks of CHUNK_BYTES (model/blobs.py), through the hub's blob store, whose
-calls block (files, a synchronous Redis) and so run in threads. Memory does not grow with a
-blob's size: a read holds one chunk, a write gathers at most WRITE_BYTES before the store
-appends them. Every worker call is fenced to the caller's current attempt of the task, as
-its results are (pool/redis_functions.lua ``fenced``): a superseded attempt can neither
-read its inputs any more nor write a result.
+calls block (files, a synchronous Redis) and so run on its few threads
+(``taskdata.in_store_thread``). Memory does not grow with a blob's size: a read holds one
+chunk, a write gathers at most WRITE_BYTES before the store appends them. Every worker call
+is fenced to the caller's current attempt of the task, as its results are
+(pool/redis_functions.lua ``fenced``), and a read again every FENCE_CHUNKS chunks: a
+superseded or cancelled attempt can neither read its inputs any more nor write a result.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,20 +25,25 @@ from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller, acting_for, current_caller
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.records import TaskRecord
+from hivemind_cluster.pool.taskdata import in_store_thread
 from hivemind_cluster.pool.taskstore import check_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-WRITE_BYTES = 8 * CHUNK_BYTES  # gathered from a stream before one append to the store
+# Gathered from a stream before one append to the store: small, so that many uploads at
+# once keep the hub within its memory (150 MB), large enough that an append is not a
+# round trip per chunk.
+WRITE_BYTES = 2 * CHUNK_BYTES
+FENCE_CHUNKS = 64  # a read checks again every this many chunks that its attempt is current
 # Appends ``chunks`` at ``offset`` (a store call, in a thread); the state after them.
 Append = Callable[[int, list[bytes]], Awaitable[UploadState]]
 
 
 async def stream_blob(blobs: BlobStore, digest: str, offset: int) -> AsyncIterator[pb.BlobChunk]:
     """The blob from ``offset`` to its end, one chunk at a time, each read in a thread."""
-    chunks = await asyncio.to_thread(blobs.read, digest, offset)
-    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+    chunks = await in_store_thread(blobs.read, digest, offset)
+    while (chunk := await in_store_thread(next, chunks, None)) is not None:
         yield pb.BlobChunk(data=chunk)
 
 
@@ -96,7 +101,11 @@ class BlobsService(pb_grpc.BlobsServicer):
         digest = check_digest(request.digest)
         if digest not in record.held_digests():
             raise NotFound(f"{digest} is not an input of task {record.id}")
+        sent = 0
         async for chunk in stream_blob(self.pool.blobs, digest, request.offset):
+            sent += 1
+            if sent % FENCE_CHUNKS == 0:  # superseded or cancelled meanwhile: PermissionDenied
+                await current_attempt(self.pool, caller, request.task_id, request.attempt)
             yield chunk
 
     async def ResultOffset(self, request: pb.ResultChunk, context: Context) -> pb.UploadState:
@@ -112,7 +121,7 @@ class BlobsService(pb_grpc.BlobsServicer):
 
         async def append(offset: int, chunks: list[bytes]) -> UploadState:
             await current_attempt(self.pool, caller, task_id, attempt)  # still current?
-            return await asyncio.to_thread(
+            return await in_store_thread(
                 self.pool.blobs.append_result, task_id, attempt, offset, chunks
             )
 
@@ -123,7 +132,7 @@ class BlobsService(pb_grpc.BlobsServicer):
         """The caller's current attempt's result upload (the same one again: its offset)."""
         await current_attempt(self.pool, caller, header.task_id, header.attempt)
         digest = check_digest(header.digest, "result digest")
-        return await asyncio.to_thread(
+        return await in_store_thread(
             self.pool.blobs.begin_result, header.task_id, header.attempt, digest, header.size
         )
 
@@ -147,7 +156,7 @@ async def begin_upload(pool: Pool, caller: Caller, request: pb.UploadRequest) ->
     """What the hub holds of the blob for the account, and where to send from."""
     account = acting_for(caller, request.account, "upload for another account")
     digest = check_digest(request.digest)
-    state = await asyncio.to_thread(pool.blobs.begin_upload, account, request.size, digest)
+    state = await in_store_thread(pool.blobs.begin_upload, account, request.size, digest)
     return state.message()
 
 
@@ -160,9 +169,9 @@ async def upload(
     upload_id = first.upload_id
 
     async def append(offset: int, chunks: list[bytes]) -> UploadState:
-        return await asyncio.to_thread(pool.blobs.append, account, upload_id, offset, chunks)
+        return await in_store_thread(pool.blobs.append, account, upload_id, offset, chunks)
 
     written = await append_stream(first.offset, first.data, stream, append)
-    if written is None:
-        written = await asyncio.to_thread(pool.blobs.upload_state, account, upload_id)
+    if written is None:  # nothing sent: where it is (one holding every byte gets committed)
+        written = await in_store_thread(pool.blobs.upload_state, account, upload_id)
     return written.message()

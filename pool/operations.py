@@ -22,6 +22,7 @@ from hivemind_cluster.pool.auth import Caller, acting_for
 from hivemind_cluster.pool.messages import cancel_message
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.records import TaskRecord
+from hivemind_cluster.pool.taskdata import in_store_thread
 from hivemind_cluster.pool.taskstore import LogRecord, new_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
 
@@ -56,7 +57,7 @@ async def check_and_store(
     pool: Pool, request: pb.SubmitRequest, owner: str, task_id: str, data: TaskData
 ) -> TaskRecord:
     """The checked task, paid into escrow, stored and queued (its data is pinned)."""
-    spec = await asyncio.to_thread(check_submission, request, owner, pool.settings, data)
+    spec = await in_store_thread(check_submission, request, owner, pool.settings, data)
     members = await pool.members.workers()
     if members and not any(spec.request.fits_in(w.capacity) for w in members):
         largest = Resources.largest(w.capacity for w in members)

@@ -83,7 +83,7 @@ class Pool:
         self.settings = settings
         self.db = db
         self.raw_db = raw_db
-        self.blobs = blobs  # synchronous: called in threads (asyncio.to_thread)
+        self.blobs = blobs  # synchronous: called in threads (pool/taskdata.py in_store_thread)
         self.tasks = TaskStore(db, settings.log_cap_bytes)
         self.data = TaskBlobs(blobs, self.tasks, settings.max_input_bytes)
         self.rates = RateCard.from_settings(settings)

@@ -8,15 +8,19 @@ released, and the pool redoes it at start for an ended task that is not (pool/se
 as it does settlements. A result is recorded only once its zip was written for its attempt
 and passes the rules its owner's CLI unpacks it by (``check_result``).
 
-The store is synchronous (a ``redis.Redis`` and files of its own): every call runs in a
-thread, off the event loop.
+The store is synchronous (a ``redis.Redis`` and files of its own): every call runs off the
+event loop, on the few threads of ``in_store_thread``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.core.errors import InvalidInput, StaleAttempt, TooLarge
@@ -27,6 +31,20 @@ from hivemind_cluster.model.spec import TaskData
 from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.pool.taskstore import TaskStore, check_task_id
 from hivemind_cluster.protos import pool_pb2 as pb
+
+STORE_THREADS = 4
+_STORE_EXECUTOR = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="hivemind-blob-store")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def in_store_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``function(*args, **kwargs)`` (a blob store call: it blocks) on the store's own
+    STORE_THREADS threads, not the default executor's many: transfers beyond them wait
+    their turn, each with its one batch of chunks, so that many at once stay within the
+    hub's memory, and the store's calls never take the threads the rest of the pool uses."""
+    call = functools.partial(function, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_STORE_EXECUTOR, call)
 
 
 class TaskBlobs:
@@ -39,7 +57,7 @@ class TaskBlobs:
         """Pin the data ``refs`` name for the task (each held by ``owner``, else NotFound
         "upload it first"); returns it with sizes, and the files of its zips. Nothing stays
         pinned when this refuses."""
-        return await asyncio.to_thread(self._pin, task_id, owner, refs)
+        return await in_store_thread(self._pin, task_id, owner, refs)
 
     def _pin(self, task_id: str, owner: str, refs: TaskData) -> TaskData:
         digests = refs.held_digests()
@@ -71,14 +89,14 @@ class TaskBlobs:
         """The submission that pinned ``data`` stored no task (refused, or the idempotency
         key named an earlier one)."""
         if data.held_digests():
-            await asyncio.to_thread(self.blobs.release_task, task_id, owner, data.held_digests())
+            await in_store_thread(self.blobs.release_task, task_id, owner, data.held_digests())
 
     async def release(self, task_id: str) -> None:
         """The task ended: unpin its inputs, keep its result for the retention; once."""
         record = await self.tasks.get(task_id)
         if record.released or record.status not in FINAL_STATES:
             return
-        await asyncio.to_thread(
+        await in_store_thread(
             self.blobs.release_task, task_id, record.owner, record.held_digests(), record.output
         )
         await self.tasks.mark_released(task_id)
@@ -95,7 +113,7 @@ class TaskBlobs:
                 f"attempt {result.attempt} on {node_id} is no longer current "
                 f"(task is {record.status}, attempt {record.attempt})"
             )
-        await asyncio.to_thread(self._check_result, result)
+        await in_store_thread(self._check_result, result)
 
     def _check_result(self, result: pb.TaskResult) -> None:
         digest, size = result.output_digest, result.output_size

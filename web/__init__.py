@@ -65,9 +65,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def _body_limit() -> None:
-    """The few routes that take data allow bodies larger than MAX_BODY (their own limit)."""
+    """The few routes that take data allow bodies larger than MAX_BODY (their own limit):
+    the submit form only as multipart (its bundle file; werkzeug spools that to disk, while
+    a urlencoded form is read into memory whole)."""
     limit = BODY_LIMITS.get(request.endpoint or "")
-    if limit is not None:
+    form_without_file = request.endpoint == "tasks.new_task" and request.mimetype != (
+        "multipart/form-data"
+    )
+    if limit is not None and not form_without_file:
         request.max_content_length = limit
 
 

@@ -16,12 +16,13 @@ LOGIN_WINDOW = 300  # seconds over which failed logins are counted
 # Request bodies: JSON is small (data comes as uploads, by digest); an upload's PATCH carries
 # up to UPLOAD_CHUNK_BYTES (the CLI sends 8 MiB, the page's script too); the submit form
 # without its script sends the bundle itself, up to FORM_BUNDLE_BYTES (bigger: the script
-# uploads it in pieces, or the CLI). waitress' own limit (max_request_body_size, 1 GiB by
-# default) is above all of them.
+# uploads it in pieces, or the CLI). waitress spools a whole body before the app sees it,
+# whoever sent it, so its own limit (web/server.py MAX_REQUEST_BODY) is the largest of
+# these plus a little, not more.
 MAX_BODY = 1 * MIB
 UPLOAD_CHUNK_BYTES = 16 * MIB
 SLICE_BYTES = 8 * MIB  # what the submit page's script sends per PATCH
-FORM_BUNDLE_BYTES = 256 * MIB
+FORM_BUNDLE_BYTES = 16 * MIB
 BODY_LIMITS = {
     "uploads.append": UPLOAD_CHUNK_BYTES,
     "tasks.new_task": FORM_BUNDLE_BYTES,
@@ -30,3 +31,5 @@ BODY_LIMITS = {
 # the reply, the bytes the hub holds).
 CHUNK_TYPE = "application/offset+octet-stream"
 OFFSET_HEADER = "Upload-Offset"
+# A result download's digest (sha256:HEX), for the client to verify the zip it got.
+DIGEST_HEADER = "X-Content-SHA256"

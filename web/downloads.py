@@ -1,6 +1,7 @@
 """A task's result download, shared by the pages and the API: the zip straight from the
-hub's blob file (``send_file``: Range requests give 206, so a cut download resumes), its
-digest as the ETag and in X-Content-SHA256 for the client to verify what it got."""
+hub's blob file (``send_file``: Range requests give 206, so a cut download resumes; a
+matching If-None-Match 304), its SHA-256 as the ETag (the quoted hex digits) and in
+X-Content-SHA256 (``sha256:HEX``) for the client to verify what it got."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from flask import Response, send_file
 
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.core.errors import Conflict, NotFound
+from hivemind_cluster.core.units import format_duration
 from hivemind_cluster.model.blobs import digest_hex
 from hivemind_cluster.model.states import FINAL_STATES
+from hivemind_cluster.web.constants import DIGEST_HEADER
 from hivemind_cluster.web.services import services
-
-DIGEST_HEADER = "X-Content-SHA256"
 
 
 def result_download(pool: GrpcTaskClient, task_id: str) -> Response:
@@ -24,14 +25,15 @@ def result_download(pool: GrpcTaskClient, task_id: str) -> Response:
     digest = str(task.get("output_digest") or "")
     if not digest:
         return Response(status=204)
-    found = services()
+    blobs = services().blobs
+    kept = format_duration(blobs.limits.result_retention_seconds)
     gone = NotFound(
         f"the result of task {task['id']} is no longer on the hub (results are kept "
-        f"{found.settings.result_retention_seconds // 3600} hours after their task ended)"
+        f"{kept} after their task ended)"
     )
     try:
         reply = send_file(
-            found.blobs.path(digest),
+            blobs.path(digest),
             mimetype="application/zip",
             as_attachment=True,
             download_name=f"{task['id']}-output.zip",

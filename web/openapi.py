@@ -9,9 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from hivemind_cluster import __version__
-from hivemind_cluster.model.blobs import INPUT_KINDS, MAX_INPUTS, MAX_URL
+from hivemind_cluster.model.blobs import FILE, INPUT_KINDS, MAX_INPUTS, MAX_URL
 from hivemind_cluster.model.states import ALL_STATES, MAX_ROWS
-from hivemind_cluster.web.constants import CHUNK_TYPE, OFFSET_HEADER, UPLOAD_CHUNK_BYTES
+from hivemind_cluster.web.constants import (
+    CHUNK_TYPE,
+    DIGEST_HEADER,
+    OFFSET_HEADER,
+    UPLOAD_CHUNK_BYTES,
+)
 
 Schema = dict[str, Any]
 
@@ -135,13 +140,15 @@ SCHEMAS: dict[str, Schema] = {
                             "additionalProperties": False,
                             "required": ["url"],
                             "properties": {
-                                "name": INPUT_NAME,
+                                "name": INPUT_NAME | {"description": "default: the URL's"},
                                 "url": {
                                     "type": "string",
                                     "maxLength": MAX_URL,
+                                    "pattern": "^[^#]+#sha256=[0-9a-fA-F]{64}$",
                                     "description": "https://HOST/PATH#sha256=HEX, fetched by "
                                     "the worker (where the hub allows it)",
                                 },
+                                "kind": {"type": "string", "enum": [FILE]},
                             },
                         },
                     ]
@@ -328,28 +335,63 @@ def operation(
 
 AUTH = ("400", "401")
 ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def header(pattern: str, description: str) -> Schema:
+    """A response header that is always sent, of this form."""
+    return {"required": True, "schema": STRING | {"pattern": pattern}, "description": description}
+
+
+def request_header(name: str, description: str) -> Schema:
+    return {"name": name, "in": "header", "schema": STRING, "description": description}
+
+
+# The result download (web/downloads.py): send_file with the digest as its ETag.
+RESULT_HEADERS = {
+    "ETag": header('^"[0-9a-f]{64}"$', "the zip's SHA-256, its hex digits quoted"),
+    DIGEST_HEADER: header("^sha256:[0-9a-f]{64}$", "the zip's digest, to verify it"),
+    "Accept-Ranges": header("^bytes$", "a cut download resumes with Range"),
+}
+CONTENT_RANGE = header("^bytes [0-9]+-[0-9]+/[0-9]+$", "the part sent, of the whole zip")
 RESULT = operation(
     "The task's /out files, as a zip (Range requests resume a download)",
-    ("200", {"description": "a zip; ETag and X-Content-SHA256: its digest", "content": ZIP}),
-    ("400", "401", "404", "409"),
-    parameters=[TASK_ID],
+    ("200", {"description": "the zip", "content": ZIP, "headers": RESULT_HEADERS}),
+    ("400", "401", "404", "409", "416"),
+    parameters=[
+        TASK_ID,
+        request_header("Range", "bytes=START- to resume a download"),
+        request_header("If-Range", "the ETag: the range only if the zip is still that one"),
+        request_header("If-None-Match", "the ETag of a zip you have: 304 if it is this one"),
+    ],
 )
 RESULT["responses"] |= {
     "204": {"description": "the task wrote no files"},
-    "206": {"description": "the requested range of the zip", "content": ZIP},
-    "416": {"description": "a range outside the zip"},
+    "206": {
+        "description": "the requested range of the zip",
+        "content": ZIP,
+        "headers": RESULT_HEADERS | {"Content-Range": CONTENT_RANGE},
+    },
+    "304": {"description": "the zip you have (If-None-Match)", "headers": RESULT_HEADERS},
 }
+# Every upload state comes with its offset in this header too (web/uploads.py state_reply).
+OFFSET_REPLY = {OFFSET_HEADER: header("^[0-9]{1,19}$", "bytes the hub holds")}
+
+
+def upload_state(description: str = "OK") -> Schema:
+    return reply("UploadState", description) | {"headers": OFFSET_REPLY}
+
+
 BEGIN = operation(
     "Begin (or resume) an upload",
-    ("201", reply("UploadState", "send the bytes from offset")),
-    ("400", "401", "413"),
+    ("201", upload_state("send the bytes from offset")),
+    ("400", "401", "404", "409", "413"),
     body="UploadRequest",
 )
-BEGIN["responses"]["200"] = reply("UploadState", "the hub holds it already: send nothing")
-OFFSET_REPLY = {OFFSET_HEADER: {"schema": INTEGER, "description": "bytes the hub holds"}}
+BEGIN["responses"]["409"] = ERROR | {"description": "too many unfinished uploads"}
+BEGIN["responses"]["200"] = upload_state("the hub holds it already: send nothing")
 APPEND = operation(
     f"The next bytes of an upload, at most {UPLOAD_CHUNK_BYTES >> 20} MiB, at {OFFSET_HEADER}",
-    ("200", reply("UploadState") | {"headers": OFFSET_REPLY}),
+    ("200", upload_state()),
     ("400", "401", "404", "413"),
     parameters=[
         UPLOAD_ID,
@@ -451,10 +493,16 @@ PATHS: dict[str, Schema] = {
     "/uploads/{upload_id}": {
         "get": operation(
             "An upload's state (where to resume)",
-            ("200", reply("UploadState")),
+            ("200", upload_state()),
             parameters=[UPLOAD_ID],
         ),
         "patch": APPEND,
+        "delete": operation(
+            "Give up an unfinished upload: its size no longer counts toward your quota",
+            ("204", {"description": "given up, its bytes gone"}),
+            ("400", "401", "404", "409"),
+            parameters=[UPLOAD_ID],
+        ),
     },
     "/storage": {
         "get": operation("Your uploads' bytes and your quota", ("200", reply("Storage")), AUTH)

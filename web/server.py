@@ -15,17 +15,18 @@ import time
 from hivemind_cluster.core.names import WEB_PARENT_ENV
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.units import MIB
-from hivemind_cluster.web.constants import FORM_BUNDLE_BYTES
+from hivemind_cluster.web.constants import BODY_LIMITS
 
 log = logging.getLogger("hivemind.web")
 # Requests served at once. Password hashing holds at most registration_hashes + login_hashes
 # + twice waiting_hashes = 9 of them (users.Limits), so a flood of registrations or logins
 # always leaves threads to everyone else's requests.
 THREADS = 16
-# The largest body a route takes (web/constants.py: the form's bundle), with room for the
-# rest of the form: waitress refuses more before buffering it, rather than spooling up to
-# its default 1 GiB to disk for the app to refuse.
-MAX_REQUEST_BODY = FORM_BUNDLE_BYTES + MIB
+# waitress reads a whole request body (to a temporary file) before the app can authenticate
+# anyone, so it refuses one over the largest a route takes (web/constants.py: an upload's
+# PATCH, 16 MiB; the form's bundle is no bigger), with room for a multipart form's other
+# parts, rather than spooling up to its default 1 GiB for anyone, on any route.
+MAX_REQUEST_BODY = max(BODY_LIMITS.values()) + MIB
 
 
 def serve(settings: HubSettings) -> None:

@@ -3,12 +3,14 @@ by offset (docs/architecture.md: blobs), before a submission names it by digest.
 
 ``POST /uploads`` announces a size (and the digest, if the client knows it: then an upload
 the hub already holds for this user is answered as complete, and an unfinished one resumes
-at its offset); each ``PATCH /uploads/<id>`` carries the next bytes at ``Upload-Offset``.
+at its offset); each ``PATCH /uploads/<id>`` carries the next bytes at ``Upload-Offset``;
+``DELETE /uploads/<id>`` gives an unfinished one up (else it holds quota until it expires).
 The body is streamed into the store in CHUNK_BYTES pieces, never read whole into memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -28,12 +30,17 @@ from hivemind_cluster.web.services import services
 
 bp = Blueprint("uploads", __name__, url_prefix="/api/v1")
 _OFFSET = re.compile(r"[0-9]{1,19}")
+UPLOAD_FIELDS = ("size", "digest")  # what POST /uploads takes
 
 
-def chunks_of(stream: IO[bytes]) -> Iterator[bytes]:
-    """``stream`` to its end in CHUNK_BYTES pieces (the store stops reading early when an
-    upload would pass its size)."""
-    while chunk := stream.read(CHUNK_BYTES):
+def chunks_of(stream: IO[bytes], length: int | None = None) -> Iterator[bytes]:
+    """``stream`` to its end, or its first ``length`` bytes, in CHUNK_BYTES pieces (the
+    store stops reading early when an upload would pass its size). A request body is read
+    to its announced length and no further: under waitress werkzeug refuses (413) a read
+    past the route's limit even when the body has just ended there."""
+    left = MAX_BYTES if length is None else length
+    while left > 0 and (chunk := stream.read(min(CHUNK_BYTES, left))):
+        left -= len(chunk)
         yield chunk
 
 
@@ -46,8 +53,18 @@ def store_file(account: str, stream: IO[bytes]) -> str:
         raise InvalidInput("the bundle file is empty")
     blobs = services().blobs
     state = blobs.begin_upload(account, size)
-    if not state.complete:
-        state = blobs.append(account, state.upload_id, state.offset, chunks_of(stream))
+    if state.complete:
+        return state.digest
+    try:
+        state = blobs.append(account, state.upload_id, 0, chunks_of(stream))
+        if not state.complete:
+            raise InvalidInput("the bundle file ended before its size: send it again")
+    except BaseException:  # nobody will resume it: it must not hold the quota for days
+        # Gone already when the store refused the bytes; any other failure to remove it
+        # must not hide the first (garbage collection takes what is left).
+        with contextlib.suppress(Exception):
+            blobs.cancel_upload(account, state.upload_id)
+        raise
     return state.digest
 
 
@@ -62,9 +79,15 @@ def state_reply(state: UploadState, status: int = 200) -> Response:
 def begin() -> ResponseReturnValue:
     """200 and ``complete``: the hub holds it already, send nothing; 201: send from ``offset``."""
     body = json_body()
-    size, digest = body.get("size"), body.get("digest") or ""
+    unknown = sorted(set(body) - set(UPLOAD_FIELDS))
+    if unknown:
+        fields = ", ".join(UPLOAD_FIELDS)
+        raise InvalidInput(f"unknown field {unknown[0][:40]!r} (an upload takes {fields})")
+    size, digest = body.get("size"), body.get("digest", "")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_BYTES:
         raise InvalidInput("size: the upload's bytes, a whole number above 0")
+    if not isinstance(digest, str):
+        raise InvalidInput("digest: sha256:<64 hex digits>, as text")
     if digest:
         check_digest(digest, "digest")
     state = services().blobs.begin_upload(api_user().account, size, digest)
@@ -87,12 +110,22 @@ def append(upload_id: str) -> ResponseReturnValue:
     offset = _offset_header()
     account, blobs = api_user().account, services().blobs
     try:
-        found = blobs.append(account, upload_id, offset, chunks_of(request.stream))
+        body = chunks_of(request.stream, request.content_length)
+        found = blobs.append(account, upload_id, offset, body)
     except Conflict as exc:
         reply = make_response(respond(409, exc.code, exc.message))
         reply.headers[OFFSET_HEADER] = str(blobs.upload_state(account, upload_id).offset)
         return reply
     return state_reply(found)
+
+
+@bp.delete("/uploads/<upload_id>")
+@authenticated
+def cancel(upload_id: str) -> ResponseReturnValue:
+    """Give up an unfinished upload (its bytes go, its size no longer counts toward the
+    quota); 404 for a completed one, whose blob is held now (BlobStore.cancel_upload)."""
+    services().blobs.cancel_upload(api_user().account, upload_id)
+    return Response(status=204)
 
 
 def _offset_header() -> int:

@@ -8,23 +8,35 @@ screenshots saved under build/artifacts/web-mesh/ (``$HIVEMIND_ARTIFACTS``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hivemind_cluster.core.units import MIB
+from hivemind_cluster.model.blobs import digest_hex, hash_file
+from hivemind_cluster.web.constants import SLICE_BYTES
 from tests.support.browser import artifacts_dir, browser_prerequisites, run_in_host
 from tests.support.hostprocesses import pids_matching
 from tests.support.lab import CliUser
 from tests.support.poolworld import PoolWorld, pool_world
 from tests.support.prerequisites import require
+from tests.support.tasks import bundle_file
 
 pytestmark = pytest.mark.privileged
 HUB_WEB = "http://100.64.0.1:5001"
 PASSWORD = "overlay password 7"
+# The browser's bundle: main.py prints the SHA-256 of data.bin beside it.
+PRINT_DATA_SHA256 = """\
+import hashlib, pathlib
+print(hashlib.sha256(pathlib.Path(__file__).with_name("data.bin").read_bytes()).hexdigest())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +104,80 @@ def test_the_browser_registers_submits_watches_and_sees_the_mesh(world: PoolWorl
     for name in ("01-register", "03-submit-form", "04-task-succeeded", "05-mesh", "06-mesh-phone"):
         png = shots / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_the_browser_uploads_a_bundle_in_slices_and_runs_it(
+    world: PoolWorld, tmp_path: Path
+) -> None:
+    for problem in browser_prerequisites():
+        require(False, problem)
+    data = os.urandom(20 * MIB)  # random: the zip is as big, 3 slices of SLICE_BYTES
+    bundle = bundle_file({"main.py": PRINT_DATA_SHA256, "data.bin": data}, tmp_path)
+    other = bundle_file({"main.py": "print('the other bundle')\n"}, tmp_path)
+    # Changed for ``other`` midway through its upload: one the browser never sent.
+    fresh = bundle_file({"main.py": PRINT_DATA_SHA256, "data.bin": os.urandom(20 * MIB)}, tmp_path)
+    size, digest = bundle.stat().st_size, hash_file(bundle).digest
+    shots = artifacts_dir("web-upload")
+    result = run_in_host(
+        world.op,
+        "tests.e2e.web_browser",
+        *("upload", HUB_WEB, str(shots), "erin", PASSWORD, str(bundle), str(other), str(fresh)),
+        timeout=300,
+    )
+    first, again, changed = result["first"], result["again"], result["changed"]
+    # Slices of SLICE_BYTES; the lost answer (its bytes on the hub) and the failed question
+    # after it: the script asks again where the hub got to and sends each byte once.
+    slices = [str(offset) for offset in range(0, size, SLICE_BYTES)]
+    assert len(slices) == 3 and calls_made(first) == [
+        ("POST", None, None),
+        ("PATCH", slices[0], None),
+        ("PATCH", slices[1], "reply lost"),
+        ("GET", None, "failed"),
+        ("GET", None, None),
+        ("PATCH", slices[2], None),
+    ], first["calls"]
+    assert sum(call["bytes"] or 0 for call in first["calls"]) == size
+    assert first["progress"][-1] == [size, size], first["progress"]
+    assert first["digest"] == again["digest"] == digest
+
+    user = CliUser(world.op, tmp_path / "config.json")
+    user.run(
+        "login", "--api", "100.64.0.1", "--user", "erin", "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    expected = hashlib.sha256(data).hexdigest()
+    for run in (first, again):
+        task = user.json("status", run["task_id"])
+        assert task["status"] == "succeeded" and task["bundle"] == digest, task
+        assert user.run("logs", run["task_id"]).stdout == expected + "\n"
+        assert expected in run["logs"]
+    # The second choice of the file: the script remembers its digest (it cannot hash it: no
+    # SHA-256 for scripts over plain http) and announces it; the hub holds it, nothing is sent.
+    assert calls_made(again) == [("POST", None, None)], again["calls"]
+    blobs = world.mesh.hub_dir / "blobs"
+    assert len(list((blobs / "data").glob(f"*/{digest_hex(digest)}"))) == 1
+    assert result["storage"]["used_bytes"] == size  # held once
+
+    # Another file chosen while the first is uploading: the first stops after its slice in
+    # flight and is cancelled on the hub (it would hold quota); the other goes.
+    assert calls_made(changed) == [
+        ("POST", None, None),
+        ("PATCH", slices[0], None),
+        ("PATCH", slices[1], "held"),
+        ("POST", None, None),
+        ("PATCH", "0", None),
+        ("DELETE", None, None),
+    ], changed["calls"]
+    other_digest = hash_file(other).digest
+    assert changed["digest"] == changed["form"]["digest"] == other_digest, changed["form"]
+    task = user.json("status", changed["task_id"])
+    assert task["status"] == "succeeded" and task["bundle"] == other_digest, task
+    assert "the other bundle" in changed["logs"]
+    assert list((blobs / "uploads").iterdir()) == []  # nothing left behind
+
+
+def calls_made(run: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """The calls of the submit form's script to the uploads API: (method, offset, fault)."""
+    return [(call["method"], call["offset"], call["fault"]) for call in run["calls"]]
 
 
 def test_the_web_answers_on_the_overlay_only(world: PoolWorld) -> None:

@@ -212,6 +212,30 @@ def test_uploads_are_the_accounts_own(store: BlobStore) -> None:
             store.append(account, upload_id, 0, [b"x"])
 
 
+def test_a_cancelled_upload_frees_its_quota_and_only_its_owner_can_cancel_it(
+    store: BlobStore, other_process: BlobStore, root: Path, client: redis.Redis
+) -> None:
+    data = payload(3 * CHUNK_BYTES)
+    begun = store.begin_upload(ALICE, len(data), digest_of(data))
+    store.append(ALICE, begun.upload_id, 0, [data[:CHUNK_BYTES]])
+    assert store.usage(ALICE)[0] == len(data)  # an unfinished upload counts at its size
+    for account, upload_id in ((BOB, begun.upload_id), (ALICE, "0" * 32), (ALICE, "../x")):
+        with pytest.raises(NotFound, match="is not on the hub"):
+            store.cancel_upload(account, upload_id)
+    other_process.cancel_upload(ALICE, begun.upload_id)  # no hasher there: it goes all the same
+    nothing_stored(store, root, client)
+    with pytest.raises(NotFound):
+        store.cancel_upload(ALICE, begun.upload_id)
+    with pytest.raises(NotFound):
+        store.append(ALICE, begun.upload_id, CHUNK_BYTES, [data[CHUNK_BYTES:]])
+    again = store.begin_upload(ALICE, len(data), digest_of(data))  # not a resume: from 0
+    assert again.upload_id != begun.upload_id and again.offset == 0
+    done = store.append(ALICE, again.upload_id, 0, pieces(data))
+    with pytest.raises(NotFound):  # complete: a holding now, not an upload to give up
+        store.cancel_upload(ALICE, again.upload_id)
+    assert done.complete and store.holds(ALICE, digest_of(data))
+
+
 def test_read_from_an_offset(store: BlobStore) -> None:
     data = payload(2 * CHUNK_BYTES + 99)
     digest = upload(store, ALICE, data).digest
@@ -230,14 +254,14 @@ def test_pins_are_all_or_nothing_and_the_task_end_releases_them(
     held, missing = upload(store, ALICE, b"held").digest, digest_of(b"never uploaded")
     with pytest.raises(NotFound, match=f"input {missing} is not on the hub: upload it first"):
         store.pin_inputs("t1", ALICE, [held, missing])
-    assert client.scard(keys.PINS.format(digest=held)) == 0
+    assert client.hlen(keys.PINS.format(digest=held)) == 0
     with pytest.raises(NotFound):  # held by Alice, not by Bob
         store.pin_inputs("t1", BOB, [held])
     assert store.pin_inputs("t1", ALICE, [held, held]) == {held: 4}
-    assert client.smembers(keys.PINS.format(digest=held)) == {"t1"}
+    assert list(client.hkeys(keys.PINS.format(digest=held))) == ["t1"]
     clock.now += 6 * DAY
     store.release_task("t1", ALICE, [held])
-    assert client.scard(keys.PINS.format(digest=held)) == 0
+    assert client.hlen(keys.PINS.format(digest=held)) == 0
     clock.now += 6 * DAY  # kept a retention from the task's end, not from the upload
     assert store.holds(ALICE, held)
     clock.now += 2 * DAY
@@ -324,11 +348,11 @@ def test_garbage_keeps_a_file_whose_commit_is_under_way(
     )
 
     def commit_while_collecting(
-        record: UploadRecord, digest: str, expiry: float, keep_seconds: int
+        record: UploadRecord, digest: str, now: float, expiry: float, keep_seconds: int
     ) -> None:
         collector.start()
         looked.wait()  # it saw the file unrecorded; now it waits for the lock this holds
-        real_commit(record, digest, expiry, keep_seconds)
+        real_commit(record, digest, now, expiry, keep_seconds)
 
     monkeypatch.setattr(store.index, "commit", commit_while_collecting)
     upload(store, ALICE, data)

@@ -20,6 +20,7 @@ from hivemind_cluster.core.errors import NotFound
 from hivemind_cluster.core.names import HUB_NODE_ID
 from hivemind_cluster.model.blobs import CHUNK_BYTES, DIR
 from hivemind_cluster.model.states import FINAL_STATES
+from hivemind_cluster.pool import blobservice
 from hivemind_cluster.pool.taskstore import tasks_live
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
@@ -227,6 +228,15 @@ async def test_a_disk_too_small_for_what_unpacks_onto_it_is_refused_at_submissio
 
 
 @in_a_cluster()
+async def test_a_dir_input_that_is_not_a_zip_is_refused_by_its_name(cluster: Cluster) -> None:
+    stub = await cluster.operator_stub()
+    tree = await upload(stub, b"not a zip at all")
+    failed = await refused(stub.Submit(submit(inputs=[a_file("tree", tree, DIR)])))
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dir input 'tree' is not a zip file" in (failed.details() or "")
+
+
+@in_a_cluster()
 async def test_only_the_current_attempts_worker_reads_only_its_inputs(cluster: Cluster) -> None:
     stub = await cluster.operator_stub()
     data = secrets.token_bytes(3 * CHUNK_BYTES + 123)
@@ -249,6 +259,33 @@ async def test_only_the_current_attempts_worker_reads_only_its_inputs(cluster: C
         assert ended.WhichOneof("kind") == "accepted"
         # Ended: its worker may not read its inputs any more.
         assert (await refused(read(worker, assign, digest))).code().name == "PERMISSION_DENIED"
+
+
+@in_a_cluster()
+async def test_a_read_under_way_ends_when_its_attempt_is_cancelled(cluster: Cluster) -> None:
+    stub = await cluster.operator_stub()
+    data = secrets.token_bytes(32 * CHUNK_BYTES)  # more than the stream buffers ahead
+    digest = await upload(stub, data)
+    every = blobservice.FENCE_CHUNKS
+    blobservice.FENCE_CHUNKS = 2  # checks again every other chunk
+    try:
+        async with bare_worker(cluster, "w1") as worker:
+            await stub.Submit(submit(inputs=[a_file("data.bin", digest)]))
+            assign = await worker.next_assign()
+            reading = read(worker, assign, digest)
+            first = await reading.read()
+            assert first.data == data[:CHUNK_BYTES]
+            await stub.Cancel(pb.TaskRef(task_id=assign.task_id))
+            ended = await worker.report(
+                pb.TaskResult(task_id=assign.task_id, attempt=assign.attempt, status="cancelled")
+            )
+            assert ended.WhichOneof("kind") == "accepted"
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                while await reading.read() is not grpc.aio.EOF:
+                    pass
+            assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        blobservice.FENCE_CHUNKS = every
 
 
 @in_a_cluster()
@@ -301,16 +338,22 @@ async def test_results_that_are_not_written_too_large_or_not_sound_are_refused(
         reply = await worker.report(result_of(assign, not_a_zip))
         assert reply.WhichOneof("kind") == "rejected" and "zip" in reply.rejected.reason
         escaping = zip_of({"../../etc/evil": "x"})
-        await write_result(worker, assign, escaping)
-        assert (await worker.report(result_of(assign, escaping))).WhichOneof("kind") == ("rejected")
+        # One result per attempt: another one after it is refused (the disk's sake).
+        again = await refused(worker.blobs.WriteResult(stream_of(chunks_of(assign, escaping, 0))))
+        assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "an attempt writes one result" in (again.details() or "")
+        await stub.Submit(submit())
+        second = await worker.next_assign()
+        await write_result(worker, second, escaping)
+        assert (await worker.report(result_of(second, escaping))).WhichOneof("kind") == "rejected"
         assert (await stub.Get(pb.TaskRef(task_id=task.id))).status == "assigned"
         # Another node may not write this attempt's result.
         async with bare_worker(cluster, "w2") as stranger:
-            stray = stranger.blobs.WriteResult(stream_of(chunks_of(assign, escaping, 0)))
+            stray = stranger.blobs.WriteResult(stream_of(chunks_of(second, escaping, 0)))
             assert (await refused(stray)).code().name == "PERMISSION_DENIED"
 
 
-RETENTION = 60  # seconds an upload is kept past its last use (results: the default week)
+RETENTION = 3600  # an upload is kept this long past its last use (the least a hub may set)
 
 
 def collect_later(cluster: Cluster) -> tuple[int, int]:

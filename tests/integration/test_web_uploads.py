@@ -7,10 +7,16 @@ size limits with a store of their own (``BLOBS`` in the app's config).
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
+import http.client
 import io
+import json
 import os
 import random
+import re
+import socket
 import tempfile
 import threading
 import time
@@ -22,19 +28,24 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import EnvironBuilder, run_wsgi_app
+from werkzeug.test import EnvironBuilder, TestResponse, run_wsgi_app
 
 from hivemind_cluster.agent.taskrun import OnOutput, Outcome, ResultFile, TaskRun, Usage
 from hivemind_cluster.blobs.store import BlobLimits, BlobStore
 from hivemind_cluster.core.units import MIB
 from hivemind_cluster.hub.redis_server import RedisServer
+from hivemind_cluster.web import openapi
 from hivemind_cluster.web.constants import (
     CHUNK_TYPE,
     FORM_BUNDLE_BYTES,
+    MAX_BODY,
     OFFSET_HEADER,
     UPLOAD_CHUNK_BYTES,
 )
-from tests.support.poolkit import Behaviour
+from hivemind_cluster.web.server import MAX_REQUEST_BODY
+from hivemind_cluster.web.uploads import store_file
+from tests.support.hubstate import hub_state_dir, web_process
+from tests.support.poolkit import LOOPBACK, Behaviour
 from tests.support.scratch import zip_of
 from tests.support.webkit import WebCluster, api_login, csrf_token, register_in_browser, web_cluster
 
@@ -49,14 +60,61 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def send_raw(app: Flask, path: str, body: bytes, length: int, **request: Any) -> tuple[int, str]:
+def send_raw(
+    app: Flask,
+    path: str,
+    body: io.BufferedIOBase | io.RawIOBase,
+    length: int | None,
+    **request: Any,
+) -> tuple[int, str]:
     """A request that announces ``length`` bytes but whose connection then carries only
     ``body``: werkzeug's stream reports a cut (ClientDisconnected) as it does under a server
-    that does not buffer bodies (waitress never passes a cut body on). Status and text."""
+    that does not buffer bodies (waitress never passes a cut body on). ``length`` None: a
+    body of no announced length, as a server passes a chunked one on. Status and text."""
     environ = EnvironBuilder(path, **request).get_environ()
-    environ |= {"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(length)}
+    environ["wsgi.input"] = body
+    if length is None:
+        environ.pop("CONTENT_LENGTH", None)
+        environ |= {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+    else:
+        environ["CONTENT_LENGTH"] = str(length)
     chunks, status, _headers = run_wsgi_app(app, environ, buffered=True)
     return int(status.split()[0]), b"".join(chunks).decode()
+
+
+class EndlessBody(io.RawIOBase):
+    """A request body that never ends (``start``, then x after x): counts the bytes the app
+    read of it."""
+
+    def __init__(self, start: bytes = b"") -> None:
+        self.rest = start
+        self.sent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = len(buffer)
+        piece, self.rest = self.rest[:size], self.rest[size:]
+        buffer[:size] = piece + b"x" * (size - len(piece))
+        self.sent += size
+        return size
+
+
+# A form whose file part goes on and on.
+ENDLESS_FILE = (
+    b'--x\r\nContent-Disposition: form-data; name="bundle_file"; filename="b.zip"\r\n'
+    b"Content-Type: application/zip\r\n\r\n"
+)
+
+
+class FailingFile(io.BytesIO):
+    """A form's spooled file whose disk fails after its first MiB."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.tell() >= MIB:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().read(size)
 
 
 def result_file(directory: Path, files: Mapping[str, str | bytes]) -> ResultFile:
@@ -176,7 +234,7 @@ def test_a_cut_upload_resumes_from_what_the_hub_holds(
     status, _text = send_raw(
         app,
         f"/api/v1/uploads/{upload_id}",
-        data[:cut],
+        io.BytesIO(data[:cut]),
         len(data),
         method="PATCH",
         headers=headers | {OFFSET_HEADER: "0"},
@@ -311,12 +369,45 @@ def test_uploads_past_the_size_limit_or_the_quota_are_refused(world: WebCluster)
         ({"size": True}, "size"),
         ({"size": "10"}, "size"),
         ({"size": 10, "digest": "md5:abc"}, "sha256"),
+        ({"size": 10, "digest": 5}, "digest: sha256:"),
+        ({"size": 10, "digest": None}, "digest: sha256:"),
+        ({"size": 10, "name": "data.bin"}, "unknown field 'name' (an upload takes size, digest)"),
     ],
 )
 def test_bad_upload_requests_say_why(web: FlaskClient, body: Any, why: str) -> None:
     headers = api_login(web, fresh_name())
     reply = web.post("/api/v1/uploads", headers=headers, json=body)
     assert reply.status_code == 400 and why in reply.get_json()["error"]["message"]
+
+
+def test_an_unfinished_upload_given_up_frees_its_quota(app: Flask, web: FlaskClient) -> None:
+    alice, bob = api_login(web, fresh_name()), api_login(web, fresh_name())
+    data = random.Random(13).randbytes(2 * MIB)
+    upload_id = begin(web, alice, data).get_json()["upload_id"]
+    assert patch(web, alice, upload_id, 0, data[:SLICE]).status_code == 200
+    assert storage(web, alice) == len(data)  # counted at its size until it expires
+    url = f"/api/v1/uploads/{upload_id}"
+    assert web.delete(url).status_code == 401
+    assert web.delete(url, headers=bob).status_code == 404  # another user's is not found
+    given_up = web.delete(url, headers=alice)
+    assert given_up.status_code == 204 and given_up.data == b""
+    assert storage(web, alice) == 0
+    assert web.get(url, headers=alice).status_code == 404
+    assert patch(web, alice, upload_id, SLICE, data[SLICE:]).status_code == 404
+    assert web.delete(url, headers=alice).status_code == 404
+    again = begin(web, alice, data).get_json()  # a new upload, from 0
+    assert again["upload_id"] != upload_id and again["offset"] == 0
+    send_from(web, alice, again["upload_id"], 0, data)
+    done = web.delete(f"/api/v1/uploads/{again['upload_id']}", headers=alice)
+    assert done.status_code == 404 and storage(web, alice) == len(data)  # complete: kept
+    # From the page's script (the browser session): with the CSRF token, as other writes.
+    browser = app.test_client()
+    register_in_browser(browser, fresh_name())
+    token = {"X-CSRFToken": csrf_token(browser, "/tasks/new")}
+    theirs = f"/api/v1/uploads/{begin(browser, token, data).get_json()['upload_id']}"
+    refused = browser.delete(theirs)
+    assert refused.status_code == 400 and "CSRF" in refused.get_json()["error"]["message"]
+    assert browser.delete(theirs, headers=token).status_code == 204
 
 
 def test_chunks_need_their_offset_header_and_type(web: FlaskClient) -> None:
@@ -364,8 +455,22 @@ def test_a_task_with_an_uploaded_bundle_and_input_gives_its_result_by_range(
     part = web.get(url, headers=alice | {"Range": f"bytes={start}-"})
     assert part.status_code == 206 and part.data == whole.data[start:]
     assert part.headers["Content-Range"] == f"bytes {start}-{len(whole.data) - 1}/{len(whole.data)}"
+    same = web.get(url, headers=alice | {"If-None-Match": whole.headers["ETag"]})
+    assert same.status_code == 304 and same.data == b""
+    for reply in (whole, part, same):
+        headers_as_documented(reply)
+    outside = web.get(url, headers=alice | {"Range": f"bytes={len(whole.data) + 1}-"})
+    assert outside.status_code == 416 and "416" in openapi.RESULT["responses"]
     assert web.get(url, headers=bob).status_code == 404  # another user's result
     assert web.get(f"/api/v1/tasks/{task['id']}", headers=bob).status_code == 404
+
+
+def headers_as_documented(reply: TestResponse) -> None:
+    """The result reply has every header its OpenAPI description says is always sent."""
+    promised = openapi.RESULT["responses"][str(reply.status_code)]["headers"]
+    for name, header in promised.items():
+        sent = reply.headers.get(name, "")
+        assert re.fullmatch(header["schema"]["pattern"], sent), (reply.status_code, name, sent)
 
 
 def test_a_task_that_wrote_nothing_has_no_content(web: FlaskClient) -> None:
@@ -375,15 +480,26 @@ def test_a_task_that_wrote_nothing_has_no_content(web: FlaskClient) -> None:
     assert web.get(f"/api/v1/tasks/{task_id}/result", headers=headers).status_code == 204
 
 
-def test_a_removed_result_says_so(world: WebCluster, web: FlaskClient) -> None:
+def test_a_removed_result_says_so_and_how_long_results_are_kept(
+    world: WebCluster, web: FlaskClient
+) -> None:
     headers = api_login(web, fresh_name())
     task = web.post("/api/v1/tasks", headers=headers, json=BUSYBOX | {"command": ["output", "id"]})
     digest = wait_ended(web, headers, task.get_json()["id"])["output_digest"]
     world.app().extensions["hivemind"].blobs.path(digest).unlink()  # as if collected just now
-    reply = web.get(f"/api/v1/tasks/{task.get_json()['id']}/result", headers=headers)
+    url = f"/api/v1/tasks/{task.get_json()['id']}/result"
+    reply = web.get(url, headers=headers)
+    assert reply.status_code == 404, reply.get_json()
     assert (
-        reply.status_code == 404 and "no longer on the hub" in reply.get_json()["error"]["message"]
+        "no longer on the hub (results are kept 7 days after"
+        in reply.get_json()["error"]["message"]
     )
+    limits = dataclasses.replace(
+        BlobLimits.from_settings(world.cluster.settings), result_retention_seconds=1800
+    )
+    store = BlobStore(world.cluster.settings.blob_path, world.db(), limits)
+    brief = world.app(BLOBS=store).test_client().get(url, headers=headers)
+    assert "results are kept 30 minutes after" in brief.get_json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -456,13 +572,123 @@ def test_the_form_without_javascript_uploads_the_bundle_itself(
     status, text = send_raw(  # refused by its Content-Length, before a byte is read
         app,
         "/tasks/new",
-        b"",
+        io.BytesIO(),
         FORM_BUNDLE_BYTES + 1,
         method="POST",
         headers={"Cookie": f"session={session.value}"},
         content_type="multipart/form-data; boundary=x",
     )
-    assert status == 413 and "256 MiB" in text, text
+    assert status == 413 and "16 MiB" in text, text
+
+
+@pytest.mark.parametrize(
+    ("content_type", "start"),
+    [("multipart/form-data; boundary=x", ENDLESS_FILE), ("application/x-www-form-urlencoded", b"")],
+)
+def test_the_form_is_read_no_further_than_its_limit_when_its_length_is_not_announced(
+    app: Flask, content_type: str, start: bytes
+) -> None:
+    """As waitress passes a chunked body on: the CSRF check, which parses the form before
+    the view, stops at the form's limit (or before), however long the body goes on. (A
+    urlencoded form is cut at the limit by werkzeug, without a 413: its CSRF token is then
+    missing.)"""
+    browser = app.test_client()
+    register_in_browser(browser, fresh_name())
+    session = browser.get_cookie("session")
+    assert session is not None
+    body = EndlessBody(start)
+    status, text = send_raw(
+        app,
+        "/tasks/new",
+        body,
+        None,
+        method="POST",
+        headers={"Cookie": f"session={session.value}"},
+        content_type=content_type,
+    )
+    assert status == (413 if start else 400), text
+    # A piece past the limit at most: the bundle's for multipart, MAX_BODY for urlencoded
+    # (read into memory whole).
+    limit = FORM_BUNDLE_BYTES if start else MAX_BODY
+    assert body.sent <= limit + MIB <= MAX_REQUEST_BODY
+
+
+def test_api_bodies_are_read_no_further_than_their_limit_when_their_length_is_not_announced(
+    app: Flask, web: FlaskClient
+) -> None:
+    headers = api_login(web, fresh_name())
+    upload_id = begin(web, headers, bytes(2 * UPLOAD_CHUNK_BYTES)).get_json()["upload_id"]
+    for path, method, content_type, start, limit, refused in (
+        # werkzeug cuts a body read whole at the limit, without a 413: then it is not JSON
+        ("/api/v1/uploads", "POST", "application/json", b'{"size": "', MAX_BODY, 400),
+        (f"/api/v1/uploads/{upload_id}", "PATCH", CHUNK_TYPE, b"", UPLOAD_CHUNK_BYTES, 413),
+    ):
+        body = EndlessBody(start)
+        status, text = send_raw(
+            app,
+            path,
+            body,
+            None,
+            method=method,
+            headers=headers | {OFFSET_HEADER: "0"},
+            content_type=content_type,
+        )
+        assert status == refused, text
+        assert body.sent <= limit + MIB, path
+    held = web.get(f"/api/v1/uploads/{upload_id}", headers=headers).get_json()["offset"]
+    assert held <= UPLOAD_CHUNK_BYTES  # what came before the limit, to resume from
+
+
+def test_the_real_server_refuses_a_body_over_the_largest_a_route_takes_before_reading_it(
+    world: WebCluster, tmp_path: Path
+) -> None:
+    settings = hub_state_dir(world, tmp_path / "hub")
+    with web_process(settings):
+        with socket.create_connection((LOOPBACK, settings.web_port), timeout=20) as connection:
+            request = (  # from anyone, to any route: 1 MiB over the largest a route takes
+                f"PATCH /api/v1/uploads/{'0' * 32} HTTP/1.1\r\nHost: hub\r\n"
+                f"Content-Length: {UPLOAD_CHUNK_BYTES + MIB}\r\n\r\n"
+            )
+            connection.sendall(request.encode())
+            answer = connection.recv(100)  # not a byte of the body sent (20 s: a hang guard)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer
+        # The largest a route takes still gets through: an upload's biggest PATCH.
+        bearer = api_login(world.app().test_client(), fresh_name())  # the same Redis
+        hub = http.client.HTTPConnection(LOOPBACK, settings.web_port, timeout=60)
+        try:
+            data = bytes(UPLOAD_CHUNK_BYTES)
+            upload = call(hub, "POST", "/api/v1/uploads", {"size": len(data)}, bearer)[1]
+            chunk = bearer | {OFFSET_HEADER: "0", "Content-Type": CHUNK_TYPE}
+            status, state = call(
+                hub, "PATCH", f"/api/v1/uploads/{upload['upload_id']}", data, chunk
+            )
+        finally:
+            hub.close()
+        assert status == 200 and state["digest"] == sha256(data), state
+
+
+def call(
+    hub: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: object,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """A request on the real server: its status and JSON (JSON or raw bytes sent)."""
+    sent = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kind = {} if isinstance(body, bytes) else {"Content-Type": "application/json"}
+    hub.request(method, path, sent, kind | (headers or {}))
+    answer = hub.getresponse()
+    return answer.status, json.loads(answer.read() or b"null")
+
+
+def test_a_form_bundle_whose_file_fails_midway_leaves_no_upload_holding_quota(
+    app: Flask,
+) -> None:
+    account = f"user:{fresh_name()}"
+    with app.app_context(), pytest.raises(OSError, match="Input/output error"):
+        store_file(account, FailingFile(random.Random(15).randbytes(3 * MIB)))
+    assert app.extensions["hivemind"].blobs.usage(account)[0] == 0
 
 
 def test_the_form_script_uploads_in_slices_then_sends_the_digest(web: FlaskClient) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from hivemind_cluster.agent import results
 from hivemind_cluster.agent.facts import Facts
 from hivemind_cluster.agent.results import Delivery, ResultZips, deliver
 from hivemind_cluster.agent.taskrun import ResultFile
@@ -34,13 +35,15 @@ TASK = ("t000000000002", 3)
 
 class ResultHub(FakeBlobs):
     """Keeps one result in a file, as the hub's store does: appends at the offset it holds,
-    checks the digest at the end; can cut the first stream after some messages, or refuse."""
+    checks the digest at the end; can cut the first ``cuts`` streams after some messages, or
+    refuse."""
 
     def __init__(self, sink: Path) -> None:
         super().__init__()
         self.sink = sink
         self.sink.write_bytes(b"")
         self.cut_after_messages: int | None = None
+        self.cuts = 1
         self.offsets: list[int] = []  # where each WriteResult started
         self.largest = 0
 
@@ -69,7 +72,9 @@ class ResultHub(FakeBlobs):
                     assert message.offset == sink.tell()
                     self.offsets.append(message.offset)
                 if self.cut_after_messages is not None and number >= self.cut_after_messages:
-                    self.cut_after_messages = None
+                    self.cuts -= 1
+                    if self.cuts <= 0:
+                        self.cut_after_messages = None
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the link went down")
                 self.largest = max(self.largest, len(message.data))
                 sink.write(message.data)
@@ -127,6 +132,22 @@ def test_a_big_result_is_packed_to_a_file_and_sent_in_chunks_resumed_after_a_cut
     digest = DIGEST_PREFIX + hashlib.sha256((tmp_path / "hub.zip").read_bytes()).hexdigest()
     assert digest == output.digest
     assert peak < 16 * MIB  # neither side held the result whole
+
+
+def test_a_result_cut_more_often_than_retries_goes_on_while_the_hub_gets_more_of_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only failures in a row with nothing more held count: a slow link that keeps being
+    cut still gets the result there."""
+    monkeypatch.setattr(results, "RETRY_PAUSES", (0.0,) * len(results.RETRY_PAUSES))
+    cuts = 2 * len(results.RETRY_PAUSES)
+    path = tmp_path / "t-1.zip"
+    path.write_bytes(secrets.token_bytes((cuts + 2) * CHUNK_BYTES))
+    output = ResultFile(path, hash_file(path).digest, path.stat().st_size)
+    hub = ResultHub(tmp_path / "hub.zip")
+    hub.cut_after_messages, hub.cuts = 1, cuts
+    assert delivered(hub, output).sent
+    assert hub.offsets == [number * CHUNK_BYTES for number in range(cuts + 1)]
 
 
 def test_a_result_the_hub_holds_already_is_not_sent_again(tmp_path: Path) -> None:

@@ -1,21 +1,29 @@
 """The blob store's file side without Redis: writing chunks (limits, failures), the
-per-upload lock, the hash states kept between appends, and the store's file layout."""
+per-upload lock, the hash states kept between appends, and the store's file layout; and how
+the pool feeds it a stream (batches, threads)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from hivemind_cluster.blobs.files import BlobFiles, write_chunks
+from hivemind_cluster.blobs.states import UploadState
 from hivemind_cluster.blobs.uploads import MAX_HASHERS, Hashers, UploadLocks
 from hivemind_cluster.core.errors import Conflict, TooLarge, Unavailable
 from hivemind_cluster.model.blobs import CHUNK_BYTES, Hasher
+from hivemind_cluster.pool.blobservice import WRITE_BYTES, append_stream
+from hivemind_cluster.pool.taskdata import STORE_THREADS, in_store_thread
 
 UPLOAD = "0123456789abcdef" * 2
 
@@ -129,3 +137,32 @@ def test_the_layout(files: BlobFiles, tmp_path: Path) -> None:
         (digest, files.blob_path(digest))
     ]
     assert stat.S_IMODE(files.blob_path(digest).stat().st_mode) == 0o444
+
+
+def test_the_pool_appends_a_stream_in_small_batches_on_the_stores_own_threads() -> None:
+    """Many uploads at once stay within the hub's memory: each gathers at most WRITE_BYTES
+    (2 MiB) before an append, and the appends run on the store's few threads."""
+    batches: list[int] = []
+    threads: set[str] = set()
+
+    def store_append(offset: int, chunks: list[bytes]) -> UploadState:
+        threads.add(threading.current_thread().name)
+        batches.append(sum(map(len, chunks)))
+        return UploadState("u", offset + batches[-1], 10 * CHUNK_BYTES, "", False)
+
+    async def append(offset: int, chunks: list[bytes]) -> UploadState:
+        return await in_store_thread(store_append, offset, chunks)
+
+    async def rest() -> AsyncIterator[Any]:
+        for _ in range(9):
+            yield SimpleNamespace(offset=0, data=b"x" * CHUNK_BYTES)
+
+    async def go() -> list[UploadState | None]:
+        streams = [append_stream(0, b"x" * CHUNK_BYTES, rest(), append) for _ in range(8)]
+        return await asyncio.gather(*streams)
+
+    states = asyncio.run(go())
+    assert all(state is not None and state.offset == 10 * CHUNK_BYTES for state in states)
+    assert max(batches) <= 2 * CHUNK_BYTES == WRITE_BYTES and sum(batches) == 80 * CHUNK_BYTES
+    assert len(threads) <= STORE_THREADS
+    assert all(name.startswith("hivemind-blob-store") for name in threads)

@@ -264,3 +264,19 @@ def test_bundle_from_path(tmp_path: Path) -> None:
 )
 def test_default_command(names: list[str], command: list[str] | None) -> None:
     assert default_command(names) == command
+
+
+def test_too_many_entries_are_refused_from_the_end_record_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # zipfile would read the whole directory into memory and make an object per entry
+    # (a 137 MiB zip of 300k empty files took 306 MiB) before the count was checked.
+    path = tmp_path / "many.zip"
+    path.write_bytes(zip_of({f"f{i}": b"" for i in range(MAX_FILES + 1)}))
+
+    def no_directory_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the central directory was read")
+
+    monkeypatch.setattr(zipfile, "ZipFile", no_directory_read)
+    with pytest.raises(InvalidInput, match=f"^bundle has more than {MAX_FILES} files$"):
+        check_bundle(path)

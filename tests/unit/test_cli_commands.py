@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,7 +23,13 @@ from hivemind_cluster.client import transfer, views
 from hivemind_cluster.client.cli import build_hivemind_parser
 from hivemind_cluster.client.transfer import ResultStream, UploadState
 from hivemind_cluster.client.views import View
-from hivemind_cluster.core.errors import Conflict, HiveMindError, InvalidInput, NotFound
+from hivemind_cluster.core.errors import (
+    Conflict,
+    HiveMindError,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+)
 from hivemind_cluster.model.blobs import OnBytes
 from hivemind_cluster.model.submission import from_json
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -427,3 +435,58 @@ def test_a_reader_that_goes_away_ends_quietly() -> None:
     writer.stdout.close()
     _, err = writer.communicate(timeout=60)
     assert (writer.returncode, err) == (141, b"")
+
+
+def free_space(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """Every disk has ``free`` bytes free (as ``shutil.disk_usage`` tells)."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(free, 0, free))
+
+
+def test_a_result_that_would_fill_the_disk_is_not_unpacked_and_its_zip_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros", bytes(3 << 20))
+        archive.writestr("more", bytes(1 << 20))
+    output = buffer.getvalue()  # 4 MiB unpacked, a few KiB zipped
+    client = ended(output)
+    target = tmp_path / "results"
+    free_space(monkeypatch, len(output) + 1000)
+    part = target / ".hivemind-result-t1.zip.part"
+    message = (
+        rf"^unpacking the result needs 4 MiB but {target} has [\d.]+ KiB free: free some space "
+        rf"or give another directory, or keep the zip with --zip FILE \(downloaded: {part}\)$"
+    )
+    with pytest.raises(TooLarge, match=message):
+        run(client, capsys, "result", "t1", "-o", str(target))
+    assert [p.name for p in target.iterdir()] == [part.name]  # nothing unpacked
+    client.hub.calls = []
+    kept = target / "r.zip"
+    assert run(client, capsys, "result", "t1", "--zip", str(kept))[0] == 0
+    assert kept.read_bytes() == output and client.hub.calls == []  # the part, not again
+
+
+def test_a_result_zip_larger_than_the_free_space_is_not_downloaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = zip_of({"data": os.urandom(2 << 20)})
+    client = ended(output)
+    target = tmp_path / "results"
+    free_space(monkeypatch, 1 << 20)
+    message = rf"^the result zip of t1 needs 2 MiB but {target} has 1 MiB free: free some"
+    with pytest.raises(TooLarge, match=message):
+        run(client, capsys, "result", "t1", "--zip", str(target / "r.zip"))
+    assert list(target.iterdir()) == [] and client.hub.calls == []
+
+
+def test_result_bars_only_on_a_terminal_and_never_with_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = zip_of({"data": os.urandom(3 << 20)})
+    assert run(ended(output), capsys, "result", "t1", "-o", str(tmp_path / "a"))[2] == ""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    argv = ("result", "t1", "--json", "-o", str(tmp_path / "b"))
+    assert run(ended(output), capsys, *argv)[2] == ""
+    err = run(ended(output), capsys, "result", "t1", "-o", str(tmp_path / "c"))[2]
+    assert "result of t1" in err and "100%" in err and "3.00M" in err

@@ -1,27 +1,25 @@
-"""The worker's input cache (agent/inputs.py) and its sources (agent/inputsources.py): blobs
-fetched from a fake hub's ``Blobs.Read`` (a grpc.aio server on a free port) or from a URL
-served on 127.0.0.1, verified, resumed after a cut or a crash, shared and evicted.
+"""The worker's input cache (agent/inputs.py) with blobs from the hub (agent/inputsources.py
+``HubSource``): fetched from a fake hub's ``Blobs.Read`` (a grpc.aio server on a free port),
+verified, resumed after a cut, a crash or a refusal, shared and evicted. URL inputs are
+tests/unit/test_agent_input_urls.py's; the helpers here serve both (and other tests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
-import ipaddress
 import random
 import secrets
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 import pytest
 
-from hivemind_cluster.agent.inputs import PART, InputCache, InputUnavailable, Wanted
-from hivemind_cluster.agent.inputsources import HubSource, UrlSource
+from hivemind_cluster.agent.inputs import PART, InputCache, InputUnavailable, Wanted, cache_key
+from hivemind_cluster.agent.inputsources import HubSource
 from hivemind_cluster.core.units import MIB
 from hivemind_cluster.model.blobs import CHUNK_BYTES, DIGEST_PREFIX, InputRef
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -41,12 +39,13 @@ def ref_of(data: bytes, name: str = "data.bin") -> InputRef:
 
 class FakeBlobs(pb_grpc.BlobsServicer):
     """``Blobs.Read`` of what ``blobs`` holds; it notes each read's (digest, offset), and
-    can cut a stream after some chunks, send other bytes, or refuse."""
+    can cut a stream after some chunks (with ``cut_code``), send other bytes, or refuse."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
         self.reads: list[tuple[str, int]] = []
         self.cut_after_chunks: int | None = None
+        self.cut_code = grpc.StatusCode.UNAVAILABLE
         self.served: dict[str, bytes] = {}  # digest -> the bytes sent instead
         self.refusal: grpc.StatusCode | None = None
         self.release = asyncio.Event()
@@ -66,7 +65,7 @@ class FakeBlobs(pb_grpc.BlobsServicer):
         for sent, start in enumerate(range(request.offset, len(data), CHUNK_BYTES)):
             if self.cut_after_chunks is not None and sent >= self.cut_after_chunks:
                 self.cut_after_chunks = None
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the link went down")
+                await context.abort(self.cut_code, "the link went down")
             yield pb.BlobChunk(data=data[start : start + CHUNK_BYTES])
 
     async def WriteResult(
@@ -122,6 +121,11 @@ def files_in(root: Path) -> list[str]:
     return sorted(path.name for path in root.iterdir())
 
 
+def part_in(root: Path, ref: InputRef) -> Path:
+    """The partial file a fetch for ``ref`` writes in a cache at ``root`` (and resumes)."""
+    return root / f"{cache_key(ref)}{PART}"
+
+
 def test_a_blob_is_fetched_verified_and_kept_read_only(tmp_path: Path) -> None:
     data = secrets.token_bytes(3 * CHUNK_BYTES + 123)
 
@@ -129,7 +133,7 @@ def test_a_blob_is_fetched_verified_and_kept_read_only(tmp_path: Path) -> None:
         cache = InputCache(tmp_path, 64 * MIB)
         ref = hub.hold(data)
         assert await fetched(cache, source.wanted(ref, *TASK)) == {ref.digest: data}
-        blob = cache.path(ref.digest)
+        blob = cache.path(ref)
         assert files_in(tmp_path) == [blob.name]
         assert blob.stat().st_mode & 0o777 == 0o444
         assert hub.reads == [(ref.digest, 0)]
@@ -143,13 +147,11 @@ def test_a_fetch_resumes_from_the_partial_file_a_crash_left(tmp_path: Path) -> N
 
     async def body(hub: FakeBlobs, source: HubSource) -> None:
         ref = hub.hold(data)
-        (tmp_path / f"{ref.digest.removeprefix(DIGEST_PREFIX)}{PART}").write_bytes(
-            data[:crashed_at]
-        )
+        part_in(tmp_path, ref).write_bytes(data[:crashed_at])
         cache = InputCache(tmp_path, 64 * MIB)  # the agent, started again
         assert await fetched(cache, source.wanted(ref, *TASK)) == {ref.digest: data}
         assert hub.reads == [(ref.digest, crashed_at)]
-        assert files_in(tmp_path) == [cache.path(ref.digest).name]
+        assert files_in(tmp_path) == [cache.path(ref).name]
 
     with_a_hub(body)
 
@@ -173,8 +175,7 @@ def test_a_partial_file_that_is_wrong_is_fetched_again_from_the_start(tmp_path: 
 
     async def body(hub: FakeBlobs, source: HubSource) -> None:
         ref = hub.hold(data)
-        part = tmp_path / f"{ref.digest.removeprefix(DIGEST_PREFIX)}{PART}"
-        part.write_bytes(b"garbage")
+        part_in(tmp_path, ref).write_bytes(b"garbage")
         assert await fetched(InputCache(tmp_path, 64 * MIB), source.wanted(ref, *TASK)) == {
             ref.digest: data
         }
@@ -205,6 +206,28 @@ def test_a_refusal_of_the_hub_fails_the_input_at_once(tmp_path: Path) -> None:
         with pytest.raises(InputUnavailable, match=r"input data\.bin: the hub refused it: not an"):
             await fetched(InputCache(tmp_path, MIB), source.wanted(ref, *TASK))
         assert len(hub.reads) == 1
+
+    with_a_hub(body)
+
+
+def test_a_fetch_the_hub_refuses_midway_keeps_its_part_for_the_next_attempt(
+    tmp_path: Path,
+) -> None:
+    """The attempt that started a fetch was cancelled or superseded: the hub refuses it
+    from then on, but what came is right, and the next attempt resumes from it."""
+    data = secrets.token_bytes(4 * CHUNK_BYTES)
+
+    async def body(hub: FakeBlobs, source: HubSource) -> None:
+        ref = hub.hold(data)
+        hub.cut_after_chunks, hub.cut_code = 2, grpc.StatusCode.PERMISSION_DENIED
+        cache = InputCache(tmp_path, 64 * MIB)
+        with pytest.raises(InputUnavailable, match="the hub refused it"):
+            await fetched(cache, source.wanted(ref, *TASK))
+        key = cache.path(ref).name
+        assert files_in(tmp_path) == [f"{key}{PART}"] and cache.parts[key].size == 2 * CHUNK_BYTES
+        assert await fetched(cache, source.wanted(ref, *TASK)) == {ref.digest: data}
+        assert hub.reads == [(ref.digest, 0), (ref.digest, 2 * CHUNK_BYTES)]
+        assert cache.parts == {} and files_in(tmp_path) == [key]
 
     with_a_hub(body)
 
@@ -250,114 +273,13 @@ def test_the_least_recently_used_unpinned_blobs_are_evicted(tmp_path: Path) -> N
             await fetched(cache, b)
             await fetched(cache, c)
             await fetched(cache, d)  # over the bound: b goes, the oldest not pinned
-            assert set(cache.entries) == {cache.path(w.ref.digest).name for w in (a, c, d)}
+            assert set(cache.entries) == {cache.path(w.ref).name for w in (a, c, d)}
         await fetched(cache, b)  # a is no longer pinned and the oldest now
-        kept = {cache.path(w.ref.digest).name for w in (b, c, d)}
+        kept = {cache.path(w.ref).name for w in (b, c, d)}
         assert set(cache.entries) == kept and set(files_in(tmp_path)) == kept
         assert not any(name.endswith(PART) for name in files_in(tmp_path))
 
     with_a_hub(body)
-
-
-# ---- URL inputs ------------------------------------------------------------------------
-
-
-class Site(http.server.BaseHTTPRequestHandler):
-    """Serves ``files`` (honouring ``Range``), and ``/away`` redirects to ``redirect``."""
-
-    files: ClassVar[dict[str, bytes]] = {}
-    redirect = ""
-    ranges: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        if self.path == "/away":
-            self.send_response(302)
-            self.send_header("Location", self.redirect)
-            self.end_headers()
-            return
-        data = self.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        asked = self.headers.get("Range", "")
-        self.ranges.append(asked)
-        start = int(asked.removeprefix("bytes=").rstrip("-") or 0)
-        self.send_response(206 if asked else 200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def a_site(files: dict[str, bytes]) -> Iterator[str]:
-    Site.files, Site.ranges = files, []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def url_ref(data: bytes, url: str) -> InputRef:
-    return InputRef("x.csv", digest_of(data), 0, "file", url)
-
-
-def test_a_url_input_is_fetched_verified_and_resumed(tmp_path: Path) -> None:
-    data = secrets.token_bytes(3 * CHUNK_BYTES + 7)
-    urls = UrlSource([], allow_loopback=True)
-    with a_site({"/x.csv": data}) as site:
-        ref = url_ref(data, f"{site}/x.csv")
-        part = tmp_path / f"{ref.digest.removeprefix(DIGEST_PREFIX)}{PART}"
-        part.write_bytes(data[:1000])
-        cache = InputCache(tmp_path, 64 * MIB)
-        assert asyncio.run(fetched(cache, urls.wanted(ref, 64 * MIB))) == {ref.digest: data}
-        assert Site.ranges == ["bytes=1000-"]
-
-
-def test_a_url_input_with_other_content_or_too_large_is_refused(tmp_path: Path) -> None:
-    data = secrets.token_bytes(2 * MIB)
-    urls = UrlSource([], allow_loopback=True)
-    with a_site({"/x.csv": data}) as site:
-        cache = InputCache(tmp_path, 64 * MIB)
-        wrong = url_ref(b"something else", f"{site}/x.csv")
-        with pytest.raises(InputUnavailable, match=r"from 127\.0\.0\.1 has digest"):
-            asyncio.run(fetched(cache, urls.wanted(wrong, 64 * MIB)))
-        with pytest.raises(InputUnavailable, match="is larger than 1 MiB"):
-            asyncio.run(fetched(cache, urls.wanted(url_ref(data, f"{site}/x.csv"), MIB)))
-        assert files_in(tmp_path) == []
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:9/x",
-        "http://[::1]:9/x",
-        "http://169.254.169.254/latest/meta-data",
-        "http://10.77.0.1:8080/x",  # the overlay
-        "http://localhost:9/x",
-    ],
-)
-def test_a_url_to_this_machine_link_local_or_the_overlay_is_refused(
-    url: str, tmp_path: Path
-) -> None:
-    urls = UrlSource([ipaddress.ip_network("10.77.0.0/16")])
-    with pytest.raises(InputUnavailable, match="which a task's input may not come from"):
-        asyncio.run(fetched(InputCache(tmp_path, MIB), urls.wanted(url_ref(b"x", url), MIB)))
-
-
-def test_a_redirect_to_a_refused_place_is_refused(tmp_path: Path) -> None:
-    urls = UrlSource([], allow_loopback=True)
-    Site.redirect = "http://169.254.169.254/latest/meta-data"
-    with a_site({}) as site:
-        ref = url_ref(b"x", f"{site}/away")
-        with pytest.raises(InputUnavailable, match=r"169\.254\.169\.254"):
-            asyncio.run(fetched(InputCache(tmp_path, MIB), urls.wanted(ref, MIB)))
 
 
 def test_a_large_fetch_says_how_far_it_is_in_the_task_s_log(tmp_path: Path) -> None:

@@ -222,7 +222,7 @@ def submit_body(*argv: str) -> dict[str, Any]:
     args = build_hivemind_parser().parse_args(["submit", *argv])
     bundle, command = poolcli.bundle_and_command(args)
     if bundle:
-        plan_data(bundle, [], [], Path("."))  # checks the path, as submit does first
+        plan_data(bundle, [], [])  # checks the path, as submit does first
     return {"bundle": bundle, "command": command} if bundle else {"command": command}
 
 

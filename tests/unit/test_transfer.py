@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -293,3 +294,36 @@ def test_a_download_that_does_not_verify_is_removed(tmp_path: Path) -> None:
     assert not part.exists()
     with pytest.raises(HiveMindError, match="the result of t1 is larger than 1000 bytes"):
         download_result(hub, "t1", sha(data), 1000, part)
+
+
+def test_a_planted_symlink_part_is_not_written_through(tmp_path: Path) -> None:
+    hub, data = result_hub(MIB)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"the user's own file")
+    part = tmp_path / "r.part"
+    part.symlink_to(victim)
+    with pytest.raises(InvalidInput, match=r"r\.part is a symbolic link, .*not writing through"):
+        download_result(hub, "t1", sha(data), len(data), part)
+    assert victim.read_bytes() == b"the user's own file" and part.is_symlink()
+    assert hub.calls == []
+
+
+def test_a_part_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    hub, data = result_hub(1000)
+    part = tmp_path / "r.part"
+    os.mkfifo(part)
+    with pytest.raises(InvalidInput, match=r"r\.part is not a file, not a download of this"):
+        download_result(hub, "t1", sha(data), len(data), part)
+    assert hub.calls == []
+
+
+def test_a_part_of_another_user_s_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, data = result_hub(1000)
+    part = tmp_path / "r.part"
+    part.write_bytes(data[:10])
+    monkeypatch.setattr(os, "geteuid", lambda: part.stat().st_uid + 1)  # as another user
+    with pytest.raises(InvalidInput, match=r"r\.part is a file of another user's"):
+        download_result(hub, "t1", sha(data), len(data), part)
+    assert part.read_bytes() == data[:10] and hub.calls == []

@@ -3,10 +3,13 @@ before anything is sent, hashed and zipped once, sent only when the hub lacks it
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import stat
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ from hivemind_cluster.client import digests, inputs, transfer
 from hivemind_cluster.client.digests import DigestCache, Known, listing_key
 from hivemind_cluster.client.inputs import send_data
 from hivemind_cluster.client.progress import Bars
-from hivemind_cluster.core.errors import InvalidInput, NotFound
+from hivemind_cluster.core.errors import HiveMindError, InvalidInput, NotFound
+from hivemind_cluster.model.bundles import INPUT_RULES
 from tests.unit.test_transfer import MIB, MemoryHub, sha
 
 URL = "https://data.example/sets/x.csv"
@@ -193,10 +197,10 @@ def test_the_cache_is_bounded_and_survives_a_bad_file(
 
 def test_a_listing_key_changes_with_any_file(tmp_path: Path) -> None:
     _, _, table = a_job(tmp_path)
-    key, count = listing_key(table)
-    assert count == 2 and listing_key(table) == (key, 2)
+    key, count, size = listing_key(table)
+    assert (count, size) == (2, 8) and listing_key(table) == (key, 2, 8)
     (table / "a.csv").chmod(0o600)
-    assert listing_key(table)[0] != key
+    assert listing_key(table).key != key
 
 
 def test_hashing_and_uploads_show_bars_on_a_terminal_only(
@@ -209,3 +213,93 @@ def test_hashing_and_uploads_show_bars_on_a_terminal_only(
     send_data(MemoryHub(), "", [str(data)], [], Bars(True))
     err = capsys.readouterr().err
     assert "hashing input data.bin" in err and "input data.bin" in err and "100%" in err
+
+
+def a_directory(path: Path, size: int) -> Path:
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "data.bin").write_bytes(os.urandom(size))
+    return path
+
+
+def test_directories_are_zipped_one_at_a_time_on_disk_in_the_cache_and_removed(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = a_directory(tmp_path / "job", 1000)
+    (job / "main.py").write_text("print('hi')\n")
+    first, second = a_directory(tmp_path / "a", MIB), a_directory(tmp_path / "b", MIB)
+    scratch = cache_home / "hivemind" / "scratch"
+    hub = MemoryHub()
+    seen: list[tuple[Path, list[Path], int]] = []  # (zip, zips there already, blobs sent)
+
+    def watched(name: str) -> None:
+        inner = getattr(inputs, name)
+
+        def zipping(source: Path, dest: Path, *args: Any) -> Any:
+            seen.append((dest, sorted(scratch.rglob("*.zip")), len(hub.blobs)))
+            return inner(source, dest, *args)
+
+        monkeypatch.setattr(inputs, name, zipping)
+
+    watched("pack_directory")
+    watched("bundle_from_path")
+    send_data(hub, str(job), [str(first), str(second)], [])
+
+    assert [sent for _, _, sent in seen] == [0, 1, 2]  # each zipped after the last was sent
+    assert [there for _, there, _ in seen] == [[], [], []]  # ... and its zip removed
+    assert all(scratch in dest.parents for dest, _, _ in seen)  # not in /tmp (a tmpfs)
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
+    assert list(scratch.iterdir()) == []  # the run's directory is gone
+
+
+def test_a_run_without_directories_makes_no_scratch(tmp_path: Path, cache_home: Path) -> None:
+    _, data, _ = a_job(tmp_path)
+    send_data(MemoryHub(), "", [str(data)], [])
+    assert not (cache_home / "hivemind" / "scratch").exists()
+
+
+def test_a_killed_run_s_scratch_is_removed_by_the_next_and_a_live_one_kept(
+    tmp_path: Path, cache_home: Path
+) -> None:
+    _, _, table = a_job(tmp_path)
+    scratch = cache_home / "hivemind" / "scratch"
+    killed, live = scratch / "submit-killed", scratch / "submit-live"
+    for directory in (killed, live):
+        (directory / "input-t").mkdir(parents=True)
+        (directory / "input-t" / "input.zip").write_bytes(b"left over")
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the live run holds it
+        send_data(MemoryHub(), "", [str(table)], [])
+        assert [path.name for path in scratch.iterdir()] == ["submit-live"]
+    finally:
+        os.close(held)
+
+
+def test_a_directory_zipping_would_refuse_is_refused_before_anything_is_sent(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, data, table = a_job(tmp_path)
+    hub = MemoryHub()
+    monkeypatch.setattr(inputs, "INPUT_RULES", replace(INPUT_RULES, max_files=1))
+    with pytest.raises(InvalidInput, match=r"^input directory '.*tables' has more than 1 files"):
+        send_data(hub, "", [str(data), str(table)], [])
+    monkeypatch.setattr(inputs, "INPUT_RULES", replace(INPUT_RULES, max_unpacked_bytes=7))
+    with pytest.raises(InvalidInput, match=r"tables' holds 8 B unpacked, more than the 7 bytes"):
+        send_data(hub, "", [str(data), str(table)], [])
+    assert hub.calls == []
+
+
+def test_a_full_disk_while_zipping_is_one_line_naming_the_input(
+    tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, table = a_job(tmp_path)
+
+    def full(source: Path, dest: Path, *args: Any) -> int:
+        dest.write_bytes(b"part of a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(inputs, "pack_directory", full)
+    message = r"^input tables: cannot zip '.*tables' in .*/scratch/submit-\w+: No space left"
+    with pytest.raises(HiveMindError, match=message):
+        send_data(MemoryHub(), "", [str(table)], [])
+    assert list((cache_home / "hivemind" / "scratch").iterdir()) == []

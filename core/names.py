@@ -25,7 +25,6 @@ HUB_CLIENT_CERT = "hub-client.pem"  # the hub's own identity as a pool client
 HUB_CLIENT_KEY = "hub-client.key"
 REDIS_PASSWORD = "redis.password"
 REDIS_DIR = "redis"
-TASKS_DIR = "tasks"  # the pool's task bundles and outputs, a directory per task
 RUN_FILE = "run.json"  # what the running hub publishes about itself
 UP_RECORD = "up.json"  # what `up` has changed so far, for the next `up` after a crash
 WEB_SECRET = "web-secret.key"  # the web's session signing key

@@ -30,6 +30,7 @@ from docker.models.containers import Container
 from hivemind_cluster.agent.output import POLL_SECONDS, OutputPump
 from hivemind_cluster.agent.pulls import ImageUnavailable, image_digest
 from hivemind_cluster.agent.requirements import NO_DEPS, Deps, Requirements, RequirementsUnmet
+from hivemind_cluster.agent.results import RESULTS_DIR, result_path
 from hivemind_cluster.agent.sandbox import (
     LABEL_NODE,
     container_options,
@@ -87,7 +88,7 @@ class DockerExecutor:
     ) -> None:
         self.work_root = work_root
         # Result zips, until the worker has sent them (agent/results.py).
-        self.results_root = results_root or work_root.parent / "results"
+        self.results_root = results_root or work_root.parent / RESULTS_DIR
         self.node_id = node_id
         self.client = client or docker.from_env()
         self.pids_limit = pids_limit
@@ -257,7 +258,7 @@ class DockerExecutor:
     ) -> ResultFile | None:
         """The result zip in ``results_root`` and its digest; None when nothing was written."""
         self.results_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        dest = self.results_root / f"{task.task_id}-{task.attempt}.zip"
+        dest = result_path(self.results_root, task.task_id, task.attempt)
         dest.unlink(missing_ok=True)  # a run of the same attempt before an agent restart
         size = pack_result(out, work, before, dest)
         if not size:

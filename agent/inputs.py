@@ -103,21 +103,16 @@ def shown_name(ref: InputRef) -> str:
     return f"input {ref.name}" if ref.name else "the bundle"
 
 
-def serving_keys(ref: InputRef) -> tuple[str, ...]:
-    """The copies that may serve ``ref``: a hub input the hub's copy (its owner holds the
-    blob: the pool checked), a URL input only one fetched from that very URL (its key names
-    the URL's SHA-256: naming another's digest with some allowed URL is no way to it)."""
+def cache_key(ref: InputRef) -> str:
+    """The one copy that may serve ``ref``, and that a fetch for it makes: a hub input the
+    hub's copy ``<hex>`` (its owner holds the blob: the pool checked), a URL input only one
+    fetched from that very URL, ``url-<u>-<hex>`` (naming another's digest with some allowed
+    URL is no way to it)."""
     key = digest_hex(ref.digest)
     if not ref.url:
-        return (key,)
+        return key
     url_key = hashlib.sha256(ref.url.encode()).hexdigest()[:URL_KEY_DIGITS]
-    return (f"{FROM_URL}{url_key}-{key}",)
-
-
-def cache_key(ref: InputRef) -> str:
-    """The name of the copy a fetch for ``ref`` makes: ``url-<hex>`` from its URL, ``<hex>``
-    from the hub."""
-    return serving_keys(ref)[0]
+    return f"{FROM_URL}{url_key}-{key}"
 
 
 def key_in(name: str) -> tuple[str, bool] | None:
@@ -181,7 +176,7 @@ class InputCache:
                 by_digest[want.ref.digest] = want
         unique = list(by_digest.values())
         self.check_fits([want.ref for want in unique])
-        keys = [key for want in unique for key in serving_keys(want.ref)]
+        keys = [cache_key(want.ref) for want in unique]
         self.pins.update(keys)
         try:
             yield {want.ref.digest: await self.have(want, note) for want in unique}
@@ -205,12 +200,11 @@ class InputCache:
         is tried again for ours)."""
         key = cache_key(want.ref)
         while True:
-            for usable in serving_keys(want.ref):
-                entry = self.entries.get(usable)
-                if entry is not None:
-                    self.touch(usable, entry)
-                    note(f"{shown_name(want.ref)}: {format_bytes(entry.size)} from the cache")
-                    return self.root / usable
+            entry = self.entries.get(key)
+            if entry is not None:
+                self.touch(key, entry)
+                note(f"{shown_name(want.ref)}: {format_bytes(entry.size)} from the cache")
+                return self.root / key
             running = self.fetching.get(key)
             if running is None:
                 break

@@ -120,6 +120,26 @@ async def chunks(header: pb.ResultChunk, path: Path, offset: int) -> AsyncIterat
                 return
 
 
+async def sent(
+    zips: ResultZips, result: pb.TaskResult, zipped: ResultFile
+) -> tuple[pb.TaskResult | None, str]:
+    """Send an attempt's result zip: (the result to report, ""); (None, "") when the attempt
+    is no longer this worker's; (None, why) when the pool superseded it. An interrupted
+    attempt's zip is not sent (the pool runs the task again), one the hub refuses fails
+    the task, one that cannot be sent interrupts it."""
+    key = (result.task_id, result.attempt)
+    if result.status == INTERRUPTED:
+        zipped.path.unlink(missing_ok=True)
+        delivery: Delivery | None = Delivery(False, result.error)
+    else:
+        delivery = await zips.deliver(key, zipped)
+    if delivery is None or delivery.sent:
+        return (result if delivery is not None else None), ""
+    if delivery.superseded:
+        return None, delivery.error
+    return without_zip(result, delivery), ""
+
+
 def without_zip(result: pb.TaskResult, delivery: Delivery) -> pb.TaskResult:
     """The result to report when its zip could not be sent: it names none, and fails (the
     hub refused the zip) or is interrupted (the pool runs the task again)."""
@@ -138,9 +158,7 @@ class ResultZips:
     its registration) and those kept until the pool accepts their result. Used on the
     worker's event loop."""
 
-    def __init__(
-        self, send: Callable[[str, int, ResultFile], Coroutine[Any, Any, Delivery]]
-    ) -> None:
+    def __init__(self, send: Send) -> None:
         self.send = send
         self.uploads: dict[Key, asyncio.Task[Delivery]] = {}
         self.files: dict[Key, Path] = {}

@@ -125,8 +125,5 @@ class Transfers:
 
     # ---- results ---------------------------------------------------------------------------
 
-    def result_path(self, task_id: str, attempt: int) -> Path:
-        return results.result_path(self.results_root, task_id, attempt)
-
     async def deliver(self, task_id: str, attempt: int, output: ResultFile) -> Delivery:
         return await results.deliver(self.pool_channel, task_id, attempt, output)

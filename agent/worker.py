@@ -34,7 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from hivemind_cluster.agent.agentmessages import heartbeat, registration
+from hivemind_cluster.agent.agentmessages import (
+    Stream,
+    heartbeat,
+    registration,
+    registration_answer,
+)
 from hivemind_cluster.agent.attemptrun import Executor as Executor  # scripts import it here
 from hivemind_cluster.agent.attemptrun import fetch_and_run
 from hivemind_cluster.agent.attempts import (
@@ -47,11 +52,10 @@ from hivemind_cluster.agent.attempts import (
     restated,
 )
 from hivemind_cluster.agent.facts import Facts
-from hivemind_cluster.agent.results import Delivery, ResultZips, without_zip
+from hivemind_cluster.agent.results import ResultZips, sent
 from hivemind_cluster.agent.tasklogs import AttemptLog, TaskLogs
 from hivemind_cluster.agent.taskrun import (
     OnOutput,
-    ResultFile,
     TaskRun,
     task_result,
 )
@@ -65,7 +69,6 @@ log = logging.getLogger("hivemind.agent.worker")
 LOG_PIECE = 64 * 1024
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 RECENT_ATTEMPTS = 20  # finished attempts kept for the status page
-Stream = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.PoolMessage]
 
 
 class ResendLater(Exception):
@@ -240,7 +243,7 @@ class Worker:
         async with aio_channel(self.identity) as channel:
             call = pb_grpc.PoolStub(channel).Connect()
             await call.write(pb.AgentMessage(register=self._registration()))
-            registered, before = await self._registered(call)
+            registered, before = await registration_answer(call)
             self._last_received = time.time()
             self._set_connected(True)
             interval = registered.heartbeat_interval or 1.0
@@ -265,17 +268,6 @@ class Worker:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, asyncio.InvalidStateError):
                     await writer  # InvalidStateError: it wrote after the call had ended
-
-    @staticmethod
-    async def _registered(call: Stream) -> tuple[pb.Registered, list[pb.PoolMessage]]:
-        """The pool's answer to the registration, and what it sent before it (the cancel of
-        an attempt cancelled while this agent was away), handled after it."""
-        before: list[pb.PoolMessage] = []
-        while isinstance(message := await call.read(), pb.PoolMessage):
-            if message.WhichOneof("kind") == "registered":
-                return message.registered, before
-            before.append(message)
-        raise ConnectionError("the pool did not acknowledge the registration")
 
     async def _write(self, call: Stream, interval: float) -> None:
         assert self._outbox is not None
@@ -415,27 +407,12 @@ class Worker:
             if zipped is not None:
                 zipped.path.unlink(missing_ok=True)
             return
-        report = result if zipped is None else await self._send_zip(result, zipped)
+        report, refused = (result, "") if zipped is None else await sent(self._zips, result, zipped)
+        if refused:
+            self._supersede(task_id, attempt, f"the pool refused its result: {refused}")
         if report is not None:
             self._report(report)
             log.info("task %s attempt %d: %s %s", task_id, attempt, report.status, report.error)
-
-    async def _send_zip(self, result: pb.TaskResult, zipped: ResultFile) -> pb.TaskResult | None:
-        """Send the result zip; the result to report, None when the attempt is no longer
-        this worker's. An interrupted attempt's zip is not sent (the pool runs the task
-        again), one the hub refuses fails the task, one that cannot be sent interrupts it."""
-        key = (result.task_id, result.attempt)
-        if result.status == INTERRUPTED:
-            zipped.path.unlink(missing_ok=True)
-            delivery: Delivery | None = Delivery(False, result.error)
-        else:
-            delivery = await self._zips.deliver(key, zipped)
-        if delivery is None or delivery.sent:
-            return result if delivery is not None else None
-        if delivery.superseded:
-            self._supersede(*key, f"the pool refused its result: {delivery.error}")
-            return None
-        return without_zip(result, delivery)
 
     def _output_sender(self, loop: asyncio.AbstractEventLoop, output: AttemptLog) -> OnOutput:
         """The executor's ``on_output``, called on its thread: the output goes up in

@@ -180,6 +180,11 @@ class BlobStore:
     def path(self, digest: str) -> Path:
         """The complete blob's file (read-only); NotFound when the hub has no such blob."""
         self.size(digest)
+        return self.known_path(digest)
+
+    def known_path(self, digest: str) -> Path:
+        """``path`` of a blob the caller has just found in the index (its size read, a pin
+        or a result answered): the file, without asking the index again."""
         return self.files.blob_path(digest)
 
     def read(self, digest: str, offset: int = 0) -> Iterator[bytes]:

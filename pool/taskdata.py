@@ -79,7 +79,7 @@ class TaskBlobs:
                         f"{ref.name or 'the bundle'} is {format_bytes(ref.size)}, more than "
                         f"{format_bytes(self.max_input_bytes)} (hub setting max_input_bytes)"
                     )
-            files = {ref.digest: self.blobs.path(ref.digest) for ref in data.zips()}
+            files = {ref.digest: self.blobs.known_path(ref.digest) for ref in data.zips()}
             return replace(data, files=files)
         except BaseException:
             self.blobs.release_task(task_id, owner, digests)
@@ -122,7 +122,7 @@ class TaskBlobs:
                 f"result {digest} ({size} bytes) of task {result.task_id} attempt "
                 f"{result.attempt} was not written: send it with Blobs.WriteResult first"
             )
-        self.check_result_zip(self.blobs.path(digest))
+        self.check_result_zip(self.blobs.known_path(digest))
 
     @staticmethod
     def check_result_zip(path: Path) -> None:

@@ -48,7 +48,7 @@ class Services:
             return None
         if not self.blobs.holds(account, digest):
             raise NotFound(f"bundle {digest} is not on the hub: upload it first")
-        return self.blobs.path(digest)
+        return self.blobs.known_path(digest)
 
 
 def services() -> Services:

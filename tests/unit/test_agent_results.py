@@ -18,7 +18,7 @@ import pytest
 
 from hivemind_cluster.agent import results
 from hivemind_cluster.agent.facts import Facts
-from hivemind_cluster.agent.results import Delivery, ResultZips, deliver
+from hivemind_cluster.agent.results import Delivery, ResultZips, deliver, sent
 from hivemind_cluster.agent.taskrun import ResultFile
 from hivemind_cluster.agent.workcopy import pack_result
 from hivemind_cluster.agent.worker import Worker
@@ -235,8 +235,8 @@ def test_a_result_whose_zip_was_not_sent_is_reported_without_it(
         output_digest=zipped.digest,
         output_size=zipped.size,
     )
-    reported = asyncio.run(worker._send_zip(result, zipped))
-    assert reported is not None
+    reported, superseded = asyncio.run(sent(worker._zips, result, zipped))
+    assert reported is not None and not superseded
     assert (reported.status, reported.error) == (status, delivery.error)
     assert (reported.output_digest, reported.output_size) == ("", 0)
     assert not zipped.path.exists()

@@ -45,6 +45,8 @@ bench: setup
 	$(PY) bench/ledger.py
 	$(PY) bench/web.py
 	$(PY) bench/transfer.py
+	$(PY) bench/peers.py
+	$(PY) bench/mesh.py
 
 # On a machine with an NVIDIA GPU: detection, a pulled CUDA image, one GPU per task.
 gpu-check: setup

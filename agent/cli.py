@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from importlib import resources
+from typing import Any
 
 from hivemind_cluster.agent import join as membership
 from hivemind_cluster.agent.service import run_service
@@ -20,12 +21,14 @@ from hivemind_cluster.core.console import (
     age,
     options,
     print_json,
+    printable,
     program,
     run_handler,
     run_main,
     setup_logging,
 )
 from hivemind_cluster.core.names import DEFAULT_AGENT_DIR
+from hivemind_cluster.core.units import format_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,12 +138,42 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{'up' if info['interface_up'] else 'DOWN'}\n"
         f"hub        {info['hub_ip']} via {info['hub_endpoint']}, "
         f"{'reachable' if info['hub_reachable'] else 'NOT reachable'}\n"
-        f"handshake  {age(time.time() - handshake) if handshake else 'never'} ago, "
+        f"handshake  {ago(handshake, time.time())}, "
         f"rx {info['rx_bytes']} B, tx {info['tx_bytes']} B\n"
         f"service    {'pid ' + str(info['service_pid']) if info['service_pid'] else 'stopped'}"
         f"{page}"
     )
+    print(peers_table(info["peers"], info["peers_revision"], time.time()))
     return 0
+
+
+def ago(then: float | None, now: float) -> str:
+    return f"{age(now - then)} ago" if then else "never"
+
+
+def peers_table(peers: list[dict[str, Any]], revision: int, now: float) -> str:
+    """The ``peers`` line (how many go direct) and one line per peer. Names, roles and
+    endpoints come from the hub: ``printable`` keeps their control characters (a newline
+    included) off the terminal."""
+    if not revision and not peers:
+        return "peers      none known yet (the service has not heard from the hub)"
+    direct = sum(p["path"] == "direct" for p in peers)
+    lines = [
+        f"peers      {len(peers)} ({direct} direct, {len(peers) - direct} relayed), "
+        f"revision {revision}"
+    ]
+    for p in peers:
+        name, role, overlay_ip, endpoint = (
+            printable(str(p[key]), newlines=False)
+            for key in ("name", "role", "overlay_ip", "endpoint")
+        )
+        lines.append(
+            f"  {name:<16} {role:<8} {overlay_ip:<15} {p['path']:<7}  "
+            f"{endpoint or '-':<21} "
+            f"handshake {ago(p['last_handshake'], now)}, "
+            f"rx {format_bytes(p['rx_bytes'])}, tx {format_bytes(p['tx_bytes'])}"
+        )
+    return "\n".join(lines)
 
 
 def cmd_leave(args: argparse.Namespace) -> int:

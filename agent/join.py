@@ -14,11 +14,13 @@ from typing import Any
 
 from hivemind_cluster.agent import enroll as enroll_client
 from hivemind_cluster.agent.facts import hardware_facts
-from hivemind_cluster.agent.overlay import (
-    bring_up,
-    hub_answers,
-    hub_peer_status,
-    wait_until_hub_answers,
+from hivemind_cluster.agent.overlay import bring_up, hub_answers, wait_until_hub_answers
+from hivemind_cluster.agent.peerview import (
+    hub_status,
+    interface_peers,
+    known_peers,
+    known_revision,
+    peer_rows,
 )
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.agent.statuspage import configured_url
@@ -33,6 +35,7 @@ from hivemind_cluster.core.keys import (
     private_key_pem,
 )
 from hivemind_cluster.core.names import CA_CERT, LOG_FILE, NODE_CERT, PID_FILE, TLS_KEY, WG_KEY
+from hivemind_cluster.mesh import policyrules
 from hivemind_cluster.mesh.ca import check_hostname
 from hivemind_cluster.mesh.tokens import JoinToken
 from hivemind_cluster.mesh.wireguard import (
@@ -278,14 +281,19 @@ def leave(settings: AgentSettings) -> dict[str, Any]:
     except HiveMindError as exc:
         deregistered, warning = False, exc.message
     stop_service(settings)
+    policyrules.remove(enrollment.interface)  # a service that died may have left it
     WireGuardInterface(enrollment.interface).down()
     shutil.rmtree(root)
     return {"node_id": enrollment.node_id, "deregistered": deregistered, "warning": warning}
 
 
 def status(settings: AgentSettings, probe: bool = True) -> dict[str, Any]:
+    """Identity, the hub peer and every other peer (its path: direct or relayed), from
+    one ``wg show`` and the service's ``peers.json``."""
     enrollment = Enrollment.load(settings.path)
-    peer = hub_peer_status(enrollment)
+    wireguard = interface_peers(enrollment.interface)
+    peer = hub_status(wireguard, enrollment.hub_public_key)
+    known = known_peers(settings.path)
     return {
         "node_id": enrollment.node_id,
         "name": enrollment.name,
@@ -306,4 +314,7 @@ def status(settings: AgentSettings, probe: bool = True) -> dict[str, Any]:
         "state_dir": str(Path(settings.state_dir).resolve()),
         # Where the running service serves its status page (None: turned off).
         "status_page": configured_url(settings.status_listen),
+        # The peers as the service last applied them (revision 0: not yet).
+        "peers_revision": known_revision(known),
+        "peers": [row.to_json() for row in peer_rows(known, wireguard)],
     }

@@ -95,6 +95,25 @@ def _ledger_html(ledger: dict[str, Any]) -> str:
     )
 
 
+def _peer_table(peers: list[dict[str, Any]], now: float) -> str:
+    """The other members: direct (green) or through the hub, with WireGuard's figures."""
+    rows = [
+        [
+            _e(p["name"]),
+            _e(p["role"]),
+            _e(p["overlay_ip"]),
+            _flag(p["path"] == "direct", _e(p["path"])),
+            _e(p["endpoint"] or "-"),
+            _when(p["last_handshake"], now),
+            _e(format_bytes(p["rx_bytes"])),
+            _e(format_bytes(p["tx_bytes"])),
+        ]
+        for p in peers
+    ]
+    headers = ["peer", "role", "overlay IP", "path", "endpoint", "handshake", "rx", "tx"]
+    return _table(headers, rows, long=1)
+
+
 def render_html(document: dict[str, Any]) -> str:
     """The page for a ``status_json`` document; every value escaped."""
     now = document["generated_at"]
@@ -135,6 +154,7 @@ def render_html(document: dict[str, Any]) -> str:
         ("Node", _rows(node_rows)),
         ("Overlay", _rows(overlay_rows)),
         ("Hub", _rows(_hub_rows(hub, now))),
+        ("Peers", _peer_table(document["peers"], now)),
         ("Running tasks", _table(["task", "image", "try", "started"], running, long=2)),
         (
             "Recent tasks",

@@ -1,7 +1,8 @@
 """The agent's local status page: ``http://127.0.0.1:5000/`` (HTML) and ``/status.json``.
 
 What someone at the machine (or a script) wants to know without the hub: which node this
-is, whether the overlay is up (the hub peer's last handshake and traffic), whether the
+is, whether the overlay is up (the hub peer's last handshake and traffic), the other
+peers and whether each goes direct or through the hub (agent/peerview.py), whether the
 worker's stream to the pool is connected, what runs now and what ran lately, and what the
 node has earned. The HTML is rendered from the JSON document, so both always agree.
 
@@ -22,7 +23,6 @@ import ipaddress
 import json
 import logging
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -36,7 +36,13 @@ from urllib.parse import urlsplit
 import grpc
 
 from hivemind_cluster.agent.attempts import SUPERSEDED, WorkerSnapshot
-from hivemind_cluster.agent.overlay import hub_peer_status
+from hivemind_cluster.agent.peerview import (
+    PeerRow,
+    hub_status,
+    interface_peers,
+    known_peers,
+    peer_rows,
+)
 from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.statushtml import JSON_PATH, render_html
 from hivemind_cluster.agent.worker import Worker
@@ -45,6 +51,7 @@ from hivemind_cluster.core.errors import HiveMindError
 from hivemind_cluster.core.grpcutil import error_from_rpc
 from hivemind_cluster.core.settings import split_host_port
 from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.mesh.wireguard import PeerStatus
 from hivemind_cluster.model.accounts import PAYMENT_PREFIX
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
@@ -89,6 +96,7 @@ class Status:
     overlay: Overlay
     worker: WorkerSnapshot | None  # None: not a worker (an operator runs no tasks)
     ledger: LedgerView
+    peers: tuple[PeerRow, ...] = ()  # the other members, by name
 
 
 class Source(Protocol):
@@ -102,14 +110,9 @@ class Source(Protocol):
 # ---- collecting -----------------------------------------------------------------------
 
 
-def overlay_state(enrollment: Enrollment) -> Overlay:
-    """The hub peer as WireGuard reports it (one ``wg show``)."""
-    try:
-        peer = hub_peer_status(enrollment)
-    except (HiveMindError, OSError, ValueError, subprocess.SubprocessError) as exc:
-        # The interface vanished between the check and `wg show`, or `wg` misbehaved.
-        log.debug("no overlay state: %s", exc)
-        peer = None
+def overlay_state(enrollment: Enrollment, wireguard: list[PeerStatus] | None) -> Overlay:
+    """The hub peer as WireGuard reports it (``wireguard``: its peers, None when down)."""
+    peer = hub_status(wireguard, enrollment.hub_public_key)
     return Overlay(
         interface=enrollment.interface,
         up=peer is not None,
@@ -157,9 +160,11 @@ class StatusPage:
         identity: Identity,
         worker: Worker | None,
         ledger_ttl: float = LEDGER_TTL,
+        state_dir: Path | None = None,
     ) -> None:
         self.enrollment = enrollment
         self.worker = worker
+        self.state_dir = state_dir  # its peers.json names the peers (None: no peers shown)
         self.ledger_ttl = ledger_ttl
         self._channel = sync_channel(identity)
         self._lock = threading.Lock()
@@ -168,12 +173,15 @@ class StatusPage:
         self._fetching = False
 
     def status(self) -> Status:
+        wireguard = interface_peers(self.enrollment.interface)  # one `wg show` for both
+        known = known_peers(self.state_dir) if self.state_dir is not None else {}
         return Status(
             generated_at=time.time(),
             enrollment=self.enrollment,
-            overlay=overlay_state(self.enrollment),
+            overlay=overlay_state(self.enrollment, wireguard),
             worker=self.worker.snapshot() if self.worker is not None else None,
             ledger=self.ledger(),
+            peers=tuple(peer_rows(known, wireguard)),
         )
 
     def ledger(self) -> LedgerView:
@@ -224,6 +232,7 @@ def status_json(status: Status) -> dict[str, Any]:
         "hub": hub_json(node, status.worker),
         "tasks": tasks_json(status.worker, status.ledger),
         "ledger": ledger_json(status.ledger),
+        "peers": [row.to_json() for row in status.peers],
     }
 
 
@@ -422,7 +431,7 @@ def start_status_server(
     try:
         identity = worker.identity if worker is not None else Identity.load(state_dir)
         host, port = split_host_port(listen, DEFAULT_PORT)
-        page = StatusPage(enrollment, identity, worker)
+        page = StatusPage(enrollment, identity, worker, state_dir=state_dir)
         server = StatusServer(page, host, port)
     except (OSError, HiveMindError) as exc:
         if page is not None:

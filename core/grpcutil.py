@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -48,6 +50,29 @@ POOL_SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller of a hub service (the pool's interceptor sets it)."""
+
+    node_id: str
+    name: str
+    role: str
+    overlay_ip: str
+    serial: int
+
+
+_current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("hivemind_caller")
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the RPC being handled (set by the interceptor)."""
+    return _current_caller.get()
+
+
+def set_current_caller(caller: Caller) -> None:
+    _current_caller.set(caller)
 
 
 Authorize = Callable[[grpc.aio.ServicerContext[Any, Any], str], Awaitable[None]]

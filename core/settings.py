@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound
 from hivemind_cluster.core.names import HUB_CONFIG
@@ -27,6 +27,9 @@ DEFAULT_WEB_PORT = 5001  # the web UI and API, also what a bare ``--api HOST`` m
 
 @dataclasses.dataclass(frozen=True)
 class HubSettings:
+    # Tables of hub.toml that are not settings: mesh/policy.py reads ``[[policy.allow]]``.
+    SECTIONS: ClassVar[tuple[str, ...]] = ("policy",)
+
     state_dir: str
     # The hub's name in node lists (default: the host name).
     name: str = ""
@@ -167,7 +170,10 @@ def load(cls: type[S], path: Path, **overrides: Any) -> S:
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"{path}: not valid TOML ({exc})") from None
+        sections: tuple[str, ...] = getattr(cls, "SECTIONS", ())
         for key, raw in data.items():
+            if key in sections:
+                continue
             if key not in fields:
                 raise InvalidInput(f"{path}: unknown setting {key!r}")
             values[key] = _coerce(fields[key], raw, str(path))

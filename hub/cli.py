@@ -33,6 +33,7 @@ from hivemind_cluster.core.settings import (
 )
 from hivemind_cluster.core.units import format_bytes, format_cpt
 from hivemind_cluster.hub.init import init_hub
+from hivemind_cluster.hub.policycli import add_policy_commands
 from hivemind_cluster.hub.serve import serve
 from hivemind_cluster.mesh import inventory, nodes, store, tokens
 from hivemind_cluster.mesh.ca import CertificateAuthority
@@ -44,7 +45,10 @@ from hivemind_cluster.pool.ledger import Ledger
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 Command = Callable[[argparse.Namespace], int]
-HUB_NODE_COLUMNS = ["id", "name", "role", "overlay_ip", "status", "handshake", "rx", "tx"]
+HUB_NODE_COLUMNS = [
+    *("id", "name", "role", "overlay_ip", "status", "handshake", "rx", "tx"),
+    *("direct", "relayed", "via_hub"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_hub_commands(sub, [state], [state, as_json])
     add_mesh_commands(sub, [state, as_json])
+    add_policy_commands(sub, [state, as_json])
     add_ledger_commands(sub, [state, as_json])
     return parser
 
@@ -98,6 +103,8 @@ def add_mesh_commands(sub: Subcommands, parents: list[argparse.ArgumentParser]) 
     p.add_argument("--role", default="worker", choices=tokens.ROLES)
     p.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 7d (default 1h)")
     p.add_argument("--uses", type=int, default=1, help="how many machines may join (default 1)")
+    text = "a label of the nodes it enrols, for the policy's label:KEY=VALUE (repeatable)"
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help=text)
     command(token, "list", cmd_token_list, parents, "list tokens")
     command(token, "revoke", cmd_token_revoke, parents, "revoke a token").add_argument("id")
     p = command(sub, "nodes", cmd_nodes, parents, "list the overlay's members")
@@ -168,6 +175,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     settings = load_hub_settings(args.state_dir)
+    labels = tokens.parse_labels(args.label)
     token = tokens.create_token(
         store.connect_hub(settings),
         [settings.endpoint],
@@ -175,9 +183,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         role=args.role,
         ttl_seconds=tokens.parse_duration(args.ttl),
         uses=args.uses,
+        labels=labels,
     )
     if args.json:
-        print_json({"token": token.encode(), "id": token.token_id, "role": args.role})
+        print_json(
+            {"token": token.encode(), "id": token.token_id, "role": args.role, "labels": labels}
+        )
     else:
         print(token.encode())
     return 0
@@ -223,11 +234,19 @@ def node_line(row: dict[str, Any]) -> dict[str, Any]:
         "handshake": "-" if row["role"] == "hub" else age(row["handshake_age"]),
         "rx": known_size(row["rx_bytes"]),
         "tx": known_size(row["tx_bytes"]),
+        "direct": known_count(row["direct_peers"]),
+        "relayed": known_count(row["relayed_peers"]),
+        "via_hub": known_size(row["relayed_bytes"]),
     }
 
 
 def known_size(value: int | None) -> str:
     return "-" if value is None else format_bytes(value)
+
+
+def known_count(names: list[str] | None) -> str:
+    """How many peers, "-" without a fresh path report (``--json`` lists their names)."""
+    return "-" if names is None else str(len(names))
 
 
 def cmd_node_revoke(args: argparse.Namespace) -> int:

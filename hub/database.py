@@ -11,6 +11,7 @@ libraries are kept in the AOF; they are loaded again all the same.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -43,9 +44,15 @@ class PoolRuntime:
     Its blob store (``blobs``, on a Redis client of its own) is set once Redis runs, and
     outlives restarts of Redis: its client reconnects by itself."""
 
-    def __init__(self, settings: HubSettings, credentials: PoolCredentials) -> None:
+    def __init__(
+        self,
+        settings: HubSettings,
+        credentials: PoolCredentials,
+        extra: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    ) -> None:
         self.settings = settings
         self.credentials = credentials
+        self.extra = extra  # other services on the pool's server (the mesh's peer stream)
         self.blobs: BlobStore | None = None
         self.pool: Pool | None = None
         self.server: grpc.aio.Server | None = None
@@ -61,6 +68,7 @@ class PoolRuntime:
             found.server_cert,
             found.server_key,
             found.ca_pem,
+            self.extra,
         )
 
     async def close(self) -> None:

@@ -24,6 +24,18 @@ from hivemind_cluster.core.settings import (
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.wireguard import check_interface_name
 
+# Appended to a new hub.toml: how to write an overlay policy (docs/mesh.md). Without one
+# the default runs (`hivemind-hub policy show` prints it).
+POLICY_EXAMPLE = """
+# The overlay policy: who may open connections to whom (docs/mesh.md). Without any
+# [[policy.allow]] the default runs: operators -> workers, everyone -> the hub's pool and
+# web ports, ping for all; workers may not open connections to operators.
+# [[policy.allow]]
+# from = ["operator"]
+# to = ["worker"]
+# ports = ["tcp/22", "tcp/8000-8100"]
+"""
+
 
 def init_hub(
     state_dir: str,
@@ -73,7 +85,7 @@ def init_hub(
     write_private(root / names.WG_KEY, private + "\n")
     write_public(root / names.WG_PUB, public + "\n")
     write_private(root / names.REDIS_PASSWORD, secrets.token_urlsafe(32) + "\n")
-    write_public(root / names.HUB_CONFIG, dump(settings))
+    write_public(root / names.HUB_CONFIG, dump(settings) + POLICY_EXAMPLE)
     for stale in (names.HUB_CLIENT_CERT, names.HUB_CLIENT_KEY):
         (root / stale).unlink(missing_ok=True)  # from a replaced hub (--force)
     ensure_hub_client_certificate(settings, ca)

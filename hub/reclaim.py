@@ -2,11 +2,12 @@
 when the hub died without undoing it (power loss, OOM kill, kill -9).
 
 ``up`` notes in ``up.json`` (state directory) each change before or as it makes it: the
-WireGuard interface and its wireguard-go, the nftables table, ``ip_forward``, Redis, the
-web. A clean stop removes the file. The next ``up`` finding it reclaims only what the file
-names *and* it can prove was its predecessor's: a process whose pid, start time and
-executable match, in this boot; the configured interface, in the same network namespace,
-running with the hub's own WireGuard key. Anything else is left alone.
+WireGuard interface and its wireguard-go, the nftables tables (the underlay guard, the
+policy), ``ip_forward``, Redis, the web. A clean stop removes the file. The next ``up``
+finding it reclaims only what the file names *and* it can prove was its predecessor's: a
+process whose pid, start time and executable match, in this boot; the configured
+interface, in the same network namespace, running with the hub's own WireGuard key.
+Anything else is left alone.
 
 Which ``up`` may run is settled by a lock on the state directory, held for the hub's life
 and released by the kernel however it ends: a live hub is never reclaimed, a second ``up``
@@ -30,7 +31,7 @@ from hivemind_cluster.core.files import write_private
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import write_sysctl
 from hivemind_cluster.hub.processes import ProcessIdentity, current_boot, executable
-from hivemind_cluster.mesh import guard
+from hivemind_cluster.mesh import guard, policyrules, relaycount
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
 
 log = logging.getLogger("hivemind.hub")
@@ -144,6 +145,10 @@ def reclaim_network(previous: dict[str, Any], settings: HubSettings, wg_public_k
         return
     if previous.get("guard"):
         guard.remove(name)
+    if previous.get("policy_table"):
+        policyrules.remove(name)
+    if previous.get("relay_counters"):
+        relaycount.remove(name)
     before = previous.get("ip_forward_before")
     if before in ("0", "1"):
         write_sysctl("net.ipv4.ip_forward", before)

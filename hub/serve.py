@@ -22,6 +22,7 @@ import signal
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio as aioredis
 
 from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.core import names, redisdb
@@ -40,10 +41,11 @@ from hivemind_cluster.hub.processes import ProcessIdentity, executable
 from hivemind_cluster.hub.reclaim import UpRecord, claim
 from hivemind_cluster.hub.supervisor import run_until_stopped
 from hivemind_cluster.hub.webprocess import WebProcess
-from hivemind_cluster.mesh import guard, nodes
+from hivemind_cluster.mesh import guard, nodes, peerservice, policyrules, relaycount
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.enrollment import Enroller
 from hivemind_cluster.mesh.enrollment import create_server as create_enrollment_server
+from hivemind_cluster.mesh.peering import PeerDistributor
 from hivemind_cluster.mesh.wireguard import (
     PeerConfig,
     WireGuardInterface,
@@ -95,8 +97,12 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
     async with contextlib.AsyncExitStack() as undo:
         undo.callback(record.close)  # last: only once everything else is undone
         interface, backend = bring_up_overlay(settings, files, backend_name, record, undo)
-        pool = PoolRuntime(settings, files.pool_credentials())
-        database, client = start_redis(settings, files, interface, pool, record, undo)
+        distributor = peer_distributor(settings, files, interface, undo)
+        extra = [lambda server: peerservice.add_to(server, distributor)]
+        pool = PoolRuntime(settings, files.pool_credentials(), extra)
+        database, client = start_redis(settings, files, pool, record, undo)
+        await start_distribution(distributor, undo)
+        restore_members(client, interface)  # only now: the hub's policy table is loaded
         pool.blobs = blobs = open_blob_store(settings, files, undo)
         enroller = Enroller(settings, files.ca, client, interface, files.wg_public_key)
         enrollment, port = await create_enrollment_server(
@@ -120,7 +126,10 @@ def bring_up_overlay(
     record: UpRecord,
     undo: contextlib.AsyncExitStack,
 ) -> tuple[WireGuardInterface, str]:
-    """The WireGuard interface, forwarding between spokes and the underlay guard."""
+    """The WireGuard interface, forwarding between spokes and the underlay guard.
+
+    The policy table (loaded later, by the distributor) is removed only after the
+    interface is gone: no packet from a member is ever forwarded unfiltered."""
     backend = select_backend(backend_name)
     interface = WireGuardInterface(settings.interface)
     if interface.exists():
@@ -131,6 +140,8 @@ def bring_up_overlay(
     address = f"{settings.hub_ip}/{settings.network.prefixlen}"
     record.note(interface=settings.interface, backend=backend.name)
     interface.up(backend, files.wg_private_key, address, settings.wg_port, peers=[])
+    record.note(policy_table=True)
+    undo.callback(policyrules.remove, settings.interface)  # runs after interface.down
     undo.callback(interface.down)
     if (pid := userspace_pid(settings.interface)) is not None:
         record.note(wireguard_go=ProcessIdentity.of(pid, executable("wireguard-go")))
@@ -139,6 +150,10 @@ def bring_up_overlay(
         record.note(ip_forward_before=previous)
         write_sysctl("net.ipv4.ip_forward", "1")
         undo.callback(write_sysctl, "net.ipv4.ip_forward", previous)
+        # Counts what the hub relays between members, by source (mesh/relaycount.py).
+        record.note(relay_counters=True)
+        relaycount.install(settings.interface, [])
+        undo.callback(relaycount.remove, settings.interface)
     if settings.guard_underlay:
         record.note(guard=True)
         guard.install(settings.interface, settings.overlay)
@@ -149,20 +164,56 @@ def bring_up_overlay(
 def start_redis(
     settings: HubSettings,
     files: HubFiles,
-    interface: WireGuardInterface,
     pool: PoolRuntime,
     record: UpRecord,
     undo: contextlib.AsyncExitStack,
 ) -> tuple[HubDatabase, redis.Redis]:
-    """Redis on the overlay address (a client of it with the mesh's library), and the
-    active members back on the interface."""
+    """Redis on the overlay address (a client of it with the mesh's library); no member
+    can reach it yet: the interface has no peers."""
     database = HubDatabase(settings, files.redis_password, pool, record)
     undo.callback(database.stop)
     client = database.start()
+    return database, client
+
+
+def restore_members(client: redis.Redis, interface: WireGuardInterface) -> None:
+    """The active members back on the interface: once the hub's policy table filters what
+    they send (with ip_forward on, a member added earlier could be relayed unfiltered)."""
     for node in nodes.list_nodes(client):
         if node.state == nodes.ACTIVE:
             interface.add_peer(PeerConfig(node.wg_public_key, (f"{node.overlay_ip}/32",)))
-    return database, client
+
+
+def peer_distributor(
+    settings: HubSettings,
+    files: HubFiles,
+    interface: WireGuardInterface,
+    undo: contextlib.AsyncExitStack,
+) -> PeerDistributor:
+    """The source of the members' peer streams, on a Redis client of its own (it connects
+    at its first command, once Redis runs); it loads the hub's policy rules."""
+    db = aioredis.Redis(
+        host=settings.hub_ip,
+        port=settings.redis_port,
+        password=files.redis_password,
+        decode_responses=True,
+        socket_connect_timeout=2,
+    )
+    undo.push_async_callback(db.aclose)
+
+    def apply_hub_rules(ruleset: str) -> None:
+        policyrules.apply(settings.interface, ruleset)
+
+    policy_path = settings.path / names.HUB_CONFIG
+    return PeerDistributor(settings, db, interface, policy_path, apply_hub_rules)
+
+
+async def start_distribution(distributor: PeerDistributor, undo: contextlib.AsyncExitStack) -> None:
+    """The running policy on the hub's forwarding path and in Redis, the members known:
+    before any member is on the interface, the pool takes any stream or the web starts.
+    (The policy table's removal is bring_up_overlay's: after the interface is gone.)"""
+    undo.push_async_callback(distributor.stop)
+    await distributor.start()
 
 
 def open_blob_store(

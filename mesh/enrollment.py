@@ -27,7 +27,7 @@ from hivemind_cluster.mesh.ca import (
     leave_message,
     verify_signature,
 )
-from hivemind_cluster.mesh.tokens import check_credentials
+from hivemind_cluster.mesh.tokens import check_credentials, token_labels
 from hivemind_cluster.mesh.wireguard import PeerConfig, WireGuardInterface
 from hivemind_cluster.protos import enrollment_pb2 as pb
 from hivemind_cluster.protos import enrollment_pb2_grpc as pb_grpc
@@ -85,7 +85,8 @@ class Enroller:
         issued = self.ca.sign_node(csr, node.id, node.overlay_ip)
         if self.interface is not None:
             self.interface.add_peer(PeerConfig(wg_key, (f"{node.overlay_ip}/32",)))
-        nodes.activate(self.client, node.id, issued.serial, issued.pem.decode())
+        labels = token_labels(self.client, request.token_id)  # the hub's, never the agent's
+        nodes.activate(self.client, node.id, issued.serial, issued.pem.decode(), labels)
         log.info("enrolled %s (%s) as %s at %s", node.id, hostname, node.role, node.overlay_ip)
         return pb.EnrollResponse(
             node_id=node.id,

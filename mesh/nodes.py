@@ -1,4 +1,7 @@
-"""The node registry in Redis: enrollment (redeem), listing, revocation, leaving."""
+"""The node registry in Redis: enrollment (redeem), listing, revocation, leaving.
+
+Whoever makes a node an active member or retires it publishes ``MESH_CHANGED`` in the same
+transaction: the hub's peer distributor (mesh/peering.py) tells every member at once."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import ipaddress
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +37,7 @@ class Node:
     facts: dict[str, Any] = field(default_factory=dict)
     cert_serial: str = ""
     cert_pem: str = ""
+    labels: dict[str, str] = field(default_factory=dict)  # the hub's, from the node's token
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Node:
@@ -47,6 +52,7 @@ class Node:
             facts=json.loads(raw.get("facts") or "{}"),
             cert_serial=raw.get("cert_serial", ""),
             cert_pem=raw.get("cert_pem", ""),
+            labels=json.loads(raw.get("labels") or "{}"),
         )
 
 
@@ -90,11 +96,32 @@ def redeem(
     return Node(node_id, hostname, role, ip, wg_public_key, "enrolling", now, facts)
 
 
-def activate(client: redis.Redis, node_id: str, cert_serial: int, cert_pem: str) -> None:
-    client.hset(
+def activate(
+    client: redis.Redis,
+    node_id: str,
+    cert_serial: int,
+    cert_pem: str,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """The node is a member now, with the hub's ``labels`` (its token's)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(
         constants.NODE.format(id=node_id),
-        mapping={"state": ACTIVE, "cert_serial": str(cert_serial), "cert_pem": cert_pem},
+        mapping={
+            "state": ACTIVE,
+            "cert_serial": str(cert_serial),
+            "cert_pem": cert_pem,
+            "labels": redisdb.dumps(dict(labels or {})),
+        },
     )
+    publish_change(pipe, node_id, ACTIVE)
+    pipe.execute()
+
+
+def publish_change(pipe: Any, node_id: str, state: str) -> None:
+    """Queue the ``MESH_CHANGED`` message for a node that became ``state`` (a hint: the
+    distributor reads the node's record itself)."""
+    pipe.publish(constants.MESH_CHANGED, redisdb.dumps({"node_id": node_id, "state": state}))
 
 
 def get_node(client: redis.Redis, ref: str) -> Node:
@@ -132,6 +159,7 @@ def retire(client: redis.Redis, node: Node, state: str) -> None:
     )
     if node.cert_serial:
         pipe.sadd(constants.REVOKED_SERIALS, node.cert_serial)
+    publish_change(pipe, node.id, state)
     pipe.execute()
 
 

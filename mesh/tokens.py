@@ -16,7 +16,8 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hivemind_cluster.core.errors import InvalidInput, NotFound, TokenMalformed
@@ -33,6 +34,9 @@ _PIN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The hub's labels on a token (copied to the node it enrols; policy selects on them).
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+MAX_LABELS = 16
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,38 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels as a token may carry: keys and values of ``[A-Za-z0-9._-]{1,63}``, 16 at most."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidInput(f"a token carries at most {MAX_LABELS} labels, not {len(labels)}")
+    for key, value in labels.items():
+        if not _LABEL.match(key) or not _LABEL.match(value):
+            raise InvalidInput(
+                f"label {key}={value} must be KEY=VALUE, each 1-63 letters, digits, . _ -"
+            )
+    return dict(sorted(labels.items()))
+
+
+def parse_labels(texts: Iterable[str]) -> dict[str, str]:
+    """``["gpu=a100", "site=lab"]`` (``--label`` options) → checked labels; a key given
+    twice is refused rather than silently overwritten."""
+    labels: dict[str, str] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InvalidInput(f"label {text!r} must look like KEY=VALUE")
+        if key in labels:
+            raise InvalidInput(f"label {key!r} is given twice")
+        labels[key] = value
+    return check_labels(labels)
+
+
+def token_labels(client: redis.Redis, token_id: str) -> dict[str, str]:
+    """The labels a token carries ({} for a token made before labels existed)."""
+    raw = client.hget(constants.TOKEN.format(id=token_id), "labels")
+    return json.loads(str(raw)) if raw else {}
+
+
 @dataclass(frozen=True)
 class TokenRecord:
     token_id: str
@@ -123,6 +159,7 @@ class TokenRecord:
     created_at: float
     expires_at: float
     revoked: bool
+    labels: dict[str, str] = field(default_factory=dict)
 
     def state(self, now: float | None = None) -> str:
         if self.revoked:
@@ -142,6 +179,7 @@ class TokenRecord:
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "state": self.state(),
+            "labels": self.labels,
         }
 
 
@@ -152,7 +190,10 @@ def create_token(
     role: str = "worker",
     ttl_seconds: int = 3600,
     uses: int = 1,
+    labels: Mapping[str, str] | None = None,
 ) -> JoinToken:
+    """A new token; the node it enrols gets ``labels`` (checked: ``check_labels``)."""
+    labels = check_labels(labels or {})
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
     if uses < 1:
@@ -172,6 +213,7 @@ def create_token(
             "created_at": now,
             "expires_at": now + ttl_seconds,
             "revoked": 0,
+            "labels": json.dumps(labels, sort_keys=True, separators=(",", ":")),
         },
     )
     pipe.zadd(constants.TOKENS, {token.token_id: now})
@@ -197,6 +239,7 @@ def list_tokens(client: redis.Redis) -> list[TokenRecord]:
                     created_at=float(raw["created_at"]),
                     expires_at=float(raw["expires_at"]),
                     revoked=raw["revoked"] == "1",
+                    labels=json.loads(raw.get("labels") or "{}"),
                 )
             )
     return records

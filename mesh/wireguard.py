@@ -18,6 +18,7 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -49,6 +50,7 @@ class PeerStatus:
     latest_handshake: int  # unix seconds, 0 = never
     rx_bytes: int
     tx_bytes: int
+    persistent_keepalive: int = 0  # seconds, 0 = off
 
 
 class Backend(Protocol):
@@ -194,10 +196,10 @@ class WireGuardInterface:
             raise SystemFailure(f"interface {self.name} already exists")
         backend.create(self.name)
         try:
-            command = ["wg", "set", self.name, "private-key", "/dev/stdin"]
+            command = ["set", self.name, "private-key", "/dev/stdin"]
             if listen_port:
                 command += ["listen-port", str(listen_port)]
-            run(command, stdin=private_key + "\n")
+            wg(*command, stdin=private_key + "\n")
             for peer in peers:
                 self.add_peer(peer)
             run(["ip", "address", "add", address, "dev", self.name])
@@ -207,23 +209,52 @@ class WireGuardInterface:
             raise
 
     def add_peer(self, peer: PeerConfig) -> None:
-        command = [
-            "wg",
-            "set",
-            self.name,
-            "peer",
+        self.set_peer(
             peer.public_key,
-            "allowed-ips",
-            ",".join(peer.allowed_ips),
-        ]
-        if peer.endpoint:
-            command += ["endpoint", peer.endpoint]
-        if peer.persistent_keepalive:
-            command += ["persistent-keepalive", str(peer.persistent_keepalive)]
-        run(command)
+            allowed_ips=peer.allowed_ips,
+            endpoint=peer.endpoint,
+            keepalive=peer.persistent_keepalive or None,
+        )
+
+    def set_peer(
+        self,
+        public_key: str,
+        *,
+        allowed_ips: tuple[str, ...] | None = None,
+        endpoint: str = "",
+        keepalive: int | None = None,
+    ) -> None:
+        """Create the peer or change only the fields given: ``allowed_ips=()`` empties them
+        (the peer then carries no traffic but still handshakes), ``keepalive=0`` turns
+        persistent keepalive off."""
+        wg("set", self.name, *peer_arguments(public_key, allowed_ips, endpoint, keepalive))
+
+    def readd_peer(self, public_key: str, endpoint: str, keepalive: int) -> None:
+        """Remove the peer and add it back (no allowed-ips) in one ``wg set``: its session and
+        counters start from zero, and with persistent keepalive on, WireGuard sends a
+        handshake initiation to ``endpoint`` at once. Works whether or not the peer exists."""
+        self.readd_peers([(public_key, endpoint)], keepalive)
+
+    def readd_peers(self, peers: Sequence[tuple[str, str]], keepalive: int) -> None:
+        """``readd_peer`` for every ``(public key, endpoint)``, all in one ``wg set`` (one
+        process however many peers). wg reads every argument before it changes anything:
+        an endpoint it cannot resolve fails the whole call."""
+        arguments = []
+        for public_key, endpoint in peers:
+            again = peer_arguments(public_key, None, endpoint, keepalive)
+            arguments += ["peer", public_key, "remove", *again]
+        if arguments:
+            wg("set", self.name, *arguments)
+
+    def listen_port(self) -> int:
+        """The UDP port WireGuard listens on (0 if it has none yet)."""
+        text = wg("show", self.name, "listen-port").strip()
+        if not text.isdigit() and text:
+            raise SystemFailure(f"`wg show {self.name} listen-port` said {text[:40]!r}")
+        return int(text or 0)
 
     def remove_peer(self, public_key: str) -> None:
-        run(["wg", "set", self.name, "peer", public_key, "remove"])
+        wg("set", self.name, "peer", public_key, "remove")
 
     def reset_peer(self, peer: PeerConfig) -> None:
         """Drop the peer's session and re-add it: the next packet starts a new handshake."""
@@ -233,12 +264,12 @@ class WireGuardInterface:
     def public_key(self) -> str:
         """The public key the interface runs with ("" if it is not a WireGuard one)."""
         try:
-            return run(["wg", "show", self.name, "public-key"]).strip()
+            return wg("show", self.name, "public-key").strip()
         except SystemFailure:
             return ""
 
     def peers(self) -> list[PeerStatus]:
-        lines = run(["wg", "show", self.name, "dump"]).splitlines()[1:]
+        lines = wg("show", self.name, "dump").splitlines()[1:]
         return [parse_dump_line(line) for line in lines if line.strip()]
 
     def down(self) -> None:
@@ -251,20 +282,49 @@ class WireGuardInterface:
             socket.unlink(missing_ok=True)
 
 
+def wg(*arguments: str, stdin: str | None = None) -> str:
+    """Run ``wg``; every failure, one that hangs past ``run``'s timeout too, is a
+    SystemFailure (a caller that keeps going, like the agent's tick, needs no other)."""
+    try:
+        return run(["wg", *arguments], stdin=stdin)
+    except subprocess.TimeoutExpired as exc:
+        raise SystemFailure(
+            f"`wg {' '.join(arguments[:2])}` did not finish within {exc.timeout:g} s"
+        ) from None
+
+
+def peer_arguments(
+    public_key: str, allowed_ips: tuple[str, ...] | None, endpoint: str, keepalive: int | None
+) -> list[str]:
+    """The ``peer KEY …`` arguments of ``wg set`` for the fields given."""
+    arguments = ["peer", public_key]
+    if allowed_ips is not None:
+        arguments += ["allowed-ips", ",".join(allowed_ips)]
+    if endpoint:
+        arguments += ["endpoint", endpoint]
+    if keepalive is not None:
+        arguments += ["persistent-keepalive", str(keepalive) if keepalive else "off"]
+    return arguments
+
+
 def parse_dump_line(line: str) -> PeerStatus:
     """One peer line of ``wg show IFACE dump``."""
     fields = line.split("\t")
     if len(fields) != 8:
         raise SystemFailure(f"unexpected `wg show dump` line: {line!r}")
-    public_key, _psk, endpoint, allowed, handshake, rx, tx, _keepalive = fields
-    return PeerStatus(
-        public_key=public_key,
-        endpoint="" if endpoint == "(none)" else endpoint,
-        allowed_ips=tuple(a for a in allowed.split(",") if a and a != "(none)"),
-        latest_handshake=int(handshake),
-        rx_bytes=int(rx),
-        tx_bytes=int(tx),
-    )
+    public_key, _psk, endpoint, allowed, handshake, rx, tx, keepalive = fields
+    try:
+        return PeerStatus(
+            public_key=public_key,
+            endpoint="" if endpoint == "(none)" else endpoint,
+            allowed_ips=tuple(a for a in allowed.split(",") if a and a != "(none)"),
+            latest_handshake=int(handshake),
+            rx_bytes=int(rx),
+            tx_bytes=int(tx),
+            persistent_keepalive=0 if keepalive == "off" else int(keepalive),
+        )
+    except ValueError:
+        raise SystemFailure(f"unexpected `wg show dump` line: {line!r}") from None
 
 
 def render_quick_config(

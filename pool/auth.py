@@ -8,7 +8,6 @@ comes from, that the node is active, and that its role may use the method.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import ipaddress
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import redis.asyncio as aioredis
 from cryptography import x509
 
 from hivemind_cluster.core.errors import PermissionDenied
+from hivemind_cluster.core.grpcutil import Caller, current_caller, set_current_caller
 from hivemind_cluster.core.names import HUB_NODE_ID, NODE_URI_PREFIX
 from hivemind_cluster.mesh import membership
 
@@ -36,23 +36,10 @@ ROLES_FOR_METHOD = {
     "/hivemind.pool.Tasks/History": _USERS | {"worker"},
     "/hivemind.pool.Tasks/OpenAccount": frozenset({"hub"}),
     "/grpc.health.v1.Health/": frozenset({"worker", "operator", "hub"}),
+    # Every member's agent holds the mesh's peer stream (mesh/peerservice.py).
+    "/hivemind.mesh.Mesh/": frozenset({"worker", "operator"}),
 }
-
-_current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("hivemind_caller")
-
-
-@dataclass(frozen=True)
-class Caller:
-    node_id: str
-    name: str
-    role: str
-    overlay_ip: str
-    serial: int
-
-
-def current_caller() -> Caller:
-    """The authenticated caller of the RPC being handled (set by the interceptor)."""
-    return _current_caller.get()
+__all__ = ["Caller", "PoolAuthorizer", "acting_for", "current_caller", "roles_for"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +92,7 @@ class PoolAuthorizer:
         caller = await self.authenticate(context)
         if caller.role not in roles_for(method):
             raise PermissionDenied(f"a {caller.role} node may not call {method}")
-        _current_caller.set(caller)
+        set_current_caller(caller)
 
     async def authenticate(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:
         certificates = list(context.auth_context().get("x509_pem_cert") or [])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -221,9 +221,16 @@ def entry_message(entry: Entry) -> pb.LedgerEntry:
 
 
 async def create_server(
-    pool: Pool, listen: str, cert_pem: bytes, key_pem: bytes, ca_pem: bytes
+    pool: Pool,
+    listen: str,
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_pem: bytes,
+    extra: Sequence[Callable[[grpc.aio.Server], None]] = (),
 ) -> tuple[grpc.aio.Server, int]:
-    """The pool's server: mutual TLS (client certificates from the hub CA only)."""
+    """The pool's server: mutual TLS (client certificates from the hub CA only). ``extra``
+    adds other services of the hub behind the same TLS and interceptor (the mesh's peer
+    stream, say: the composition root wires it)."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor(PoolAuthorizer(pool.db, pool.settings.hub_ip))],
         options=POOL_SERVER_OPTIONS,
@@ -231,6 +238,8 @@ async def create_server(
     pb_grpc.add_PoolServicer_to_server(PoolService(pool), server)
     pb_grpc.add_TasksServicer_to_server(TasksService(pool), server)
     pb_grpc.add_BlobsServicer_to_server(blobservice.BlobsService(pool), server)
+    for add_service in extra:
+        add_service(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     credentials = grpc.ssl_server_credentials(

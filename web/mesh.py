@@ -6,7 +6,8 @@ role, overlay IP, connection, heartbeat, capacity, allocation, use, running task
 rows are ``mesh/inventory.py``'s, the same ``hivemind-hub nodes`` prints, with the pool's
 figures added; ``pool_state`` is a worker's live state there (ready, draining, offline,
 lost). A worker is online while its pool stream is connected; any other node while its
-last handshake is recent.
+last handshake is recent. Each node's direct and relayed peers come from its agent's last
+report, the bytes the hub relayed from the hub's counters (``totals.relayed_bytes``: all).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def snapshot(account: str) -> dict[str, Any]:
         _member(node, keys.get(node["id"], ""), now)
         for node in found.pool(account).nodes()  # the ids of the user's own tasks only
     ]
-    rows = inventory.node_rows(found.settings, members, peers, now, _hub_figures())
+    paths = inventory.read_paths(found.db, found.settings.interface, [m.id for m in members])
+    rows = inventory.node_rows(found.settings, members, peers, now, _hub_figures(), paths)
     return {"time": now, "wireguard": peers is not None, "totals": _totals(rows), "nodes": rows}
 
 
@@ -103,6 +105,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "capacity": {k: sum(r["capacity"][k] for r in online) for k in RESOURCES},
         "allocated": {k: sum(r["allocated"][k] for r in online) for k in RESOURCES},
         "running_tasks": sum(r["running_tasks"] for r in rows),
+        "relayed_bytes": next(r["relayed_bytes"] for r in rows if r["role"] == "hub"),
     }
 
 

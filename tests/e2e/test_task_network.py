@@ -82,7 +82,11 @@ class NetworkWorld(PoolWorld):
         config = self.mesh.hub_dir / "hub.toml"
         text = config.read_text()
         assert "allow_task_network = false" in text
-        config.write_text(text.replace("allow_task_network = false", "allow_task_network = true"))
+        # An overlay policy that lets every member open anything: the worker's own guard
+        # must keep a task off the overlay whatever the policy allows its host.
+        open_policy = '\n[[policy.allow]]\nfrom = ["*"]\nto = ["*"]\n'
+        text = text.replace("allow_task_network = false", "allow_task_network = true")
+        config.write_text(text + open_policy)
         self.mesh.start_hub()
         state = self.mesh.agent_dir(self.w1)
         state.mkdir(parents=True, exist_ok=True)

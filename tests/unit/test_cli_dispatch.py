@@ -18,6 +18,7 @@ from hivemind_cluster.client import cli as hivemind
 from hivemind_cluster.client import poolcli
 from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.hub import cli as hub
+from hivemind_cluster.hub import policycli
 
 Path = tuple[str, ...]
 
@@ -45,7 +46,7 @@ HUB_COMMANDS = handlers_by_name(
     "ledger history",
     "account list",
     "account create",
-)
+) | handlers_by_name(policycli, "policy show", "policy check")
 TASK_COMMANDS = handlers_by_name(
     poolcli,
     "submit",

@@ -1,5 +1,5 @@
 """The one node view (mesh/inventory.py) both ``hivemind-hub nodes`` and the web's mesh page
-show: online, state, handshakes and traffic computed once, unknowns left unknown."""
+show: online, state, handshakes, traffic and paths computed once, unknowns left unknown."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.cli import node_line
-from hivemind_cluster.mesh.inventory import Member, Row, node_rows
+from hivemind_cluster.mesh.inventory import Member, Paths, Row, node_rows
 from hivemind_cluster.mesh.wireguard import PeerStatus
 
 NOW = 1_700_000_000.0
@@ -49,6 +49,10 @@ def test_the_hub_row_comes_first_and_is_online_while_its_interface_is_read() -> 
         "handshake_age": None,
         "rx_bytes": None,
         "tx_bytes": None,
+        "direct_peers": None,
+        "relayed_peers": None,
+        "relayed_bytes": None,
+        "path_report_age": None,
         "extra": 1,
     }
     assert node_rows(SETTINGS, [], None, NOW, {})[0]["online"] is False
@@ -108,4 +112,70 @@ def test_the_hub_table_prints_unknowns_as_dashes() -> None:
         "known": ("online", "7s", "1 MiB", "2 MiB"),
         "absent": ("offline", "never", "-", "-"),
         "gone": ("left", "never", "-", "-"),
+    }
+
+
+def report(seconds_ago: float, **paths: bool) -> dict[str, Any]:
+    """A member's path record as mesh/pathreports.py keeps it: peer name -> direct?"""
+    direct = sorted(f"n-{name}" for name, is_direct in paths.items() if is_direct)
+    relayed = sorted(f"n-{name}" for name, is_direct in paths.items() if not is_direct)
+    return {"time": NOW - seconds_ago, "applied_revision": 3, "endpoints": [], "figures": {}} | {
+        "direct": direct,
+        "relayed": relayed,
+    }
+
+
+def test_direct_and_relayed_peers_are_the_names_a_fresh_report_gives() -> None:
+    reported = {
+        "n-a": report(1.5, c=True, b=True, d=False),
+        "n-b": report(0.5, a=True),
+        "n-lonely": report(2),
+    }
+    members = [member(name, overlay_ip=f"100.64.0.{i}") for i, name in enumerate("ab", 2)]
+    registry = {"n-c": "c", "n-a": "not the listed name"}  # c: registered, not listed here
+    rows = node_rows(
+        SETTINGS,
+        [*members, member("lonely"), member("silent")],
+        {},
+        NOW,
+        {},
+        Paths(reported, names=registry),
+    )
+    shown = {r["name"]: (r["direct_peers"], r["relayed_peers"], r["path_report_age"]) for r in rows}
+    assert shown == {
+        "hub-a": (None, None, None),
+        "a": (["b", "c"], ["n-d"], 1.5),  # d: no longer registered, shown by its node id
+        "b": (["a"], [], 0.5),
+        "lonely": ([], [], 2),
+        "silent": (None, None, None),  # no fresh report: unknown, not "no peers"
+    }
+
+
+def test_relayed_bytes_are_per_source_address_and_the_hub_shows_the_total() -> None:
+    members = [
+        member("a", overlay_ip="100.64.0.2"),
+        member("b", overlay_ip="100.64.0.3"),
+        member("quiet", overlay_ip="100.64.0.4"),
+    ]
+    counted = {"100.64.0.2": 3000, "100.64.0.3": 500, "100.64.0.99": 7}  # .99: a former member
+    rows = node_rows(SETTINGS, members, {}, NOW, {}, Paths({}, counted))
+    assert {r["name"]: r["relayed_bytes"] for r in rows} == {
+        "hub-a": 3507,
+        "a": 3000,
+        "b": 500,
+        "quiet": 0,  # counters read, nothing from it
+    }
+    unread = node_rows(SETTINGS, members, {}, NOW, {}, Paths({}, None))
+    assert {r["relayed_bytes"] for r in unread} == {None}
+
+
+def test_the_hub_table_counts_direct_and_relayed_peers() -> None:
+    reported = {"n-a": report(1, b=True, c=False, d=False)}
+    members = [member("a", overlay_ip="100.64.0.2"), member("silent", overlay_ip="100.64.0.3")]
+    rows = node_rows(SETTINGS, members, {}, NOW, {}, Paths(reported, {"100.64.0.2": 5 << 20}))
+    shown = {r["name"]: node_line(r) for r in rows}
+    assert {n: (r["direct"], r["relayed"], r["via_hub"]) for n, r in shown.items()} == {
+        "hub-a": ("-", "-", "5 MiB"),
+        "a": ("1", "2", "5 MiB"),
+        "silent": ("-", "-", "0 B"),
     }

@@ -40,7 +40,7 @@ import grpc
 
 from hivemind_cluster.agent.endpoints import own_endpoints
 from hivemind_cluster.agent.memberfw import MemberFirewall
-from hivemind_cluster.agent.paths import KnownPeer
+from hivemind_cluster.agent.peertrack import KnownPeer
 from hivemind_cluster.agent.peerview import PEERS_FILE
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
 from hivemind_cluster.client.channel import Identity, aio_channel

@@ -65,8 +65,10 @@ class Route:
     name: str
     address: str  # the receiver's address on this route
     middle: Finders  # the processes whose CPU is "the middle's"
+    members: Finders = field(default_factory=dict)  # HiveMind's agents on sender and receiver
     seconds: list[float] = field(default_factory=list)
     middle_cpu: list[float] = field(default_factory=list)
+    members_cpu: list[float] = field(default_factory=list)
 
     def megabytes_per_second(self, size: int) -> float:
         return size / statistics.median(self.seconds) / 1e6
@@ -76,6 +78,7 @@ class Route:
             "mb_s": round(self.megabytes_per_second(size), 1),
             "runs_mb_s": [round(size / s / 1e6, 1) for s in self.seconds],
             "middle_cpu_s": round(statistics.median(self.middle_cpu), 3),
+            "agents_cpu_s": round(statistics.median(self.members_cpu), 3),
         }
 
 
@@ -142,10 +145,11 @@ def transfer(trio: Trio, address: str, size: int, workdir: Path) -> float:
 
 def measure(trio: Trio, route: Route, runs: int, size: int, workdir: Path) -> None:
     for _ in range(runs):
-        before = cpu_seconds(route.middle)
+        before = cpu_seconds(route.middle), cpu_seconds(route.members)
         route.seconds.append(transfer(trio, route.address, size, workdir))
-        after = cpu_seconds(route.middle)
-        route.middle_cpu.append(sum(after.values()) - sum(before.values()))
+        after = cpu_seconds(route.middle), cpu_seconds(route.members)
+        route.middle_cpu.append(sum(after[0].values()) - sum(before[0].values()))
+        route.members_cpu.append(sum(after[1].values()) - sum(before[1].values()))
 
 
 def tunnel_of(host: Host) -> Finders:
@@ -217,8 +221,8 @@ def block_direct(trio: Trio) -> None:
         "-f",
         "-",
         input=f"""table inet {BLOCK_TABLE} {{
-    chain output {{ type filter hook output priority 0; ip daddr {peer} udp drop; }}
-    chain input {{ type filter hook input priority 0; ip saddr {peer} udp drop; }}
+    chain output {{ type filter hook output priority 0; ip daddr {peer} meta l4proto udp drop; }}
+    chain input {{ type filter hook input priority 0; ip saddr {peer} meta l4proto udp drop; }}
 }}""",
     )
 
@@ -231,8 +235,12 @@ def hivemind_routes(trio: Trio, runs: int, size: int, workdir: Path) -> list[Rou
         mesh.join(trio.receiver, mesh.token(role="worker"))
         address = json.loads(mesh.agent(trio.receiver, "status", "--json").stdout)["overlay_ip"]
         middle = {"hub": service_pids(trio.middle, "hivemind-hub up"), **tunnel_of(trio.middle)}
-        direct = Route("hivemind direct", address, middle)
-        relayed = Route("hivemind relayed", address, middle)
+        agents = {
+            host.name: service_pids(host, "hivemind_cluster.agent.cli run")
+            for host in (trio.sender, trio.receiver)
+        }
+        direct = Route("hivemind direct", address, middle, agents)
+        relayed = Route("hivemind relayed", address, middle, agents)
         wait_for_path(mesh, trio, "direct")
         measure(trio, direct, runs, size, workdir)
         block_direct(trio)
@@ -268,11 +276,14 @@ def verdicts(routes: dict[str, Route], size: int) -> dict[str, Any]:
 
 def show(report: dict[str, Any]) -> None:
     print(f"TCP throughput, {report['mib']} MiB per run, median of {report['runs']} runs")
-    print(f"{'route':<18} {'MB/s':>8}  {'middle CPU-s/run':>16}  runs (MB/s)")
+    print(
+        f"{'route':<18} {'MB/s':>8}  {'middle CPU-s/run':>16}  {'agents CPU-s/run':>16}"
+        "  runs (MB/s)"
+    )
     for name, figures in report["routes"].items():
         print(
             f"{name:<18} {figures['mb_s']:>8}  {figures['middle_cpu_s']:>16}  "
-            f"{figures['runs_mb_s']}"
+            f"{figures['agents_cpu_s']:>16}  {figures['runs_mb_s']}"
         )
     for name, value in report["verdicts"].items():
         if name != "met":

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from hivemind_cluster.agent.paths import KnownPeer, PathKeeper
+from hivemind_cluster.agent.paths import PathKeeper
+from hivemind_cluster.agent.peertrack import KnownPeer
 from hivemind_cluster.mesh.wireguard import PeerStatus, WireGuardInterface
 from tests.support.lab import Host, Lab, sh
 from tests.support.prerequisites import require_root_network
@@ -75,7 +76,9 @@ class Node:
         )
 
     def probe(self, overlay_ip: str) -> None:
-        code = f"from hivemind_cluster.agent.paths import send_probe; send_probe({overlay_ip!r})"
+        code = (
+            f"from hivemind_cluster.agent.peertrack import send_probe; send_probe({overlay_ip!r})"
+        )
         self.host.run(sys.executable, "-c", code)
 
     def dump(self) -> dict[str, PeerStatus]:

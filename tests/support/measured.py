@@ -59,15 +59,17 @@ def rss_of(pids: Sequence[int]) -> int:
 
 
 def cpu_seconds(finders: dict[str, Callable[[], list[int]]]) -> dict[str, float]:
-    """Each name's processes' CPU time so far (user and system): take it before and after a
-    transfer to see what the transfer cost, and where."""
+    """Each name's processes' CPU time so far (user and system, with the children they
+    waited for: an agent's ``wg`` and ``nft`` runs): take it before and after a transfer
+    to see what the transfer cost, and where."""
     spent = {}
     for name, finder in finders.items():
         total = 0.0
         for pid in finder():
             with contextlib.suppress(psutil.Error):
                 times = psutil.Process(pid).cpu_times()
-                total += times.user + times.system
+                total += times.user + times.system + times.children_user
+                total += times.children_system
         spent[name] = total
     return spent
 

@@ -14,7 +14,6 @@ from html.parser import HTMLParser
 import pytest
 
 from hivemind_cluster.agent.attempts import AttemptView, FinishedAttempt, WorkerSnapshot
-from hivemind_cluster.agent.state import Enrollment
 from hivemind_cluster.agent.statushtml import render_html
 from hivemind_cluster.agent.statuspage import (
     LedgerView,
@@ -24,28 +23,13 @@ from hivemind_cluster.agent.statuspage import (
     host_allowed,
     status_json,
 )
+from tests.support.enrollments import lab_enrollment
 
 NOW = 1_700_000_000.0
 EVIL_ID = '"><script>alert(1)</script>'
 EVIL_IMAGE = "<img src=x onerror=alert(2)>&amp;"
 EVIL_ERROR = "pool said <b>no</b>"
-ENROLLMENT = Enrollment(
-    node_id="n7",
-    name="lab<pc>&1",
-    role="worker",
-    overlay_ip="100.64.0.7",
-    overlay_prefix=16,
-    hub_ip="100.64.0.1",
-    hub_public_key="k",
-    hub_endpoint="198.51.100.1:51820",
-    hub_allowed_ips=("100.64.0.0/16",),
-    persistent_keepalive=25,
-    pool_address="100.64.0.1:50051",
-    enroll_endpoint="198.51.100.1:7443",
-    interface="hm0",
-    backend="userspace",
-    enrolled_at=NOW - 3600,
-)
+ENROLLMENT = lab_enrollment(name="lab<pc>&1", hub_public_key="k", enrolled_at=NOW - 3600)
 SNAPSHOT = WorkerSnapshot(
     connected=True,
     since=NOW - 300,

@@ -16,9 +16,9 @@ from hivemind_cluster.agent.paths import (
     PROBE_SECONDS,
     STALE_SECONDS,
     TRY_SECONDS,
-    KnownPeer,
     PathKeeper,
 )
+from hivemind_cluster.agent.peertrack import KnownPeer
 from hivemind_cluster.core.errors import InvalidInput, SystemFailure
 from hivemind_cluster.mesh import wireguard
 from hivemind_cluster.mesh.wireguard import (

@@ -18,34 +18,19 @@ import pytest
 
 from hivemind_cluster.agent import join
 from hivemind_cluster.agent.memberfw import MemberFirewall
-from hivemind_cluster.agent.paths import KnownPeer
 from hivemind_cluster.agent.peers import Keeper, PeerApplier, PeerSync
+from hivemind_cluster.agent.peertrack import KnownPeer
 from hivemind_cluster.agent.peerview import known_peers
 from hivemind_cluster.agent.service import stop_peer_sync
-from hivemind_cluster.agent.state import AgentSettings, Enrollment
+from hivemind_cluster.agent.state import AgentSettings
 from hivemind_cluster.client.channel import Identity
 from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.core.names import CA_CERT, TLS_KEY
 from hivemind_cluster.mesh.policy import default_policy
 from hivemind_cluster.protos import mesh_pb2, mesh_pb2_grpc
+from tests.support.enrollments import lab_enrollment
 
-ME = Enrollment(
-    node_id="n-me",
-    name="me",
-    role="worker",
-    overlay_ip="100.64.0.9",
-    overlay_prefix=16,
-    hub_ip="100.64.0.1",
-    hub_public_key="hub-key",
-    hub_endpoint="198.51.100.1:51820",
-    hub_allowed_ips=("100.64.0.0/16",),
-    persistent_keepalive=25,
-    pool_address="100.64.0.1:50051",
-    enroll_endpoint="198.51.100.1:7443",
-    interface="hmtest0",
-    backend="userspace",
-    enrolled_at=0.0,
-)
+ME = lab_enrollment(node_id="n-me", name="me", overlay_ip="100.64.0.9", interface="hmtest0")
 OPERATOR = mesh_pb2.MeshPeer(
     node_id="n-op", name="op", role="operator", public_key="op-key", overlay_ip="100.64.0.2"
 )
@@ -316,6 +301,7 @@ class FakeHub(mesh_pb2_grpc.MeshServicer):
         self.streams: queue.Queue[queue.Queue[mesh_pb2.PeerUpdate | None]] = queue.Queue()
         self.reports: list[mesh_pb2.MemberReport] = []
         self.changed = threading.Condition()
+        self.opened: list[queue.Queue[mesh_pb2.PeerUpdate | None]] = []
 
     def Peers(
         self, request_iterator: Iterator[mesh_pb2.MemberReport], context: grpc.ServicerContext
@@ -323,6 +309,7 @@ class FakeHub(mesh_pb2_grpc.MeshServicer):
         updates: queue.Queue[mesh_pb2.PeerUpdate | None] = queue.Queue()
         threading.Thread(target=self._read, args=(request_iterator,), daemon=True).start()
         self.streams.put(updates)
+        self.opened.append(updates)
         while (update := updates.get()) is not None:
             yield update
 
@@ -334,6 +321,12 @@ class FakeHub(mesh_pb2_grpc.MeshServicer):
                     self.changed.notify_all()
         except grpc.RpcError:
             pass
+
+    def end_streams(self) -> None:
+        """End every stream's generator: a stopped server leaves them waiting, and the
+        interpreter's exit waits for the server threads that run them."""
+        for updates in self.opened:
+            updates.put(None)
 
     def wait_for(self, condition: Callable[[mesh_pb2.MemberReport], bool]) -> Any:
         with self.changed:
@@ -402,6 +395,7 @@ def test_the_stream_applies_acks_survives_the_hub_going_away_and_cleans_up(
         assert keeper.threads == {"path-keeper_0"}  # one thread owns the keeper
     finally:
         sync.stop()
+        hub.end_streams()
         server.stop(grace=None)
     assert keeper.calls[-1:] == [("close",)] and nft.removed == 1
     assert sync._thread is not None and not sync._thread.is_alive()

@@ -57,6 +57,8 @@ PROBE_SECONDS = 5.0
 TRY_SECONDS = 6.0
 # ... and after each full pass over its candidates twice as rarely, up to this.
 MAX_TRY_SECONDS = 120.0
+# New endpoint candidates for a relayed peer are tried this long after they arrive.
+SETTLE_SECONDS = 1.0
 JITTER = 0.2  # a pause is stretched by up to this fraction, so peers do not retry in step
 # A WireGuard handshake initiation on the wire (what a peer sends while it has no session).
 INITIATION_BYTES = 148
@@ -100,6 +102,9 @@ class PathKeeper:
         self.tracks: dict[str, Track] = {}
         self.refused: dict[str, str] = {}  # public key -> why (logged once)
         self.pending: dict[str, str] = {}  # re-adds not yet sent: public key -> endpoint
+        # Of those, the ones to skip if the peer turns out to be reaching us (a retry, a new
+        # candidate): public key -> (when it was last added, its rx as of the last dump).
+        self.unless_live: dict[str, tuple[float, int]] = {}
         self.lock = threading.RLock()
 
     # ---- the peer set --------------------------------------------------------------------
@@ -143,8 +148,11 @@ class PathKeeper:
         if track.direct and peer.overlay_ip != before.overlay_ip:
             self.interface.set_peer(peer.public_key, allowed_ips=(f"{peer.overlay_ip}/32",))
         elif not track.direct and peer.endpoints != before.endpoints:
-            track.pause = TRY_SECONDS
-            self.readd(track, 0)  # e.g. the hub saw it move: try that at once
+            # New candidates (it connected, the hub saw it move): the first one soon, not at
+            # once. The same event makes the peer start a handshake with us right now; a
+            # re-add in the middle of it would end it (see ``without_live_sessions``).
+            track.pause, track.candidate = TRY_SECONDS, -1  # retry: candidate 0
+            track.retry_at = min(track.retry_at, self.clock() + SETTLE_SECONDS)
 
     def remove(self, public_key: str) -> None:
         """Off WireGuard at once (a revoked member must lose its direct path now)."""
@@ -153,6 +161,7 @@ class PathKeeper:
         with self.lock:
             self.tracks.pop(public_key, None)
             self.pending.pop(public_key, None)
+            self.unless_live.pop(public_key, None)
             try:
                 self.interface.remove_peer(public_key)
             except HiveMindError as error:
@@ -289,11 +298,18 @@ class PathKeeper:
         following = track.candidate + 1
         if following >= len(track.peer.endpoints):
             track.pause = min(track.pause * 2, MAX_TRY_SECONDS)
-        self.readd(track, following)
+        self.readd(track, following, unless_live=True)
 
-    def readd(self, track: Track, index: int, endpoint: str = "") -> None:
+    def readd(
+        self, track: Track, index: int, endpoint: str = "", *, unless_live: bool = False
+    ) -> None:
         """Queue a re-add of the peer, relayed, with candidate ``index`` (or ``endpoint``);
-        ``sending`` sends every queued one in one ``wg set``."""
+        ``sending`` sends every queued one in one ``wg set``. ``unless_live``: skipped if,
+        by then, the peer has a session from a handshake since it was last added."""
+        if unless_live:
+            self.unless_live.setdefault(track.peer.public_key, (track.tried_at, track.rx_bytes))
+        else:
+            self.unless_live.pop(track.peer.public_key, None)
         candidates = track.peer.endpoints
         track.candidate = index % len(candidates) if candidates else 0
         endpoint = endpoint or (candidates[track.candidate] if candidates else "")
@@ -311,8 +327,41 @@ class PathKeeper:
             yield
         finally:
             pending, self.pending = list(self.pending.items()), {}
+            unless_live, self.unless_live = self.unless_live, {}
+            if unless_live:
+                try:
+                    pending = self.without_live_sessions(pending, unless_live)
+                except HiveMindError as error:  # re-add them all, as if none were live
+                    log.warning("could not look for live sessions: %s", error.message)
             if pending:
                 self.send(pending)
+
+    def without_live_sessions(
+        self, pending: list[tuple[str, str]], unless_live: Mapping[str, tuple[float, int]]
+    ) -> list[tuple[str, str]]:
+        """``pending`` less the retries of peers that are reaching us: a handshake since
+        they were added, or bytes since the last dump (the other side's initiation, from
+        behind a NAT that lets only its own packets out, say). A re-add would end what is
+        forming while the other side, which may have completed the handshake already,
+        sends direct: the pair would be cut until it gives up (~15 s). Such a peer keeps
+        its session and its ``tried_at``, so a tick promotes it once the handshake is in."""
+        statuses = {status.public_key: status for status in self.interface.peers()}
+        now = self.clock()
+        kept = []
+        for key, endpoint in pending:
+            status, track = statuses.get(key), self.tracks.get(key)
+            if track is None or status is None or key not in unless_live:
+                kept.append((key, endpoint))
+                continue
+            added_at, rx_before = unless_live[key]
+            handshake = status.latest_handshake
+            shook = handshake > 0 and now - handshake < ONLINE_HANDSHAKE_AGE
+            if (shook and handshake >= added_at - 1) or status.rx_bytes > rx_before:
+                log.info("%s is reaching us: its session is kept", track.peer.name)
+                track.tried_at = added_at
+                continue
+            kept.append((key, endpoint))
+        return kept
 
     def send(self, pending: list[tuple[str, str]]) -> None:
         try:

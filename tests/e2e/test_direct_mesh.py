@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,11 @@ RELAYED_PAIR = frozenset({"w2", "w3"})  # EIM ↔ symmetric: neither NAT lets th
 PATH_SECONDS = 90  # a few candidate tries (6 s each) after the peer sets arrive
 LISTEN_PORT = 8080
 REVOKE_SECONDS = 1.0  # the issue's bound: a revoked node off every member's WireGuard
+PING_INTERVAL = "0.2"  # seconds between the echo requests of the pings kept up throughout
+# A pair may miss this many echo requests in a row (2 s) while its path forms: a switch
+# to direct costs at most a tick (0.25 s) or two, when one end has switched and the other
+# not yet. More than that is a cut, not a switch.
+MAX_LOST_IN_A_ROW = 10
 
 LISTENER = """
 import socket, sys
@@ -58,6 +67,7 @@ class World:
         self.w3 = lab.add_natted_host("w3", "symmetric")
         self.mesh = Mesh(lab, self.hub)
         self.overlay: dict[str, str] = {}
+        self.pings: dict[tuple[str, str], tuple[subprocess.Popen[str], Path]] = {}
 
     def members(self) -> list[Host]:
         return [self.w1, self.w2, self.w3, self.op]
@@ -79,6 +89,32 @@ class World:
             frozenset({a, b}): {shown[a].get(b, "missing"), shown[b].get(a, "missing")}
             for a, b in itertools.combinations(shown, 2)
         }
+
+    def start_pings(self) -> None:
+        """From every member to every other, every PING_INTERVAL, until ``stop_pings``."""
+        for source, target in itertools.permutations(self.members(), 2):
+            log = self.lab.workdir / f"ping-{source.name}-{target.name}.log"
+            address = self.overlay[target.name]
+            process = source.popen("ping", "-n", "-i", PING_INTERVAL, address, log=log)
+            self.pings[source.name, target.name] = process, log
+
+    def stop_pings(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """Each pair's (echo requests sent, most lost in a row, a lost tail included)."""
+        for process, _ in self.pings.values():
+            process.send_signal(signal.SIGINT)  # ping prints its count and exits
+        found = {}
+        for pair, (process, log) in self.pings.items():
+            process.wait(10)
+            text = log.read_text()
+            sent = int(re.findall(r"(\d+) packets transmitted", text)[-1])
+            answered = {int(n) for n in re.findall(r"icmp_seq=(\d+) ttl=", text)}
+            lost, most = 0, 0
+            for seq in range(1, sent + 1):
+                lost = 0 if seq in answered else lost + 1
+                most = max(most, lost)
+            found[pair] = sent, most
+        self.pings.clear()
+        return found
 
     def public_key(self, host: Host) -> str:
         return host.run("wg", "show", host.wg_interface, "public-key").stdout.strip()
@@ -126,12 +162,22 @@ def test_members_join_from_behind_their_nats(world: World) -> None:
     for host in world.members():
         host.popen(sys.executable, "-c", LISTENER, str(LISTEN_PORT))
     assert len(set(world.overlay.values())) == 4
+    world.start_pings()  # checked once the paths have formed
 
 
 def test_paths_are_direct_except_between_the_two_nats(world: World) -> None:
     expected = {pair: {expected_path(pair)} for pair in world.all_paths()}
     converged = wait_until(lambda: world.all_paths() == expected, PATH_SECONDS, 1.0)
     assert converged, (world.all_paths(), world.mesh.logs(*world.members()))
+
+
+def test_every_pair_kept_pinging_while_the_paths_formed(world: World) -> None:
+    time.sleep(2)  # some pings over the paths as formed
+    pings = world.stop_pings()
+    assert len(pings) == 12
+    cut = {pair: most for pair, (sent, most) in pings.items() if most > MAX_LOST_IN_A_ROW}
+    assert not cut, (cut, pings)
+    assert all(sent >= 10 for sent, _ in pings.values()), pings
 
 
 def test_every_member_reaches_every_other_and_the_hub(world: World) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -14,6 +14,7 @@ from hivemind_cluster.agent.paths import (
     JITTER,
     MAX_TRY_SECONDS,
     PROBE_SECONDS,
+    SETTLE_SECONDS,
     STALE_SECONDS,
     TRY_SECONDS,
     PathKeeper,
@@ -49,10 +50,14 @@ class FakeWireGuard:
     unresolvable: set[str] = field(default_factory=set)
     broken: set[str] = field(default_factory=set)
     ignored: set[str] = field(default_factory=set)
+    meanwhile: list[Callable[[], None]] = field(default_factory=list)  # after the next dump
 
     def peers(self) -> list[PeerStatus]:
         self.dumps += 1
-        return list(self.peers_by_key.values())
+        found = list(self.peers_by_key.values())
+        while self.meanwhile:
+            self.meanwhile.pop(0)()
+        return found
 
     def refuse(self, public_key: str, endpoint: str = "") -> None:
         if public_key in self.broken:
@@ -336,10 +341,63 @@ def test_a_peer_whose_endpoint_wg_refuses_does_not_hold_back_the_batch(world: Wo
     assert world.wg.peers_by_key["key-c"].endpoint == "198.51.100.3:51820"
 
 
-def test_new_candidates_for_a_relayed_peer_are_tried_at_once(world: World) -> None:
+def test_new_candidates_for_a_relayed_peer_are_tried_once_settled(world: World) -> None:
     world.keeper.upsert(peer("b", "1.1.1.1:1"))
     world.keeper.upsert(peer("b", "3.3.3.3:3", "1.1.1.1:1"))
+    assert world.wg.calls[-1] == ("readd", "key-b", "1.1.1.1:1")  # not at once
+    world.clock.advance(SETTLE_SECONDS)
+    world.keeper.tick()
     assert world.wg.calls[-1] == ("readd", "key-b", "3.3.3.3:3")
+
+
+def test_new_candidates_do_not_end_a_session_the_other_side_just_started(
+    world: World,
+) -> None:
+    """Behind a symmetric NAT only the other side's initiation gets through; it may come
+    in just before the hub's update with new candidates. A re-add would end the session
+    the other side already sends on directly: the pair would be cut for ~15 s."""
+    world.keeper.upsert(peer("b", "1.1.1.1:1"))
+    world.clock.advance(1)
+    assert not world.keeper.tick()
+    world.wg.handshake("key-b", world.clock.now, endpoint="198.51.100.7:23869")
+    world.keeper.upsert(peer("b", "3.3.3.3:3", "1.1.1.1:1"))
+    assert world.wg.calls[-1] == ("readd", "key-b", "1.1.1.1:1")  # only the first add
+    world.clock.advance(0.25)
+    assert world.keeper.tick()
+    assert world.wg.allowed("key-b") == ("100.64.0.3/32",)
+    assert world.wg.peers_by_key["key-b"].endpoint == "198.51.100.7:23869"
+
+
+def test_a_retry_does_not_end_a_session_that_came_in_during_the_tick(world: World) -> None:
+    world.keeper.upsert(peer("b", "1.1.1.1:1", "2.2.2.2:2"))
+    world.clock.advance(TRY_SECONDS)
+    arrives = lambda: world.wg.handshake("key-b", world.clock.now)  # noqa: E731
+    world.wg.meanwhile.append(arrives)  # after the tick's dump, before its re-add
+    world.keeper.tick()
+    assert [c for c in world.wg.calls if c[0] == "readd"] == [("readd", "key-b", "1.1.1.1:1")]
+    world.clock.advance(0.25)
+    assert world.keeper.tick()
+    assert world.wg.allowed("key-b") == ("100.64.0.3/32",)
+
+
+def test_a_retry_waits_while_the_other_sides_initiation_is_in_flight(world: World) -> None:
+    """Its initiation came in, our answer is on its way: no handshake yet on our side."""
+    world.keeper.upsert(peer("b", "1.1.1.1:1", "2.2.2.2:2"))
+    world.clock.advance(TRY_SECONDS)
+    world.wg.meanwhile.append(lambda: world.wg.receive("key-b", INITIATION_BYTES))
+    world.keeper.tick()
+    assert [c for c in world.wg.calls if c[0] == "readd"] == [("readd", "key-b", "1.1.1.1:1")]
+    world.wg.handshake("key-b", world.clock.now)
+    world.clock.advance(0.25)
+    assert world.keeper.tick()
+
+
+def test_a_retry_still_goes_out_when_no_session_came_in(world: World) -> None:
+    world.keeper.upsert(peer("b", "1.1.1.1:1", "2.2.2.2:2"))
+    world.wg.handshake("key-b", world.clock.now - 200)  # an old session: not live
+    world.clock.advance(TRY_SECONDS)
+    world.keeper.tick()
+    assert world.wg.calls[-1] == ("readd", "key-b", "2.2.2.2:2")
 
 
 def test_the_endpoint_of_a_direct_peer_is_never_touched(world: World) -> None:

@@ -34,7 +34,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from dataclasses import asdict
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -79,18 +80,6 @@ KeeperFactory = Callable[[int], Keeper]  # persistent keepalive (s) -> a keeper
 
 def party_of(peer: KnownPeer | mesh_pb2.MeshPeer) -> Party:
     return Party(peer.node_id, peer.name, peer.role, peer.overlay_ip, dict(peer.labels))
-
-
-def peer_record(peer: KnownPeer) -> dict[str, Any]:
-    return {
-        "node_id": peer.node_id,
-        "name": peer.name,
-        "role": peer.role,
-        "public_key": peer.public_key,
-        "overlay_ip": peer.overlay_ip,
-        "endpoints": list(peer.endpoints),
-        "labels": dict(peer.labels),
-    }
 
 
 class PeerApplier:
@@ -198,7 +187,7 @@ class PeerApplier:
             "time": self.clock(),
             "revision": self.revision,
             "policy": self.policy.digest() if self.policy is not None else "",
-            "peers": [peer_record(p) for p in sorted(self.known(), key=lambda p: p.name)],
+            "peers": [asdict(p) for p in sorted(self.known(), key=lambda p: p.name)],
         }
         write_public(self.settings.path / PEERS_FILE, json.dumps(document, indent=2) + "\n")
 

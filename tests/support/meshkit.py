@@ -89,8 +89,10 @@ def key_of(node_id: str) -> str:
     return f"key-{node_id}"
 
 
-def members_are(node_ids: set[str]) -> Callable[[PeerDistributor], bool]:
-    return lambda hub: set(hub.members) == node_ids
+def members_are(node_ids: set[str], turns_done: bool = False) -> Callable[[PeerDistributor], bool]:
+    """The distributor has exactly ``node_ids`` (and, with ``turns_done``, no endpoint
+    change waits for its turn)."""
+    return lambda hub: set(hub.members) == node_ids and not (turns_done and hub.turns.waiting)
 
 
 async def next_update(subscription: Subscription) -> mesh_pb2.PeerUpdate | None:

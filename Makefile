@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/transfer.py
 	$(PY) bench/peers.py
 	$(PY) bench/mesh.py
+	$(PY) bench/metrics.py
 
 # On a machine with an NVIDIA GPU: detection, a pulled CUDA image, one GPU per task.
 gpu-check: setup

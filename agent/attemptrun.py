@@ -25,6 +25,7 @@ from hivemind_cluster.agent.taskrun import (
     task_run,
 )
 from hivemind_cluster.agent.transfers import Transfers
+from hivemind_cluster.agent.usagesamples import UsageSeries
 from hivemind_cluster.core.console import one_line
 from hivemind_cluster.model.states import INTERRUPTED
 from hivemind_cluster.protos import pool_pb2 as pb
@@ -53,13 +54,15 @@ async def fetch_and_run(
     gpu_ids: tuple[str, ...],
     cancel: threading.Event,
     on_output: OnOutput,
+    usage: UsageSeries | None = None,
 ) -> Ran:
-    """The task with its inputs fetched (held while it runs), run to its end."""
-    task = task_run(assign, gpu_ids)
+    """The task with its inputs fetched (held while it runs), run to its end; its usage
+    over time goes into ``usage``."""
+    task = task_run(assign, gpu_ids, usage=usage)
     note = system_notes(on_output)
     try:
         async with transfers.inputs(assign, note, cancel) as (bundle, inputs):
-            task = task_run(assign, gpu_ids, bundle, inputs)
+            task = task_run(assign, gpu_ids, bundle, inputs, usage)
             return await run_task(executor, threads, task, cancel, on_output)
     except InputUnavailable as unavailable:
         note(unavailable.message)

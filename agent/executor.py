@@ -2,11 +2,13 @@
 
 ``DockerExecutor.run`` stages the task's directories and creates its container (both in
 agent/sandbox.py), starts it, forwards its output as it arrives (agent/output.py) while
-sampling its usage (agent/usage.py), kills it on timeout, once its price cap is used up or on
-cancel, and removes it afterwards; whatever the task wrote to ``/out`` or changed in its
-working copy comes back as a zip (agent/workcopy.py) packed to a file in ``results_root``
-(the worker sends it, then deletes it), and filling its own disk (agent/taskdisk.py) fails
-it, as does a bundle or ``dir`` input that does not fit on it.
+sampling its usage (agent/usage.py; over time, into the attempt's series of
+agent/usagesamples.py), times each phase for the agent's metrics (agent/metrics.py), kills
+it on timeout, once its price cap is used up or on cancel, and removes it afterwards;
+whatever the task wrote to ``/out`` or changed in its working copy comes back as a zip
+(agent/workcopy.py) packed to a file in ``results_root`` (the worker sends it, then deletes
+it), and filling its own disk (agent/taskdisk.py) fails it, as does a bundle or ``dir``
+input that does not fit on it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ import docker.errors
 import requests
 from docker.models.containers import Container
 
+from hivemind_cluster.agent.metrics import (
+    CONTAINER_START,
+    DEPENDENCY_INSTALL,
+    IMAGE_PULL,
+    RUN,
+    observe_phase,
+    timed,
+)
 from hivemind_cluster.agent.output import POLL_SECONDS, OutputPump
 from hivemind_cluster.agent.pulls import ImageUnavailable, image_digest
 from hivemind_cluster.agent.requirements import NO_DEPS, Deps, Requirements, RequirementsUnmet
@@ -162,7 +172,8 @@ class DockerExecutor:
                 raise
             return never_ran(does_not_fit(task))
         try:
-            digest = image_digest(self.client, task, system_notes(on_output), cancel)
+            with timed(IMAGE_PULL):
+                digest = image_digest(self.client, task, system_notes(on_output), cancel)
         except ImageUnavailable as unavailable:
             return never_ran(unavailable.message, status=unavailable.status)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
@@ -170,14 +181,17 @@ class DockerExecutor:
         if cancel.is_set():
             return never_ran("cancelled", status=TaskState.CANCELLED)
         try:
-            with (
-                self.requirements.held(
-                    self.client, self.node_id, task, system_notes(on_output), cancel
-                ) as deps,
-                self.created_container(task, work, out, deps) as container,
-            ):
-                outcome = self.supervise(container, task, (work, out, before), on_output, cancel)
-                return replace(outcome, image_digest=digest)
+            installing = time.monotonic()
+            with self.requirements.held(
+                self.client, self.node_id, task, system_notes(on_output), cancel
+            ) as deps:
+                if deps.path is not None:  # the task has requirements
+                    observe_phase(DEPENDENCY_INSTALL, time.monotonic() - installing)
+                creating = time.monotonic()
+                with self.created_container(task, work, out, deps) as container:
+                    copy = (work, out, before)
+                    outcome = self.supervise(container, task, copy, on_output, cancel, creating)
+                    return replace(outcome, image_digest=digest)
         except RequirementsUnmet as unmet:
             return never_ran(unmet.message, status=unmet.status)
         except docker.errors.APIError as error:
@@ -216,19 +230,25 @@ class DockerExecutor:
         copy: tuple[Path, Path, Snapshot],
         on_output: OnOutput,
         cancel: threading.Event,
+        creating: float,
     ) -> Outcome:
+        """Start the created container, follow it to its end and judge it; ``creating``:
+        when its creation began (monotonic), for the container_start phase."""
         work, out, before = copy
         on_output = said_full = DiskFullWatch(on_output)
         pump = OutputPump(self.client, container)
-        meter = UsageMeter(container)
+        meter = UsageMeter(container, task.usage)
         try:
             container.start()
             started = time.monotonic()
+            observe_phase(CONTAINER_START, started - creating)
             pump.start()
             stopped_because, exit_code = watch(
                 container, task, pump, meter, on_output, cancel, started
             )
             wall_seconds = time.monotonic() - started
+            observe_phase(RUN, wall_seconds)
+            task.usage.finish()
             pump.deliver(on_output, SETTLE_SECONDS)  # the rest, after a kill
         finally:
             pump.close()

@@ -35,6 +35,7 @@ class PeerRow:
     last_handshake: float | None  # unix seconds
     rx_bytes: int
     tx_bytes: int
+    node_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,7 @@ def peer_rows(known: dict[str, Any], wireguard: Iterable[PeerStatus] | None) -> 
                 else None,
                 rx_bytes=status.rx_bytes if status else 0,
                 tx_bytes=status.tx_bytes if status else 0,
+                node_id=str(peer.get("node_id", "")),
             )
         )
     return sorted(rows, key=lambda r: (r.name, r.overlay_ip))

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from hivemind_cluster.agent.attempts import SUPERSEDED, WorkerSnapshot
+from hivemind_cluster.agent.metricspage import METRICS_PATH, metrics_text, serves_metrics
 from hivemind_cluster.agent.peerview import (
     PeerRow,
     hub_status,
@@ -48,6 +49,7 @@ from hivemind_cluster.agent.statushtml import JSON_PATH, render_html
 from hivemind_cluster.agent.worker import Worker
 from hivemind_cluster.client.channel import Identity, sync_channel
 from hivemind_cluster.core.errors import HiveMindError
+from hivemind_cluster.core.exposition import CONTENT_TYPE
 from hivemind_cluster.core.grpcutil import error_from_rpc
 from hivemind_cluster.core.settings import split_host_port
 from hivemind_cluster.core.units import format_cpt
@@ -341,11 +343,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.MISDIRECTED_REQUEST, "text/plain", b"unknown host\n", send_body)
             return
         path = urlsplit(self.path).path
-        if path not in ("/", JSON_PATH):
+        if path not in ("/", JSON_PATH, METRICS_PATH):
             self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", send_body)
             return
         try:
-            document = status_json(cast(_Server, self.server).page.status())
+            status = cast(_Server, self.server).page.status()
+            if path == METRICS_PATH:  # never on the underlay, whatever the page binds
+                local = str(self.connection.getsockname()[0])
+                if not serves_metrics(local, status.enrollment):
+                    self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", send_body)
+                else:
+                    self._send(HTTPStatus.OK, CONTENT_TYPE, metrics_text(status), send_body)
+                return
+            document = status_json(status)
         except Exception:  # a bug must cost one page, not the agent's thread
             log.exception("the status page failed")
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", b"error\n", send_body)

@@ -16,10 +16,15 @@ lost its attempts as well (the pool requeues them, and the next attempt's log is
 
 from __future__ import annotations
 
+import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hivemind_cluster.agent.taskrun import OnOutput
 from hivemind_cluster.protos import pool_pb2 as pb
+
+LOG_PIECE = 64 * 1024  # the output goes up in pieces of at most this many bytes
 
 REPLAY_BYTES = 2 * 1024 * 1024
 BACKLOG_BYTES = 8 * 1024 * 1024
@@ -96,3 +101,21 @@ class TaskLogs:
     def rewind(self) -> None:
         for log in self._attempts.values():
             log.rewind()
+
+
+def output_sender(
+    loop: asyncio.AbstractEventLoop, output: AttemptLog, on_backlog: Callable[[], None]
+) -> OnOutput:
+    """The executor's ``on_output``, called on its thread: the output goes up in LOG_PIECE
+    chunks, kept through the event loop (the attempt's log is not thread-safe);
+    ``on_backlog`` when a piece waits to be sent."""
+
+    def keep(stream: str, piece: bytes) -> None:
+        if output.add(stream, piece):
+            on_backlog()
+
+    def on_output(stream: str, data: bytes) -> None:
+        for start in range(0, len(data), LOG_PIECE):
+            loop.call_soon_threadsafe(keep, stream, data[start : start + LOG_PIECE])
+
+    return on_output

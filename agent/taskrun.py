@@ -12,9 +12,10 @@ only speaks in tasks and outcomes need not import Docker.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from hivemind_cluster.agent.usagesamples import UsageSeries
 from hivemind_cluster.model.states import TaskState
 from hivemind_cluster.protos import pool_pb2 as pb
 
@@ -64,6 +65,8 @@ class TaskRun:
     # The zip unpacked into the writable /work (None: none), and the read-only inputs.
     bundle: Path | None = None
     inputs: tuple[TaskInput, ...] = ()
+    # Where the executor puts its usage over time; the worker sends it in its heartbeats.
+    usage: UsageSeries = field(default_factory=UsageSeries, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,10 @@ def task_run(
     gpu_ids: tuple[str, ...],
     bundle: Path | None = None,
     inputs: tuple[TaskInput, ...] = (),
+    usage: UsageSeries | None = None,
 ) -> TaskRun:
     """The run an ``Assign`` asks for, on the GPUs the worker set aside for it, with its
-    bundle and inputs as the worker fetched them."""
+    bundle and inputs as the worker fetched them (and its usage samples, into ``usage``)."""
     return TaskRun(
         task_id=assign.task_id,
         attempt=assign.attempt,
@@ -125,6 +129,7 @@ def task_run(
         price_cap_seconds=assign.price_cap_seconds,
         bundle=bundle,
         inputs=inputs,
+        usage=usage or UsageSeries(),
     )
 
 

@@ -2,10 +2,11 @@
 
 ``Worker.run()`` keeps a ``Connect`` stream open (reconnecting with backoff): it
 registers the machine's capacity and the attempts still running, sends a heartbeat every
-second, runs each ``Assign`` in the executor on a thread, streams its output, and reports
-its result until the pool acknowledges it. A reconnect resumes: running attempts continue,
-output not known to be stored is sent again (agent/tasklogs.py), then unacknowledged
-results (fencing makes that safe): a result always follows all of its attempt's output.
+second (with the attempts' usage samples: agent/usagesamples.py), runs each ``Assign`` in
+the executor on a thread, streams its output, and reports its result until the pool
+acknowledges it. A reconnect resumes: running attempts continue, output not known to be
+stored is sent again (agent/tasklogs.py), then unacknowledged results (fencing makes that
+safe): a result always follows all of its attempt's output.
 An attempt's inputs are fetched before it runs (agent/attemptrun.py) and its result zip is
 sent before its result (agent/results.py), on the stream's channel, resumed across
 reconnects; the zip is deleted once the pool accepts the result or the attempt is dropped.
@@ -52,21 +53,21 @@ from hivemind_cluster.agent.attempts import (
     restated,
 )
 from hivemind_cluster.agent.facts import Facts
+from hivemind_cluster.agent.metrics import count_finished
 from hivemind_cluster.agent.results import ResultZips, sent
-from hivemind_cluster.agent.tasklogs import AttemptLog, TaskLogs
+from hivemind_cluster.agent.tasklogs import TaskLogs, output_sender
 from hivemind_cluster.agent.taskrun import (
-    OnOutput,
     TaskRun,
     task_result,
 )
 from hivemind_cluster.agent.transfers import Transfers
+from hivemind_cluster.agent.usagesamples import UsageBoard
 from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.model.states import INTERRUPTED
 from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hivemind.agent.worker")
-LOG_PIECE = 64 * 1024
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 RECENT_ATTEMPTS = 20  # finished attempts kept for the status page
 
@@ -99,6 +100,7 @@ class Worker:
         # Unacknowledged results not written on the current stream yet (an ordered set).
         self._unsent_results: dict[tuple[str, int], None] = {}
         self.logs = TaskLogs()
+        self.usage = UsageBoard()  # the running attempts' usage samples, for the heartbeats
         self._backlog_signalled = False
         self.connected = False
         self.completed = 0
@@ -255,6 +257,7 @@ class Worker:
             for early in before:
                 self._dispatch(early)
             self.logs.rewind()
+            self.usage.rewind()
             self._unsent_results = dict.fromkeys(self.unacknowledged)
             await self._write_backlog(call)
             writer = asyncio.create_task(self._write(call, interval))
@@ -323,6 +326,7 @@ class Worker:
         self.unacknowledged.pop(key, None)
         self._unsent_results.pop(key, None)
         self.logs.close(key)
+        self.usage.close(key)
         self._zips.drop(key)
 
     def _supersede(self, task_id: str, attempt: int, reason: str, superseded: bool = True) -> None:
@@ -347,7 +351,9 @@ class Worker:
 
     def _heartbeat(self) -> pb.Heartbeat:
         assert self._draining is not None
-        return heartbeat(len(self.running), self._draining.is_set())
+        beat = heartbeat(len(self.running), self._draining.is_set())
+        beat.usage.extend(self.usage.take_unsent())
+        return beat
 
     def _send(self, message: pb.AgentMessage) -> None:
         assert self._outbox is not None
@@ -392,13 +398,22 @@ class Worker:
         self._send(pb.AgentMessage(started=pb.TaskStarted(task_id=task_id, attempt=attempt)))
         log.info("task %s attempt %d: starting %s", task_id, attempt, assign.image)
         output = self.logs.open(task_id, attempt)
-        on_output = self._output_sender(asyncio.get_running_loop(), output)
+        on_output = output_sender(asyncio.get_running_loop(), output, self._signal_backlog)
         gpus = self._take_gpus(assign.resources.gpus)
+        series = self.usage.open(task_id, attempt)
         task, outcome, status, error = await fetch_and_run(
-            self.executor, self.transfers, self._threads, assign, gpus, running.cancel, on_output
+            self.executor,
+            self.transfers,
+            self._threads,
+            assign,
+            gpus,
+            running.cancel,
+            on_output,
+            series,
         )
         if running.interrupted:
             status = INTERRUPTED
+        count_finished(status)
         result = task_result(task, outcome, status, error)
         result.log_bytes = output.produced
         self._finish(task, result, running)
@@ -413,20 +428,6 @@ class Worker:
         if report is not None:
             self._report(report)
             log.info("task %s attempt %d: %s %s", task_id, attempt, report.status, report.error)
-
-    def _output_sender(self, loop: asyncio.AbstractEventLoop, output: AttemptLog) -> OnOutput:
-        """The executor's ``on_output``, called on its thread: the output goes up in
-        LOG_PIECE chunks, kept through the event loop (the attempt's log is not thread-safe)."""
-
-        def keep(stream: str, piece: bytes) -> None:
-            if output.add(stream, piece):
-                self._signal_backlog()
-
-        def on_output(stream: str, data: bytes) -> None:
-            for start in range(0, len(data), LOG_PIECE):
-                loop.call_soon_threadsafe(keep, stream, data[start : start + LOG_PIECE])
-
-        return on_output
 
     def _finish(self, task: TaskRun, result: pb.TaskResult, running: RunningAttempt) -> None:
         """Free the task's GPUs and move it from running to recent."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +27,7 @@ import psutil
 import redis
 import redis.asyncio as aioredis
 
+from bench.metrics_lab import hub_metrics, listed_peers, simulated_members
 from hivemind_cluster.blobs.store import BlobStore
 from hivemind_cluster.core.grpcutil import POOL_CHANNEL_OPTIONS
 from hivemind_cluster.core.settings import HubSettings
@@ -93,6 +95,9 @@ class PoolConfig:
     server_pem: bytes
     server_key: bytes
     ca_pem: bytes
+    # bench/metrics.py: serve the hub's /metrics for this many simulated members (the
+    # benchmark scrapes it from its own process); 0: none.
+    metrics_members: int = 0
 
 
 def serve(conn: Connection, config: PoolConfig, profile: bool) -> None:
@@ -123,6 +128,13 @@ async def _serve(conn: Connection, config: PoolConfig) -> None:
     server, pool_port = await create_server(
         pool, f"{LOOPBACK}:0", config.server_pem + config.ca_pem, config.server_key, config.ca_pem
     )
+    metrics = None
+    if config.metrics_members:
+        members = simulated_members(config.metrics_members)
+        metrics = hub_metrics(
+            Path(config.state_dir), lambda: pool, members, listed_peers(members), pool.db
+        )
+        metrics.start()
 
     def stats(_command: str) -> dict[str, Any]:
         flushes, pool.flush_seconds = pool.flush_seconds, []
@@ -131,11 +143,14 @@ async def _serve(conn: Connection, config: PoolConfig) -> None:
             "heartbeats": pool.heartbeats,
             "flushes": flushes,
             "time": time.monotonic(),  # system-wide clock: comparable across processes
+            "metrics_port": metrics.port if metrics is not None else 0,
         }
 
     stop = answer_commands(conn, stats)
     conn.send(pool_port)
     await stop.wait()
+    if metrics is not None:
+        await asyncio.to_thread(metrics.stop)
     await server.stop(grace=0.5)
     await pool.close()
 

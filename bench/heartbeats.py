@@ -39,10 +39,12 @@ top functions by own time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ import psutil
 import redis
 
 from bench.heartbeat_lab import INTERVAL, Child, Identity, PoolConfig, cpu_seconds, generate, serve
+from bench.metrics_lab import Scraper
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import constants as mesh_keys
 from hivemind_cluster.mesh.ca import CertificateAuthority
@@ -152,7 +155,8 @@ def run_step(
     assert redis_server.process is not None
     redis_ps = psutil.Process(redis_server.process.pid)
     redis_info = (redis_server.bind, redis_server.port, redis_server.password)
-    config = PoolConfig(redis_info, str(workdir / f"pool-{count}"), *server, ca.pem)
+    members = count if getattr(args, "metrics", False) else 0  # bench/metrics.py: served
+    config = PoolConfig(redis_info, str(workdir / f"pool-{count}"), *server, ca.pem, members)
     pool = Child(serve, config, args.profile)
     generators: list[Child] = []
     try:
@@ -163,7 +167,8 @@ def run_step(
         sessions = wait_for_sessions(pool, generators, count, began)
         connecting = Connecting(sessions, time.monotonic() - began)
         time.sleep(WARMUP)
-        window = measure_window(pool, generators, redis_ps, args.window)
+        with scraped(pool, getattr(args, "scrape_interval", 0)) as scrapes:
+            window = measure_window(pool, generators, redis_ps, args.window)
         stale = stale_records(db, identities)
     finally:
         for generator in generators:
@@ -171,9 +176,26 @@ def run_step(
         profile = pool.stop()
         db.close()
     result = step_result(count, connecting, window, stale)
+    if scrapes:
+        result["scrapes"] = scrapes
     if isinstance(profile, str):
         result["profile"] = profile
     return result
+
+
+@contextlib.contextmanager
+def scraped(pool: Child, interval: float) -> Iterator[dict[str, Any]]:
+    """bench/metrics.py: the pool's /metrics scraped from here every ``interval`` s."""
+    port = pool.ask()["metrics_port"] if interval else 0
+    if not port:
+        yield {}
+        return
+    scraper = Scraper(port, interval).start()
+    found: dict[str, Any] = {}
+    try:
+        yield found
+    finally:
+        found.update(scraper.stop())
 
 
 def step_result(count: int, connecting: Connecting, window: Window, stale: int) -> dict[str, Any]:

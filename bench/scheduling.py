@@ -44,6 +44,7 @@ import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,33 +186,50 @@ async def throughput_run(
     agents: int,
     tasks: int,
     profiler: cProfile.Profile | None = None,
+    attach: Callable[[Pool], contextlib.AbstractAsyncContextManager[object]] | None = None,
 ) -> dict[str, Any]:
+    """``attach``: entered around the run with the pool (bench/metrics.py serves and
+    scrapes the hub's /metrics meanwhile)."""
     harness = Harness(redis_server, workdir)
     pool = await harness.start()
+    try:
+        async with contextlib.AsyncExitStack() as attached:
+            if attach is not None:
+                await attached.enter_async_context(attach(pool))
+            return await _throughput(harness, pool, redis_server, agents, tasks, profiler)
+    finally:
+        await harness.stop()
+
+
+async def _throughput(
+    harness: Harness,
+    pool: Pool,
+    redis_server: RedisServer,
+    agents: int,
+    tasks: int,
+    profiler: cProfile.Profile | None,
+) -> dict[str, Any]:
     me = psutil.Process()
     assert redis_server.process is not None
     redis_process = psutil.Process(redis_server.process.pid)
-    try:
-        await submit_all(pool, tasks)
-        harness.expected = tasks
-        await asyncio.sleep(0.2)  # let the submission burst settle (AOF, loops)
-        python_before, redis_before = cpu_seconds(me), cpu_seconds(redis_process)
-        if profiler is not None:
-            profiler.enable()
-        began = time.perf_counter()
-        await harness.connect_agents(agents)
-        await asyncio.wait_for(harness.done.wait(), 300)
-        wall = time.perf_counter() - began
-        if profiler is not None:
-            profiler.disable()
-        python_cpu = cpu_seconds(me) - python_before
-        redis_cpu = cpu_seconds(redis_process) - redis_before
-        last_assign = max(harness.assigned_at.values()) - began
-        last_finish = max(harness.finished_at.values()) - began
-        if len(harness.assigned_at) != tasks:
-            raise SystemExit(f"error: {len(harness.assigned_at)} of {tasks} tasks were assigned")
-    finally:
-        await harness.stop()
+    await submit_all(pool, tasks)
+    harness.expected = tasks
+    await asyncio.sleep(0.2)  # let the submission burst settle (AOF, loops)
+    python_before, redis_before = cpu_seconds(me), cpu_seconds(redis_process)
+    if profiler is not None:
+        profiler.enable()
+    began = time.perf_counter()
+    await harness.connect_agents(agents)
+    await asyncio.wait_for(harness.done.wait(), 300)
+    wall = time.perf_counter() - began
+    if profiler is not None:
+        profiler.disable()
+    python_cpu = cpu_seconds(me) - python_before
+    redis_cpu = cpu_seconds(redis_process) - redis_before
+    last_assign = max(harness.assigned_at.values()) - began
+    last_finish = max(harness.finished_at.values()) - began
+    if len(harness.assigned_at) != tasks:
+        raise SystemExit(f"error: {len(harness.assigned_at)} of {tasks} tasks were assigned")
     return {
         "placements_per_second": tasks / last_assign,
         "completions_per_second": tasks / last_finish,

@@ -30,19 +30,31 @@ from hivemind_cluster.protos import pool_pb2 as pb
 from hivemind_cluster.protos import pool_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+# The address the hub's web was called from (its user's browser), sent along with the web's
+# calls so the pool's audit log names it; the pool believes it of the hub's certificate only.
+SOURCE_ADDRESS_METADATA = "hivemind-source-address"
 
 
 class GrpcTaskClient:
     def __init__(self, channel: grpc.Channel, account: str = "") -> None:
         self.stub = pb_grpc.TasksStub(channel)
         self.account = account
+        self.metadata: tuple[tuple[str, str], ...] = ()
 
-    @staticmethod
+    def from_address(self, address: str) -> GrpcTaskClient:
+        """This client, telling the pool that its user calls from ``address``."""
+        self.metadata = ((SOURCE_ADDRESS_METADATA, address),)
+        return self
+
     def _call(
-        what: str, method: Callable[..., T], request: Any, timeout: float | None = CALL_TIMEOUT
+        self,
+        what: str,
+        method: Callable[..., T],
+        request: Any,
+        timeout: float | None = CALL_TIMEOUT,
     ) -> T:
         try:
-            return method(request, timeout=timeout)
+            return method(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, what) from None
 

@@ -45,6 +45,14 @@ def input_view(ref: pb.InputRef) -> View:
     return InputRef.of(ref).as_json()
 
 
+def usage_sample_view(sample: pb.UsageSample) -> View:
+    return {
+        "time": sample.time,
+        "cpu_cores": sample.cpu_cores,
+        "memory_bytes": sample.memory_bytes,
+    }
+
+
 def task_view(task: pb.Task) -> View:
     return {
         "id": task.id,
@@ -71,6 +79,8 @@ def task_view(task: pb.Task) -> View:
             "wall_seconds": task.usage.wall_seconds,
             "gpu_seconds": task.usage.gpu_seconds,
         },
+        # CPU and memory over the run, in time order (a single task's view only; [] in lists).
+        "usage_samples": [usage_sample_view(s) for s in task.usage_samples],
         "submitted_at": task.submitted_at,
         "started_at": task.started_at or None,
         "ended_at": task.ended_at or None,
@@ -235,6 +245,13 @@ def describe_task(task: View, card: RateCard | None = None) -> str:
         lines += [
             f"{'billed' if n == 0 else '':<10}{line}" for n, line in enumerate(charge_lines(charge))
         ]
+    samples = task.get("usage_samples") or []
+    if samples and task["status"] not in FINAL_STATES:
+        now = samples[-1]
+        lines.append(
+            f"using     {now['cpu_cores']:.2f} CPU cores, {format_bytes(now['memory_bytes'])} "
+            f"({age(time.time() - now['time'])} ago)"
+        )
     if task["status"] in FINAL_STATES:
         u = task["usage"]
         lines.append(

@@ -29,6 +29,10 @@ RUN_FILE = "run.json"  # what the running hub publishes about itself
 UP_RECORD = "up.json"  # what `up` has changed so far, for the next `up` after a crash
 WEB_SECRET = "web-secret.key"  # the web's session signing key
 WEB_LOG = "web.log"
+AUDIT_LOG = "audit.log"  # the audit log mirrored as JSON lines while the hub runs
+# The web child's metrics files (prometheus-client multiprocess mode), read by the hub's
+# /metrics; emptied at each `up`.
+WEB_METRICS_DIR = "metrics-web"
 WEB_PARENT_ENV = "HIVEMIND_WEB_PARENT"  # the web child leaves when this pid (`up`) is gone
 
 # An agent's state directory.

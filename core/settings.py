@@ -43,6 +43,8 @@ class HubSettings:
     redis_port: int = 6379
     pool_port: int = 50051
     web_port: int = DEFAULT_WEB_PORT
+    # Prometheus metrics at http://<hub overlay IP>:<metrics_port>/metrics; 0: none.
+    metrics_port: int = 9464
     # Keepalive the agents send towards the hub (NAT traversal), seconds.
     persistent_keepalive: int = 25
     # Route traffic between spokes through the hub.

@@ -1,5 +1,5 @@
 """``hivemind-hub``: create and run a hub, make join tokens, list and revoke nodes, audit
-the CPT ledger.
+the CPT ledger, read and verify the audit log (hub/auditcli.py).
 
 Every command's parser names its own handler (``set_defaults(handler=...)``) and ``main`` calls
 only that: a command without one is an error, never another command (revoke, say).
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from hivemind_cluster.core.audit import HUB_ADMIN, LOCAL, AuditLog, Event
 from hivemind_cluster.core.console import (
     age,
     options,
@@ -32,10 +33,11 @@ from hivemind_cluster.core.settings import (
     load_hub_settings,
 )
 from hivemind_cluster.core.units import format_bytes, format_cpt
+from hivemind_cluster.hub.auditcli import add_audit_command
 from hivemind_cluster.hub.init import init_hub
 from hivemind_cluster.hub.policycli import add_policy_commands
 from hivemind_cluster.hub.serve import serve
-from hivemind_cluster.mesh import inventory, nodes, store, tokens
+from hivemind_cluster.mesh import audits, inventory, nodes, store, tokens
 from hivemind_cluster.mesh.ca import CertificateAuthority
 from hivemind_cluster.mesh.enrollment import retire_node
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mesh_commands(sub, [state, as_json])
     add_policy_commands(sub, [state, as_json])
     add_ledger_commands(sub, [state, as_json])
+    add_audit_command(sub, [state, as_json])
     return parser
 
 
@@ -176,14 +179,21 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     settings = load_hub_settings(args.state_dir)
     labels = tokens.parse_labels(args.label)
+    client = store.connect_hub(settings)
     token = tokens.create_token(
-        store.connect_hub(settings),
+        client,
         [settings.endpoint],
         CertificateAuthority.load(settings.path).pin,
         role=args.role,
         ttl_seconds=tokens.parse_duration(args.ttl),
         uses=args.uses,
         labels=labels,
+    )
+    detail = f"{args.role}, {args.uses} uses, ttl {args.ttl}" + "".join(
+        f", {key}={value}" for key, value in labels.items()
+    )
+    AuditLog(client).record(
+        Event(HUB_ADMIN, LOCAL, "token.create", f"token:{token.token_id}", detail=detail)
     )
     if args.json:
         print_json(
@@ -209,7 +219,9 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    tokens.revoke_token(store.connect_hub(load_hub_settings(args.state_dir)), args.id)
+    client = store.connect_hub(load_hub_settings(args.state_dir))
+    tokens.revoke_token(client, args.id)
+    AuditLog(client).record(Event(HUB_ADMIN, LOCAL, "token.revoke", f"token:{args.id}"))
     print_json({"id": args.id, "state": "revoked"}) if args.json else print(
         f"token {args.id} revoked"
     )
@@ -257,6 +269,7 @@ def cmd_node_revoke(args: argparse.Namespace) -> int:
         message = f"node {node.id} is already {node.state}"
     else:
         retire_node(client, WireGuardInterface(settings.interface), node, nodes.REVOKED)
+        audits.node_revoked(client, node, HUB_ADMIN, LOCAL)
         message = f"node {node.id} ({node.name}, {node.overlay_ip}) revoked"
     if args.json:
         print_json({"id": node.id, "state": nodes.get_node(client, node.id).state})

@@ -121,8 +121,8 @@ def config_of(settings: HubSettings) -> Path:
     return settings.path / HUB_CONFIG
 
 
-def ports_of(settings: HubSettings) -> tuple[int, int]:
-    return settings.pool_port, settings.web_port
+def ports_of(settings: HubSettings) -> tuple[int, int, int]:
+    return settings.pool_port, settings.web_port, settings.metrics_port
 
 
 def origin(policy: Policy, rule: Rule) -> str:

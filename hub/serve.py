@@ -30,6 +30,7 @@ from hivemind_cluster.core.errors import SystemFailure
 from hivemind_cluster.core.files import write_public
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import read_sysctl, write_sysctl
+from hivemind_cluster.hub.auditmirror import start_audit
 from hivemind_cluster.hub.database import (
     GRACE_SECONDS,
     HubDatabase,
@@ -37,6 +38,7 @@ from hivemind_cluster.hub.database import (
     PoolRuntime,
 )
 from hivemind_cluster.hub.init import ensure_hub_client_certificate
+from hivemind_cluster.hub.metrics import HubCollector, HubMetrics
 from hivemind_cluster.hub.processes import ProcessIdentity, executable
 from hivemind_cluster.hub.reclaim import UpRecord, claim
 from hivemind_cluster.hub.supervisor import run_until_stopped
@@ -112,7 +114,11 @@ async def serve(settings: HubSettings, backend_name: str = "auto") -> None:
         ensure_hub_client_certificate(settings, files.ca)
         undo.push_async_callback(pool.close)
         await pool.open()
+        relaying = settings.forward_between_peers
+        collector = HubCollector(loop, lambda: pool.pool, distributor, interface, relaying)
+        start_metrics(settings, collector, undo)
         start_garbage_collection(blobs, client, undo)
+        start_audit(settings, client, undo)
         web = await start_web(settings, record, undo)
         publish_run_file(settings, backend, port, undo)
         log_addresses(settings, backend)
@@ -253,6 +259,21 @@ def start_garbage_collection(
     undo.push_async_callback(stop)
 
 
+def start_metrics(
+    settings: HubSettings, collector: HubCollector, undo: contextlib.AsyncExitStack
+) -> None:
+    """``/metrics`` on the overlay address (hub/metrics.py), unless ``metrics_port`` is 0."""
+    if not settings.metrics_port:
+        return
+    metrics = HubMetrics(settings, collector)
+    try:
+        metrics.start()
+    except OSError as exc:
+        where = f"{settings.hub_ip}:{settings.metrics_port}"
+        raise SystemFailure(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
+    undo.callback(metrics.stop)
+
+
 async def start_web(
     settings: HubSettings, record: UpRecord, undo: contextlib.AsyncExitStack
 ) -> WebProcess:
@@ -283,8 +304,9 @@ def log_addresses(settings: HubSettings, backend: str) -> None:
     ip = settings.hub_ip
     log.info(
         "hub up: %s/%d on %s (%s WireGuard, port %d); enrollment on %s; "
-        "Redis on %s:%d; pool on %s:%d; web on http://%s:%d",
+        "Redis on %s:%d; pool on %s:%d; web on http://%s:%d; metrics %s",
         *(ip, settings.network.prefixlen, settings.interface, backend, settings.wg_port),
         *(settings.enroll_listen, ip, settings.redis_port, ip, settings.pool_port),
         *(ip, settings.web_port),
+        f"on http://{ip}:{settings.metrics_port}/metrics" if settings.metrics_port else "off",
     )

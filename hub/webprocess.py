@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 
 from hivemind_cluster.core.errors import SystemFailure
-from hivemind_cluster.core.names import WEB_LOG, WEB_PARENT_ENV
+from hivemind_cluster.core.names import WEB_LOG, WEB_METRICS_DIR, WEB_PARENT_ENV
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.core.system import stop_process
 from hivemind_cluster.hub.processes import ProcessIdentity, dies_with_parent, executable
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client at import
 
 
 def answers(host: str, port: int) -> bool:
@@ -63,6 +65,14 @@ class WebProcess:
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    @property
+    def metrics_env(self) -> dict[str, str]:
+        """prometheus-client's multiprocess mode: the child's figures as files the hub's
+        /metrics reads (hub/metrics.py); none when the hub serves no metrics."""
+        if not self.settings.metrics_port:
+            return {}
+        return {MULTIPROC_ENV: str(self.settings.path / WEB_METRICS_DIR)}
+
     def spawn(self) -> None:
         logfile = open(self.settings.path / WEB_LOG, "ab")  # noqa: SIM115
         with logfile:
@@ -71,7 +81,7 @@ class WebProcess:
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the terminal's Ctrl-C is for `up`, which stops it
-                env={**os.environ, WEB_PARENT_ENV: str(os.getpid())},
+                env={**os.environ, WEB_PARENT_ENV: str(os.getpid()), **self.metrics_env},
             )
         self.started(ProcessIdentity.of(self.process.pid, executable(sys.executable)))
 

@@ -15,11 +15,12 @@ from typing import Any
 import grpc
 import redis
 
+from hivemind_cluster.core.audit import LOCAL, peer_ip
 from hivemind_cluster.core.errors import InvalidInput, NotFound, PermissionDenied
 from hivemind_cluster.core.grpcutil import ENROLLMENT_MESSAGE_BYTES, ErrorInterceptor
 from hivemind_cluster.core.keys import check_wireguard_key
 from hivemind_cluster.core.settings import ENROLL_PORT, HubSettings, split_host_port
-from hivemind_cluster.mesh import nodes
+from hivemind_cluster.mesh import audits, nodes
 from hivemind_cluster.mesh.ca import (
     CertificateAuthority,
     check_csr,
@@ -58,6 +59,17 @@ class Enroller:
             allowed_ips=[self.settings.overlay],
             persistent_keepalive=self.settings.persistent_keepalive,
         )
+
+    def attempt(self, request: pb.EnrollRequest, source: str) -> pb.EnrollResponse:
+        """``enroll``, the attempt from ``source`` counted and audited once, whatever its end."""
+        try:
+            response = self.enroll(request)
+        except Exception as exc:
+            audits.enrollment(self.client, request.token_id, source, None, exc)
+            raise
+        what = f"{request.hostname} as {response.role} at {response.overlay_ip}"
+        audits.enrollment(self.client, request.token_id, source, (response.node_id, what))
+        return response
 
     def enroll(self, request: pb.EnrollRequest) -> pb.EnrollResponse:
         # Check everything we can before touching the token, so a bad request uses nothing.
@@ -100,7 +112,7 @@ class Enroller:
             pool_address=self.settings.pool_address,
         )
 
-    def leave(self, request: pb.LeaveRequest) -> None:
+    def leave(self, request: pb.LeaveRequest, source: str = LOCAL) -> None:
         try:
             node = nodes.get_node(self.client, request.node_id)
         except NotFound:
@@ -113,6 +125,7 @@ class Enroller:
         if not verify_signature(node.cert_pem.encode(), request.signature, message):
             raise PermissionDenied("leave request signature does not match the node certificate")
         retire_node(self.client, self.interface, node, nodes.LEFT)
+        audits.node_left(self.client, node, source)
         log.info("node %s (%s) left", node.id, node.name)
 
 
@@ -132,12 +145,12 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EnrollResponse:
-        return await asyncio.to_thread(self.enroller.enroll, request)
+        return await asyncio.to_thread(self.enroller.attempt, request, peer_ip(context.peer()))
 
     async def Leave(
         self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LeaveResponse:
-        await asyncio.to_thread(self.enroller.leave, request)
+        await asyncio.to_thread(self.enroller.leave, request, peer_ip(context.peer()))
         return pb.LeaveResponse()
 
 

@@ -85,7 +85,9 @@ class PeerDistributor:
         self.hub = Party(HUB_NODE_ID, hub_name(settings), "hub", settings.hub_ip)
         self.revision = 0
         self.members: dict[str, Member] = {}
-        self.policy = default_policy(settings.pool_port, settings.web_port)  # until start
+        self.policy = default_policy(  # until start
+            settings.pool_port, settings.web_port, settings.metrics_port
+        )
         self.policy_message = self.policy.to_proto()
         self.protos: dict[str, mesh_pb2.MeshPeer] = {}  # node id -> its record, built once
         self.by_key: dict[str, Member] = {}

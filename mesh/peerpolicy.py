@@ -26,7 +26,7 @@ from redis.typing import EncodableT, FieldT
 
 from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.settings import HubSettings
-from hivemind_cluster.mesh import constants
+from hivemind_cluster.mesh import audits, constants
 from hivemind_cluster.mesh.policy import Policy, load_policy
 from hivemind_cluster.protos import mesh_pb2
 
@@ -50,9 +50,9 @@ class PolicyFile:
         """hub.toml's policy; None if the file changed while it was read (a writer is at
         it: the caller tries again), unless ``last_try``. InvalidInput if it is refused."""
         before = file_stamp(self.path)
-        pool_port, web_port = self.settings.pool_port, self.settings.web_port
+        ports = self.settings.pool_port, self.settings.web_port, self.settings.metrics_port
         try:
-            policy = await asyncio.to_thread(load_policy, self.path, pool_port, web_port)
+            policy = await asyncio.to_thread(load_policy, self.path, *ports)
         except InvalidInput:
             if not self.settled(before, last_try):
                 return None
@@ -81,6 +81,7 @@ class PolicyFile:
                 raise
             log.error("policy refused, the one the hub ran last runs: %s", exc.message)
             policy, error = last, exc.message
+        await audits.policy_started(self.db, policy, error)
         await self.record(policy, error)
         return policy
 
@@ -106,11 +107,13 @@ class PolicyFile:
             await self.db.hset(
                 constants.POLICY, mapping={"error": exc.message, "error_at": time.time()}
             )
+            await audits.policy_changed(self.db, running, exc.message)
             return None
         await self.record(policy)
         if policy.digest() == running.digest():
             return None
         log.info("policy from %s now running (%s)", policy.source, policy.digest()[:12])
+        await audits.policy_changed(self.db, policy)
         return policy
 
     async def record(self, policy: Policy, error: str = "") -> None:

@@ -245,13 +245,16 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def default_policy(pool_port: int, web_port: int) -> Policy:
+def default_policy(pool_port: int, web_port: int, metrics_port: int = 0) -> Policy:
     """What runs without a ``[policy]`` in hub.toml: everyone may use the hub's services,
-    operators may reach workers, everyone may ping everyone; workers may not open
-    connections to operators (nor to each other)."""
+    operators may also scrape the hub's metrics (``metrics_port``, 0: none) and reach
+    workers, everyone may ping everyone; workers may not open connections to operators
+    (nor to each other)."""
+    metrics = (Rule(("operator",), ("hub",), (f"tcp/{metrics_port}",)),) if metrics_port else ()
     return Policy(
         (
             Rule(("*",), ("hub",), (f"tcp/{pool_port}", f"tcp/{web_port}", "icmp")),
+            *metrics,
             Rule(("operator",), ("worker",)),
             Rule(("*",), ("*",), ("icmp",)),
         )
@@ -264,7 +267,9 @@ def control_rule(pool_port: int) -> Rule:
     return Rule(("*",), ("hub",), (f"tcp/{pool_port}",))
 
 
-def policy_from_toml(text: str, path: str, pool_port: int, web_port: int) -> Policy:
+def policy_from_toml(
+    text: str, path: str, pool_port: int, web_port: int, metrics_port: int = 0
+) -> Policy:
     """hub.toml's policy; InvalidInput naming the file and line at fault (``hub.toml line
     14: policy rule 2: unknown selector 'wroker' (…)``). No ``[policy]``: the default."""
     try:
@@ -272,7 +277,7 @@ def policy_from_toml(text: str, path: str, pool_port: int, web_port: int) -> Pol
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(_syntax_error(path, str(exc))) from None
     if "policy" not in data:
-        return default_policy(pool_port, web_port)
+        return default_policy(pool_port, web_port, metrics_port)
     lines = Lines(text)
     table = data["policy"]
     if not isinstance(table, dict):
@@ -380,15 +385,15 @@ class Lines:
         return f"{path} line {line}" if line else path
 
 
-def load_policy(path: Path, pool_port: int, web_port: int) -> Policy:
+def load_policy(path: Path, pool_port: int, web_port: int, metrics_port: int = 0) -> Policy:
     """The policy of the hub.toml at ``path``; the default when the file does not exist."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return default_policy(pool_port, web_port)
+        return default_policy(pool_port, web_port, metrics_port)
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{path}: cannot read the policy ({exc})") from None
-    return policy_from_toml(text, str(path), pool_port, web_port)
+    return policy_from_toml(text, str(path), pool_port, web_port, metrics_port)
 
 
 def allowing_rule(

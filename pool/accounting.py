@@ -21,11 +21,12 @@ import logging
 import secrets
 
 from hivemind_cluster.core import errors
-from hivemind_cluster.core.units import format_cpt
+from hivemind_cluster.core.units import MICRO, format_cpt
 from hivemind_cluster.model.accounts import ESCROW
 from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.pool.ledger import AsyncLedger, Entry
+from hivemind_cluster.pool.metrics import SETTLED_CPT, SETTLEMENTS
 from hivemind_cluster.pool.taskstore import TaskStore
 
 log = logging.getLogger("hivemind.pool.accounting")
@@ -82,9 +83,15 @@ class Accounting:
         cost = cost if worker else 0
         if cost > 0:
             await self.open(worker, "worker")
-        paid = await self.ledger.settle(
-            task_id, worker, cost, record.owner, record.price_cap - cost
-        )
+        try:
+            paid = await self.ledger.settle(
+                task_id, worker, cost, record.owner, record.price_cap - cost
+            )
+        except Exception:
+            SETTLEMENTS.labels("failed").inc()
+            raise
+        SETTLEMENTS.labels("paid" if paid else "nothing_owed").inc()
+        SETTLED_CPT.inc(paid / MICRO)
         log.debug("task %s settled: %s CPT to %s", task_id, format_cpt(paid), worker or "nobody")
         return paid
 

@@ -23,6 +23,7 @@ from hivemind_cluster.model.blobs import CHUNK_BYTES, check_digest
 from hivemind_cluster.model.states import FINAL_STATES
 from hivemind_cluster.pool import operations
 from hivemind_cluster.pool.auth import Caller, acting_for, current_caller
+from hivemind_cluster.pool.metrics import TASK_DATA_BYTES
 from hivemind_cluster.pool.pool import Pool
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.taskdata import in_store_thread
@@ -36,6 +37,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # round trip per chunk.
 WRITE_BYTES = 2 * CHUNK_BYTES
 FENCE_CHUNKS = 64  # a read checks again every this many chunks that its attempt is current
+SERVED = TASK_DATA_BYTES.labels("served")  # inputs to workers
+RECEIVED = TASK_DATA_BYTES.labels("received")  # results from workers
 # Appends ``chunks`` at ``offset`` (a store call, in a thread); the state after them.
 Append = Callable[[int, list[bytes]], Awaitable[UploadState]]
 
@@ -106,6 +109,7 @@ class BlobsService(pb_grpc.BlobsServicer):
             sent += 1
             if sent % FENCE_CHUNKS == 0:  # superseded or cancelled meanwhile: PermissionDenied
                 await current_attempt(self.pool, caller, request.task_id, request.attempt)
+            SERVED.inc(len(chunk.data))
             yield chunk
 
     async def ResultOffset(self, request: pb.ResultChunk, context: Context) -> pb.UploadState:
@@ -121,9 +125,11 @@ class BlobsService(pb_grpc.BlobsServicer):
 
         async def append(offset: int, chunks: list[bytes]) -> UploadState:
             await current_attempt(self.pool, caller, task_id, attempt)  # still current?
-            return await in_store_thread(
+            state = await in_store_thread(
                 self.pool.blobs.append_result, task_id, attempt, offset, chunks
             )
+            RECEIVED.inc(sum(map(len, chunks)))
+            return state
 
         written = await append_stream(first.offset, first.data, request_iterator, append)
         return (written or begun).message()

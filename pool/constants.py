@@ -3,6 +3,8 @@
 TASK = "hm:task:{id}"  # hash: see pool/records.py TaskRecord
 TASK_ATTEMPTS = "hm:task:{id}:attempts"  # list: JSON of each finished attempt, in order
 TASK_LOGS = "hm:task:{id}:logs"  # stream: stream, data, attempt, time
+TASK_USAGE = "hm:task:{id}:usage"  # list: "time cpu_cores memory_bytes" points (pool/taskusage.py)
+TASK_USAGE_STATE = "hm:task:{id}:usage-state"  # hash: the points' attempt, stride, last sample
 TASKS = "hm:tasks"  # zset: task id -> submission sequence (listing, newest first)
 QUEUE = "hm:queue"  # zset: task id -> queue score (priority, then submission order)
 TASK_SEQ = "hm:task-seq"  # counter: submission sequence

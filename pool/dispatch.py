@@ -19,6 +19,7 @@ from hivemind_cluster.model.states import PENDING_STATES
 from hivemind_cluster.pool import constants as keys
 from hivemind_cluster.pool.liveness import Liveness
 from hivemind_cluster.pool.messages import assign_message
+from hivemind_cluster.pool.metrics import SCHEDULING_PASS, SUBMIT_TO_ASSIGN
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.scheduler import Placement, Scheduler
 from hivemind_cluster.pool.taskstore import TaskStore
@@ -65,6 +66,10 @@ class Dispatch:
 
     async def schedule_once(self) -> int:
         """Place what fits now; returns how many ``Assign``s were sent."""
+        with SCHEDULING_PASS.time():
+            return await self._schedule_once()
+
+    async def _schedule_once(self) -> int:
         placements = self.scheduler.place()
         if not placements:
             return 0
@@ -85,6 +90,8 @@ class Dispatch:
             price_cap_seconds = self.watchdog.watch(record, placement.attempt, since=now)
             if self._send_assignment(record, placement, price_cap_seconds):
                 sent += 1
+                if placement.attempt == 1:
+                    SUBMIT_TO_ASSIGN.observe(max(0.0, time.time() - record.submitted_at))
         return sent
 
     def _queue_again(self, placements: list[Placement]) -> None:

@@ -40,9 +40,11 @@ from hivemind_cluster.pool import messages, registry
 from hivemind_cluster.pool.accounting import Accounting
 from hivemind_cluster.pool.auth import Caller
 from hivemind_cluster.pool.dispatch import Dispatch
+from hivemind_cluster.pool.history import HistorySampler
 from hivemind_cluster.pool.ledger import AsyncLedger
 from hivemind_cluster.pool.liveness import HEARTBEAT_INTERVAL, Liveness
 from hivemind_cluster.pool.members import MemberCache
+from hivemind_cluster.pool.metrics import HEARTBEATS, STREAMS_OPENED
 from hivemind_cluster.pool.records import TaskRecord
 from hivemind_cluster.pool.registry import AgentSession
 from hivemind_cluster.pool.scheduler import Scheduler
@@ -98,6 +100,7 @@ class Pool:
         self.settlement = Settlement(self.accounting, self.data)
         self.members = MemberCache(db, self.scheduler)
         self._passes = 0
+        self._streams_seen: set[str] = set()  # nodes that opened a stream to this pool
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -136,11 +139,15 @@ class Pool:
         await self.accounting.start()
         await self.settlement.start()
         await self.restore()
+        sampler = HistorySampler(  # the charts' samples (pool/history.py)
+            self.db, self.liveness, self.scheduler
+        )
         loops = {
             "schedule": self.dispatch.run_forever(),
             "reap": self._repeat(REAP_INTERVAL, self.reap_once, "reaper pass failed"),
             "flush": self._repeat(HEARTBEAT_INTERVAL, self.flush_once, "heartbeat flush failed"),
             "settle": self.settlement.run_forever(),
+            "history": self._repeat(sampler.step, sampler.sample_once, "history sample failed"),
         }
         for name, loop in loops.items():
             self._loops.append(asyncio.create_task(loop, name=name))
@@ -218,6 +225,8 @@ class Pool:
         self, caller: Caller, register: pb.Register, capacity: Resources
     ) -> AgentSession:
         node_id = caller.node_id
+        STREAMS_OPENED.labels("reconnect" if node_id in self._streams_seen else "first").inc()
+        self._streams_seen.add(node_id)
         self.liveness.heard_from(node_id)  # alive: the reaper must wait
         self.scheduler.stop_placing_on(node_id)  # nothing is placed here until reconciled
         self.liveness.close_session(node_id)
@@ -269,6 +278,8 @@ class Pool:
         kind = message.WhichOneof("kind")
         if kind == "heartbeat":
             self._heartbeat(session, message.heartbeat)
+            if message.heartbeat.usage:  # its attempts' usage samples (pool/taskusage.py)
+                await self.tasks.record_usage(session.node_id, message.heartbeat.usage)
             return
         try:
             if kind == "started":
@@ -283,6 +294,7 @@ class Pool:
             session.send(messages.rejected_message(message, exc))
 
     def _heartbeat(self, session: AgentSession, heartbeat: pb.Heartbeat) -> None:
+        HEARTBEATS.inc()
         self.liveness.beat(session, heartbeat)
         if self.scheduler.set_draining(session.node_id, heartbeat.draining):
             self.dispatch.wake()

@@ -21,7 +21,7 @@ from hivemind_cluster.core.errors import InvalidInput
 from hivemind_cluster.core.grpcutil import POOL_SERVER_OPTIONS, ErrorInterceptor
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
 from hivemind_cluster.model.states import ALL_STATES
-from hivemind_cluster.pool import blobservice, operations
+from hivemind_cluster.pool import auditing, blobservice, operations
 from hivemind_cluster.pool.auth import PoolAuthorizer, acting_for, current_caller
 from hivemind_cluster.pool.ledger import Entry
 from hivemind_cluster.pool.pool import Pool
@@ -81,12 +81,16 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.Task:
         record = await operations.submit(self.pool, current_caller(), request)
+        held = f"{record.image}, {record.price_cap} micro-CPT held"
+        await auditing.record(self.pool.db, context, request.owner, "task.submit", record.id, held)
         return await operations.describe(self.pool, record)
 
     async def Get(self, request: pb.TaskRef, context: Context) -> pb.Task:
         record, attempts = await self.pool.tasks.get_with_attempts(request.task_id)
         operations.check_visible(current_caller(), record, request.owner)
-        return await operations.describe(self.pool, record, attempts)
+        task = await operations.describe(self.pool, record, attempts)
+        task.usage_samples.extend(await self.pool.tasks.usage_samples(record.id))
+        return task
 
     async def List(self, request: pb.ListRequest, context: Context) -> pb.TaskList:
         caller = current_caller()
@@ -98,10 +102,11 @@ class TasksService(pb_grpc.TasksServicer):
         return pb.TaskList(tasks=await operations.describe_all(self.pool, records))
 
     async def Cancel(self, request: pb.TaskRef, context: Context) -> pb.Task:
-        return await operations.describe(
-            self.pool,
-            await operations.cancel(self.pool, current_caller(), request.task_id, request.owner),
-        )
+        caller, task_id = current_caller(), request.task_id
+        record = await operations.cancel(self.pool, caller, task_id, request.owner)
+        state = f"now {record.status}"
+        await auditing.record(self.pool.db, context, request.owner, "task.cancel", record.id, state)
+        return await operations.describe(self.pool, record)
 
     async def StreamLogs(
         self, request: pb.LogsRequest, context: Context
@@ -181,6 +186,8 @@ class TasksService(pb_grpc.TasksServicer):
             request.amount,
             request.idempotency_key[:100],
         )
+        paid, project = f"{entry.amount} micro-CPT", entry.target
+        await auditing.record(self.pool.db, context, request.source, "ledger.tip", project, paid)
         return entry_message(entry)
 
     async def GetRateCard(self, request: pb.RateCardRequest, context: Context) -> pb.RateCard:

@@ -3,6 +3,7 @@
 A task's data is in the hub's blob store (blobs/), by digest: the task records its bundle
 and inputs (``TaskSpec.bundle``, ``inputs``) and its result's digest (``output``), which
 the pool checked was written for the attempt before it records it (``Pool._result``).
+Its usage over its run (``record_usage``, ``usage_samples``) is kept by pool/taskusage.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +23,12 @@ import redis
 
 from hivemind_cluster.core import errors
 from hivemind_cluster.model.spec import TaskSpec
-from hivemind_cluster.model.states import FINAL_STATES
+from hivemind_cluster.model.states import FINAL_STATES, TaskState
 from hivemind_cluster.pool import constants as keys
+from hivemind_cluster.pool import metrics
 from hivemind_cluster.pool.records import TaskRecord, spec_fields
 from hivemind_cluster.pool.store import TASKS
+from hivemind_cluster.pool.taskusage import TaskUsageStore
 from hivemind_cluster.protos import pool_pb2 as pb
 
 log = logging.getLogger("hivemind.pool")
@@ -64,6 +68,7 @@ class TaskStore:
         self.log_cap_bytes = log_cap_bytes
         # Attempts whose refused output was logged already (bounded).
         self._refused_logs: collections.deque[tuple[str, int]] = collections.deque(maxlen=1000)
+        self.usage = TaskUsageStore(db)
 
     async def _call(self, function: str, key_list: list[str], args: list[Any]) -> Any:
         return await TASKS.acall(self.db, function, key_list, args)
@@ -97,9 +102,10 @@ class TaskStore:
         if idempotency_key:
             key_list.append(keys.IDEMPOTENCY.format(owner=spec.owner, key=idempotency_key))
         flat = [item for pair in fields.items() for item in pair]
-        stored_id, _created = await self._call(
+        stored_id, created = await self._call(
             "hm_task_submit", key_list, [task_id, spec.priority, time.time(), *flat]
         )
+        metrics.state_changed(TaskState.QUEUED, int(bool(created)))
         return await self.get(stored_id)
 
     async def get(self, task_id: str) -> TaskRecord:
@@ -178,7 +184,9 @@ class TaskStore:
                 "hm_task_assign", 4, task, queue, node_tasks, logs, task_id, attempt, node_id, now
             )
         results = await pipe.execute(raise_on_error=False)
-        return [not isinstance(result, Exception) for result in results]
+        recorded = [not isinstance(result, Exception) for result in results]
+        metrics.state_changed(TaskState.ASSIGNED, sum(recorded))
+        return recorded
 
     async def start(self, task_id: str, attempt: int, node_id: str) -> None:
         await self._call(
@@ -186,6 +194,7 @@ class TaskStore:
             [keys.TASK.format(id=task_id)],
             [task_id, attempt, node_id, time.time()],
         )
+        metrics.state_changed(TaskState.RUNNING)
 
     async def log(
         self,
@@ -249,6 +258,7 @@ class TaskStore:
                 result.log_bytes if result.HasField("log_bytes") else "",
             ],
         )
+        metrics.state_changed(status)
         return status
 
     async def ended_by(
@@ -295,6 +305,7 @@ class TaskStore:
             [task, queue, keys.NODE_TASKS.format(id=node_id), attempts, logs],
             [task_id, attempt, node_id, time.time(), reason],
         )
+        metrics.state_changed(status)
         return status
 
     async def cancel(self, task_id: str) -> tuple[str, str, int]:
@@ -303,7 +314,23 @@ class TaskStore:
         state, node_id, attempt = await self._call(
             "hm_task_cancel", [task, queue, logs], [task_id, time.time()]
         )
+        metrics.state_changed(TaskState.CANCELLED, int(state == TaskState.CANCELLED))
         return str(state), str(node_id), int(attempt)
+
+    # ---- usage over the run --------------------------------------------------------------
+
+    async def record_usage(self, node_id: str, usage: Iterable[pb.TaskUsage]) -> int:
+        """Keep a heartbeat's usage samples (fenced; best effort: never raises for them).
+        Returns how many were kept."""
+        entries = list(usage)
+        checked = [entry for entry in entries if _TASK_ID.match(entry.task_id)]
+        if len(checked) < len(entries):
+            log.warning("usage samples from %s dropped: not a task id", node_id)
+        return await self.usage.record(node_id, checked) if checked else 0
+
+    async def usage_samples(self, task_id: str) -> list[pb.UsageSample]:
+        """The task's CPU and memory over its latest attempt that sent any, in time order."""
+        return await self.usage.samples(check_task_id(task_id))
 
     # ---- logs ----------------------------------------------------------------------------
 

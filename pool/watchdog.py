@@ -69,6 +69,10 @@ class AttemptWatchdog:
     def mark_started(self, task_id: str, attempt: int) -> None:
         self._started.add((task_id, attempt))
 
+    def started_count(self) -> int:
+        """How many watched attempts have started (the rest are assigned, not started)."""
+        return len(self._started)
+
     def forget(self, task_id: str, attempt: int) -> None:
         """The attempt ended (or moved on): it is watched no more."""
         self._assigned_at.pop((task_id, attempt), None)

@@ -111,6 +111,66 @@ class Usage(_message.Message):
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
+class UsageSample(_message.Message):
+    """One sample of a running attempt's use, taken by its worker (agent/usagesamples.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    """when it was taken: Unix seconds, by the worker's clock"""
+    cpu_cores: _builtins.float
+    """CPU cores used over the interval before it"""
+    memory_bytes: _builtins.int
+    """memory in use then"""
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+        cpu_cores: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "memory_bytes", b"memory_bytes", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageSample: _TypeAlias = UsageSample  # noqa: Y015
+
+@_typing.final
+class TaskUsage(_message.Message):
+    """An attempt's samples not sent before (after a reconnect, the last ones again: the pool
+    keeps a sample only when it is later than the last it kept).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageSample]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        samples: _abc.Iterable[Global___UsageSample] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "samples", b"samples", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskUsage: _TypeAlias = TaskUsage  # noqa: Y015
+
+@_typing.final
 class RunningAttempt(_message.Message):
     """---- agent <-> pool stream -----------------------------------------------------------"""
 
@@ -205,11 +265,16 @@ class Heartbeat(_message.Message):
     MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
     RUNNING_TASKS_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     cpu_percent: _builtins.float
     """whole machine, 0-100"""
     memory_used_bytes: _builtins.int
     running_tasks: _builtins.int
     draining: _builtins.bool
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskUsage]:
+        """The running attempts' usage samples taken since the last heartbeat (most beats: none)."""
+
     def __init__(
         self,
         *,
@@ -217,10 +282,11 @@ class Heartbeat(_message.Message):
         memory_used_bytes: _builtins.int = ...,
         running_tasks: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        usage: _abc.Iterable[Global___TaskUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "draining", b"draining", "memory_used_bytes", b"memory_used_bytes", "running_tasks", b"running_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "draining", b"draining", "memory_used_bytes", b"memory_used_bytes", "running_tasks", b"running_tasks", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -855,6 +921,7 @@ class Task(_message.Message):
     BUNDLE_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUT_DIGEST_FIELD_NUMBER: _builtins.int
+    USAGE_SAMPLES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     owner: _builtins.str
@@ -898,6 +965,12 @@ class Task(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputRef]: ...
+    @_builtins.property
+    def usage_samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageSample]:
+        """Its CPU and memory over the run of its latest attempt that sent any, in time order,
+        at most 720 points (a long run's averaged in pairs): in Tasks.Get only.
+        """
+
     def __init__(
         self,
         *,
@@ -932,10 +1005,11 @@ class Task(_message.Message):
         bundle: Global___InputRef | None = ...,
         inputs: _abc.Iterable[Global___InputRef] | None = ...,
         output_digest: _builtins.str = ...,
+        usage_samples: _abc.Iterable[Global___UsageSample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "resources", b"resources", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "bundle", b"bundle", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "disk_bytes", b"disk_bytes", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "inputs", b"inputs", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "output_digest", b"output_digest", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "bundle", b"bundle", "cancel_requested", b"cancel_requested", "command", b"command", "cost", b"cost", "disk_bytes", b"disk_bytes", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "id", b"id", "image", b"image", "inputs", b"inputs", "max_attempts", b"max_attempts", "name", b"name", "network", b"network", "node_id", b"node_id", "node_name", b"node_name", "output_bytes", b"output_bytes", "output_digest", b"output_digest", "owner", b"owner", "price_cap", b"price_cap", "priority", b"priority", "resources", b"resources", "settled", b"settled", "started_at", b"started_at", "status", b"status", "submitted_at", b"submitted_at", "timeout_seconds", b"timeout_seconds", "usage", b"usage", "usage_samples", b"usage_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,8 +5,9 @@ Creates the hub, joins both workers and an operator "laptop" with one-time token
 the hub's node list, proves every member reaches every other over the overlay, then — as
 user alice of the web UI, from the laptop, with the `hivemind` CLI over the JSON API —
 runs real tasks in Docker on the workers (a Python bundle with output files, and shell
-tasks spread by capacity), pays for them in CPT and reads the mesh status. Tears
-everything down and prints a summary. Exits non-zero if any step fails. Needs root.
+tasks spread by capacity), pays for them in CPT and reads the mesh status; reads the hub's
+Prometheus metrics from the laptop and checks the audit log's chain. Tears everything down
+and prints a summary. Exits non-zero if any step fails. Needs root.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.lab import CliUser, Host, Lab, Mesh
 
+HUB_METRICS = "http://100.64.0.1:9464/metrics"
 HUB_API = "http://100.64.0.1:5001"
 
 
@@ -79,6 +81,7 @@ def main() -> int:
         tasks_ok, tasks_total, placement = run_tasks(user, Path(tmp))
         spent = spent_before - settled_balance(user)
         online = show_mesh(user)
+        counted, audited = show_observability(mesh, laptop)
         step("stopping the hub and removing every namespace")
         mesh.stop_hub()
     print(
@@ -86,9 +89,11 @@ def main() -> int:
         f"{max(joins.values()):.2f}s), overlay reachability {ok}/{checks}, "
         f"tasks {tasks_ok}/{tasks_total} succeeded in Docker ({placement}), "
         f"alice paid {spent / 1e6:.6f} CPT through the web API, mesh page {online}, "
+        f"/metrics counted {counted} succeeded, audit log {audited}, "
         f"cleaned up; {time.monotonic() - started:.1f}s in all"
     )
-    return 0 if ok == checks and tasks_ok == tasks_total and spent > 0 else 1
+    observed = counted == tasks_total and audited.endswith("chain intact")
+    return 0 if ok == checks and tasks_ok == tasks_total and spent > 0 and observed else 1
 
 
 def wait_for_workers(mesh: Mesh) -> None:
@@ -189,6 +194,24 @@ def show_mesh(user: CliUser) -> str:
         )
     totals = mesh["totals"]
     return f"{totals['workers_online']}/{totals['workers']} workers online"
+
+
+def show_observability(mesh: Mesh, laptop: Host) -> tuple[int, str]:
+    """The hub's /metrics as an operator's Prometheus reads it, and the audit log checked."""
+    step("the hub's Prometheus metrics: http://100.64.0.1:9464/metrics (from the laptop)")
+    fetch = (
+        "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=10).read().decode())"
+    )
+    text = laptop.run(sys.executable, "-c", fetch, HUB_METRICS).stdout
+    wanted = ("hivemind_task_state_changes_total", "hivemind_workers", "hivemind_queue_depth")
+    shown = [line for line in text.splitlines() if line.startswith(wanted)]
+    print("    " + "\n    ".join(shown))
+    succeeded = 'hivemind_task_state_changes_total{state="succeeded"}'
+    counted = sum(int(float(line.split()[-1])) for line in shown if line.startswith(succeeded))
+    step("hivemind-hub audit --verify   (who did what: hivemind-hub audit)")
+    audited = mesh.hub_cli("audit", "--verify").stdout.strip()
+    print(f"    {audited}")
+    return counted, audited
 
 
 PI_TASK = """\

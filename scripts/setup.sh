@@ -10,7 +10,7 @@ PACKAGES=(
   wireguard-go wireguard-tools iproute2 iputils-ping nftables iptables procps
   redis-server docker.io busybox-static debootstrap python3-venv ca-certificates
   openssh-server openssh-client chromium chromium-driver python3-apt docker-registry
-  e2fsprogs mount
+  e2fsprogs mount prometheus
 )
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}

@@ -25,6 +25,7 @@ from hivemind_cluster.core.files import write_private
 from hivemind_cluster.core.names import DEFAULT_HUB_DIR, WEB_SECRET
 from hivemind_cluster.core.settings import load_hub_settings
 from hivemind_cluster.mesh.wireguard import WireGuardInterface
+from hivemind_cluster.web import metrics
 from hivemind_cluster.web.constants import BODY_LIMITS, MAX_BODY
 from hivemind_cluster.web.services import Services
 from hivemind_cluster.web.users import UserStore
@@ -48,6 +49,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.update(test_config)
     app.extensions["hivemind"] = _services(app)
+    metrics.init_app(app)  # first: its clock starts before any other hook runs
     app.before_request(_body_limit)  # before CSRFProtect's check reads a form
     csrf.init_app(app)
 

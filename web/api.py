@@ -19,8 +19,10 @@ from wtforms import ValidationError
 
 from hivemind_cluster.client.grpcclient import GrpcTaskClient
 from hivemind_cluster.client.views import cpt
+from hivemind_cluster.core.audit import AuditLog, Event
 from hivemind_cluster.core.errors import InvalidInput, Unauthenticated
 from hivemind_cluster.core.units import parse_cpt
+from hivemind_cluster.mesh.tokens import secret_hash as token_digest
 from hivemind_cluster.model import submission
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT, check_account
 from hivemind_cluster.model.states import ALL_STATES, MAX_ROWS
@@ -70,7 +72,8 @@ def api_user() -> User:
 
 
 def my_pool() -> GrpcTaskClient:
-    return services().pool(api_user().account)
+    """The pool as the caller's account, told the caller's address (for its audit log)."""
+    return services().pool(api_user().account).from_address(client_address())
 
 
 def read_json() -> Any:
@@ -129,7 +132,9 @@ def login() -> ResponseReturnValue:
     user = services().users.authenticate(
         text_field(body, "username"), text_field(body, "password"), client_address()
     )
-    return {"token": services().users.issue_token(user), "username": user.name}, 201
+    token = services().users.issue_token(user)
+    audited_token("api_token.issue", user, token)
+    return {"token": token, "username": user.name}, 201
 
 
 @bp.delete("/tokens/current")
@@ -139,7 +144,14 @@ def logout() -> ResponseReturnValue:
     if not token:
         raise InvalidInput("only an API token can be revoked here (browsers: POST /logout)")
     services().users.revoke_token(token.strip())
+    audited_token("api_token.revoke", api_user(), token.strip())
     return Response(status=204)
+
+
+def audited_token(action: str, user: User, token: str) -> None:
+    """An API token issued or revoked, named by its digest's start (never the token)."""
+    target = f"api_token:{token_digest(token)[:12]}"
+    AuditLog(services().db).record(Event(user.account, client_address(), action, target))
 
 
 @bp.get("/me")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
@@ -11,6 +13,7 @@ from hivemind_cluster.core.units import parse_cpt
 from hivemind_cluster.model.accounts import check_account
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.errorpages import form_failed
+from hivemind_cluster.web.pagecharts import balance_chart
 from hivemind_cluster.web.services import services
 
 bp = Blueprint("ledger", __name__)
@@ -19,8 +22,11 @@ bp = Blueprint("ledger", __name__)
 @bp.get("/ledger")
 @login_required
 def history() -> ResponseReturnValue:
+    """The account's movements, and its balance over their time (a chart)."""
     pool = services().pool(current_user().account)
-    return render_template("ledger.html", balance=pool.balance(""), entries=pool.history("", 200))
+    balance, entries = pool.balance(""), pool.history("", 200)
+    chart = balance_chart(balance["account"], balance["balance_micro"], entries, time.time())
+    return render_template("ledger.html", balance=balance, entries=entries, chart=chart)
 
 
 @bp.route("/tip", methods=["GET", "POST"])
@@ -32,7 +38,9 @@ def tip() -> ResponseReturnValue:
     try:
         project = check_account(form.get("project", "").strip())
         amount = parse_cpt(form.get("amount", "").strip())
-        entry = services().pool(current_user().account).tip(project, amount)
+        address = request.remote_addr or "unknown"  # the browser's (auth.client_address)
+        pool = services().pool(current_user().account).from_address(address)
+        entry = pool.tip(project, amount)
     except HiveMindError as exc:
         return form_failed(exc, "tip.html", form=form)
     flash(f"Thank you: {amount_text(entry['amount_micro'])} sent to {entry['to']}.", "info")

@@ -23,6 +23,7 @@ from hivemind_cluster.client.views import View
 from hivemind_cluster.core.errors import HiveMindError
 from hivemind_cluster.mesh import inventory
 from hivemind_cluster.mesh import nodes as registry
+from hivemind_cluster.web import pagecharts
 from hivemind_cluster.web.auth import current_user, login_required
 from hivemind_cluster.web.services import Services, services
 
@@ -112,6 +113,13 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 @bp.get("/mesh")
 @login_required
 def page() -> ResponseReturnValue:
-    """The whole page, or with ``?partial=1`` just the live part (the page's script)."""
+    """The whole page, or with ``?partial=1`` just the live part (the page's script); the
+    cluster's charts span ``?range=`` (1h, 6h or 24h; web/pagecharts.py)."""
+    window = pagecharts.Window.named(request.args.get("range", ""))
     template = "_mesh_live.html" if request.args.get("partial") else "mesh.html"
-    return render_template(template, mesh=snapshot(current_user().account))
+    mesh = snapshot(current_user().account)
+    workers = [row["id"] for row in mesh["nodes"] if row["role"] == "worker"]
+    charts = pagecharts.mesh_charts(services().db, workers, window, mesh["time"])
+    return render_template(
+        template, mesh=mesh, charts=charts, window=window, ranges=pagecharts.RANGES
+    )

@@ -209,6 +209,12 @@ SCHEMAS: dict[str, Schema] = {
                     "gpu_seconds": NUMBER,
                 }
             ),
+            # The latest attempt's CPU and memory over its run (a task's own view; [] in
+            # lists): a sample every 5 s, at most 720, a long run averaged in pairs.
+            "usage_samples": {
+                "type": "array",
+                "items": obj({"time": NUMBER, "cpu_cores": NUMBER, "memory_bytes": INTEGER}),
+            },
             "submitted_at": NUMBER,
             "started_at": nullable("number"),
             "ended_at": nullable("number"),

@@ -6,6 +6,8 @@ the ``bundle`` field; without the script, the file itself comes in ``bundle_file
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
@@ -15,10 +17,11 @@ from hivemind_cluster.model import submission
 from hivemind_cluster.model.pricing import RateCard
 from hivemind_cluster.model.spec import DEFAULT_PYTHON_IMAGE
 from hivemind_cluster.model.states import ALL_STATES
-from hivemind_cluster.web.auth import current_user, login_required
+from hivemind_cluster.web.auth import client_address, current_user, login_required
 from hivemind_cluster.web.constants import FORM_BUNDLE_BYTES, SLICE_BYTES
 from hivemind_cluster.web.downloads import result_download
 from hivemind_cluster.web.errorpages import form_failed
+from hivemind_cluster.web.pagecharts import task_charts
 from hivemind_cluster.web.services import services
 from hivemind_cluster.web.uploads import store_file
 
@@ -69,7 +72,7 @@ def new_task() -> ResponseReturnValue:
         price_cap = submission.price_cap(submitted, found.settings, bundle)
         if form.get("action") == "quote":  # without JavaScript: show the price, then submit
             return render_template("task_new.html", form=shown, price_cap=price_cap, **FORM_PAGE)
-        task = found.pool(account).submit_request(submitted)
+        task = found.pool(account).from_address(client_address()).submit_request(submitted)
     except HiveMindError as exc:
         return form_failed(exc, "task_new.html", form=shown, price_cap=None, **FORM_PAGE)
     held = amount_text(task["price_cap_micro"])
@@ -86,13 +89,15 @@ def detail(task_id: str) -> ResponseReturnValue:
     task = found.pool(current_user().account).get(task_id)
     charge = charge_view(task, RateCard.from_settings(found.settings))
     template = "_task_live.html" if request.args.get("partial") else "task.html"
-    return render_template(template, task=task, billed=charge_lines(charge) if charge else [])
+    billed = charge_lines(charge) if charge else []
+    usage = task_charts(task, time.time())  # its CPU and memory over its run
+    return render_template(template, task=task, billed=billed, usage_charts=usage)
 
 
 @bp.post("/tasks/<task_id>/cancel")
 @login_required
 def cancel(task_id: str) -> ResponseReturnValue:
-    services().pool(current_user().account).cancel(task_id)
+    services().pool(current_user().account).from_address(client_address()).cancel(task_id)
     flash(f"Cancel requested for {task_id}.", "info")
     return redirect(url_for("tasks.detail", task_id=task_id))
 

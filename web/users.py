@@ -20,6 +20,7 @@ import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from hivemind_cluster.core.audit import AuditLog, Event
 from hivemind_cluster.core.errors import (
     AlreadyExists,
     InvalidInput,
@@ -178,6 +179,7 @@ class UserStore:
                 pipe.execute()
         except redis.WatchError:
             raise AlreadyExists(f"the username {name!r} is taken") from None
+        AuditLog(self.db).record(Event(account, address, "account.create", account))
         self.open_account(account)
         return User(name, account)
 
@@ -208,12 +210,16 @@ class UserStore:
         if not (
             self._hash_once(self.login_gate, [key for key, _ in counters], checking) and stored
         ):
+            target = account_of(name) if valid else "(not a username)"
+            AuditLog(self.db).record(Event("unknown", address, "login.fail", target, "refused"))
             raise Unauthenticated("wrong username or password")
         pipe = self.db.pipeline()
         pipe.delete(*(key for key, _ in counters[1:]))  # this user starts afresh
         pipe.decr(counters[0][0])
         pipe.execute()
-        return User(name, account_of(name))
+        account = account_of(name)
+        AuditLog(self.db).record(Event(account, address, "login.ok", account))
+        return User(name, account)
 
     def _verifies(self, password_hash: str, password: str, valid: bool) -> bool:
         """Whether ``password`` is the one hashed (never for an invalid name or password,

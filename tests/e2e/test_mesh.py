@@ -150,6 +150,7 @@ def test_overlay_services_refuse_underlay_traffic_even_when_routed(world: World)
             probe,
             "100.64.0.1:6379",
             "100.64.0.1:7443",
+            "100.64.0.1:9464",  # the hub's /metrics
             f"{world.overlay_ip(world.w1)}:22",
         )
     finally:

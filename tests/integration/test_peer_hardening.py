@@ -171,8 +171,8 @@ def test_hub_toml_is_applied_only_once_it_holds_still(
         assert await policy_file.changed(running) is None  # changed since the last look
         rewritten = [False]
 
-        def written_meanwhile(path: Path, pool_port: int, web_port: int) -> Policy:
-            read = load_policy(path, pool_port, web_port)
+        def written_meanwhile(path: Path, *ports: int) -> Policy:
+            read = load_policy(path, *ports)
             if not rewritten[0]:
                 rewritten[0] = bool(path.write_text(POLICY + MORE))  # the writer goes on
             return read

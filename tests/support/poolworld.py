@@ -24,8 +24,9 @@ IMAGES = ("hivemind/busybox:latest", "hivemind/python:3.11")
 
 
 class PoolWorld:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, agent_settings: str = "") -> None:
         self.lab = lab
+        self.agent_settings = agent_settings  # more agent.toml lines for every worker
         self.hub, self.w1, self.w2, self.op, self.outsider = (
             lab.add_host(name) for name in ("hub", "w1", "w2", "op", "outsider")
         )
@@ -36,7 +37,7 @@ class PoolWorld:
         state.mkdir(parents=True, exist_ok=True)
         (state / "agent.toml").write_text(
             f'cpus = "{cpus}"\nmemory = "{memory}"\nlabels = "lab={host.name}"\n'
-            "drain_seconds = 30\n"
+            "drain_seconds = 30\n" + self.agent_settings
         )
         self.mesh.join(host, self.mesh.token())
 
@@ -87,8 +88,9 @@ def remove_containers(node_id: str) -> None:
 
 
 @contextmanager
-def pool_world(workdir: Path) -> Iterator[PoolWorld]:
-    """A hub, workers w1 (2 CPUs, 2G) and w2 (1 CPU, 1G) online in the pool, operator op."""
+def pool_world(workdir: Path, agent_settings: str = "") -> Iterator[PoolWorld]:
+    """A hub, workers w1 (2 CPUs, 2G) and w2 (1 CPU, 1G) online in the pool, operator op
+    (``agent_settings``: more agent.toml lines for both workers)."""
     require_root_network()
     require(shutil.which("docker") is not None, "docker is not installed (make setup)")
     info = subprocess.run(["docker", "info"], capture_output=True, check=False)
@@ -99,7 +101,7 @@ def pool_world(workdir: Path) -> Iterator[PoolWorld]:
     lab = Lab(workdir)
     node_ids: list[str] = []
     try:
-        world = PoolWorld(lab)
+        world = PoolWorld(lab, agent_settings)
         world.mesh.start_hub()
         world.join_worker(world.w1, "2", "2G")
         world.join_worker(world.w2, "1", "1G")

@@ -17,8 +17,8 @@ import pytest
 from hivemind_cluster.client import cli as hivemind
 from hivemind_cluster.client import poolcli
 from hivemind_cluster.core.errors import InvalidInput
+from hivemind_cluster.hub import auditcli, policycli
 from hivemind_cluster.hub import cli as hub
-from hivemind_cluster.hub import policycli
 
 Path = tuple[str, ...]
 
@@ -32,21 +32,25 @@ def handlers_by_name(module: ModuleType, *commands: str) -> dict[Path, Callable[
     }
 
 
-HUB_COMMANDS = handlers_by_name(
-    hub,
-    "init",
-    "up",
-    "web",
-    "token create",
-    "token list",
-    "token revoke",
-    "nodes",
-    "node revoke",
-    "ledger audit",
-    "ledger history",
-    "account list",
-    "account create",
-) | handlers_by_name(policycli, "policy show", "policy check")
+HUB_COMMANDS = (
+    handlers_by_name(
+        hub,
+        "init",
+        "up",
+        "web",
+        "token create",
+        "token list",
+        "token revoke",
+        "nodes",
+        "node revoke",
+        "ledger audit",
+        "ledger history",
+        "account list",
+        "account create",
+    )
+    | handlers_by_name(policycli, "policy show", "policy check")
+    | handlers_by_name(auditcli, "audit")
+)
 TASK_COMMANDS = handlers_by_name(
     poolcli,
     "submit",

@@ -174,4 +174,5 @@ def test_show_the_default_policy(
     assert run(hub, "policy", "show", "--state-dir", str(hub)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("policy of the default policy (hub.toml has no [policy])")
-    assert [line.split()[:2] for line in lines[2:]] == [[n, "default"] for n in "123"]
+    assert [line.split()[:2] for line in lines[2:]] == [[n, "default"] for n in "1234"]
+    assert "tcp/9464" in lines[3] and "operator" in lines[3]  # operators may scrape /metrics

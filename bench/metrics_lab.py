@@ -114,7 +114,7 @@ def scrape(port: int) -> tuple[float, int]:
 
 
 class Scraper:
-    """Scrapes every ``interval`` seconds in a thread until ``stop``."""
+    """Scrapes every ``interval`` seconds in a thread, from ``start`` until ``stop``."""
 
     def __init__(self, port: int, interval: float) -> None:
         self.port = port
@@ -129,11 +129,15 @@ class Scraper:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        """A scrape at once, then one every ``interval`` (as Prometheus keeps a target's
+        schedule), until ``stop``."""
+        while True:
             try:
                 self.seconds.append(scrape(self.port)[0])
             except OSError:
                 self.failures += 1
+            if self._stop.wait(self.interval):
+                return
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()

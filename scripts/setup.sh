@@ -27,6 +27,12 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's prometheus starts a system instance listening on every address (port 9090);
+  # the tests run their own in a lab namespace. One this setup just installed is stopped.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+    && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # The packaged redis-server may have started a system instance on 127.0.0.1:6379, and
 # docker-registry one on port 5000; HiveMind runs its own instances and does not use them.

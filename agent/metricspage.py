@@ -7,8 +7,9 @@ default registry: the executor's phases and finished tasks (agent/metrics.py) an
 process's own CPU and memory. Labels are node ids (the cluster's members, a bounded set;
 the hub is ``hub``) and fixed states, never a task id or free text.
 
-Metrics answer only on a loopback or overlay address of the machine (``serves_metrics``):
-whatever ``status_listen`` binds, a request that arrived over the underlay gets a 404.
+Metrics answer only over loopback or the overlay (``serves_metrics``: both the address
+asked and the asker's): whatever ``status_listen`` binds, a request that came over the
+underlay gets a 404.
 """
 
 from __future__ import annotations
@@ -33,13 +34,20 @@ if TYPE_CHECKING:
 METRICS_PATH = "/metrics"
 
 
-def serves_metrics(local_address: str, enrollment: Enrollment) -> bool:
-    """Did the request arrive on loopback or on this node's overlay address?"""
+def serves_metrics(local_address: str, client_address: str, enrollment: Enrollment) -> bool:
+    """Did the request come over loopback, or over the overlay to this node's overlay
+    address? Both ends count: Linux takes a packet for any local address on any interface,
+    so an underlay neighbour routing the overlay here would reach the overlay address."""
     try:
-        address = ipaddress.ip_address(local_address.removeprefix("::ffff:"))
+        local, client = (
+            ipaddress.ip_address(a.removeprefix("::ffff:")) for a in (local_address, client_address)
+        )
     except ValueError:
         return False
-    return address.is_loopback or str(address) == enrollment.overlay_ip
+    if local.is_loopback:
+        return client.is_loopback
+    overlay = ipaddress.ip_network(f"{enrollment.overlay_ip}/{enrollment.overlay_prefix}", False)
+    return str(local) == enrollment.overlay_ip and client in overlay
 
 
 class _Families(Collector):

@@ -349,8 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             status = cast(_Server, self.server).page.status()
             if path == METRICS_PATH:  # never on the underlay, whatever the page binds
-                local = str(self.connection.getsockname()[0])
-                if not serves_metrics(local, status.enrollment):
+                local, client = str(self.connection.getsockname()[0]), self.client_address[0]
+                if not serves_metrics(local, str(client), status.enrollment):
                     self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n", send_body)
                 else:
                     self._send(HTTPStatus.OK, CONTENT_TYPE, metrics_text(status), send_body)

@@ -208,6 +208,10 @@ class AuditLog:
     def head(self) -> tuple[int, str]:
         return read_head(self.db.get(HEAD))
 
+    def length(self) -> int:
+        """How many entries the list holds (the head's seq, unless some were removed)."""
+        return int(self.db.llen(LOG))
+
     def entries(self, since: float | None = None, action: str | None = None) -> list[Entry]:
         """The entries from ``since`` (a time) on, of ``action`` (``token.create``, or a
         prefix: ``token.`` or ``token``); entries that are not JSON any more are left out
@@ -261,12 +265,20 @@ class AsyncAuditLog:
 
 
 def entry_of(line: str) -> Entry:
-    """An entry from its JSON; ValueError if it is not one."""
+    """An entry from its JSON; ValueError if it is not one (a field missing, extra, or of
+    another type: an entry rewritten as ``"seq": "5"`` is not an entry)."""
     try:
         fields = json.loads(line)
-        return Entry(**fields)
+        entry = Entry(**fields)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not an audit entry: {exc}") from None
+    numbers_right = type(entry.seq) is int and type(entry.time) in (int, float)
+    texts = (entry.actor, entry.source, entry.action, entry.target, entry.outcome)
+    if not numbers_right or not all(
+        isinstance(t, str) for t in (*texts, entry.detail, entry.prev, entry.hash)
+    ):
+        raise ValueError("not an audit entry: a field of the wrong type")
+    return entry
 
 
 def parsed(lines: Iterable[str]) -> list[Entry]:
@@ -306,10 +318,9 @@ def first_problem(lines: list[str], head: tuple[int, str]) -> Problem | None:
     expected, prev = 1, GENESIS
     for line in lines:
         try:
-            fields = json.loads(line)
-            entry = Entry(**fields)
-            intact = isinstance(fields, dict) and digest(fields) == entry.hash
-        except (TypeError, ValueError):
+            entry = entry_of(line)
+            intact = digest(json.loads(line)) == entry.hash
+        except ValueError:
             intact = False
         if not intact:
             return Problem(expected, "altered", f"entry {expected} was altered")

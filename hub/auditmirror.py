@@ -145,9 +145,12 @@ class Mirror:
                 )
                 self.warned_behind = True
             return 0
-        # Entry n is at index n - 1 unless entries were removed: then later ones come first.
+        # Entry n is at index n - 1 unless entries were removed: with k gone (the head
+        # counts more than the list holds) it is at n - 1 - k, so reading starts k earlier
+        # (the seqs below skip what the mirror already has).
+        removed = max(0, head_seq - self.audit.length())
         new: list[tuple[int, str]] = []
-        for line in self.audit.lines(self.last_seq):
+        for line in self.audit.lines(max(0, self.last_seq - removed)):
             try:
                 seq = entry_of(line).seq
             except ValueError:

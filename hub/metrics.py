@@ -109,7 +109,7 @@ class HubCollector:
         except Exception as exc:  # the hub is stopping, or its loop is stuck
             on_loop.cancel()
             log.warning("metrics: the pool's and mesh's state unavailable (%r)", exc)
-            return reading
+            return Reading()  # not ``reading``: the loop may still be filling it
         if peers is not None:
             reading.per_node += wireguard_families(peer_figures(peers, view.node_of_key.get))
         if relayed is not None:

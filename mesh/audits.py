@@ -3,7 +3,10 @@ refused (counted for Prometheus in the same place, mesh/metrics.py), nodes leavi
 revoked, hub.toml's policy applied or refused.
 
 The token id of a refused enrollment is recorded only when it is well formed (it comes
-from whoever dialled the hub); the secret never is.
+from whoever dialled the hub); the secret never is. The enrollment port is on the
+underlay, open to anyone: refusals from one source address are written at most
+REFUSALS_RECORDED a minute (one more entry says the rest are only counted), so nobody can
+grow the log at network speed; the Prometheus counter still counts every attempt.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from hivemind_cluster.mesh.metrics import ENROLLMENT_ATTEMPTS, outcome_of
 from hivemind_cluster.mesh.policy import Policy
 
 _TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
+REFUSALS_RECORDED = 20  # refused enrollments recorded per source address and minute
 
 
 def token_target(token_id: str) -> str:
@@ -44,8 +48,26 @@ def enrollment(
         event = Event(f"node:{node_id}", source, "enrollment.accept", target, detail=detail)
     else:
         reason = error.message if isinstance(error, HiveMindError) else "internal error"
+        refused = refusals_this_minute(client, source)
+        if refused > REFUSALS_RECORDED + 1:
+            return
+        if refused == REFUSALS_RECORDED + 1:
+            reason = f"over {REFUSALS_RECORDED} refused this minute: the rest are only counted"
         event = Event("unknown", source, "enrollment.refuse", target, outcome, reason)
     AuditLog(client).record(event)
+
+
+def refusals_this_minute(client: redis.Redis, source: str) -> int:
+    """This refusal's number among the source's this minute (0: Redis did not say)."""
+    key = constants.REFUSALS.format(source=source[:64])
+    try:
+        pipe = client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 60, nx=True)
+        count, _ = pipe.execute()
+    except redis.RedisError:
+        return 0  # the audit entry fails the same way, and is logged there
+    return int(count)
 
 
 def node_left(client: redis.Redis, node: nodes.Node, source: str) -> None:

@@ -15,4 +15,7 @@ REVOKED_SERIALS = "hm:revoked-serials"  # set: certificate serials (decimal) ref
 MESH_CHANGED = "hm:mesh:changed"  # pub/sub: a member joined or left (payload: JSON, a hint)
 PATHS = "hm:paths:{id}"  # JSON string (TTL PATHS_TTL): a member's last report of its paths
 PATHS_TTL = 30  # seconds: a member that stopped reporting is no longer described
+# Refused enrollments written to the audit log from one source address this minute
+# (TTL 60 s; past REFUSALS_RECORDED they are counted in the metric only: mesh/audits.py).
+REFUSALS = "hm:enroll-refusals:{source}"
 POLICY = "hm:policy"  # hash: digest, source, rules (JSON), applied_at, error, error_at

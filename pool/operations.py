@@ -30,7 +30,16 @@ LOG_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskRecord:
-    """Check a submission, pin its data, hold its price cap in escrow, store and queue it.
+    """``submit_new``'s task."""
+    record, _new = await submit_new(pool, caller, request)
+    return record
+
+
+async def submit_new(
+    pool: Pool, caller: Caller, request: pb.SubmitRequest
+) -> tuple[TaskRecord, bool]:
+    """Check a submission, pin its data, hold its price cap in escrow, store and queue it;
+    also whether it is a new task (False: an earlier one with the same idempotency key).
 
     Its data first: every input the hub serves must be held by the owner (an upload of
     theirs), else NotFound and nothing is queued or held in escrow."""
@@ -50,7 +59,8 @@ async def submit(pool: Pool, caller: Caller, request: pb.SubmitRequest) -> TaskR
         return record
 
     # Shielded: a caller that goes away mid-call must not leave money, pins or a task halfway.
-    return await asyncio.shield(pin_check_and_store())
+    record = await asyncio.shield(pin_check_and_store())
+    return record, record.id == task_id
 
 
 async def check_and_store(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -80,9 +81,12 @@ class TasksService(pb_grpc.TasksServicer):
         self.pool = pool
 
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.Task:
-        record = await operations.submit(self.pool, current_caller(), request)
-        held = f"{record.image}, {record.price_cap} micro-CPT held"
-        await auditing.record(self.pool.db, context, request.owner, "task.submit", record.id, held)
+        record, new = await operations.submit_new(self.pool, current_caller(), request)
+        if new:  # a retry with the same idempotency key is the same submission: one entry
+            held = f"{record.image}, {record.price_cap} micro-CPT held"
+            await auditing.record(
+                self.pool.db, context, request.owner, "task.submit", record.id, held
+            )
         return await operations.describe(self.pool, record)
 
     async def Get(self, request: pb.TaskRef, context: Context) -> pb.Task:
@@ -180,14 +184,18 @@ class TasksService(pb_grpc.TasksServicer):
 
     async def Tip(self, request: pb.TipRequest, context: Context) -> pb.LedgerEntry:
         source = acting_for(current_caller(), request.source, "tip from another account")
+        began = time.time()  # a new transfer is stamped after this; a retried one before
         entry = await self.pool.accounting.tip(
             source,
             check_account(request.project),
             request.amount,
             request.idempotency_key[:100],
         )
-        paid, project = f"{entry.amount} micro-CPT", entry.target
-        await auditing.record(self.pool.db, context, request.source, "ledger.tip", project, paid)
+        if entry.time >= began:  # not a retry with the same idempotency key: one entry
+            paid, project = f"{entry.amount} micro-CPT", entry.target
+            await auditing.record(
+                self.pool.db, context, request.source, "ledger.tip", project, paid
+            )
         return entry_message(entry)
 
     async def GetRateCard(self, request: pb.RateCardRequest, context: Context) -> pb.RateCard:

@@ -1,5 +1,6 @@
-"""The pool's Redis: its two function libraries, the tasks (redis_functions.lua) and the
-CPT ledger (ledger.lua), and connections with them loaded."""
+"""The pool's Redis: its function libraries, the tasks (redis_functions.lua), the CPT
+ledger (ledger.lua) and tasks' usage over their runs (taskusage.lua), and connections
+with them loaded."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ LEDGER = redisdb.Library(
         "NO_SUPPLY": (errors.Conflict, "{detail} (start the hub once)"),
     },
 )
-LIBRARIES = (TASKS, LEDGER)
+# A task's usage over its run (pool/taskusage.py); its replies are numbers, never errors.
+TASK_USAGE = redisdb.Library("hivemind_cluster.pool", "taskusage.lua", {})
+LIBRARIES = (TASKS, LEDGER, TASK_USAGE)
 
 
 def connect(host: str, port: int, password: str | None) -> redis.Redis:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
 
 import redis
@@ -37,7 +36,6 @@ MAX_ATTEMPTS_PER_BEAT = 256
 MAX_SAMPLES_PER_ATTEMPT = 64
 MAX_CORES = 4096.0
 MAX_MEMORY_BYTES = 1 << 50
-SCRIPT = resources.files("hivemind_cluster.pool").joinpath("taskusage.lua").read_text()
 
 
 def sample_figures(sample: pb.UsageSample) -> tuple[float, float, int]:
@@ -75,9 +73,9 @@ def parse_point(raw: str) -> pb.UsageSample:
 
 class TaskUsageStore:
     def __init__(self, db: Any) -> None:
-        # A redis.asyncio client with decode_responses=True.
+        # A redis.asyncio client with decode_responses=True, the pool's libraries loaded
+        # (pool/store.py: hm_task_usage is in taskusage.lua).
         self.db = db
-        self.script = db.register_script(SCRIPT)
 
     async def record(self, node_id: str, usage: Iterable[pb.TaskUsage]) -> int:
         """Keep the samples of a heartbeat (of attempts whose task ids were checked);
@@ -91,7 +89,8 @@ class TaskUsageStore:
             return 0
         pipe = self.db.pipeline(transaction=False)
         for task_id, arguments in batch:
-            await self.script(keys=usage_keys(task_id, with_task=True), args=arguments, client=pipe)
+            keys = usage_keys(task_id, with_task=True)
+            pipe.fcall("hm_task_usage", len(keys), *keys, *arguments)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (redis.RedisError, OSError) as exc:

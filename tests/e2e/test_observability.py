@@ -112,8 +112,17 @@ def test_metrics_never_answer_on_the_underlay(world: PoolWorld) -> None:
     w1 = world.w1.ip  # the status page binds every address here: the page answers...
     assert fetch(world, f"http://{w1}:{STATUS_PORT}/status.json") == "200"
     assert fetch(world, f"http://{w1}:{STATUS_PORT}/metrics") == "404"  # ...metrics do not
-    assert fetch(world, f"http://{overlay_ip(world, 'w1')}:{STATUS_PORT}/metrics", "op") == "200"
+    w1_overlay = overlay_ip(world, "w1")
+    assert fetch(world, f"http://{w1_overlay}:{STATUS_PORT}/metrics", "op") == "200"
     assert fetch(world, f"http://127.0.0.1:{STATUS_PORT}/metrics", "w1") == "200"
+    # An underlay neighbour routing the overlay to the worker reaches its overlay address
+    # (Linux takes it on any interface), and still gets no metrics: it is not on the overlay.
+    world.outsider.run("ip", "route", "add", f"{w1_overlay}/32", "via", w1)
+    try:
+        assert fetch(world, f"http://{w1_overlay}:{STATUS_PORT}/status.json") == "200"
+        assert fetch(world, f"http://{w1_overlay}:{STATUS_PORT}/metrics") == "404"
+    finally:
+        world.outsider.run("ip", "route", "del", f"{w1_overlay}/32", check=False)
 
 
 def test_the_hubs_audit_log_has_what_the_lab_did_once_each(world: PoolWorld) -> None:

@@ -78,7 +78,7 @@ def world(
 def db(world: WebCluster) -> redis.Redis:
     """The world's Redis with an empty audit log (the rest of it stays: the pool runs)."""
     client = world.db()
-    client.delete(audit.LOG, audit.HEAD)
+    client.delete(audit.LOG, audit.HEAD, *client.keys("hm:enroll-refusals:*"))
     return client
 
 

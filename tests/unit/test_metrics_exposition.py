@@ -83,19 +83,24 @@ def test_the_agents_metrics_show_its_overlay_peers_and_worker() -> None:
 
 
 @pytest.mark.parametrize(
-    ("local", "served"),
+    ("local", "asker", "served"),
     [
-        ("127.0.0.1", True),
-        ("::1", True),
-        ("100.64.0.7", True),  # the node's overlay address
-        ("::ffff:100.64.0.7", True),
-        ("198.51.100.7", False),  # its underlay address
-        ("100.64.0.8", False),  # another overlay address (not this node's)
-        ("not an address", False),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("::1", "::1", True),
+        ("100.64.0.7", "100.64.0.4", True),  # the node's overlay address, from a member
+        ("::ffff:100.64.0.7", "::ffff:100.64.0.1", True),
+        ("198.51.100.7", "198.51.100.9", False),  # its underlay address
+        ("100.64.0.7", "198.51.100.9", False),  # the overlay address routed from the underlay
+        ("100.64.0.8", "100.64.0.4", False),  # another overlay address (not this node's)
+        ("127.0.0.1", "198.51.100.9", False),
+        ("not an address", "127.0.0.1", False),
     ],
 )
-def test_metrics_answer_on_loopback_and_the_overlay_only(local: str, served: bool) -> None:
-    assert serves_metrics(local, lab_enrollment(overlay_ip="100.64.0.7")) is served
+def test_metrics_answer_over_loopback_and_the_overlay_only(
+    local: str, asker: str, served: bool
+) -> None:
+    enrollment = lab_enrollment(overlay_ip="100.64.0.7", overlay_prefix=16)
+    assert serves_metrics(local, asker, enrollment) is served
 
 
 def test_web_requests_are_counted_by_url_rule_never_by_path() -> None:

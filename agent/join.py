@@ -23,7 +23,7 @@ from hivemind_cluster.agent.peerview import (
     peer_rows,
 )
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
-from hivemind_cluster.agent.statuspage import configured_url
+from hivemind_cluster.agent.statusserver import configured_url
 from hivemind_cluster.core.errors import HiveMindError, SystemFailure, Unavailable
 from hivemind_cluster.core.files import write_private, write_public
 from hivemind_cluster.core.keys import (

@@ -15,16 +15,14 @@ underlay gets a 404.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from hivemind_cluster.agent.peerview import DIRECT
 from hivemind_cluster.agent.state import Enrollment
-from hivemind_cluster.core.exposition import NodeFamily, render
+from hivemind_cluster.core.exposition import NodeFamily, families_text, render
 from hivemind_cluster.core.names import HUB_NODE_ID
 from hivemind_cluster.mesh.wgmetrics import PeerFigures, wireguard_families
 
@@ -50,20 +48,10 @@ def serves_metrics(local_address: str, client_address: str, enrollment: Enrollme
     return str(local) == enrollment.overlay_ip and client in overlay
 
 
-class _Families(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.families
-
-
 def metrics_text(status: Status) -> bytes:
     """The exposition of ``status`` and of the process's default registry."""
     families, per_node = status_families(status)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families))
-    return generate_latest(registry) + render(per_node) + generate_latest(REGISTRY)
+    return families_text(families) + render(per_node) + generate_latest(REGISTRY)
 
 
 def status_families(status: Status) -> tuple[list[Metric], list[NodeFamily]]:

@@ -32,7 +32,7 @@ from hivemind_cluster.agent.paths import PathKeeper
 from hivemind_cluster.agent.peers import Keeper, PeerSync
 from hivemind_cluster.agent.results import remove_leftovers as remove_result_leftovers
 from hivemind_cluster.agent.state import AgentSettings, Enrollment
-from hivemind_cluster.agent.statuspage import start_status_server
+from hivemind_cluster.agent.statusserver import start_status_server
 from hivemind_cluster.agent.tasknet import (
     GuardedExecutor,
     TaskNetworkGuard,

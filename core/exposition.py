@@ -4,16 +4,21 @@ prometheus-client builds a ``Sample`` for every series and formats each one: abo
 series. A hub with 5,000 members has over 20,000 per-node series (each worker's heartbeat
 age, each peer's WireGuard handshake age and bytes), which that way alone would take one
 scrape past 100 ms. Those few families, one label (``node``) each, are written here
-directly; everything else goes through prometheus-client, and the two texts are served
-one after the other (a family appears in only one of them).
+directly; everything else goes through prometheus-client (``families_text`` for families
+made at scrape time), and the texts are served one after the other (a family appears in
+only one of them).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -26,6 +31,21 @@ class NodeFamily:
     documentation: str
     kind: Literal["gauge", "counter"]
     values: Sequence[tuple[str, float]]
+
+
+class _Listed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def families_text(families: list[Metric]) -> bytes:
+    """prometheus-client's text of families made at scrape time (not in any registry)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Listed(families))
+    return generate_latest(registry)
 
 
 def number(value: float) -> str:

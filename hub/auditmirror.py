@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from hivemind_cluster.core.audit import (
     entry_of,
 )
 from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.hub.supervisor import repeat_until_undone
 
 log = logging.getLogger(__name__)
 MIRROR_INTERVAL = 1.0  # seconds between two copies of new entries to the file
@@ -52,26 +54,18 @@ def start_audit(settings: HubSettings, db: redis.Redis, undo: contextlib.AsyncEx
     record_settings_changes(audit, settings)
     mirror = Mirror(settings.path / names.AUDIT_LOG, audit)
 
-    async def mirror_forever() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(mirror.copy_new)
-            except Exception:
-                log.exception("mirroring the audit log failed; tried again later")
-            await asyncio.sleep(MIRROR_INTERVAL)
-
-    copier = asyncio.create_task(mirror_forever(), name="audit-mirror")
-
-    async def stop() -> None:
-        copier.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await copier
-        try:  # what came in since the last copy (Redis still runs: it stops after this)
+    async def copy_the_rest() -> None:
+        """What came in since the last copy (Redis still runs: it stops after this)."""
+        try:
             await asyncio.to_thread(mirror.copy_new)
         except Exception:
             log.exception("mirroring the audit log's last entries failed")
 
-    undo.push_async_callback(stop)
+    undo.push_async_callback(copy_the_rest)  # after the copier below is cancelled
+    copy = functools.partial(asyncio.to_thread, mirror.copy_new)
+    repeat_until_undone(
+        undo, "audit-mirror", MIRROR_INTERVAL, copy, "mirroring the audit log failed"
+    )
 
 
 def settings_as_recorded(entries: list[Entry]) -> dict[str, Any]:

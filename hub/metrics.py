@@ -25,19 +25,18 @@ import contextlib
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
 
-from hivemind_cluster.core.exposition import CONTENT_TYPE, NodeFamily, render
+from hivemind_cluster.core.exposition import CONTENT_TYPE, NodeFamily, families_text, render
 from hivemind_cluster.core.names import WEB_METRICS_DIR
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.mesh import relaycount
@@ -68,14 +67,6 @@ class MeshView:
     node_of_ip: dict[str, str]
 
 
-class _Families(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.families
-
-
 class HubCollector:
     def __init__(
         self,
@@ -94,9 +85,7 @@ class HubCollector:
     def text(self) -> bytes:
         """The hub's figures now, in the text format."""
         reading = self.read()
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(reading.families))
-        return generate_latest(registry) + render(reading.per_node)
+        return families_text(reading.families) + render(reading.per_node)
 
     def read(self) -> Reading:
         reading = Reading()

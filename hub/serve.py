@@ -41,7 +41,7 @@ from hivemind_cluster.hub.init import ensure_hub_client_certificate
 from hivemind_cluster.hub.metrics import HubCollector, HubMetrics
 from hivemind_cluster.hub.processes import ProcessIdentity, executable
 from hivemind_cluster.hub.reclaim import UpRecord, claim
-from hivemind_cluster.hub.supervisor import run_until_stopped
+from hivemind_cluster.hub.supervisor import repeat_until_undone, run_until_stopped
 from hivemind_cluster.hub.webprocess import WebProcess
 from hivemind_cluster.mesh import guard, nodes, peerservice, policyrules, relaycount
 from hivemind_cluster.mesh.ca import CertificateAuthority
@@ -237,26 +237,15 @@ def start_garbage_collection(
     """Collect the blob store's garbage now and every GARBAGE_INTERVAL seconds, until the
     hub stops; a task's pins hold while it has not ended (asked of Redis through ``db``)."""
 
-    async def collect_forever() -> None:
-        while True:
-            try:
-                removed, freed = await asyncio.to_thread(
-                    blobs.collect_garbage, lambda task_ids: tasks_live(db, task_ids)
-                )
-                if removed:
-                    log.info("blob store: %d unused blobs removed (%d bytes)", removed, freed)
-            except Exception:
-                log.exception("blob garbage collection failed; tried again later")
-            await asyncio.sleep(GARBAGE_INTERVAL)
+    async def collect() -> None:
+        removed, freed = await asyncio.to_thread(
+            blobs.collect_garbage, lambda task_ids: tasks_live(db, task_ids)
+        )
+        if removed:
+            log.info("blob store: %d unused blobs removed (%d bytes)", removed, freed)
 
-    collector = asyncio.create_task(collect_forever(), name="blob-garbage")
-
-    async def stop() -> None:
-        collector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await collector
-
-    undo.push_async_callback(stop)
+    failed = "blob garbage collection failed"
+    repeat_until_undone(undo, "blob-garbage", GARBAGE_INTERVAL, collect, failed)
 
 
 def start_metrics(

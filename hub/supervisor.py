@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -102,3 +102,31 @@ async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def repeat_until_undone(
+    undo: contextlib.AsyncExitStack,
+    name: str,
+    interval: float,
+    step: Callable[[], Awaitable[object]],
+    failed: str,
+) -> None:
+    """Run ``step`` now and every ``interval`` seconds until the hub stops (the task is
+    cancelled on ``undo``); a failure is logged (``failed``) and the next turn comes."""
+
+    async def forever() -> None:
+        while True:
+            try:
+                await step()
+            except Exception:
+                log.exception("%s; tried again later", failed)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(forever(), name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    undo.push_async_callback(stop)

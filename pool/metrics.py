@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from hivemind_cluster.core.exposition import NodeFamily
 from hivemind_cluster.core.units import MICRO
 from hivemind_cluster.model.accounts import ESCROW
+from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool import constants as keys
 
 if TYPE_CHECKING:
@@ -89,15 +90,13 @@ async def pool_families(pool: Pool) -> tuple[list[Metric], list[NodeFamily]]:
         "hivemind_workers", "Workers the pool knows, by state", labels=["state"]
     )
     counts = {"ready": 0, "draining": 0, "offline": 0}
-    capacity, allocated = [0.0, 0.0], [0.0, 0.0]
+    totals = {"capacity": Resources(0, 0, 0), "allocated": Resources(0, 0, 0)}
     for worker in list(scheduler.workers.values()):
         state = "offline" if not worker.connected else "draining" if worker.draining else "ready"
         counts[state] += 1
         if worker.connected:
-            capacity[0] += worker.capacity.cpu_millis / 1000
-            capacity[1] += worker.capacity.memory_bytes
-            allocated[0] += worker.allocated.cpu_millis / 1000
-            allocated[1] += worker.allocated.memory_bytes
+            totals["capacity"] += worker.capacity
+            totals["allocated"] += worker.allocated
     for state, count in counts.items():
         workers.add_metric([state], count)
     cpu = GaugeMetricFamily(
@@ -110,9 +109,9 @@ async def pool_families(pool: Pool) -> tuple[list[Metric], list[NodeFamily]]:
         "Memory of connected workers (capacity, allocated)",
         labels=["kind"],
     )
-    for index, kind in enumerate(("capacity", "allocated")):
-        cpu.add_metric([kind], (capacity, allocated)[index][0])
-        memory.add_metric([kind], (capacity, allocated)[index][1])
+    for kind, total in totals.items():
+        cpu.add_metric([kind], total.cpu_millis / 1000)
+        memory.add_metric([kind], total.memory_bytes)
     ages = [
         (node_id, max(0.0, now - session.last_heartbeat_wall))
         for node_id, session in list(pool.sessions.items())

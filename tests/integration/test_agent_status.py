@@ -15,7 +15,8 @@ import grpc
 import pytest
 
 from hivemind_cluster.agent.state import Enrollment
-from hivemind_cluster.agent.statuspage import StatusPage, StatusServer
+from hivemind_cluster.agent.statuspage import StatusPage
+from hivemind_cluster.agent.statusserver import StatusServer
 from hivemind_cluster.client.channel import Identity, aio_channel
 from hivemind_cluster.model.accounts import REGISTRATION_GRANT
 from hivemind_cluster.protos import pool_pb2 as pb

@@ -64,13 +64,20 @@ PROCESSES, PER_WRITER = 4, 40
 Writer = multiprocessing.process.BaseProcess | threading.Thread
 
 
+@contextlib.contextmanager
+def audit_world(redis_server: RedisServer, directory: Path) -> Iterator[WebCluster]:
+    """A web over a real pool with a worker whose tasks run until cancelled, and PROJECT."""
+    with web_cluster(redis_server, directory) as found:
+        found.start_worker("w1", block_until_cancelled)
+        Ledger(found.db()).open_account(PROJECT, "project")
+        yield found
+
+
 @pytest.fixture(scope="module")
 def world(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebCluster]:
-    with web_cluster(redis_server, tmp_path_factory.mktemp("audit")) as found:
-        found.start_worker("w1", block_until_cancelled)
-        Ledger(found.db()).open_account(PROJECT, "project")
+    with audit_world(redis_server, tmp_path_factory.mktemp("audit")) as found:
         yield found
 
 

@@ -17,12 +17,10 @@ from hivemind_cluster.core.audit import AuditLog
 from hivemind_cluster.core.errors import TokenRejected
 from hivemind_cluster.hub.redis_server import RedisServer
 from hivemind_cluster.mesh import audits
-from hivemind_cluster.pool.ledger import Ledger
 from hivemind_cluster.protos import pool_pb2 as pb
-from tests.integration.test_audit import BUSYBOX, PROJECT
-from tests.support.poolkit import block_until_cancelled
+from tests.integration.test_audit import BUSYBOX, PROJECT, audit_world
 from tests.support.scratch import connect_with_every_library
-from tests.support.webkit import WebCluster, web_cluster
+from tests.support.webkit import WebCluster
 
 pytestmark = pytest.mark.privileged
 
@@ -31,9 +29,7 @@ pytestmark = pytest.mark.privileged
 def world(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebCluster]:
-    with web_cluster(redis_server, tmp_path_factory.mktemp("retries")) as found:
-        found.start_worker("w1", block_until_cancelled)
-        Ledger(found.db()).open_account(PROJECT, "project")
+    with audit_world(redis_server, tmp_path_factory.mktemp("retries")) as found:
         yield found
 
 

@@ -19,10 +19,9 @@ from hivemind_cluster.agent.statuspage import (
     LedgerView,
     Overlay,
     Status,
-    StatusServer,
-    host_allowed,
     status_json,
 )
+from hivemind_cluster.agent.statusserver import StatusServer, host_allowed
 from tests.support.enrollments import lab_enrollment
 
 NOW = 1_700_000_000.0

@@ -63,20 +63,15 @@ class HistorySampler:
 
     def cluster_samples(self) -> dict[str, float]:
         """Allocation of connected workers (shares), running and queued tasks."""
-        connected = [
-            w for node_id, w in self.scheduler.workers.items() if node_id in self.liveness.sessions
-        ]
         samples = {
             series.TASKS_RUNNING: float(len(self.scheduler.allocations)),
             series.TASKS_QUEUED: float(len(self.scheduler.pending)),
         }
-        cpu = sum(w.capacity.cpu_millis for w in connected)
-        memory = sum(w.capacity.memory_bytes for w in connected)
-        if cpu > 0:
-            samples[series.CPU_ALLOCATED] = sum(w.allocated.cpu_millis for w in connected) / cpu
-        if memory > 0:
-            booked = sum(w.allocated.memory_bytes for w in connected)
-            samples[series.MEMORY_ALLOCATED] = booked / memory
+        capacity, allocated = self.scheduler.connected_totals()
+        if capacity.cpu_millis > 0:
+            samples[series.CPU_ALLOCATED] = allocated.cpu_millis / capacity.cpu_millis
+        if capacity.memory_bytes > 0:
+            samples[series.MEMORY_ALLOCATED] = allocated.memory_bytes / capacity.memory_bytes
         return samples
 
     async def sample_once(self, now: float | None = None) -> None:

@@ -25,7 +25,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from hivemind_cluster.core.exposition import NodeFamily
 from hivemind_cluster.core.units import MICRO
 from hivemind_cluster.model.accounts import ESCROW
-from hivemind_cluster.model.resources import Resources
 from hivemind_cluster.pool import constants as keys
 
 if TYPE_CHECKING:
@@ -90,13 +89,9 @@ async def pool_families(pool: Pool) -> tuple[list[Metric], list[NodeFamily]]:
         "hivemind_workers", "Workers the pool knows, by state", labels=["state"]
     )
     counts = {"ready": 0, "draining": 0, "offline": 0}
-    totals = {"capacity": Resources(0, 0, 0), "allocated": Resources(0, 0, 0)}
     for worker in list(scheduler.workers.values()):
         state = "offline" if not worker.connected else "draining" if worker.draining else "ready"
         counts[state] += 1
-        if worker.connected:
-            totals["capacity"] += worker.capacity
-            totals["allocated"] += worker.allocated
     for state, count in counts.items():
         workers.add_metric([state], count)
     cpu = GaugeMetricFamily(
@@ -109,7 +104,7 @@ async def pool_families(pool: Pool) -> tuple[list[Metric], list[NodeFamily]]:
         "Memory of connected workers (capacity, allocated)",
         labels=["kind"],
     )
-    for kind, total in totals.items():
+    for kind, total in zip(("capacity", "allocated"), scheduler.connected_totals(), strict=True):
         cpu.add_metric([kind], total.cpu_millis / 1000)
         memory.add_metric([kind], total.memory_bytes)
     ages = [

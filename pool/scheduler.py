@@ -95,6 +95,14 @@ class Scheduler:
         if worker is not None:
             worker.connected = False
 
+    def connected_totals(self) -> tuple[Resources, Resources]:
+        """The capacity and the allocation of the connected workers, summed."""
+        capacity = allocated = Resources(0, 0, 0)
+        for worker in list(self.workers.values()):
+            if worker.connected:
+                capacity, allocated = capacity + worker.capacity, allocated + worker.allocated
+        return capacity, allocated
+
     def set_draining(self, node_id: str, draining: bool) -> bool:
         """Record whether the worker is draining; True when that changed."""
         worker = self.workers.get(node_id)

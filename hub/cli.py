@@ -35,6 +35,8 @@ from hivemind_cluster.core.settings import (
 from hivemind_cluster.core.units import format_bytes, format_cpt
 from hivemind_cluster.hub.auditcli import add_audit_command
 from hivemind_cluster.hub.init import init_hub
+from hivemind_cluster.hub.installer import issue_token
+from hivemind_cluster.hub.installercli import add_installer_command
 from hivemind_cluster.hub.policycli import add_policy_commands
 from hivemind_cluster.hub.serve import serve
 from hivemind_cluster.mesh import audits, inventory, nodes, store, tokens
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(sub, [state, as_json])
     add_ledger_commands(sub, [state, as_json])
     add_audit_command(sub, [state, as_json])
+    add_installer_command(sub, [state, as_json])
     return parser
 
 
@@ -179,22 +182,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     settings = load_hub_settings(args.state_dir)
     labels = tokens.parse_labels(args.label)
-    client = store.connect_hub(settings)
-    token = tokens.create_token(
-        client,
-        [settings.endpoint],
-        CertificateAuthority.load(settings.path).pin,
-        role=args.role,
-        ttl_seconds=tokens.parse_duration(args.ttl),
-        uses=args.uses,
-        labels=labels,
-    )
-    detail = f"{args.role}, {args.uses} uses, ttl {args.ttl}" + "".join(
-        f", {key}={value}" for key, value in labels.items()
-    )
-    AuditLog(client).record(
-        Event(HUB_ADMIN, LOCAL, "token.create", f"token:{token.token_id}", detail=detail)
-    )
+    token = issue_token(settings, args.role, args.ttl, args.uses, labels)
     if args.json:
         print_json(
             {"token": token.encode(), "id": token.token_id, "role": args.role, "labels": labels}

@@ -45,7 +45,7 @@ stamp="$VENV/.installed"
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   say "installing the hivemind-cluster package with its test extras"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  "$VENV/bin/python" -m pip install -q -e '.[hub,agent,test]'
   touch "$stamp"
 fi
 

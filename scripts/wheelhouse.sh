@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build the wheelhouse every install path uses (make install, `hivemind-hub installer`, the
+# Ansible roles): the wheels of HiveMind and of all its runtime dependencies (the hub, agent
+# and cli extras) for this machine's Python, and a wheelhouse.json naming that Python.
+#   scripts/wheelhouse.sh [DIR]      (default build/wheelhouse; needs a package index once)
+# Idempotent: the dependencies' wheels already in DIR are reused (pip resolves against them
+# first), HiveMind's own wheel is rebuilt from this tree every time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+DIR=${1:-build/wheelhouse}
+PYTHON=${PYTHON:-/usr/bin/python3}
+BUILDER=${BUILDER:-build/wheel-builder}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found (install python3)" >&2; exit 1; }
+if [[ ! -x "$BUILDER/bin/pip" ]]; then
+  rm -rf "$BUILDER"
+  "$PYTHON" -m venv "$BUILDER" || {
+    echo "error: $PYTHON cannot make a virtual environment (apt install python3-venv)" >&2
+    exit 1
+  }
+fi
+mkdir -p "$DIR"
+rm -f "$DIR"/hivemind_cluster-*.whl
+say "building the wheelhouse in $DIR (HiveMind and its dependencies for $("$PYTHON" -V))"
+"$BUILDER/bin/pip" wheel -q --find-links "$DIR" --wheel-dir "$DIR" "$REPO[hub,agent,cli]"
+rm -rf "$REPO"/build/lib "$REPO"/build/bdist.* "$REPO"/*.egg-info
+"$PYTHON" - "$DIR" <<'EOF'
+import json, platform, sys
+from pathlib import Path
+
+directory = Path(sys.argv[1])
+(wheel,) = sorted(directory.glob("hivemind_cluster-*.whl"))
+manifest = {
+    "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    "machine": platform.machine(),
+    "hivemind": wheel.name.split("-")[1],
+    "wheels": sorted(p.name for p in directory.glob("*.whl")),
+}
+(directory / "wheelhouse.json").write_text(json.dumps(manifest, indent=2) + "\n")
+print(f"{len(manifest['wheels'])} wheels for Python {manifest['python']} on {manifest['machine']}")
+EOF

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup images demo test lint protos unit e2e bench gpu-check clean
+.PHONY: setup images demo test lint protos unit e2e bench gpu-check clean install uninstall wheelhouse
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +48,19 @@ bench: setup
 	$(PY) bench/peers.py
 	$(PY) bench/mesh.py
 	$(PY) bench/metrics.py
+
+# For real machines (docs/install.md): `make install [ROLE=hub|worker|operator]` puts HiveMind
+# in /opt/hivemind with its systemd unit; `make uninstall` removes it (state stays).
+install:
+	@bash scripts/install.sh
+
+uninstall:
+	@bash scripts/install.sh --uninstall
+
+# The wheels of HiveMind and its dependencies (build/wheelhouse): what installers and the
+# Ansible roles install from, offline.
+wheelhouse:
+	@bash scripts/wheelhouse.sh
 
 # On a machine with an NVIDIA GPU: detection, a pulled CUDA image, one GPU per task.
 gpu-check: setup

@@ -291,9 +291,20 @@ def uninstall(target: service.Target) -> dict[str, Any]:
         else:
             continue
         changes.append(f"removed {path}")
+    if target.prefix.is_dir() and not any(target.prefix.iterdir()):
+        target.prefix.rmdir()
     if target.state_dir.exists():
         service.say(f"kept {target.state_dir} (this machine's identity; delete it to forget it)")
     return {"changed": changes, "role": target.role, "prefix": str(target.prefix)}
+
+
+def next_step(target: service.Target) -> str:
+    if target.agent:
+        return f"next: join with a token from the hub: {target.script('hivemind-agent')} join ..."
+    return (
+        f"next: hivemind-hub init --state-dir {target.state_dir} --endpoint HOST:7443, then "
+        f"systemctl start {target.unit} (the unit waits for init)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,12 +341,14 @@ def main(argv: list[str]) -> int:
         if args.bundle:
             bundle = json.loads((Path(args.bundle) / "installer.json").read_text())
             args.wheelhouse = args.wheelhouse or str(Path(args.bundle) / "wheels")
-        if not args.wheelhouse:
+        if not args.wheelhouse and not args.uninstall:
             raise service.InstallError("--wheelhouse DIR is needed")
         target = service.Target(args, bundle)
         summary = uninstall(target) if args.uninstall else install(target)
-    except service.InstallError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if not args.uninstall and not target.enrolled_marker.exists():
+            service.say(next_step(target))
+    except (service.InstallError, OSError) as error:
+        print(f"error: {service.printable(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; run this again to finish", file=sys.stderr)
@@ -344,8 +357,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps(summary, indent=2))
     elif summary["changed"]:
         print("\n".join(summary["changed"]))
+    elif args.uninstall:
+        print(f"nothing to remove: HiveMind is not installed in {summary['prefix']}")
     else:
-        print(f"nothing changed: HiveMind is installed in {summary['prefix']} and running")
+        print(f"nothing changed: HiveMind is installed in {summary['prefix']}")
     return 0
 
 

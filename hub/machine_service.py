@@ -67,7 +67,7 @@ class Target:
         if self.role not in ROLES:
             raise InstallError(f"--role must be one of {', '.join(ROLES)}")
         self.agent = self.role != "hub"
-        self.wheelhouse = Path(args.wheelhouse)
+        self.wheelhouse = Path(args.wheelhouse or ".")
         self.prefix = Path(args.prefix).absolute()
         self.bin_dir = Path(args.bin_dir)
         self.systemd_dir = Path(args.systemd_dir)

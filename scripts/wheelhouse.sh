@@ -12,7 +12,7 @@ DIR=${1:-build/wheelhouse}
 PYTHON=${PYTHON:-/usr/bin/python3}
 BUILDER=${BUILDER:-build/wheel-builder}
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON not found (install python3)" >&2; exit 1; }
 if [[ ! -x "$BUILDER/bin/pip" ]]; then
@@ -22,6 +22,9 @@ if [[ ! -x "$BUILDER/bin/pip" ]]; then
     exit 1
   }
 fi
+# Fixed timestamps in the wheel: the same tree gives the same bytes, so installing it again
+# changes nothing (machine_install.py keys an environment by the wheels' contents).
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 mkdir -p "$DIR"
 rm -f "$DIR"/hivemind_cluster-*.whl
 say "building the wheelhouse in $DIR (HiveMind and its dependencies for $("$PYTHON" -V))"
@@ -40,5 +43,5 @@ manifest = {
     "wheels": sorted(p.name for p in directory.glob("*.whl")),
 }
 (directory / "wheelhouse.json").write_text(json.dumps(manifest, indent=2) + "\n")
-print(f"{len(manifest['wheels'])} wheels for Python {manifest['python']} on {manifest['machine']}")
+print(f"{len(manifest['wheels'])} wheels for Python {manifest['python']} on {manifest['machine']}", file=sys.stderr)
 EOF

@@ -17,7 +17,7 @@ import pytest
 from hivemind_cluster.client import cli as hivemind
 from hivemind_cluster.client import poolcli
 from hivemind_cluster.core.errors import InvalidInput
-from hivemind_cluster.hub import auditcli, policycli
+from hivemind_cluster.hub import auditcli, installercli, policycli
 from hivemind_cluster.hub import cli as hub
 
 Path = tuple[str, ...]
@@ -50,6 +50,7 @@ HUB_COMMANDS = (
     )
     | handlers_by_name(policycli, "policy show", "policy check")
     | handlers_by_name(auditcli, "audit")
+    | handlers_by_name(installercli, "installer")
 )
 TASK_COMMANDS = handlers_by_name(
     poolcli,

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make install` / `make uninstall`: HiveMind on this machine from this clone, for real use.
+#   make install [ROLE=hub|worker|operator] [PREFIX=/opt/hivemind] [TOKEN=hm1_…]
+# Builds the wheelhouse (scripts/wheelhouse.sh: a package index is needed once), then
+# installs from it offline with hub/machine_install.py, the program the agents' installers
+# carry: Debian packages, a virtual environment in $PREFIX, the console scripts in
+# /usr/local/bin, the systemd unit (enabled; it waits for `hivemind-hub init` or the join).
+# A hub also keeps the wheelhouse in $PREFIX/wheelhouse for `hivemind-hub installer`.
+# Idempotent. More options of machine_install.py may follow (--bin-dir, --systemd-dir, …).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-/usr/bin/python3}
+ROLE=${ROLE:-hub}
+PREFIX=${PREFIX:-/opt/hivemind}
+
+[[ $(id -u) == 0 ]] || { echo "error: run this as root (sudo make install)" >&2; exit 1; }
+if [[ ${1:-} == --uninstall ]]; then
+  shift
+  exec "$PYTHON" hub/machine_install.py --uninstall --role "$ROLE" --prefix "$PREFIX" "$@"
+fi
+if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  echo "==> installing python3-venv" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+fi
+bash scripts/wheelhouse.sh build/wheelhouse
+token=()
+[[ -n ${TOKEN:-} ]] && token=("$TOKEN")
+exec "$PYTHON" hub/machine_install.py --wheelhouse build/wheelhouse --role "$ROLE" \
+  --prefix "$PREFIX" "$@" "${token[@]}"

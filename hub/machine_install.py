@@ -46,6 +46,8 @@ def read_wheelhouse(directory: Path) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads((directory / "wheelhouse.json").read_text())
     except (OSError, ValueError) as error:
         raise service.InstallError(f"{directory} is not a HiveMind wheelhouse ({error})") from None
+    if not isinstance(manifest, dict):
+        raise service.InstallError(f"{directory} is not a HiveMind wheelhouse (not an object)")
     return manifest
 
 
@@ -72,8 +74,6 @@ def check_machine(target: service.Target, wheelhouse: dict[str, Any]) -> list[st
             raise service.InstallError(f"{link} exists and was not installed here: remove it first")
     if target.venv.exists() and not target.venv.is_symlink():
         raise service.InstallError(f"{target.venv} was not made by this installer: remove it")
-    if target.agent and target.token is None and not target.enrolled_marker.exists():
-        service.say("no join token: HiveMind is installed but not joined (run again with a token)")
     return missing_packages(target.role)
 
 
@@ -83,7 +83,10 @@ def looks_like_a_token(text: str) -> bool:
     body = text.strip().removeprefix("hm1_")
     if body == text.strip() or not re.fullmatch(r"[A-Za-z0-9_-]{16,4096}", body):
         return False
-    blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    try:
+        blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except ValueError:  # binascii.Error: a length no base64 has
+        return False
     return hashlib.sha256(blob[:-4]).digest()[:4] == blob[-4:]
 
 

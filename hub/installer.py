@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tarfile
@@ -172,11 +173,12 @@ def write_installer(
     if output.is_dir():
         raise InvalidInput(f"{output} is a directory: name the file to write")
     manifest = json.loads((wheelhouse / "wheelhouse.json").read_text())
+    hub_name = settings.name or socket.gethostname()
     with tempfile.TemporaryDirectory(prefix="hivemind-installer-") as scratch:
         wheels = agent_wheels(wheelhouse, Path(scratch))
         token = issue_token(settings, role, token_ttl, 1, labels) if token_ttl else None
         made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        bundle = {"role": role, "hub": settings.name, "made": made}
+        bundle = {"role": role, "hub": hub_name, "made": made}
         if token is not None:
             bundle["token"] = token.encode()
         payload = archive(Path(scratch), bundle)
@@ -187,7 +189,7 @@ def write_installer(
         "version": manifest["hivemind"],
         "python": manifest["python"],
         "machine": manifest["machine"],
-        "hub": settings.name,
+        "hub": hub_name,
         "made": made,
         "token_note": note if token else "",
         "name": shlex.quote(output.name),

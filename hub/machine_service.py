@@ -66,6 +66,10 @@ class Target:
         self.role: str = args.role or bundle.get("role") or ""
         if self.role not in ROLES:
             raise InstallError(f"--role must be one of {', '.join(ROLES)}")
+        if bundle and self.role == "hub":
+            raise InstallError(
+                "this installer carries an agent's wheels: install a hub with make install"
+            )
         self.agent = self.role != "hub"
         self.wheelhouse = Path(args.wheelhouse or ".")
         self.prefix = Path(args.prefix).absolute()

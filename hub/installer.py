@@ -27,6 +27,7 @@ from pathlib import Path
 from hivemind_cluster.core.audit import HUB_ADMIN, LOCAL, AuditLog, Event
 from hivemind_cluster.core.errors import InvalidInput, NotFound, SystemFailure
 from hivemind_cluster.core.settings import HubSettings
+from hivemind_cluster.hub.machine_service import offline_pip_environment
 from hivemind_cluster.mesh import store, tokens
 from hivemind_cluster.mesh.ca import CertificateAuthority
 
@@ -123,7 +124,7 @@ def agent_wheels(wheelhouse: Path, into: Path) -> list[Path]:
         [*pip, "--find-links", str(wheelhouse), "--dest", str(into), requirement],
         capture_output=True,
         text=True,
-        env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        env=offline_pip_environment(),
         check=False,
     )
     if result.returncode:

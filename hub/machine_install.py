@@ -162,7 +162,7 @@ def ensure_environment(target: service.Target, wheelhouse: dict[str, Any]) -> bo
         service.run([sys.executable, "-m", "venv", str(built)], "python3 -m venv")
         pip = [str(built / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index"]
         requirement = f"hivemind-cluster[{service.EXTRA[target.role]}]=={version}"
-        env = {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        env = service.offline_pip_environment()
         service.run([*pip, "--find-links", str(target.wheelhouse), requirement], "pip install", env)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)

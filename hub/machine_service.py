@@ -95,8 +95,15 @@ class Target:
         return self.state_dir / ("agent.json" if self.agent else "hub.toml")
 
 
+def offline_pip_environment() -> dict[str, str]:
+    """The environment for pip with only the wheels it is given: none of this machine's pip
+    settings (an index, more find-links) from its configuration files or ``PIP_*``."""
+    kept = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    return {**kept, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
 def run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
     if result.returncode:
         lines = (result.stderr.strip() or result.stdout.strip() or "(no output)").splitlines()
         raise InstallError(f"{what} failed: {printable(lines[-1])}")

@@ -26,10 +26,18 @@ fi
 # changes nothing (machine_install.py keys an environment by the wheels' contents).
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 mkdir -p "$DIR"
-rm -f "$DIR"/hivemind_cluster-*.whl
+# Built beside DIR and moved in by renames, the manifest last: a reader of DIR (a playbook, a
+# test, `hivemind-hub installer`) never finds HiveMind's wheel missing.
+fresh=$(mktemp -d "$DIR.partial.XXXXXX")
+trap 'rm -rf "$fresh"' EXIT
 say "building the wheelhouse in $DIR (HiveMind and its dependencies for $("$PYTHON" -V))"
-"$BUILDER/bin/pip" wheel -q --find-links "$DIR" --wheel-dir "$DIR" "$REPO[hub,agent,cli]"
+"$BUILDER/bin/pip" wheel -q --find-links "$DIR" --wheel-dir "$fresh" "$REPO[hub,agent,cli]"
 rm -rf "$REPO"/build/lib "$REPO"/build/bdist.* "$REPO"/*.egg-info
+built=$(cd "$fresh" && ls hivemind_cluster-*.whl)
+for wheel in "$fresh"/*.whl; do mv -f "$wheel" "$DIR/"; done
+for wheel in "$DIR"/hivemind_cluster-*.whl; do
+  [[ $(basename "$wheel") == "$built" ]] || rm -f "$wheel"
+done
 "$PYTHON" - "$DIR" <<'EOF'
 import json, platform, sys
 from pathlib import Path
@@ -42,6 +50,8 @@ manifest = {
     "hivemind": wheel.name.split("-")[1],
     "wheels": sorted(p.name for p in directory.glob("*.whl")),
 }
-(directory / "wheelhouse.json").write_text(json.dumps(manifest, indent=2) + "\n")
+partial = directory / "wheelhouse.json.partial"
+partial.write_text(json.dumps(manifest, indent=2) + "\n")
+partial.replace(directory / "wheelhouse.json")
 print(f"{len(manifest['wheels'])} wheels for Python {manifest['python']} on {manifest['machine']}", file=sys.stderr)
 EOF

@@ -3,8 +3,9 @@ each running its own sshd, provisioned from a controller namespace over SSH.
 
 systemd cannot run as PID 1 in a network namespace, so the test says so, runs the roles
 with ``hivemind_service_manager=direct`` (the unit files are installed and checked; their
-``ExecStart`` commands are started directly) and installs HiveMind offline from a local
-wheelhouse.
+``ExecStart`` commands are started directly). HiveMind is installed from the roles'
+default source: the controller's wheelhouse (``build/wheelhouse``, built as ``make
+wheelhouse`` does), copied to every host and installed with no package index.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 
 from tests.support.lab import Lab, tool
 from tests.support.prerequisites import REPO, require, require_root_network
+from tests.support.wheelhouse import build_wheelhouse
 
 pytestmark = pytest.mark.privileged
 SSHD_CONFIG = """\
@@ -74,14 +76,16 @@ class Site:
                 log=self.work / f"sshd-{host.name}.log",
             )
 
-    def write_inventory(self, wheelhouse: Path) -> None:
+    def write_inventory(self) -> None:
+        # The hosts share one filesystem: each gets its own copy of the wheelhouse.
         hub, prefix = self.hub, self.lab.prefix
         lines = [
             "[hivemind_hub]",
             f"hub ansible_host={hub.ip} hivemind_endpoint={hub.ip}:7443 "
             f"hivemind_hub_state_dir={self.work}/hub-state "
             f"hivemind_hub_interface={hub.wg_interface} hivemind_venv={self.work}/venv-hub "
-            f"hivemind_hub_unit={prefix}-hivemind-hub",
+            f"hivemind_hub_unit={prefix}-hivemind-hub "
+            f"hivemind_wheelhouse_dir={self.work}/wheels-hub",
             "",
             "[hivemind_agents]",
         ]
@@ -91,7 +95,8 @@ class Site:
                 f"hivemind_agent_state_dir={self.work}/{agent.name}-state "
                 f"hivemind_agent_interface={agent.wg_interface} "
                 f"hivemind_venv={self.work}/venv-{agent.name} "
-                f"hivemind_agent_unit={prefix}-hivemind-agent-{agent.name}"
+                f"hivemind_agent_unit={prefix}-hivemind-agent-{agent.name} "
+                f"hivemind_wheelhouse_dir={self.work}/wheels-{agent.name}"
             )
         lines += [
             "",
@@ -103,7 +108,6 @@ class Site:
             "hivemind_service_manager=direct",
             f"hivemind_systemd_dir={self.work}/systemd",
             f"hivemind_log_dir={self.work}/logs",
-            f"hivemind_pip_extra_args='--no-index --find-links {wheelhouse}'",
         ]
         self.inventory.write_text("\n".join(lines) + "\n")
 
@@ -169,21 +173,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "ansible-core is not installed (make setup)",
     )
     require(Path("/usr/sbin/sshd").exists(), "openssh-server is not installed (make setup)")
+    # Where the roles look by default ({{ playbook_dir }}/../build/wheelhouse).
+    assert build_wheelhouse() == REPO / "build" / "wheelhouse"
     work = tmp_path_factory.mktemp("ansible")
-    wheelhouse = work / "wheels"
-    # Wheels for the targets' interpreter (dependency markers depend on its version).
-    builder = work / "builder"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(builder)], check=True)
-    subprocess.run(
-        [str(builder / "bin" / "pip"), "wheel", "-q", "--wheel-dir", str(wheelhouse), str(REPO)],
-        check=True,
-        capture_output=True,
-    )
     lab = Lab(work)
     try:
         site = Site(lab, work)
         site.start_sshd()
-        site.write_inventory(wheelhouse)
+        site.write_inventory()
         yield site
     finally:
         lab.close()
@@ -235,6 +232,33 @@ def test_workers_register_with_the_pool_ready_for_docker_tasks(site: Site) -> No
         .stdout
     )
     assert rates["registration_grant"] == 150
+
+
+def test_each_role_installs_its_extra_only(site: Site) -> None:
+    probe = (
+        "import importlib.util, sys; "
+        "print(*[m for m in sys.argv[1:] if importlib.util.find_spec(m)])"
+    )
+    modules = ["flask", "redis", "docker", "hivemind_cluster"]
+    for host, venv, expected in [
+        (site.hub, "venv-hub", "flask redis hivemind_cluster"),
+        (site.agents[0], "venv-a1", "docker hivemind_cluster"),
+        (site.agents[1], "venv-a2", "docker hivemind_cluster"),
+    ]:
+        python = str(site.work / venv / "bin" / "python")
+        assert host.run(python, "-I", "-c", probe, *modules).stdout.split() == expected.split(), (
+            venv
+        )
+    # Each host installed from its own copy of the wheelhouse, HiveMind's own version.
+    manifest = json.loads((build_wheelhouse() / "wheelhouse.json").read_text())
+    for name in ["hub", "a1", "a2"]:
+        copied = json.loads((site.work / f"wheels-{name}" / "wheelhouse.json").read_text())
+        assert copied == manifest
+    hub_python = str(site.work / "venv-hub" / "bin" / "python")
+    version = site.hub.run(
+        hub_python, "-c", "import importlib.metadata as m; print(m.version('hivemind-cluster'))"
+    ).stdout.strip()
+    assert version == manifest["hivemind"]
 
 
 def test_unit_files_run_the_commands_that_were_started(site: Site) -> None:

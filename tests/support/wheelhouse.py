@@ -7,6 +7,7 @@ from this tree; the dependencies' wheels are reused from an earlier build.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -18,6 +19,14 @@ WHEELHOUSE = REPO / "build" / "wheelhouse"
 
 @cache
 def build_wheelhouse() -> Path:
+    """Build it (once per session; one session at a time, by a lock beside it)."""
+    WHEELHOUSE.parent.mkdir(parents=True, exist_ok=True)
+    with open(WHEELHOUSE.parent / "wheelhouse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build()
+
+
+def build() -> Path:
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "wheelhouse.sh"), str(WHEELHOUSE)],
         capture_output=True,

@@ -49,8 +49,8 @@ bench: setup
 	$(PY) bench/mesh.py
 	$(PY) bench/metrics.py
 
-# For real machines (docs/install.md): `make install [ROLE=hub|worker|operator]` puts HiveMind
-# in /opt/hivemind with its systemd unit; `make uninstall` removes it (state stays).
+# For real machines (docs/install.md): `make install [ROLE=hub|worker|operator] [ENDPOINT=host:7443]`
+# puts HiveMind in /opt/hivemind with its systemd unit; `make uninstall` removes it (state stays).
 install:
 	@bash scripts/install.sh
 

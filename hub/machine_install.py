@@ -213,6 +213,19 @@ def ensure_joined(target: service.Target) -> dict[str, Any] | None:
     return joined
 
 
+def ensure_initialised(target: service.Target) -> bool:
+    """``hivemind-hub init`` with ``--endpoint`` on a hub that has none yet (never again)."""
+    if target.agent or not target.endpoint or target.enrolled_marker.exists():
+        return False
+    service.say("initialising the hub")
+    argv = [str(target.script("hivemind-hub")), "init", "--state-dir", str(target.state_dir)]
+    argv += ["--endpoint", target.endpoint]
+    argv += ["--name", target.name] if target.name else []
+    argv += ["--interface", target.interface] if target.interface else []
+    service.run(argv, "hivemind-hub init")
+    return True
+
+
 def install(target: service.Target) -> dict[str, Any]:
     """Check, then bring every part into place; what changed, for the summary."""
     wheelhouse = read_wheelhouse(target.wheelhouse)
@@ -232,6 +245,8 @@ def install(target: service.Target) -> dict[str, Any]:
     joined = ensure_joined(target)
     if joined:
         changes.append(f"joined as {joined['node_id']} at {joined['overlay_ip']}")
+    if ensure_initialised(target):
+        changes.append(f"initialised the hub in {target.state_dir} (endpoint {target.endpoint})")
     unit_changed = service.ensure_unit(target)
     if unit_changed:
         changes.append(f"wrote {target.systemd_dir / target.unit}.service")
@@ -326,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unit", help="the systemd unit's name (default hivemind-agent/-hub)")
     parser.add_argument("--name", help="the node's name on the hub (default: hostname)")
     parser.add_argument("--interface", help="the WireGuard interface (default hm0)")
+    parser.add_argument(
+        "--endpoint", help="a hub: HOST[:PORT] agents dial; runs `hivemind-hub init` once"
+    )
     parser.add_argument(
         "--service-manager",
         choices=["auto", "systemd", "direct", "none"],

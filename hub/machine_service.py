@@ -81,6 +81,9 @@ class Target:
         self.token: str | None = args.token or bundle.get("token")
         self.name: str | None = args.name
         self.interface: str | None = args.interface
+        self.endpoint: str | None = getattr(args, "endpoint", None)
+        if self.endpoint and self.agent:
+            raise InstallError("--endpoint is for a hub (an agent's hub is in its token)")
         self.service_manager: str = args.service_manager
         if self.service_manager == "auto":
             running = Path("/run/systemd/system").is_dir() and shutil.which("systemctl")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make install` / `make uninstall`: HiveMind on this machine from this clone, for real use.
-#   make install [ROLE=hub|worker|operator] [PREFIX=/opt/hivemind] [TOKEN=hm1_…]
+#   make install [ROLE=hub|worker|operator] [PREFIX=/opt/hivemind] [ENDPOINT=host:7443] [TOKEN=hm1_…]
+# ENDPOINT (a hub) runs `hivemind-hub init` once and starts the unit; TOKEN (an agent) joins.
 # Builds the wheelhouse (scripts/wheelhouse.sh: a package index is needed once), then
 # installs from it offline with hub/machine_install.py, the program the agents' installers
 # carry: Debian packages, a virtual environment in $PREFIX, the console scripts in
@@ -25,5 +26,6 @@ fi
 bash scripts/wheelhouse.sh build/wheelhouse
 token=()
 [[ -n ${TOKEN:-} ]] && token=("$TOKEN")
+[[ -n ${ENDPOINT:-} ]] && set -- --endpoint "$ENDPOINT" "$@"
 exec "$PYTHON" hub/machine_install.py --wheelhouse build/wheelhouse --role "$ROLE" \
   --prefix "$PREFIX" "$@" "${token[@]}"

@@ -26,6 +26,7 @@ BARE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def make(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """scripts/install.sh as ``make install`` runs it, everything it writes under ``root``."""
     env = {"PATH": BARE_PATH, "HOME": str(root), "ROLE": "hub", "PREFIX": str(root / "opt")}
+    env["ENDPOINT"] = "hub.example.org:7443"
     places = ["--bin-dir", str(root / "bin"), "--systemd-dir", str(root / "units")]
     places += ["--state-dir", str(root / "state"), "--service-manager", "none"]
     return subprocess.run(
@@ -55,7 +56,10 @@ def test_make_install_a_hub_then_its_installer_then_make_uninstall(tmp_path: Pat
     first = make(tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"installed HiveMind 0.1.0 in {tmp_path / 'opt'}" in first.stdout
-    assert "next: hivemind-hub init" in first.stderr
+    assert f"initialised the hub in {tmp_path / 'state'} (endpoint hub.example.org:7443)" in (
+        first.stdout
+    )
+    assert (tmp_path / "state" / "hub.toml").exists() and "next:" not in first.stderr
     assert sorted(p.name for p in (tmp_path / "bin").iterdir()) == [
         "hivemind",
         "hivemind-hub",
@@ -77,8 +81,6 @@ def test_make_install_a_hub_then_its_installer_then_make_uninstall(tmp_path: Pat
 
     # The installed hub writes an agent installer from the wheelhouse it kept.
     state = str(tmp_path / "state")
-    init = installed(tmp_path, "hivemind-hub", "init", "--state-dir", state, "--endpoint", "h:1")
-    assert init.returncode == 0, init.stderr
     made = installed(
         tmp_path, "hivemind-hub", "installer", "--state-dir", state, "--no-token", "--json",
         "-o", str(tmp_path / "agent.sh"),

@@ -261,3 +261,11 @@ def test_a_manifest_that_is_not_an_object_is_refused(
     message = f"{wheelhouse} is not a HiveMind wheelhouse (not an object)"
     assert_refused(tmp_path, capsys, argv(tmp_path), message)
     assert_nothing_created(tmp_path)
+
+
+@pytest.mark.usefixtures("as_root")
+def test_an_endpoint_is_for_a_hub_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_wheelhouse(tmp_path)
+    message = "--endpoint is for a hub (an agent's hub is in its token)"
+    assert_refused(tmp_path, capsys, argv(tmp_path, "--endpoint", "h:7443"), message)
+    assert_nothing_created(tmp_path)

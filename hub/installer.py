@@ -41,8 +41,16 @@ HEADER = """\
 # Offline: the wheels it installs are in the archive after this script.
 set -eu
 archive_line={archive_line}
-command -v python3 >/dev/null 2>&1 || {{
-  echo "error: python3 is missing: install python3 and python3-venv, then run this again" >&2
+for tool in python3 tar tail; do
+  command -v "$tool" >/dev/null 2>&1 || {{
+    echo "error: $tool is missing: install it (python3: also python3-venv), then run this again" >&2
+    exit 1
+  }}
+done
+python3 -E -c 'import sys; sys.exit(sys.version_info[:2] != ({major}, {minor}))' || {{
+  echo "error: these wheels are for Python {python} and this machine's python3 is" \
+    "$(python3 -E -c 'import sys; print("%d.%d" % sys.version_info[:2])'):" \
+    "make the installer on a hub with that Python" >&2
   exit 1
 }}
 unpacked=$(mktemp -d "${{TMPDIR:-/tmp}}/hivemind-installer.XXXXXX")
@@ -53,7 +61,7 @@ tail -n +"$archive_line" "$0" | tar -xf - -C "$unpacked" || {{
   exit 1
 }}
 status=0
-HIVEMIND_INSTALLER="sh $0" python3 "$unpacked/machine_install.py" --bundle "$unpacked" "$@" \\
+HIVEMIND_INSTALLER="sh $0" python3 -E "$unpacked/machine_install.py" --bundle "$unpacked" "$@" \\
   || status=$?
 exit "$status"
 """
@@ -72,6 +80,11 @@ class Installer:
     expires: float | None
 
 
+def printable_line(text: str) -> str:
+    """Text for a ``#`` line of the script: no newline or control character ends it."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def find_wheelhouse(given: str | None) -> Path:
     """``--wheelhouse``, ``$HIVEMIND_WHEELHOUSE``, the one ``make install`` keeps beside the
     hub's environment (``<prefix>/wheelhouse``), or a clone's ``build/wheelhouse``."""
@@ -80,7 +93,7 @@ def find_wheelhouse(given: str | None) -> Path:
     else:
         here = Path(sys.prefix).resolve()
         candidates = [Path(os.environ[WHEELHOUSE_ENV])] if os.environ.get(WHEELHOUSE_ENV) else []
-        candidates += [here.parents[1] / "wheelhouse", here.parent / "build" / "wheelhouse"]
+        candidates += [here.parent.parent / "wheelhouse", here.parent / "build" / "wheelhouse"]
     for candidate in candidates:
         if (candidate / "wheelhouse.json").is_file():
             return candidate
@@ -117,7 +130,7 @@ def issue_token(
 
 def agent_wheels(wheelhouse: Path, into: Path) -> list[Path]:
     """The wheels ``hivemind-cluster[agent]`` needs, resolved by pip from the wheelhouse alone."""
-    manifest = json.loads((wheelhouse / "wheelhouse.json").read_text())
+    manifest = read_manifest(wheelhouse)
     requirement = f"hivemind-cluster[agent]=={manifest['hivemind']}"
     pip = [sys.executable, "-m", "pip", "download", "-q", "--no-index", "--only-binary=:all:"]
     result = subprocess.run(
@@ -135,6 +148,14 @@ def agent_wheels(wheelhouse: Path, into: Path) -> list[Path]:
         json.dumps({**manifest, "wheels": [w.name for w in wheels]}, indent=2) + "\n"
     )
     return wheels
+
+
+def read_manifest(wheelhouse: Path) -> dict[str, str]:
+    try:
+        manifest = json.loads((wheelhouse / "wheelhouse.json").read_text())
+        return {key: str(manifest[key]) for key in ("python", "machine", "hivemind")}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InvalidInput(f"{wheelhouse} is not a HiveMind wheelhouse ({error!r})") from None
 
 
 def archive(wheel_dir: Path, bundle: dict[str, str]) -> bytes:
@@ -173,34 +194,44 @@ def write_installer(
         raise InvalidInput(f"role must be one of {', '.join(tokens.ROLES)}")
     if output.is_dir():
         raise InvalidInput(f"{output} is a directory: name the file to write")
-    manifest = json.loads((wheelhouse / "wheelhouse.json").read_text())
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise InvalidInput(f"{output.parent} is not a directory this can write to")
+    manifest = read_manifest(wheelhouse)
     hub_name = settings.name or socket.gethostname()
     with tempfile.TemporaryDirectory(prefix="hivemind-installer-") as scratch:
         wheels = agent_wheels(wheelhouse, Path(scratch))
         token = issue_token(settings, role, token_ttl, 1, labels) if token_ttl else None
         made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         bundle = {"role": role, "hub": hub_name, "made": made}
+        expires = time.time() + tokens.parse_duration(token_ttl) if token_ttl else None
         if token is not None:
-            bundle["token"] = token.encode()
+            bundle |= {"token": token.encode(), "expires": str(expires)}
         payload = archive(Path(scratch), bundle)
-    expires = time.time() + tokens.parse_duration(token_ttl) if token_ttl else None
     note = TOKEN_NOTE.format(expires=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires)))
     fields = {
         "role": role,
         "version": manifest["hivemind"],
         "python": manifest["python"],
         "machine": manifest["machine"],
-        "hub": hub_name,
+        "hub": printable_line(hub_name),
         "made": made,
+        "major": manifest["python"].split(".")[0],
+        "minor": manifest["python"].split(".")[1],
         "token_note": note if token else "",
-        "name": shlex.quote(output.name),
+        "name": printable_line(shlex.quote(output.name)),
     }
     lines = HEADER.format(archive_line=0, **fields).count("\n")
     header = HEADER.format(archive_line=lines + 1, **fields).encode()
-    partial = output.with_name(f".{output.name}.partial")
-    partial.write_bytes(header + payload)
-    partial.chmod(0o700 if token else 0o755)
-    partial.replace(output)
+    # Written under a name of its own, created 0600 (the token inside), and renamed whole.
+    descriptor, partial = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(header + payload)
+        os.chmod(partial, 0o700 if token else 0o755)
+        os.replace(partial, output)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return Installer(
         path=output,
         role=role,

@@ -22,13 +22,15 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-try:  # run as a script (an installer, make install): machine_service.py is beside this file
-    import machine_service as service  # type: ignore[import-not-found, unused-ignore]
-except ImportError:
+if __package__:
     from hivemind_cluster.hub import machine_service as service
+else:  # run as a script (an installer, make install): machine_service.py is beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import machine_service as service  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 
 # command -> the Debian package that provides it, for every role and for some.
@@ -53,16 +55,26 @@ def read_wheelhouse(directory: Path) -> dict[str, Any]:
 
 def check_machine(target: service.Target, wheelhouse: dict[str, Any]) -> list[str]:
     """Every reason not to start, before anything changes; returns the missing packages."""
-    if target.token is not None and not looks_like_a_token(target.token):
-        raise service.InstallError("that is not a join token (hm1_…)")
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        raise service.InstallError("run this as root (sudo)")
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if here != wheelhouse.get("python"):
         raise service.InstallError(
             f"these wheels are for Python {wheelhouse.get('python')} and this machine's "
             f"python3 is {here}: make the installer on a hub with Python {here}"
         )
+    if target.token is not None and not looks_like_a_token(target.token):
+        raise service.InstallError("that is not a join token (hm1_…)")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        raise service.InstallError("run this as root (sudo)")
+    expires = target.token_expires
+    if target.token is not None and expires and expires < time.time():
+        raise service.InstallError(
+            "the join token inside expired at "
+            + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+            + ": make a new installer on the hub, or pass a token (sh FILE -)"
+        )
+    for path in (target.prefix, target.state_dir):
+        if any(c.isspace() for c in str(path)):
+            raise service.InstallError(f"{path}: a path with spaces is not supported")
     if platform.machine() != wheelhouse.get("machine"):
         raise service.InstallError(
             f"these wheels are for {wheelhouse.get('machine')} and this machine is "
@@ -70,7 +82,7 @@ def check_machine(target: service.Target, wheelhouse: dict[str, Any]) -> list[st
         )
     for name in service.SCRIPTS[target.role]:
         link = target.bin_dir / name
-        if (link.exists() or link.is_symlink()) and not ours(link, target):
+        if (link.exists() or link.is_symlink()) and not service.ours(link, target):
             raise service.InstallError(f"{link} exists and was not installed here: remove it first")
     if target.venv.exists() and not target.venv.is_symlink():
         raise service.InstallError(f"{target.venv} was not made by this installer: remove it")
@@ -80,18 +92,15 @@ def check_machine(target: service.Target, wheelhouse: dict[str, Any]) -> list[st
 def looks_like_a_token(text: str) -> bool:
     """``hm1_`` and base64url of JSON with its checksum (mesh/tokens.py; the hub checks the
     rest when the machine joins)."""
-    body = text.strip().removeprefix("hm1_")
-    if body == text.strip() or not re.fullmatch(r"[A-Za-z0-9_-]{16,4096}", body):
+    text = text.strip()
+    body = text[4:]
+    if not text.startswith("hm1_") or not re.fullmatch(r"[A-Za-z0-9_-]{16,4096}", body):
         return False
     try:
         blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except ValueError:  # binascii.Error: a length no base64 has
         return False
     return hashlib.sha256(blob[:-4]).digest()[:4] == blob[-4:]
-
-
-def ours(link: Path, target: service.Target) -> bool:
-    return link.is_symlink() and str(os.readlink(link)).startswith(str(target.prefix) + "/")
 
 
 def missing_packages(role: str) -> list[str]:
@@ -170,15 +179,31 @@ def ensure_environment(target: service.Target, wheelhouse: dict[str, Any]) -> bo
     swap = target.prefix / "venv.new"
     swap.unlink(missing_ok=True)
     swap.symlink_to(f"venvs/{digest}")
-    if target.venv.exists() and not target.venv.is_symlink():
-        raise service.InstallError(
-            f"{target.venv} is not a link this installer made: remove it first"
-        )
+    (target.prefix / service.RESTART_PENDING).touch()  # kept until the service runs the new one
     os.replace(swap, target.venv)
-    for old in (target.prefix / "venvs").iterdir():
-        if old.name != digest:
-            shutil.rmtree(old, ignore_errors=True)
     return True
+
+
+def prune_environments(target: service.Target) -> None:
+    """Remove the environments the link no longer points to (once the service moved on)."""
+    current = os.readlink(target.venv).rpartition("/")[2]
+    for old in (target.prefix / "venvs").iterdir():
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def record_install(target: service.Target) -> None:
+    record = {
+        "role": target.role,
+        "unit": target.unit,
+        "bin_dir": str(target.bin_dir),
+        "systemd_dir": str(target.systemd_dir),
+        "state_dir": str(target.state_dir),
+    }
+    path = target.prefix / service.INSTALLED
+    text = json.dumps(record, indent=2) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def ensure_links(target: service.Target) -> bool:
@@ -215,7 +240,10 @@ def ensure_joined(target: service.Target) -> dict[str, Any] | None:
 
 def ensure_initialised(target: service.Target) -> bool:
     """``hivemind-hub init`` with ``--endpoint`` on a hub that has none yet (never again)."""
-    if target.agent or not target.endpoint or target.enrolled_marker.exists():
+    if target.agent or not target.endpoint:
+        return False
+    if target.enrolled_marker.exists():
+        service.say(f"{target.state_dir} holds a hub already: its endpoint stays as it is")
         return False
     service.say("initialising the hub")
     argv = [str(target.script("hivemind-hub")), "init", "--state-dir", str(target.state_dir)]
@@ -242,15 +270,20 @@ def install(target: service.Target) -> dict[str, Any]:
         changes.append(f"kept the wheelhouse in {target.prefix / 'wheelhouse'} for installers")
     if ensure_links(target):
         changes.append(f"linked {', '.join(service.SCRIPTS[target.role])} in {target.bin_dir}")
+    record_install(target)
     joined = ensure_joined(target)
     if joined:
         changes.append(f"joined as {joined['node_id']} at {joined['overlay_ip']}")
     if ensure_initialised(target):
         changes.append(f"initialised the hub in {target.state_dir} (endpoint {target.endpoint})")
-    unit_changed = service.ensure_unit(target)
-    if unit_changed:
+    if service.ensure_unit(target):
+        (target.prefix / service.RESTART_PENDING).touch()
         changes.append(f"wrote {target.systemd_dir / target.unit}.service")
-    changes += service.ensure_running(target, new_environment, unit_changed)
+    pending = target.prefix / service.RESTART_PENDING
+    changes += service.ensure_running(target, pending.exists())
+    if target.enrolled_marker.exists() or target.service_manager == "none":
+        pending.unlink(missing_ok=True)
+    prune_environments(target)
     return {
         "changed": changes,
         "role": target.role,
@@ -282,40 +315,6 @@ def keep_wheelhouse(target: service.Target) -> bool:
     return True
 
 
-def uninstall(target: service.Target) -> dict[str, Any]:
-    """Undo ``install``; the state directory (the machine's identity) stays."""
-    changes = []
-    unit = target.systemd_dir / f"{target.unit}.service"
-    if target.service_manager == "systemd" and unit.exists():
-        subprocess.run(["systemctl", "disable", "--now", "-q", target.unit], capture_output=True)
-        changes.append(f"stopped and disabled {target.unit}")
-    elif target.agent and (pid := service.service_pid(target)) is not None:
-        service.stop_process(pid)
-        changes.append(f"stopped {target.unit} (pid {pid})")
-    if unit.exists():
-        unit.unlink()
-        changes.append(f"removed {unit}")
-    for name in service.SCRIPTS[target.role]:
-        link = target.bin_dir / name
-        if ours(link, target):
-            link.unlink()
-            changes.append(f"removed {link}")
-    for part in ("venv", "venvs", "wheelhouse"):
-        path = target.prefix / part
-        if path.is_symlink():
-            path.unlink()
-        elif path.exists():
-            shutil.rmtree(path)
-        else:
-            continue
-        changes.append(f"removed {path}")
-    if target.prefix.is_dir() and not any(target.prefix.iterdir()):
-        target.prefix.rmdir()
-    if target.state_dir.exists():
-        service.say(f"kept {target.state_dir} (this machine's identity; delete it to forget it)")
-    return {"changed": changes, "role": target.role, "prefix": str(target.prefix)}
-
-
 def next_step(target: service.Target) -> str:
     if target.agent:
         return f"next: join with a token from the hub: {target.script('hivemind-agent')} join ..."
@@ -330,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=os.environ.get("HIVEMIND_INSTALLER", "machine_install.py"),
         description="Install HiveMind on this machine, offline, from the wheels it carries.",
     )
-    parser.add_argument("token", nargs="?", help="a join token (default: the one inside, if any)")
+    parser.add_argument(
+        "token", nargs="?", help="a join token, '-' to read it from stdin (default: the one inside)"
+    )
     parser.add_argument("--role", choices=service.ROLES, help="what this machine is")
     parser.add_argument("--wheelhouse", help=argparse.SUPPRESS)
     parser.add_argument("--bundle", help=argparse.SUPPRESS)
@@ -362,14 +363,22 @@ def main(argv: list[str]) -> int:
         if args.bundle:
             bundle = json.loads((Path(args.bundle) / "installer.json").read_text())
             args.wheelhouse = args.wheelhouse or str(Path(args.bundle) / "wheels")
-        if not args.wheelhouse and not args.uninstall:
+        if args.uninstall:
+            recorded = service.installed_record(Path(args.prefix))
+            for key in ("role", "unit", "bin_dir", "systemd_dir", "state_dir"):
+                if recorded.get(key):
+                    setattr(args, key, recorded[key])
+        elif not args.wheelhouse:
             raise service.InstallError("--wheelhouse DIR is needed")
         target = service.Target(args, bundle)
-        summary = uninstall(target) if args.uninstall else install(target)
+        summary = service.uninstall(target) if args.uninstall else install(target)
         if not args.uninstall and not target.enrolled_marker.exists():
             service.say(next_step(target))
     except (service.InstallError, OSError) as error:
         print(f"error: {service.printable(str(error))}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, AttributeError) as error:  # a damaged installer.json, say
+        print(f"error: unexpected content ({service.printable(repr(error))})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; run this again to finish", file=sys.stderr)

@@ -7,6 +7,7 @@ Standard library only, like hub/machine_install.py, whose installers carry this 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -25,8 +26,10 @@ SCRIPTS = {
     "operator": ("hivemind-agent", "hivemind", "hivemind-pool"),
 }
 STATE_DIRS = {"hub": "/var/lib/hivemind-hub", "agent": "/var/lib/hivemind-agent"}
-UNIT = """\
-# Written by the HiveMind installer; it rewrites this file when it changes.
+UNIT_MARK = "# Written by the HiveMind installer"
+UNIT = (
+    UNIT_MARK
+    + """; it rewrites this file when it changes.
 [Unit]
 Description={description}
 After=network-online.target{after}
@@ -44,6 +47,11 @@ TimeoutStopSec=30
 [Install]
 WantedBy=multi-user.target
 """
+)
+# In the prefix: what an install put where (for uninstall), and a new environment or unit
+# the service has not been restarted on yet (a run that failed before the restart).
+INSTALLED = "installed.json"
+RESTART_PENDING = "restart-pending"
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
@@ -78,7 +86,16 @@ class Target:
         kind = "agent" if self.agent else "hub"
         self.state_dir = Path(args.state_dir or STATE_DIRS[kind]).absolute()
         self.unit = args.unit or f"hivemind-{kind}"
+        if args.token == "-":  # on stdin: never in a process list
+            args.token = sys.stdin.readline().strip()
         self.token: str | None = args.token or bundle.get("token")
+        expires = bundle.get("expires")
+        self.token_expires = float(expires) if expires and not args.token else None
+        if args.token is None and bundle.get("token") and args.role not in (None, bundle["role"]):
+            raise InstallError(
+                f"the token inside is for a {bundle['role']}: make an installer with --role "
+                f"{args.role} on the hub"
+            )
         self.name: str | None = args.name
         self.interface: str | None = args.interface
         self.endpoint: str | None = getattr(args, "endpoint", None)
@@ -142,13 +159,14 @@ def ensure_unit(target: Target) -> bool:
     return True
 
 
-def ensure_running(target: Target, restart: bool, unit_changed: bool) -> list[str]:
-    """Enable the unit and run the service (when it can run yet); what that changed."""
+def ensure_running(target: Target, restart: bool) -> list[str]:
+    """Enable the unit and run the service (when it can run yet), restarted when ``restart``
+    (a new environment or unit since it last started); what that changed."""
     ready = target.enrolled_marker.exists()
     if target.service_manager == "none":
         return []
     if target.service_manager == "systemd":
-        return systemd_service(target, ready, restart, unit_changed)
+        return systemd_service(target, ready, restart)
     if not ready or not target.agent:  # a hub without systemd runs `hivemind-hub up` itself
         return []
     pid = service_pid(target)
@@ -174,9 +192,9 @@ def ensure_running(target: Target, restart: bool, unit_changed: bool) -> list[st
     return [f"started {target.unit}"]
 
 
-def systemd_service(target: Target, ready: bool, restart: bool, unit_changed: bool) -> list[str]:
+def systemd_service(target: Target, ready: bool, restart: bool) -> list[str]:
     changes = []
-    if unit_changed:
+    if restart:
         run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
     enabled = subprocess.run(["systemctl", "is-enabled", "-q", target.unit]).returncode == 0
     if not enabled:
@@ -185,7 +203,7 @@ def systemd_service(target: Target, ready: bool, restart: bool, unit_changed: bo
     if not ready:
         return changes
     active = subprocess.run(["systemctl", "is-active", "-q", target.unit]).returncode == 0
-    if active and (restart or unit_changed):
+    if active and restart:
         run(["systemctl", "restart", target.unit], "systemctl restart")
         changes.append(f"restarted {target.unit}")
     elif not active:
@@ -214,3 +232,61 @@ def stop_process(pid: int) -> None:
             return
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
+
+
+def ours(link: Path, target: Target) -> bool:
+    return link.is_symlink() and str(os.readlink(link)).startswith(str(target.prefix) + "/")
+
+
+def uninstall(target: Target) -> dict[str, Any]:
+    """Undo ``install`` (what its ``installed.json`` names); the state directory (the
+    machine's identity) stays."""
+    changes: list[str] = []
+    unit = target.systemd_dir / f"{target.unit}.service"
+    ours_unit = unit.exists() and unit.read_bytes().startswith(UNIT_MARK.encode())
+    if target.service_manager == "systemd" and ours_unit:
+        run(["systemctl", "disable", "--now", "-q", target.unit], "systemctl disable")
+        changes.append(f"stopped and disabled {target.unit}")
+    elif target.agent:
+        pid = service_pid(target)
+        if pid is not None:
+            stop_process(pid)
+            changes.append(f"stopped {target.unit} (pid {pid})")
+    if ours_unit:
+        unit.unlink()
+        changes.append(f"removed {unit}")
+        if target.service_manager == "systemd":
+            run(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+    for name in SCRIPTS[target.role]:
+        link = target.bin_dir / name
+        if ours(link, target):
+            link.unlink()
+            changes.append(f"removed {link}")
+    if target.venv.is_symlink():
+        target.venv.unlink()
+        changes.append(f"removed {target.venv}")
+    parts = ["venvs", RESTART_PENDING, INSTALLED] + ([] if target.agent else ["wheelhouse"])
+    for part in parts:
+        path = target.prefix / part
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        if part != INSTALLED and part != RESTART_PENDING:
+            changes.append(f"removed {path}")
+    if target.prefix.is_dir() and not any(target.prefix.iterdir()):
+        target.prefix.rmdir()
+    if target.state_dir.exists():
+        say(f"kept {target.state_dir} (this machine's identity; delete it to forget it)")
+    return {"changed": changes, "role": target.role, "prefix": str(target.prefix)}
+
+
+def installed_record(prefix: Path) -> dict[str, Any]:
+    """What an earlier install here recorded ({} when none did)."""
+    try:
+        record = json.loads((prefix / INSTALLED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

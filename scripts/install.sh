@@ -15,11 +15,21 @@ ROLE=${ROLE:-hub}
 PREFIX=${PREFIX:-/opt/hivemind}
 
 [[ $(id -u) == 0 ]] || { echo "error: run this as root (sudo make install)" >&2; exit 1; }
+command -v "$PYTHON" >/dev/null || { echo "error: $PYTHON is missing (apt install python3)" >&2; exit 1; }
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "error: HiveMind needs Python 3.11 or later; $PYTHON is $("$PYTHON" -V 2>&1)" >&2
+  exit 1
+}
 if [[ ${1:-} == --uninstall ]]; then
   shift
   exec "$PYTHON" hub/machine_install.py --uninstall --role "$ROLE" --prefix "$PREFIX" "$@"
 fi
 if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  command -v apt-get >/dev/null || {
+    echo "error: $PYTHON cannot make virtual environments and there is no apt-get:" \
+      "install its venv module (Debian: python3-venv), then run this again" >&2
+    exit 1
+  }
   echo "==> installing python3-venv" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
 fi

@@ -16,6 +16,7 @@ import configparser
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,15 @@ def test_bad_runs_say_why_in_one_line_and_change_nothing(world: World, tmp_path:
     other = Machine(world.laptop, tmp_path)
     broken = other.install(damaged)
     assert broken.returncode == 1 and "is damaged" in broken.stderr, broken.stderr
+    # An installer whose token has expired: refused before anything is installed.
+    expired = tmp_path / "expired.sh"
+    world.mesh.hub_cli("installer", "-o", str(expired), "--token-ttl", "1s", "--wheelhouse",
+                       str(world.wheelhouse))  # fmt: skip
+    time.sleep(1.5)
+    late = other.install(expired)
+    assert late.returncode == 1, late.stderr
+    assert late.stderr.splitlines()[-1].startswith("error: the join token inside expired at ")
+    assert not other.prefix.exists() and not other.state_dir.exists()
     # Not a token: refused before anything is installed.
     garbled = other.install(world.installer, "hm1_not\x1b[31ma-token")
     assert garbled.returncode == 1, garbled.stderr

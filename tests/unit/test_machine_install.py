@@ -269,3 +269,17 @@ def test_an_endpoint_is_for_a_hub_only(tmp_path: Path, capsys: pytest.CaptureFix
     message = "--endpoint is for a hub (an agent's hub is in its token)"
     assert_refused(tmp_path, capsys, argv(tmp_path, "--endpoint", "h:7443"), message)
     assert_nothing_created(tmp_path)
+
+
+def test_uninstall_removes_only_what_an_install_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prefix holding another tool's environment and unit (Ansible's, say): untouched."""
+    (tmp_path / "p" / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "p" / "wheelhouse").mkdir()
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "hivemind-agent.service").write_text("[Service]\nExecStart=x\n")
+    assert machine_install.main([*argv(tmp_path), "--uninstall"]) == 0
+    assert capsys.readouterr().out.startswith("nothing to remove")
+    assert (tmp_path / "p" / "venv" / "bin").is_dir() and (tmp_path / "p" / "wheelhouse").is_dir()
+    assert (tmp_path / "units" / "hivemind-agent.service").exists()

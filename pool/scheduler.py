@@ -7,12 +7,18 @@ rebuilds this mirror from it at start and whenever a worker registers.
 
 Order: higher priority first, then submission order (FIFO). A task that fits nowhere right
 now keeps its place, and later tasks that do fit are placed meanwhile (backfill), so one
-large task does not stall a cluster of small ones; at most ``scan_limit`` queued tasks are
-examined per pass.
+large task does not stall a cluster of small ones; a pass passes over at most
+``scan_limit`` queued tasks that fit nowhere.
+
+The queue is a heap in that order, so submitting is O(log n) and a pass that places k tasks
+costs O(k log n), whatever the queue's length; a pass with no free CPU anywhere returns at
+once. Entries are removed lazily: ``pending`` is the truth, and a heap entry that is no
+longer the task's current ``Pending`` (dequeued, placed, queued again) is dropped when met.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from hivemind_cluster.model.resources import Resources
@@ -76,8 +82,7 @@ class Scheduler:
         # task -> (node, request, attempt) booked on that node
         self.allocations: dict[str, tuple[str, Resources, int]] = {}
         self.scan_limit = scan_limit
-        self._order: list[Pending] = []
-        self._order_stale = False
+        self._heap: list[Pending] = []
 
     # ---- workers -------------------------------------------------------------------------
 
@@ -117,12 +122,14 @@ class Scheduler:
         """Queue an attempt; ignored while an attempt of the task still holds capacity."""
         if task_id in self.allocations:
             return
-        self.pending[task_id] = Pending(score, task_id, attempt, request)
-        self._order_stale = True
+        item = self.pending[task_id] = Pending(score, task_id, attempt, request)
+        heapq.heappush(self._heap, item)
+        if len(self._heap) > 2 * len(self.pending) + 64:  # mostly dropped entries: rebuild
+            self._heap = list(self.pending.values())
+            heapq.heapify(self._heap)
 
     def dequeue(self, task_id: str) -> None:
-        if self.pending.pop(task_id, None) is not None:
-            self._order_stale = True
+        self.pending.pop(task_id, None)
 
     def queued_ids(self) -> list[str]:
         return list(self.pending)
@@ -138,16 +145,20 @@ class Scheduler:
         candidates = [w for w in self.workers.values() if w.schedulable]
         if not candidates:
             return []
-        if self._order_stale:
-            self._order = sorted(self.pending.values())
-            self._order_stale = False
-        placements: list[Placement] = []
         ceiling = _ceiling(candidates)
-        for item in self._order[: self.scan_limit]:
-            if not item.request.fits_in(ceiling):
-                continue
-            worker = _roomiest(candidates, item.request)
+        placements: list[Placement] = []
+        skipped: list[Pending] = []  # queued tasks that fit nowhere now: back in the heap
+        refused: set[Resources] = set()  # requests that did not fit in this pass
+        while self._heap and ceiling.cpu_millis > 0 and len(skipped) < self.scan_limit:
+            item = heapq.heappop(self._heap)
+            if self.pending.get(item.task_id) is not item:
+                continue  # dequeued, placed or queued again since it was pushed
+            worker = None
+            if item.request not in refused and item.request.fits_in(ceiling):
+                worker = _roomiest(candidates, item.request)
             if worker is None:
+                refused.add(item.request)  # the ceiling only falls during a pass
+                skipped.append(item)
                 continue
             was = worker.free
             worker.allocated = worker.allocated + item.request
@@ -160,11 +171,8 @@ class Scheduler:
                 or was.gpus == ceiling.gpus
             ):  # only a worker that held a maximum can lower the ceiling
                 ceiling = _ceiling(candidates)
-                if ceiling.cpu_millis <= 0:
-                    break
-        if placements:
-            placed = {p.task_id for p in placements}
-            self._order = [item for item in self._order if item.task_id not in placed]
+        for item in skipped:
+            heapq.heappush(self._heap, item)
         return placements
 
     # ---- capacity ------------------------------------------------------------------------

@@ -127,3 +127,44 @@ def test_format_bytes(n: int, shown: str) -> None:
 def test_bad_amounts_are_refused(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_size(text) if text.endswith("X") else parse_cpus(text)
+
+
+class CountingResources(Resources):
+    """A request that counts how often the scheduler asks whether it fits."""
+
+    checks = 0
+
+    def fits_in(self, other: Resources) -> bool:
+        CountingResources.checks += 1
+        return super().fits_in(other)
+
+
+def test_a_pass_costs_the_same_however_long_the_queue() -> None:
+    """No free CPU: nothing is looked at. Tasks that fit nowhere: each request shape is
+    checked once per pass, not once per queued task (and at most ``scan_limit`` of them are
+    passed over); the queue keeps its order."""
+    scheduler = scheduler_with(cpu(1))
+    scheduler.enqueue("running", 0, 1, cpu(1))
+    (placed,) = scheduler.place()
+    for n in range(scheduler.scan_limit - 1):
+        scheduler.enqueue(f"t{n}", 1 + n, 1, CountingResources(2000, GiB, 0))
+    CountingResources.checks = 0
+    assert scheduler.place() == []
+    assert CountingResources.checks == 0  # the one worker is full
+    scheduler.release(placed.task_id)
+    assert scheduler.place() == [] and CountingResources.checks == 1  # 2 CPUs fit nowhere
+    scheduler.enqueue("small", 10_000, 1, cpu(0.5))
+    assert [p.task_id for p in scheduler.place()] == ["small"]  # backfill behind them
+    scheduler.upsert_worker("w2", "w2", cpu(4, 2 * GiB)).connected = True
+    assert [p.task_id for p in scheduler.place()] == ["t0", "t1"]  # in order, once room comes
+
+
+def test_a_task_queued_again_or_dequeued_is_placed_once_or_not_at_all() -> None:
+    scheduler = scheduler_with(cpu(4, 8 * GiB))
+    for n in range(3):
+        scheduler.enqueue(f"t{n}", n, 1, cpu(1))
+    scheduler.enqueue("t1", 1, 2, cpu(1))  # its next attempt replaces the queued one
+    scheduler.dequeue("t2")
+    placements = scheduler.place()
+    assert [(p.task_id, p.attempt) for p in placements] == [("t0", 1), ("t1", 2)]
+    assert scheduler.place() == [] and scheduler.queued_ids() == []

@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/peers.py
 	$(PY) bench/mesh.py
 	$(PY) bench/metrics.py
+	$(PY) bench/throughput.py
 
 # For real machines (docs/install.md): `make install [ROLE=hub|worker|operator] [ENDPOINT=host:7443]`
 # puts HiveMind in /opt/hivemind with its systemd unit; `make uninstall` removes it (state stays).

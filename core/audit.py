@@ -27,14 +27,16 @@ and consistently by someone with write access to Redis: docs/audit.md says what 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 import redis.asyncio as aioredis
@@ -232,11 +234,24 @@ def lost(event: Event, error: Exception) -> None:
 class AsyncAuditLog:
     """The log over an asyncio client (the pool, the peer distributor)."""
 
+    # One append at a time per event loop: concurrent tasks of one process would otherwise
+    # mostly lose the WATCH race to each other and retry (5.8 tries per submission at 64 at
+    # once, bench/throughput.py). Other processes are still kept out by the WATCH.
+    _turns: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = (
+        weakref.WeakKeyDictionary()
+    )
+
     def __init__(self, db: aioredis.Redis) -> None:
         self.db = db
 
     async def append(self, event: Event) -> Entry:
         """``AuditLog.append`` over asyncio."""
+        loop = asyncio.get_running_loop()
+        turn = self._turns.setdefault(loop, asyncio.Lock())
+        async with turn:
+            return await self._append(event)
+
+    async def _append(self, event: Event) -> Entry:
         try:
             async with self.db.pipeline() as pipe:
                 for _ in range(APPEND_TRIES):

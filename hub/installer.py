@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from hivemind_cluster.core.audit import HUB_ADMIN, LOCAL, AuditLog, Event
+from hivemind_cluster.core.console import printable
 from hivemind_cluster.core.errors import InvalidInput, NotFound, SystemFailure
 from hivemind_cluster.core.settings import HubSettings
 from hivemind_cluster.hub.machine_service import offline_pip_environment
@@ -80,9 +81,9 @@ class Installer:
     expires: float | None
 
 
-def printable_line(text: str) -> str:
-    """Text for a ``#`` line of the script: no newline or control character ends it."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+def utc_minute(moment: float | None = None) -> str:
+    """``2026-12-02 17:59 UTC``: when the installer was made, until when its token holds."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
 
 
 def find_wheelhouse(given: str | None) -> Path:
@@ -201,24 +202,24 @@ def write_installer(
     with tempfile.TemporaryDirectory(prefix="hivemind-installer-") as scratch:
         wheels = agent_wheels(wheelhouse, Path(scratch))
         token = issue_token(settings, role, token_ttl, 1, labels) if token_ttl else None
-        made = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        made = utc_minute()
         bundle = {"role": role, "hub": hub_name, "made": made}
         expires = time.time() + tokens.parse_duration(token_ttl) if token_ttl else None
         if token is not None:
             bundle |= {"token": token.encode(), "expires": str(expires)}
         payload = archive(Path(scratch), bundle)
-    note = TOKEN_NOTE.format(expires=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires)))
+    note = TOKEN_NOTE.format(expires=utc_minute(expires))
     fields = {
         "role": role,
         "version": manifest["hivemind"],
         "python": manifest["python"],
         "machine": manifest["machine"],
-        "hub": printable_line(hub_name),
+        "hub": printable(hub_name, newlines=False),
         "made": made,
         "major": manifest["python"].split(".")[0],
         "minor": manifest["python"].split(".")[1],
         "token_note": note if token else "",
-        "name": printable_line(shlex.quote(output.name)),
+        "name": printable(shlex.quote(output.name), newlines=False),
     }
     lines = HEADER.format(archive_line=0, **fields).count("\n")
     header = HEADER.format(archive_line=lines + 1, **fields).encode()

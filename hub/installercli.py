@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hivemind_cluster.core.console import print_json
 from hivemind_cluster.core.settings import load_hub_settings
 from hivemind_cluster.core.units import format_bytes
-from hivemind_cluster.hub.installer import find_wheelhouse, write_installer
+from hivemind_cluster.hub.installer import find_wheelhouse, utc_minute, write_installer
 from hivemind_cluster.mesh import tokens
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ def cmd_installer(args: argparse.Namespace) -> int:
         return 0
     print(f"wrote {made.path} ({format_bytes(made.size)}, {made.wheels} wheels, {made.role})")
     if made.expires is not None:
-        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(made.expires))
+        until = utc_minute(made.expires)
         print(f"it holds single-use token {made.token_id}, valid until {until}: keep it private")
     else:
         print("no token inside: run `hivemind-hub token create` and `sh FILE <token>`")

@@ -91,24 +91,27 @@ def test_a_user_who_is_not_root_is_sent_to_sudo(
 
 
 @pytest.mark.usefixtures("as_root")
-def test_wheels_for_another_python_are_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "python",
+            "3.99",
+            f"these wheels are for Python 3.99 and this machine's python3 is {PYTHON}: "
+            f"make the installer on a hub with Python {PYTHON}",
+        ),
+        (
+            "machine",
+            "sparc64",
+            f"these wheels are for sparc64 and this machine is {platform.machine()}",
+        ),
+    ],
+    ids=["another-python", "another-machine"],
+)
+def test_wheels_for_another_python_or_machine_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: str, message: str
 ) -> None:
-    make_wheelhouse(tmp_path, python="3.99")
-    message = (
-        f"these wheels are for Python 3.99 and this machine's python3 is {PYTHON}: "
-        f"make the installer on a hub with Python {PYTHON}"
-    )
-    assert_refused(tmp_path, capsys, argv(tmp_path), message)
-    assert_nothing_created(tmp_path)
-
-
-@pytest.mark.usefixtures("as_root")
-def test_wheels_for_another_machine_are_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    make_wheelhouse(tmp_path, machine="sparc64")
-    message = f"these wheels are for sparc64 and this machine is {platform.machine()}"
+    make_wheelhouse(tmp_path, **{field: value})
     assert_refused(tmp_path, capsys, argv(tmp_path), message)
     assert_nothing_created(tmp_path)
 
